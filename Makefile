@@ -1,0 +1,32 @@
+# Two entry points for people (`make demo`, `make test`); everything else is set-up they depend on.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# The stamp's name changes whenever pyproject.toml does, so an edited pin reinstalls.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+# Peers we check interoperability against, installed beside (not into) our environment
+# because their own pins clash with ours; tests put this folder on sys.path.
+SIDE   := .cache/side
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[etl,training,dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: setup
+	$(PY) -m jobs.demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	@echo "Benchmarks are scripts: see docs/benchmarks.md for how to run each one."
+
+clean:
+	rm -rf $(VENV) .cache out demo_out

@@ -1,0 +1,265 @@
+"""Ingest: raw inputs -> one documents DataFrame with stable ids, plus rejected rows with reasons.
+
+Files (JSONL plain/.gz/.zst, one-document-per-file text) are read by Python tasks, one task per
+file, so that each malformed line, invalid UTF-8 sequence or empty document becomes a rejected row
+with its reason instead of being dropped or killing the job. Parquet and Delta inputs are read by
+Spark's own readers. Ids are ``<source>/<input id>`` when the input has ids, else
+``<source>/<relative file>:<row>``: both are the same on every rerun, whatever the partitioning.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+from typing import Iterator
+
+import fsspec
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from .config import InputSpec, PipelineConfig
+
+# Everything ingest emits, kept or not; `reason` null means the row is a document.
+INGEST_SCHEMA = (
+    "id string, source string, text string, meta map<string,string>, reason string, detail string"
+)
+_ARROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("text", pa.string()),
+        ("meta", pa.map_(pa.string(), pa.string())),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+_GLOB_CHARS = "*?["
+
+
+def to_fsspec_url(path: str) -> str:
+    """Spark says s3a://, fsspec says s3://; same object store."""
+    return "s3://" + path[len("s3a://"):] if path.startswith("s3a://") else path
+
+
+def to_spark_path(path: str) -> str:
+    return "s3a://" + path[len("s3://"):] if path.startswith("s3://") else path
+
+
+def _glob_base(pattern: str) -> str:
+    """The folder part of a glob before its first wildcard: ids are relative to it."""
+    cut = min([pattern.index(c) for c in _GLOB_CHARS if c in pattern], default=len(pattern))
+    head = pattern[:cut]
+    return head if head.endswith("/") else os.path.dirname(head) + "/"
+
+
+def list_input_files(spec: InputSpec) -> list[tuple[str, str]]:
+    """(full url, path relative to the glob's base) for every file the input names, sorted."""
+    url = to_fsspec_url(spec.path)
+    fs, _, paths = fsspec.get_fs_token_paths(url)
+    protocol = url.split("://", 1)[0] + "://" if "://" in url else ""
+    bare = url.split("://", 1)[-1] if protocol else url
+    is_glob = any(c in bare for c in _GLOB_CHARS)
+    base = _glob_base(bare) if is_glob or not fs.isdir(bare) else bare.rstrip("/") + "/"
+    files = []
+    for p in sorted(paths):
+        if fs.isdir(p):
+            files.extend(sorted(f for f in fs.find(p) if not os.path.basename(f).startswith((".", "_"))))
+        else:
+            files.append(p)
+    return [(protocol + f if protocol and not f.startswith(protocol) else f, _relative(f, base)) for f in files]
+
+
+def _relative(path: str, base: str) -> str:
+    path = path.split("://", 1)[-1]
+    base = base.split("://", 1)[-1]
+    if base and path.startswith(base):
+        return path[len(base):]
+    return os.path.basename(path)
+
+
+def _open_decompressed(url: str):
+    raw = fsspec.open(url, "rb").open()
+    if url.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw)
+    if url.endswith(".zst") or url.endswith(".zstd"):
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+    return raw
+
+
+class _Rows:
+    """Column buffers for one Arrow batch."""
+
+    def __init__(self):
+        self.cols = {name: [] for name in _ARROW_SCHEMA.names}
+
+    def add(self, doc_id, source, text, meta=None, reason=None, detail=None):
+        for name, value in zip(_ARROW_SCHEMA.names, (doc_id, source, text, meta, reason, detail)):
+            self.cols[name].append(value)
+
+    def __len__(self):
+        return len(self.cols["id"])
+
+    def batch(self) -> pa.RecordBatch:
+        out = pa.RecordBatch.from_pydict(self.cols, schema=_ARROW_SCHEMA)
+        self.cols = {name: [] for name in _ARROW_SCHEMA.names}
+        return out
+
+
+def _check_text(text, max_bytes: int) -> tuple[str | None, str | None]:
+    """(reason, detail) when a text value cannot be a document."""
+    if text is None:
+        return "missing_text", None
+    if not isinstance(text, str):
+        return "text_not_string", type(text).__name__
+    if not text.strip():
+        return "empty_text", None
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        return "too_large", f"{size} bytes > max_doc_bytes {max_bytes}"
+    return None, None
+
+
+def _jsonl_rows(url: str, rel: str, spec: InputSpec, max_bytes: int, rows: _Rows) -> Iterator[pa.RecordBatch]:
+    with _open_decompressed(url) as handle:
+        for line_no, raw in enumerate(handle):
+            doc_id = f"{spec.source}/{rel}:{line_no}"
+            if not raw.strip():
+                continue  # blank separator lines are not documents
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                rows.add(doc_id, spec.source, raw.decode("utf-8", "replace"), None, "invalid_utf8", f"byte {err.start}")
+            else:
+                try:
+                    record = json.loads(line)
+                except ValueError as err:
+                    rows.add(doc_id, spec.source, line, None, "malformed_json", str(err)[:200])
+                else:
+                    if not isinstance(record, dict):
+                        rows.add(doc_id, spec.source, line, None, "not_an_object", type(record).__name__)
+                    else:
+                        _add_record(record, doc_id, spec, max_bytes, rows, line)
+            if len(rows) >= 2048:
+                yield rows.batch()
+
+
+def _add_record(record: dict, derived_id: str, spec: InputSpec, max_bytes: int, rows: _Rows, line: str) -> None:
+    doc_id = derived_id
+    if spec.id_field:
+        value = record.get(spec.id_field)
+        if value is None or value == "":
+            rows.add(derived_id, spec.source, line, None, "missing_id", f"field {spec.id_field!r}")
+            return
+        doc_id = f"{spec.source}/{value}"
+    meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k in spec.keep_fields if (v := record.get(k)) is not None}
+    text = record.get(spec.text_field)
+    reason, detail = _check_text(text, max_bytes)
+    if reason:
+        rows.add(doc_id, spec.source, text if isinstance(text, str) else line, meta, reason, detail)
+    else:
+        rows.add(doc_id, spec.source, text, meta)
+
+
+def _text_file_rows(url: str, rel: str, spec: InputSpec, max_bytes: int, rows: _Rows) -> None:
+    doc_id = f"{spec.source}/{rel}"
+    with _open_decompressed(url) as handle:
+        raw = handle.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        rows.add(doc_id, spec.source, raw.decode("utf-8", "replace"), None, "invalid_utf8", f"byte {err.start}")
+        return
+    reason, detail = _check_text(text, max_bytes)
+    rows.add(doc_id, spec.source, text, None, reason, detail)
+
+
+def _read_files_task(specs: dict[str, InputSpec], max_bytes: int):
+    """mapInArrow body: each input row names one file; yields its documents and rejects."""
+
+    def read(batches):
+        rows = _Rows()
+        for batch in batches:
+            for url, rel, source in zip(*(batch.column(i).to_pylist() for i in range(3))):
+                spec = specs[source]
+                try:
+                    if spec.format == "jsonl":
+                        yield from _jsonl_rows(url, rel, spec, max_bytes, rows)
+                    else:
+                        _text_file_rows(url, rel, spec, max_bytes, rows)
+                except (OSError, EOFError, ValueError) as err:
+                    # A truncated archive or unreadable file: one rejected row for the whole file.
+                    rows.add(f"{source}/{rel}", source, None, None, "unreadable_file", f"{type(err).__name__}: {err}"[:300])
+                if len(rows) >= 2048:
+                    yield rows.batch()
+        if len(rows):
+            yield rows.batch()
+
+    return read
+
+
+def _read_files(spark: SparkSession, specs: list[InputSpec], max_bytes: int) -> DataFrame | None:
+    listing = [(url, rel, spec.source) for spec in specs for url, rel in list_input_files(spec)]
+    if not listing:
+        return None
+    files = spark.createDataFrame(listing, "url string, rel string, source string")
+    files = files.repartition(min(len(listing), max(spark.sparkContext.defaultParallelism * 4, 1)), "url")
+    return files.mapInArrow(_read_files_task({s.source: s for s in specs}, max_bytes), INGEST_SCHEMA)
+
+
+def _read_table(spark: SparkSession, spec: InputSpec, max_bytes: int) -> DataFrame:
+    path = to_spark_path(spec.path)
+    if spec.format == "delta":
+        df = spark.read.format("delta").load(path)
+    else:
+        df = spark.read.parquet(path).select("*", "_metadata.file_name", "_metadata.row_index")
+    missing = [c for c in [spec.text_field, spec.id_field, *spec.keep_fields] if c and c not in df.columns]
+    if missing:
+        raise ValueError(f"input {spec.source!r} ({spec.path}): no column {missing[0]!r}; columns are {df.columns}")
+    if spec.id_field:
+        doc_id = F.concat(F.lit(spec.source + "/"), F.col(spec.id_field).cast("string"))
+    elif spec.format == "delta":
+        raise ValueError(f"input {spec.source!r}: Delta inputs need id_field (file positions are not stable in Delta)")
+    else:
+        doc_id = F.concat(F.lit(spec.source + "/"), F.col("file_name"), F.lit(":"), F.col("row_index").cast("string"))
+    text = F.col(spec.text_field).cast("string")
+    meta = (
+        F.create_map(*[x for k in spec.keep_fields for x in (F.lit(k), F.col(k).cast("string"))])
+        if spec.keep_fields
+        else F.lit(None).cast("map<string,string>")
+    )
+    size = F.octet_length(text)
+    reason = (
+        F.when(text.isNull(), "missing_text")
+        .when(F.length(F.trim(text)) == 0, "empty_text")
+        .when(size > max_bytes, "too_large")
+    )
+    if spec.id_field:
+        reason = F.when(F.col(spec.id_field).isNull(), "missing_id").otherwise(reason)
+    detail = F.when(size > max_bytes, F.concat(size.cast("string"), F.lit(f" bytes > max_doc_bytes {max_bytes}")))
+    return df.select(
+        doc_id.alias("id"), F.lit(spec.source).alias("source"), text.alias("text"), meta.alias("meta"),
+        reason.alias("reason"), detail.cast("string").alias("detail"),
+    )
+
+
+def ingest(spark: SparkSession, config: PipelineConfig) -> DataFrame:
+    """All inputs as one annotated DataFrame (INGEST_SCHEMA plus content_hash)."""
+    file_specs = [s for s in config.inputs if s.format in ("jsonl", "text")]
+    parts = [_read_table(spark, s, config.max_doc_bytes) for s in config.inputs if s.format in ("parquet", "delta")]
+    files = _read_files(spark, file_specs, config.max_doc_bytes)
+    if files is not None:
+        parts.append(files)
+    if not parts:
+        raise ValueError("no input files found")
+    docs = parts[0]
+    for part in parts[1:]:
+        docs = docs.unionByName(part)
+    # An input that repeats an id: one occurrence stays (chosen by content, so reruns agree), the others are rejected.
+    first = Window.partitionBy("id").orderBy(F.col("reason").isNotNull(), F.xxhash64("text"), F.col("text"))
+    docs = docs.withColumn("_n", F.row_number().over(first))
+    docs = docs.withColumn("reason", F.when(F.col("reason").isNull() & (F.col("_n") > 1), "duplicate_id").otherwise(F.col("reason")))
+    return docs.drop("_n").withColumn("content_hash", F.sha1(F.encode(F.col("text"), "UTF-8")))
