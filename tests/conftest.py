@@ -1,8 +1,10 @@
-"""Shared fixtures: one real local Spark session with Delta for the whole test run."""
+"""Shared fixtures: one real local S3-compatible server and one real local Spark session with
+Delta for the whole test run. The S3 server starts first so Spark is configured for s3a://."""
 from __future__ import annotations
 
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,15 +14,31 @@ sys.path.insert(0, str(ROOT))
 # Ivy's jar cache lives in the repo's .cache whatever directory pytest runs from.
 os.environ.setdefault("KILN_CACHE", str(ROOT / ".cache"))
 os.environ.setdefault("KILN_SHUFFLE_PARTITIONS", "4")
+TEST_BUCKET = "kiln-test"
 
 
 @pytest.fixture(scope="session")
-def spark():
-    """The run's only Spark session (local[2]); tests must not stop it."""
-    pytest.importorskip("pyspark")
+def s3_server():
+    """moto's S3 server on 127.0.0.1; AWS_ENDPOINT_URL and test credentials are set while it runs."""
+    from shards.local_s3 import LocalS3
+
+    with LocalS3() as server:
+        server.create_bucket(TEST_BUCKET)
+        yield server
+
+
+@pytest.fixture
+def s3_prefix(s3_server) -> str:
+    """A fresh s3:// folder in the test bucket (use s3a:// for the same place in Spark)."""
+    return f"s3://{TEST_BUCKET}/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def spark(s3_server):
+    """The run's only Spark session (local[2], Delta, s3a); tests must not stop it."""
     os.environ.setdefault("KILN_SPARK_MASTER", "local[2]")
     from etl.spark import get_spark
 
-    session = get_spark("kiln-tests")
+    session = get_spark("kiln-tests", with_s3=True)
     yield session
     session.stop()

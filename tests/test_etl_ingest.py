@@ -94,3 +94,22 @@ def test_delta_tables_read_back_with_deltalake(spark, tmp_path):
     table = deltalake.DeltaTable(str(tmp_path / "out" / "ingest")).to_pyarrow_table()
     assert table.num_rows == read_table(spark, str(tmp_path / "out" / "ingest")).count()
     assert set(table.column_names) >= {"id", "source", "text", "content_hash"}
+
+
+def test_pipeline_reads_and_writes_s3(spark, tmp_path, s3_prefix):
+    """Inputs and Delta outputs on the local S3 server, through s3a://."""
+    import fsspec
+
+    _write_inputs(tmp_path)
+    fs = fsspec.filesystem("s3")
+    fs.put(str(tmp_path / "in" / "a.jsonl"), f"{s3_prefix}/in/a.jsonl")
+    config, stages = validate_pipeline_config({
+        "output": s3_prefix.replace("s3://", "s3a://") + "/out",
+        "max_doc_bytes": 1000,
+        "inputs": [{"path": f"{s3_prefix}/in/*.jsonl", "source": "web", "id_field": "doc_id"}],
+        "stages": [],
+        "report": True,
+    })
+    run = run_pipeline(config, stages, spark, progress=lambda line: None)
+    assert read_table(spark, run.final_table).count() == 20
+    assert fs.exists(f"{s3_prefix}/out/report/report.html")
