@@ -156,7 +156,7 @@ class ColumnLayout:
         self.coders = [get_encoding(e) for e in self.encodings]
         self.sizes = [c.size for c in self.coders]
         self.num_variable = sum(size is None for size in self.sizes)
-        self._variable_lengths = struct.Struct(f"<{self.num_variable}I")
+        self._lengths_format = f"<{self.num_variable}I"  # struct caches the compiled format
 
     @classmethod
     def from_columns(cls, columns: dict[str, str]) -> "ColumnLayout":
@@ -197,10 +197,10 @@ class ColumnLayout:
             elif len(data) != coder.size:
                 raise EncodingError(f"column {name!r} ({encoding}): encoded to {len(data)} bytes, expected {coder.size}")
             parts.append(data)
-        return self._variable_lengths.pack(*lengths) + b"".join(parts)
+        return struct.pack(self._lengths_format, *lengths) + b"".join(parts)
 
     def decode_sample(self, buf: memoryview, begin: int, end: int) -> dict[str, Any]:
-        lengths = iter(self._variable_lengths.unpack_from(buf, begin))
+        lengths = iter(struct.unpack_from(self._lengths_format, buf, begin))
         pos = begin + 4 * self.num_variable
         sample = {}
         for name, coder, size in zip(self.names, self.coders, self.sizes):
