@@ -33,6 +33,7 @@ def join(url: str, *parts: str) -> str:
 
 def exists(url: str) -> bool:
     fs, path = open_fs(url)
+    fs.invalidate_cache(path)  # s3fs caches listings; another process may have written since
     return fs.exists(path)
 
 
@@ -69,6 +70,7 @@ def atomic_write_bytes(url: str, data: bytes) -> None:
 def list_names(url: str) -> list[str]:
     """Names of the direct children of folder ``url`` (empty when it does not exist)."""
     fs, path = open_fs(url)
+    fs.invalidate_cache(path)
     if not fs.exists(path):
         return []
     return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
@@ -78,6 +80,7 @@ def list_files(url: str) -> set[str]:
     """Paths of every file under folder ``url``, relative to it, with ``/`` separators."""
     fs, path = open_fs(url)
     root = path.rstrip("/")
+    fs.invalidate_cache(root)
     found = set()
     for p in fs.find(root):
         rel = p[len(root):].lstrip("/") if p.startswith(root) else p
