@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -
 # because their own pins clash with ours; tests put this folder on sys.path.
 SIDE   := .cache/side
 
-.PHONY: setup demo test bench clean
+.PHONY: setup side demo test bench clean
 
 setup: $(STAMP)
 
@@ -19,10 +19,14 @@ $(STAMP): pyproject.toml Makefile
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# Peers the tests compare against (mosaicml-streaming, datatrove), each in its own folder.
+side: setup
+	@for script in scripts/side_install_*.sh; do [ -f "$$script" ] && bash "$$script" || exit 1; done
+
 demo: setup
 	$(PY) -m jobs.demo
 
-test: setup
+test: setup side
 	$(PY) -m pytest -q tests
 
 bench: setup
