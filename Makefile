@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 
 # Peers the tests compare against (mosaicml-streaming, datatrove), each in its own folder.
 side: setup
-	@for script in scripts/side_install_*.sh; do [ -f "$$script" ] && bash "$$script" || exit 1; done
+	@for script in scripts/side_install_*.sh; do if [ -f "$$script" ]; then bash "$$script" || exit 1; fi; done
 
 demo: setup
 	$(PY) -m jobs.demo
