@@ -19,6 +19,7 @@ import mmap
 import os
 import struct
 import tempfile
+import threading
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -565,6 +566,7 @@ class MDSReader:
         self._local_root = storage.open_fs(self.path)[1] if storage.is_local(self.path) else None
         self.cache_dir = None if self._local_root else (cache_dir or default_cache_dir(self.path))
         self._open: OrderedDict[int, _OpenShard] = OrderedDict()
+        self._lock = threading.Lock()  # prefetch threads may share one reader
 
     @property
     def num_shards(self) -> int:
@@ -615,7 +617,8 @@ class MDSReader:
         _OpenShard(memoryview(raw), entry, self._layouts[shard_idx], url)
 
     def close(self) -> None:
-        self._open.clear()
+        with self._lock:
+            self._open.clear()
 
     def __enter__(self) -> "MDSReader":
         return self
@@ -626,8 +629,13 @@ class MDSReader:
     def __getstate__(self) -> dict:
         # Memory maps do not pickle; a copy sent to a worker process reopens shards lazily.
         state = self.__dict__.copy()
-        state["_open"] = OrderedDict()
+        del state["_open"], state["_lock"]
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._open = OrderedDict()
+        self._lock = threading.Lock()
 
     # ---- internals
 
@@ -640,16 +648,18 @@ class MDSReader:
         return storage.join(self.path, basename)
 
     def _shard(self, shard_idx: int) -> _OpenShard:
-        shard = self._open.get(shard_idx)
-        if shard is not None:
-            self._open.move_to_end(shard_idx)
-            return shard
+        with self._lock:
+            shard = self._open.get(shard_idx)
+            if shard is not None:
+                self._open.move_to_end(shard_idx)
+                return shard
         entry = self.entries[shard_idx]
-        buf, where = self._load(entry)
+        buf, where = self._load(entry)  # outside the lock: downloads may be slow
         shard = _OpenShard(buf, entry, self._layouts[shard_idx], where)
-        self._open[shard_idx] = shard
-        while len(self._open) > self.max_open_shards:
-            self._open.popitem(last=False)
+        with self._lock:
+            self._open[shard_idx] = shard
+            while len(self._open) > self.max_open_shards:
+                self._open.popitem(last=False)
         return shard
 
     def _load(self, entry: dict) -> tuple[memoryview, str]:
