@@ -12,6 +12,7 @@ name order. ``index.json`` is written last, so a dataset without it is unfinishe
 from __future__ import annotations
 
 import bz2
+import copy
 import gzip
 import hashlib
 import json
@@ -21,7 +22,7 @@ import struct
 import tempfile
 import threading
 import zlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -279,7 +280,7 @@ def _assemble_shard(
         raise ValueError(f"{raw_basename} would be {offsets[-1]} bytes; MDS shards must stay below 2**32")
     raw = b"".join([struct.pack("<I", count), offsets.astype("<u4").tobytes(), config_data, *encoded_samples])
     hashes = config["hashes"]
-    entry = dict(config, samples=count, raw_data=_file_info(raw_basename, raw, hashes), zip_data=None)
+    entry = dict(copy.deepcopy(config), samples=count, raw_data=_file_info(raw_basename, raw, hashes), zip_data=None)
     if compression is None:
         return ShardBlob(raw, entry)
     packed = compression.compress(raw)
@@ -289,7 +290,8 @@ def _assemble_shard(
 
 def shard_basename(shard_index: int, prefix: str = "") -> str:
     """``shard.00007.mds``, or ``PREFIX/shard.00007.mds`` for a sub-writer."""
-    return storage.join(prefix, f"shard.{shard_index:05d}.{FORMAT}") if prefix else f"shard.{shard_index:05d}.{FORMAT}"
+    name = f"shard.{shard_index:05d}.{FORMAT}"
+    return f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
 
 
 def encode_shard(
@@ -386,7 +388,7 @@ def merge_index(out: str, entries: Iterable[dict], check_files: bool = True) -> 
             raise ValueError(f"entries[{i}] is a list: concatenate the per-writer lists first (itertools.chain)")
         _check_entry(entry, f"entries[{i}]")
     names = [stored_basename(e) for e in entries]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = sorted(n for n, count in Counter(names).items() if count > 1)
     if duplicates:
         raise ValueError(f"shard files listed twice: {duplicates}")
     index_url = storage.join(out, INDEX_BASENAME)
