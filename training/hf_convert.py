@@ -175,7 +175,8 @@ def _config_from_hf(hf: dict) -> MPTConfig:
     if expansion_ratio != int(expansion_ratio):
         refuse("expansion_ratio", expansion_ratio, "only a whole-number ratio is supported")
     if problems:
-        raise ValueError("this MPT checkpoint cannot be loaded into training.model.MPT:\n  - " + "\n  - ".join(problems))
+        listed = "\n  - ".join(problems)
+        raise ValueError(f"this MPT checkpoint cannot be loaded into training.model.MPT:\n  - {listed}")
 
     return MPTConfig(
         d_model=d_model,

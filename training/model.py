@@ -92,7 +92,8 @@ class MPTConfig:
             or self.n_heads % self.n_kv_heads
         ):
             raise ValueError(
-                f"MPTConfig.n_kv_heads={self.n_kv_heads!r} must divide n_heads={self.n_heads} (or be None for multi-head)"
+                f"MPTConfig.n_kv_heads={self.n_kv_heads!r} must divide n_heads={self.n_heads} "
+                "(or be None for multi-head)"
             )
         if self.position not in POSITIONS:
             raise ValueError(f"MPTConfig.position={self.position!r} is not one of {POSITIONS}")
