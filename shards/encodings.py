@@ -28,6 +28,7 @@ NDARRAY_DTYPE_CODES = {
     "uint64": 64, "int64": 65, "float64": 66,
 }
 _NDARRAY_CODE_DTYPES = {code: name for name, code in NDARRAY_DTYPE_CODES.items()}
+_NDARRAY_CODES_BY_DTYPE = {np.dtype(name).newbyteorder("<"): code for name, code in NDARRAY_DTYPE_CODES.items()}
 
 # Shape values in a dynamic-shape header are stored as the smallest of these that fits.
 _SHAPE_FORMATS = ("B", "H", "I", "Q")  # uint8, uint16, uint32, uint64
@@ -204,23 +205,23 @@ class NDArrayEncoding(Encoding):
     def encode(self, value: Any) -> bytes:
         if not isinstance(value, np.ndarray):
             raise EncodingError(f"expected a numpy array, got {type(value).__name__}")
-        dtype_name = value.dtype.name
-        if dtype_name not in NDARRAY_DTYPE_CODES:
+        if value.dtype.byteorder == ">":
+            value = value.astype(value.dtype.newbyteorder("<"))
+        code = _NDARRAY_CODES_BY_DTYPE.get(value.dtype)  # a dict lookup: dtype.name is slow
+        if code is None:
             raise EncodingError(
-                f"array dtype {dtype_name} is not storable; use one of {', '.join(NDARRAY_DTYPE_CODES)}"
+                f"array dtype {value.dtype.name} is not storable; use one of {', '.join(NDARRAY_DTYPE_CODES)}"
             )
-        if self.dtype is not None and dtype_name != self.dtype.name:
+        if self.dtype is not None and value.dtype != self.dtype:
             raise EncodingError(
-                f"array dtype is {dtype_name} but the column is {self.name}; "
+                f"array dtype is {value.dtype.name} but the column is {self.name}; "
                 f"convert it with .astype('{self.dtype.name}') after checking the value range"
             )
         if value.ndim == 0 or value.size == 0:
             raise EncodingError(f"cannot store an array of shape {value.shape}: it needs at least one element")
-        if value.dtype.byteorder == ">":
-            value = value.astype(value.dtype.newbyteorder("<"))
         parts = []
         if self.dtype is None:
-            parts.append(bytes([NDARRAY_DTYPE_CODES[dtype_name]]))
+            parts.append(bytes([code]))
         if self.shape is None:
             if value.ndim >= 64:
                 raise EncodingError(f"array has {value.ndim} dimensions; at most 63 are storable")
