@@ -1,5 +1,15 @@
 """ETL stages by the name a pipeline config uses for them. Add a stage here to make it configurable."""
 from .base import Stage
+from .shuffle_write import ShuffleAndWrite
+from .tokenize import Tokenize
+from .exact_dedup import ExactDedup
+from .fix_encoding import FixEncoding
+from .minhash_dedup import MinHashDedup
 
 STAGES: dict[str, type[Stage]] = {
+    Tokenize.name: Tokenize,
+    ShuffleAndWrite.name: ShuffleAndWrite,
+    FixEncoding.name: FixEncoding,
+    ExactDedup.name: ExactDedup,
+    MinHashDedup.name: MinHashDedup,
 }

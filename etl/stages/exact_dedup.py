@@ -1,0 +1,172 @@
+"""exact_dedup: one document per normalised text; the other copies are rejected as `exact_duplicate`.
+
+The text is normalised with Spark's own functions (Unicode-aware lowercasing, collapsing of every
+Unicode whitespace run, optional removal of Unicode punctuation, optional NFKC in a vectorised
+pandas UDF) and hashed with SHA-1. Within a hash group a deterministic rule picks the copy to keep
+(`smallest_id`, or `longest` original text with the smallest id breaking ties); the others get
+`detail` = the kept id. The extra table `kept_ids` lists every document that belongs to a
+duplicate group, the kept one included (id = kept_id), with the group's hash.
+
+Incremental mode (`incremental: true`) remembers each distinct hash and the id kept for it in the
+Delta table ``<state_root>/exact_dedup_index``. A document whose hash is in the index is a duplicate
+of the indexed id, unless it *is* that id: so rerunning a batch, or a run that failed after the index
+was updated, keeps exactly the same documents. Hashes new in this batch follow the rule above and
+are added with a Delta MERGE that only inserts, so the index never changes for hashes it knows
+(earlier runs win over the `keep` rule). The batch reads the index at a pinned version, so
+recomputing the batch after the MERGE gives the same answer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pandas as pd
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from .base import Stage, StageContext, StageResult
+
+INDEX_TABLE = "exact_dedup_index"
+NORMALIZATION_PROPERTY = "kiln.exact_dedup.normalization"
+
+
+@dataclass
+class ExactDedupParams:
+    lowercase: bool = True
+    # Every run of Unicode whitespace becomes one space; leading and trailing whitespace goes.
+    collapse_whitespace: bool = True
+    # Remove Unicode punctuation (\p{P}) before comparing.
+    strip_punctuation: bool = False
+    # Unicode compatibility normalisation (full-width forms, ligatures) before comparing; runs in Python.
+    nfkc: bool = False
+    # Which copy of a group is kept: the smallest id, or the longest original text (then the smallest id).
+    keep: Literal["smallest_id", "longest"] = "smallest_id"
+    # Deduplicate against every earlier run too, through the index under the pipeline's state root.
+    incremental: bool = False
+
+    def normalization(self) -> str:
+        """The settings that give a hash its meaning (an index built with others cannot be reused)."""
+        return (
+            f"lowercase={self.lowercase},collapse_whitespace={self.collapse_whitespace},"
+            f"strip_punctuation={self.strip_punctuation},nfkc={self.nfkc},hash=sha1"
+        )
+
+
+def _nfkc(texts: pd.Series) -> pd.Series:
+    return texts.str.normalize("NFKC")
+
+
+def normalized_text(text: Column, params: ExactDedupParams) -> Column:
+    if params.nfkc:
+        text = F.pandas_udf(_nfkc, "string")(text)
+    if params.strip_punctuation:
+        text = F.regexp_replace(text, r"\p{P}+", "")
+    if params.lowercase:
+        text = F.lower(text)
+    if params.collapse_whitespace:
+        # (?U): Java's \s then means every Unicode whitespace (no-break space, ideographic space...).
+        text = F.trim(F.regexp_replace(text, r"(?U)\s+", " "))
+    return text
+
+
+def text_hash(text: Column, params: ExactDedupParams) -> Column:
+    return F.sha1(F.encode(normalized_text(text, params), "UTF-8"))
+
+
+class ExactDedup(Stage):
+    name = "exact_dedup"
+    Params = ExactDedupParams
+
+    def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
+        params = self.params
+        order = [F.col("id")] if params.keep == "smallest_id" else [F.length("text").desc(), F.col("id")]
+        group = Window.partitionBy("_hash").orderBy(*order).rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+        docs = (
+            docs.withColumn("_hash", text_hash(F.col("text"), params))
+            .withColumn("_batch_kept_id", F.first("id").over(group))
+            .withColumn("_group_size", F.count("*").over(group))
+        )
+        index_path = ctx.state_root.rstrip("/") + "/" + INDEX_TABLE
+        if params.incremental:
+            index = _open_index(ctx, index_path, params)
+            docs = docs.join(index, "_hash", "left")
+        else:
+            docs = docs.withColumn("_indexed_kept_id", F.lit(None).cast("string"))
+        kept_id = F.coalesce(F.col("_indexed_kept_id"), F.col("_batch_kept_id"))
+        docs = docs.withColumn("_kept_id", kept_id)
+        is_duplicate = F.col("_kept_id") != F.col("id")
+        docs = docs.withColumn("reason", F.when(is_duplicate, F.lit("exact_duplicate"))).withColumn(
+            "detail", F.when(is_duplicate, F.col("_kept_id"))
+        )
+        in_group = (F.col("_group_size") > 1) | (
+            F.col("_indexed_kept_id").isNotNull() & (F.col("_indexed_kept_id") != F.col("id"))
+        )
+        kept_ids = docs.filter(in_group).select("id", F.col("_kept_id").alias("kept_id"), F.col("_hash").alias("text_hash"))
+
+        metrics_extra: dict = {}
+        if params.incremental:
+            from ..delta import read_table  # not at the top: etl.delta -> etl.config -> etl.stages is a cycle
+
+            # Computed once: both the index update and the pipeline's split read these rows.
+            docs = docs.persist(StorageLevel.MEMORY_AND_DISK)
+            new_hashes = docs.filter(F.col("_indexed_kept_id").isNull() & ~is_duplicate).select(
+                F.col("_hash").alias("text_hash"), F.col("id").alias("kept_id"), F.lit(ctx.run_id).alias("run_id")
+            )
+            _merge_into_index(ctx, index_path, new_hashes)
+            metrics_extra["index_hashes"] = read_table(ctx.spark, index_path).count()
+
+        annotated = docs.drop("_hash", "_batch_kept_id", "_group_size", "_indexed_kept_id", "_kept_id")
+        return StageResult(annotated, tables={"kept_ids": kept_ids}, metrics=lambda df: {**_metrics(df), **metrics_extra})
+
+
+def _open_index(ctx: StageContext, path: str, params: ExactDedupParams) -> DataFrame:
+    """The index as of now (pinned to its current version), created empty on the first run."""
+    from delta.tables import DeltaTable
+
+    from ..delta import read_table, table_version
+    from ..ingest import to_spark_path
+
+    spark_path = to_spark_path(path)
+    (
+        DeltaTable.createIfNotExists(ctx.spark)
+        .location(spark_path)
+        .addColumn("text_hash", "STRING", nullable=False)
+        .addColumn("kept_id", "STRING", nullable=False)
+        .addColumn("run_id", "STRING")
+        .property(NORMALIZATION_PROPERTY, params.normalization())
+        .execute()
+    )
+    properties = DeltaTable.forPath(ctx.spark, spark_path).detail().select("properties").collect()[0]["properties"]
+    built_with = properties.get(NORMALIZATION_PROPERTY)
+    if built_with != params.normalization():
+        raise ValueError(
+            f"exact_dedup: the index at {path} was built with normalisation {built_with!r}, but this run uses "
+            f"{params.normalization()!r}; its hashes are not comparable. Use the same params or a new state_dir."
+        )
+    version = table_version(ctx.spark, path)
+    return read_table(ctx.spark, path, version=version).select(
+        F.col("text_hash").alias("_hash"), F.col("kept_id").alias("_indexed_kept_id")
+    )
+
+
+def _merge_into_index(ctx: StageContext, path: str, new_hashes: DataFrame) -> None:
+    """Insert hashes the index does not know; known ones keep the id they were first kept under."""
+    from delta.tables import DeltaTable
+
+    from ..ingest import to_spark_path
+
+    (
+        DeltaTable.forPath(ctx.spark, to_spark_path(path))
+        .alias("index")
+        .merge(new_hashes.alias("batch"), "index.text_hash = batch.text_hash")
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
+def _metrics(annotated: DataFrame) -> dict:
+    row = annotated.filter(F.col("reason") == "exact_duplicate").agg(
+        F.count("*").alias("duplicates"), F.countDistinct("detail").alias("groups")
+    ).collect()[0]
+    return {"duplicates": int(row["duplicates"]), "duplicate_groups": int(row["groups"])}
