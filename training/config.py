@@ -1,0 +1,258 @@
+"""The training YAML, as typed dataclasses.
+
+```yaml
+name: tiny                       # run name; default: a timestamp
+output_dir: runs                 # each run writes runs/<name>/
+model: {preset: tiny, overrides: {max_seq_len: 64}}
+data:
+  datasets:
+    - {path: s3://bucket/web, proportion: 0.7}          # newest complete v=N under the root
+    - {path: s3://bucket/code, proportion: 0.3, version: 3}
+train: {max_steps: 1000, global_batch_size: 256, micro_batch_size: 8}
+optimizer: {name: adamw, lr: 3.0e-4, weight_decay: 1.0e-5}
+schedule: {warmup_steps: 100, decay: cosine}
+```
+Every key is checked (name and type) by ``shards.config.from_dict`` and every cross-key rule by
+``check_world_size``, so ``python -m training.launch`` rejects a bad file before any rank starts.
+Overrides on the command line use dotted keys: ``train.max_steps=10 optimizer.lr=1e-3``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from shards.config import ConfigError, from_dict, load_yaml, parse_override, set_path, to_dict
+
+from .model import MPTConfig
+
+
+def _positive(section: str, **values: Any) -> None:
+    for key, value in values.items():
+        if value is not None and value <= 0:
+            raise ValueError(f"{section}.{key} must be positive, got {value!r}")
+
+
+@dataclass
+class ModelSection:
+    """An MPT preset (see training.model.PRESETS) and any MPTConfig fields to change."""
+
+    preset: str = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.build()  # an unknown preset or field, or a bad shape, fails while the YAML is checked
+
+    def build(self) -> MPTConfig:
+        return MPTConfig.preset(self.preset, **self.overrides)
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset of the mixture.
+
+    ``path`` is a dataset root (its newest complete ``v=N``, or ``version`` when given), one
+    ``v=N`` folder, or a plain MDS folder with an index.json (no manifest, so no version).
+    """
+
+    path: str
+    proportion: float = 1.0
+    version: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive("dataset", proportion=self.proportion, version=self.version)
+
+
+@dataclass
+class DataSection:
+    datasets: list[DatasetSpec]
+    train_split: str = "train"
+    eval_split: str | None = "val"
+    shuffle: bool = True
+    # The shuffle permutes shards, then samples within windows of this many consecutive shards.
+    shuffle_window_shards: int = 8
+    seed: int = 1234
+    # Remote shards are kept here (default: <tmp>/kiln-shard-cache), least recently used out first.
+    cache_dir: str | None = None
+    cache_limit_gb: float = 64.0
+    prefetch_shards: int = 4
+    download_retries: int = 5
+    verify_hashes: bool = True
+    num_workers: int = 1
+    prefetch_batches: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.datasets:
+            raise ValueError("data.datasets: at least one dataset is required")
+        _positive("data", shuffle_window_shards=self.shuffle_window_shards, cache_limit_gb=self.cache_limit_gb,
+                  prefetch_shards=self.prefetch_shards, prefetch_batches=self.prefetch_batches)
+        if self.num_workers < 0 or self.download_retries < 0:
+            raise ValueError("data.num_workers and data.download_retries must be >= 0")
+
+
+@dataclass
+class TrainSection:
+    max_steps: int
+    global_batch_size: int  # samples per optimizer step, over all ranks
+    micro_batch_size: int  # samples per rank per forward; the rest is gradient accumulation
+    seed: int = 42
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        _positive("train", max_steps=self.max_steps, global_batch_size=self.global_batch_size,
+                  micro_batch_size=self.micro_batch_size, grad_clip=self.grad_clip)
+
+
+@dataclass
+class OptimizerSection:
+    name: Literal["adamw", "lion"] = "adamw"
+    lr: float = 3.0e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1.0e-8
+    # Decoupled: each step multiplies weights by (1 - weight_decay * lr / peak lr), so the value is
+    # a fraction per step (1e-5 is typical), not scaled by the learning rate as in torch's AdamW.
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive("optimizer", lr=self.lr, eps=self.eps)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optimizer.betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not 0.0 <= self.weight_decay < 1.0:
+            raise ValueError(f"optimizer.weight_decay must be in [0, 1), got {self.weight_decay!r}")
+
+
+@dataclass
+class ScheduleSection:
+    warmup_steps: int = 0
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = 0.1  # the learning rate ends at lr * min_lr_ratio
+    decay_steps: int | None = None  # default: train.max_steps
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0:
+            raise ValueError(f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"schedule.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _positive("schedule", decay_steps=self.decay_steps)
+
+
+@dataclass
+class ParallelSection:
+    # full: shard parameters over every rank. hybrid: shard within groups of shard_group_size
+    # ranks (default: the ranks of one node) and replicate across groups.
+    sharding: Literal["full", "hybrid"] = "full"
+    shard_group_size: int | None = None
+    device: Literal["auto", "cuda", "cpu"] = "auto"  # auto: cuda when available
+    mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on cuda, fp32 on cpu
+    activation_checkpointing: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        _positive("parallel", shard_group_size=self.shard_group_size)
+
+
+@dataclass
+class EvalSection:
+    every_steps: int = 0  # 0: no evaluation; otherwise every N steps and after the last step
+    batches: int = 4  # global batches of the eval split (read in order, not shuffled)
+    global_batch_size: int | None = None  # default: train.global_batch_size
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0:
+            raise ValueError(f"eval.every_steps must be >= 0, got {self.every_steps}")
+        _positive("eval", batches=self.batches, global_batch_size=self.global_batch_size)
+
+
+@dataclass
+class LoggingSection:
+    every_steps: int = 1
+    progress_bar: bool = True
+    mlflow: bool = True
+    # Default: a local SQLite store, sqlite:///<output_dir>/mlflow.db, artifacts beside it.
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = "kiln"
+    wandb_project: str | None = None  # needs `pip install wandb`
+    # Dense bf16 FLOP/s of one device for MFU; default: looked up for known GPUs, none on CPU.
+    peak_flops_per_device: float | None = None
+    # Write the global sample positions and ids each rank consumed per step (for audits and tests).
+    sample_ledger: bool = False
+    plot: bool = True
+
+    def __post_init__(self) -> None:
+        _positive("logging", every_steps=self.every_steps, peak_flops_per_device=self.peak_flops_per_device)
+
+
+@dataclass
+class CheckpointSection:
+    """Placeholder for fault tolerance: saving and resuming are not implemented yet."""
+
+    dir: str | None = None
+    every_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dir is not None or self.every_steps:
+            raise ValueError("checkpointing is not implemented yet: leave checkpoint.dir null and every_steps 0")
+
+
+@dataclass
+class TrainConfig:
+    data: DataSection
+    train: TrainSection
+    model: ModelSection = field(default_factory=ModelSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    name: str | None = None
+    output_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        if self.name is not None and (not self.name or "/" in self.name):
+            raise ValueError(f"name must be a non-empty run name without '/', got {self.name!r}")
+        if self.eval.every_steps and self.data.eval_split is None:
+            raise ValueError("eval.every_steps is set but data.eval_split is null")
+
+    @property
+    def eval_global_batch_size(self) -> int:
+        return self.eval.global_batch_size or self.train.global_batch_size
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """Read the YAML, apply ``key.path=value`` overrides, and check every key and type."""
+    data = load_yaml(path)
+    for override in overrides:
+        parts, value = parse_override(override)
+        set_path(data, parts, value)
+    try:
+        return from_dict(TrainConfig, data, "config")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def accumulation_steps(global_batch: int, micro_batch: int, world_size: int, what: str = "train") -> int:
+    """Micro-batches per rank per step; the global batch must split evenly over the ranks."""
+    per_step = micro_batch * world_size
+    if global_batch % per_step:
+        raise ConfigError(
+            f"{what} global batch size {global_batch} is not a multiple of train.micro_batch_size "
+            f"({micro_batch}) x {world_size} ranks = {per_step}"
+        )
+    return global_batch // per_step
+
+
+def check_world_size(cfg: TrainConfig, world_size: int, local_world_size: int) -> None:
+    """The rules that depend on how many ranks run (the launcher checks them before starting any)."""
+    accumulation_steps(cfg.train.global_batch_size, cfg.train.micro_batch_size, world_size)
+    if cfg.eval.every_steps:
+        accumulation_steps(cfg.eval_global_batch_size, cfg.train.micro_batch_size, world_size, "eval")
+    if cfg.parallel.sharding == "hybrid":
+        group = cfg.parallel.shard_group_size or local_world_size
+        if world_size % group:
+            raise ConfigError(
+                f"parallel.shard_group_size {group} does not divide the {world_size} ranks (hybrid sharding)"
+            )

@@ -1,0 +1,91 @@
+"""``python -m training.launch CONFIG [options] [key=value ...]``: check the config, then start the ranks.
+
+The ranks are started by PyTorch's own elastic launcher (torch.distributed.run, i.e. torchrun),
+so the same config runs as one process, one node, or many nodes:
+
+    python -m training.launch configs/train_tiny.yaml                       # one process
+    python -m training.launch configs/train_tiny.yaml --nproc-per-node 8    # one node
+    python -m training.launch configs/train_tiny.yaml --nnodes 4 --nproc-per-node 8 \\
+        --rdzv-endpoint head-node:29500                                     # run this on each node
+
+Everything is validated here first: the YAML's keys and types, the batch sizes against the world
+size, that each dataset resolves to a complete version, and that optional loggers are installed.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+
+from shards.config import ConfigError
+
+from .config import TrainConfig, check_world_size, load_config
+
+
+def validate(cfg: TrainConfig, nnodes: int, nproc_per_node: int) -> None:
+    """Everything that can be checked before any rank starts; raises ConfigError."""
+    from .train import resolve_sources
+
+    check_world_size(cfg, nnodes * nproc_per_node, nproc_per_node)
+    if cfg.logging.mlflow and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError("logging.mlflow is true but mlflow is not installed (pip install mlflow-skinny)")
+    if cfg.logging.wandb_project and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("logging.wandb_project is set but wandb is not installed (pip install wandb)")
+    try:
+        resolve_sources(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"data: {err}") from None
+
+
+def torchrun_args(args: argparse.Namespace) -> list[str]:
+    """The torch.distributed.run command line that starts ``training.train`` with the same config."""
+    out = ["--nnodes", str(args.nnodes), "--nproc-per-node", str(args.nproc_per_node),
+           "--max-restarts", str(args.max_restarts)]
+    if args.rdzv_endpoint:
+        out += ["--rdzv-backend", "c10d", "--rdzv-endpoint", args.rdzv_endpoint, "--rdzv-id", args.rdzv_id]
+        if args.node_rank is not None:
+            out += ["--node-rank", str(args.node_rank)]
+    else:
+        out += ["--standalone"]
+    return out + ["--module", "training.train", args.config, *args.overrides]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.launch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="training YAML")
+    parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.max_steps=100")
+    parser.add_argument("--nproc-per-node", type=int, default=1, help="ranks on this node (one per GPU)")
+    parser.add_argument("--nnodes", type=int, default=1, help="number of nodes")
+    parser.add_argument("--rdzv-endpoint", help="HOST:PORT of the c10d rendezvous (needed for several nodes)")
+    parser.add_argument("--rdzv-id", default="kiln", help="job id shared by every node of one run")
+    parser.add_argument("--node-rank", type=int, help="this node's rank (optional with c10d rendezvous)")
+    parser.add_argument("--max-restarts", type=int, default=0, help="times torchrun restarts failed ranks")
+    args = parser.parse_args(argv)
+    if args.nproc_per_node < 1 or args.nnodes < 1:
+        parser.error("--nproc-per-node and --nnodes must be >= 1")
+    if args.nnodes > 1 and not args.rdzv_endpoint:
+        parser.error("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the same on every node)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        validate(cfg, args.nnodes, args.nproc_per_node)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    try:
+        run(get_args_parser().parse_args(torchrun_args(args)))
+    except ChildFailedError as err:
+        print(f"training failed: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
