@@ -1,0 +1,497 @@
+"""minhash_dedup: near-duplicate removal with MinHash LSH, deterministic, optionally incremental.
+
+How a run goes (every step a Spark job; nothing per document or per pair reaches the driver):
+
+1. signatures and band hashes per document, vectorised over Arrow batches (``etl.minhash``);
+2. candidate pairs: documents sharing a (band, band hash) bucket. A bucket of at most
+   ``pair_bucket_limit`` documents gives all its pairs; a larger one (boilerplate, templated
+   pages) links every member to the bucket's smallest id, so no bucket costs quadratic work;
+3. verification (optional): a pair stays only when its estimated (signature) or exact (shingle)
+   Jaccard similarity reaches the threshold, which drops LSH false positives;
+4. connected components by alternating large-star / small-star rounds on an edge DataFrame, with
+   the lineage cut (checkpointed) after every round; each component is labelled by its smallest
+   id, which no partitioning can change;
+5. one document kept per component: the smallest key (priority column, rule, id), where the rule
+   is smallest id, longest text or best quality score. The others get reason ``near_duplicate`` and
+   the kept id as ``detail``; ``<output>/minhash_dedup/clusters`` lists (id, cluster_id, kept_id,
+   similarity to the kept document) for every document in a component of two or more.
+
+Incremental mode keeps every processed document's signature, band hashes, cluster and decision in
+a Delta index under ``<state_root>/minhash_dedup/index``. A new batch is matched within itself and
+against the index; a component that holds an indexed document keeps its earliest published
+document (earliest batch, then the same key), so nothing once published is ever removed, and the
+index grows by MERGE. Documents whose id is already indexed replay their recorded decision, so
+re-running a batch changes nothing.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import NumericType
+
+from .. import minhash
+from .base import Stage, StageContext, StageResult
+
+REASON = "near_duplicate"
+_FINGERPRINT_PROPERTY = "kiln.minhash_dedup.settings"
+_SIGNATURE_SCHEMA = "id string, signature binary, buckets array<bigint>, priority bigint, rank double"
+_LAST = float("inf")
+
+
+@dataclass
+class MinHashDedupParams:
+    # Documents whose shingle sets have Jaccard similarity >= threshold are near-duplicates.
+    threshold: float = 0.8
+    num_perm: int = 128
+    seed: int = 1
+    # Word n-grams (default) or character n-grams of the normalised text.
+    shingle: Literal["word", "char"] = "word"
+    ngram: int = 5
+    # LSH bands x rows; by default the pair minimising weighted false positive and negative areas.
+    bands: int | None = None
+    rows: int | None = None
+    false_positive_weight: float = 0.5
+    false_negative_weight: float = 0.5
+    # Check candidate pairs before linking them: by signature agreement, by exact shingle Jaccard, or not.
+    verify: Literal["estimated", "exact", "none"] = "estimated"
+    # Which document of a cluster is kept: smallest id, longest text, or highest `quality_column`.
+    keep: Literal["smallest_id", "longest", "quality"] = "smallest_id"
+    quality_column: str | None = None
+    # Optional numeric column: lower values win before `keep` applies (e.g. crawl date); nulls last.
+    priority_column: str | None = None
+    # Match against (and grow) the index of every document processed before.
+    incremental: bool = False
+    # Buckets up to this size give all their pairs; larger ones link members to the bucket's smallest id.
+    pair_bucket_limit: int = 32
+    max_cc_rounds: int = 60
+
+    def __post_init__(self):
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.num_perm < 2:
+            raise ValueError(f"num_perm must be at least 2, got {self.num_perm}")
+        if self.ngram < 1:
+            raise ValueError(f"ngram must be at least 1, got {self.ngram}")
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("bands and rows must be given together (or neither, to derive them from threshold)")
+        if self.bands is not None and (self.bands < 1 or self.rows < 1 or self.bands * self.rows > self.num_perm):
+            raise ValueError(f"bands x rows = {self.bands} x {self.rows} must be positive and at most num_perm {self.num_perm}")
+        if self.keep == "quality" and not self.quality_column:
+            raise ValueError("keep: 'quality' needs quality_column (the score column to maximise)")
+        if self.verify == "exact" and self.incremental:
+            raise ValueError("verify: 'exact' needs both texts of a pair, and the incremental index keeps no text; use 'estimated'")
+        if self.pair_bucket_limit < 2:
+            raise ValueError(f"pair_bucket_limit must be at least 2, got {self.pair_bucket_limit}")
+
+    def band_rows(self) -> tuple[int, int]:
+        if self.bands is not None:
+            return self.bands, self.rows
+        return _optimal_bands(self.threshold, self.num_perm, self.false_positive_weight, self.false_negative_weight)
+
+    def signature_settings(self) -> dict:
+        """What makes two runs' signatures and band hashes comparable (checked against the index)."""
+        bands, rows = self.band_rows()
+        return {"num_perm": self.num_perm, "seed": self.seed, "shingle": self.shingle, "ngram": self.ngram,
+                "bands": bands, "rows": rows}
+
+
+@lru_cache(maxsize=None)
+def _optimal_bands(threshold: float, num_perm: int, fp_weight: float, fn_weight: float) -> tuple[int, int]:
+    return minhash.optimal_bands(threshold, num_perm, fp_weight, fn_weight)
+
+
+@lru_cache(maxsize=4)
+def _hasher(num_perm: int, seed: int) -> minhash.MinHasher:
+    """One per Python worker and setting: the permutations are drawn once, not per batch."""
+    return minhash.MinHasher(num_perm, seed)
+
+
+# ---------------------------------------------------------------- Arrow batch functions (workers)
+
+
+def _sign_batches(settings: dict):
+    spec = minhash.ShingleSpec(settings["shingle"], settings["ngram"])
+
+    def sign(batches):
+        hasher = _hasher(settings["num_perm"], settings["seed"])
+        for batch in batches:
+            signatures, has_shingles = hasher.signatures_of_texts(batch.column("text"), spec)
+            keep = np.flatnonzero(has_shingles)  # a document without shingles never matches anything
+            signatures = signatures[keep]
+            buckets = minhash.band_hashes(signatures, settings["bands"], settings["rows"])
+            offsets = pa.array(np.arange(len(keep) + 1, dtype=np.int32) * settings["bands"])
+            yield pa.RecordBatch.from_arrays(
+                [
+                    batch.column("id").take(keep),
+                    minhash.signatures_to_binary(signatures),
+                    pa.ListArray.from_arrays(offsets, pa.array(buckets.ravel())),
+                    batch.column("priority").take(keep),
+                    batch.column("rank").take(keep),
+                ],
+                names=["id", "signature", "buckets", "priority", "rank"],
+            )
+
+    return sign
+
+
+def _estimated_similarity_batches(num_perm: int):
+    """(a, b, sig_a, sig_b) -> (a, b, similarity)."""
+
+    def similarity(batches):
+        for batch in batches:
+            left = minhash.signatures_from_binary(batch.column("sig_a"), num_perm)
+            right = minhash.signatures_from_binary(batch.column("sig_b"), num_perm)
+            yield pa.RecordBatch.from_arrays(
+                [batch.column("a"), batch.column("b"), pa.array(minhash.estimated_jaccard(left, right))],
+                names=["a", "b", "similarity"],
+            )
+
+    return similarity
+
+
+def _exact_similarity_batches(shingle: str, ngram: int):
+    """(a, b, text_a, text_b) -> (a, b, similarity) on the exact shingle sets."""
+    spec = minhash.ShingleSpec(shingle, ngram)
+
+    def similarity(batches):
+        for batch in batches:
+            left = minhash.shingle_hashes(minhash.normalize(batch.column("text_a")), spec)
+            right = minhash.shingle_hashes(minhash.normalize(batch.column("text_b")), spec)
+            yield pa.RecordBatch.from_arrays(
+                [batch.column("a"), batch.column("b"), pa.array(minhash.exact_jaccard(*left, *right))],
+                names=["a", "b", "similarity"],
+            )
+
+    return similarity
+
+
+# ---------------------------------------------------------------- Spark building blocks
+
+
+def materialize(df: DataFrame) -> DataFrame:
+    """Compute now and cut the lineage: a reliable checkpoint when the session has a checkpoint
+    directory, else a local one (executor storage, memory then disk)."""
+    if df.sparkSession.sparkContext.getCheckpointDir():
+        return df.checkpoint(eager=True)
+    return df.localCheckpoint(eager=True)
+
+
+def _large_star(edges: DataFrame) -> DataFrame:
+    """Every node links its larger neighbours to the smallest node of its closed neighbourhood."""
+    both = edges.select(F.col("node").alias("u"), F.col("parent").alias("v")).unionByName(
+        edges.select(F.col("parent").alias("u"), F.col("node").alias("v"))
+    )
+    smallest = both.groupBy("u").agg(F.least(F.col("u"), F.min("v")).alias("m"))
+    return both.join(smallest, "u").where(F.col("v") > F.col("u")).select(
+        F.col("v").alias("node"), F.col("m").alias("parent")
+    ).distinct()
+
+
+def _small_star(edges: DataFrame) -> DataFrame:
+    """Every node links itself and its smaller neighbours to the smallest of them."""
+    smallest = edges.groupBy("node").agg(F.min("parent").alias("m"))
+    return edges.join(smallest, "node").select(
+        F.when(F.col("parent") == F.col("m"), F.col("node")).otherwise(F.col("parent")).alias("node"),
+        F.col("m").alias("parent"),
+    ).distinct()
+
+
+def _is_star_forest(edges: DataFrame) -> bool:
+    """Done when every node has one parent and no parent has a parent: each component is then a
+    star around its smallest node. One aggregation: per id, its number of parents and whether it
+    is anyone's parent."""
+    roles = edges.select(F.col("node").alias("x"), F.lit(1).alias("parents"), F.lit(False).alias("is_parent")).unionByName(
+        edges.select(F.col("parent").alias("x"), F.lit(0).alias("parents"), F.lit(True).alias("is_parent"))
+    )
+    violations = roles.groupBy("x").agg(F.sum("parents").alias("parents"), F.max("is_parent").alias("is_parent")).where(
+        (F.col("parents") > 1) | ((F.col("parents") == 1) & F.col("is_parent"))
+    )
+    return violations.limit(1).count() == 0
+
+
+def connected_components(edges: DataFrame, max_rounds: int = 60) -> tuple[DataFrame, int]:
+    """(id, component) for every node of an undirected edge list (columns a, b), the component
+    being its smallest id; and the number of rounds it took.
+
+    Alternating large-star / small-star (Kiveris et al., "Connected Components in MapReduce and
+    Beyond", 2014): only group-by-min aggregations and joins, so no partition ever holds more than
+    its share of edges, and the lineage is cut after each round.
+    """
+    current = materialize(
+        edges.where(F.col("a") != F.col("b"))
+        .select(F.greatest("a", "b").alias("node"), F.least("a", "b").alias("parent"))
+        .distinct()
+    )
+    rounds = 0
+    while not _is_star_forest(current):
+        rounds += 1
+        if rounds > max_rounds:
+            raise RuntimeError(f"connected components did not converge in max_cc_rounds={max_rounds} rounds")
+        current = materialize(_small_star(_large_star(current)))
+    roots = current.select(F.col("parent").alias("id")).distinct().withColumn("component", F.col("id"))
+    members = current.select(F.col("node").alias("id"), F.col("parent").alias("component"))
+    return members.unionByName(roots), rounds
+
+
+def candidate_edges(rows: DataFrame, pair_bucket_limit: int) -> DataFrame:
+    """Pairs (a < b) of documents sharing a bucket, from rows (id, band, bucket, is_new).
+
+    Keeps only pairs touching at least one new document (old pairs were decided before).
+    """
+    buckets = rows.groupBy("band", "bucket").agg(
+        F.count("*").alias("size"), F.min(F.struct("id", "is_new")).alias("smallest")
+    ).where(F.col("size") > 1)
+    small = rows.join(buckets.where(F.col("size") <= pair_bucket_limit).select("band", "bucket"), ["band", "bucket"])
+    left, right = small.alias("l"), small.alias("r")
+    pairs = left.join(
+        right,
+        (F.col("l.band") == F.col("r.band")) & (F.col("l.bucket") == F.col("r.bucket")) & (F.col("l.id") < F.col("r.id")),
+    ).where(F.col("l.is_new") | F.col("r.is_new")).select(F.col("l.id").alias("a"), F.col("r.id").alias("b"))
+    stars = rows.join(buckets.where(F.col("size") > pair_bucket_limit), ["band", "bucket"]).where(
+        (F.col("id") != F.col("smallest.id")) & (F.col("is_new") | F.col("smallest.is_new"))
+    ).select(F.col("smallest.id").alias("a"), F.col("id").alias("b"))
+    return pairs.unionByName(stars).distinct()
+
+
+def _with_similarity(pairs: DataFrame, signatures: DataFrame, num_perm: int) -> DataFrame:
+    """(a, b) -> (a, b, similarity) estimated from the two signatures (id, signature)."""
+    sig_a = signatures.select(F.col("id").alias("a"), F.col("signature").alias("sig_a"))
+    sig_b = signatures.select(F.col("id").alias("b"), F.col("signature").alias("sig_b"))
+    joined = pairs.join(sig_a, "a").join(sig_b, "b").select("a", "b", "sig_a", "sig_b")
+    return joined.mapInArrow(_estimated_similarity_batches(num_perm), "a string, b string, similarity double")
+
+
+def _with_exact_similarity(pairs: DataFrame, docs: DataFrame, params: MinHashDedupParams) -> DataFrame:
+    text_a = docs.select(F.col("id").alias("a"), F.col("text").alias("text_a"))
+    text_b = docs.select(F.col("id").alias("b"), F.col("text").alias("text_b"))
+    joined = pairs.join(text_a, "a").join(text_b, "b").select("a", "b", "text_a", "text_b")
+    return joined.mapInArrow(
+        _exact_similarity_batches(params.shingle, params.ngram), "a string, b string, similarity double"
+    )
+
+
+def _key(*first: str) -> F.Column:
+    """The ordering a cluster keeps by: smallest struct wins."""
+    return F.struct(*[F.col(c) for c in first], F.col("priority"), F.col("rank"), F.col("id"))
+
+
+# ---------------------------------------------------------------- the stage
+
+
+@dataclass
+class _Clustering:
+    """Decisions for the documents of this run that were not indexed before."""
+
+    decisions: DataFrame  # id, cluster_id, kept_id (the id itself when kept), similarity
+    relabels: DataFrame | None  # old cluster_id -> cluster_id, for indexed clusters that merged
+    counts: dict
+
+
+class MinHashDedup(Stage):
+    name = "minhash_dedup"
+    Params = MinHashDedupParams
+
+    def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
+        params: MinHashDedupParams = self.params
+        self._check_columns(docs)
+        settings = params.signature_settings()
+        signatures = materialize(self._signatures(docs, settings))
+        # Numbers for the report; DataFrames among them are counted only when the report asks.
+        counts: dict = {"bands": settings["bands"], "rows": settings["rows"], "num_perm": params.num_perm}
+        index_path = ctx.state_root.rstrip("/") + f"/{self.name}/index"
+        index = self._read_index(ctx.spark, index_path, settings) if params.incremental else None
+
+        if index is None:
+            new_signatures = signatures
+        else:
+            new_signatures = materialize(signatures.join(index.select("id"), "id", "left_anti"))
+        clustering = self._cluster(new_signatures, index, docs)
+        counts.update(clustering.counts)
+
+        if not params.incremental:
+            decisions = clustering.decisions
+        else:
+            self._update_index(ctx, index_path, index, new_signatures, clustering, settings)
+            decisions = self._decisions_from_index(ctx.spark, index_path, docs)
+
+        annotated = (
+            docs.join(decisions.select("id", "kept_id"), "id", "left")
+            .withColumn("reason", F.when(F.col("kept_id").isNotNull() & (F.col("kept_id") != F.col("id")), F.lit(REASON)))
+            .withColumn("detail", F.when(F.col("reason").isNotNull(), F.col("kept_id")))
+            .drop("kept_id")
+        )
+
+        def metrics(annotated_df: DataFrame) -> dict:
+            values = {k: v.count() if isinstance(v, DataFrame) else v for k, v in counts.items()}
+            values["docs_without_shingles"] = annotated_df.count() - signatures.count()
+            return values
+
+        return StageResult(docs=annotated, tables={"clusters": decisions}, metrics=metrics)
+
+    # -------------------------------------------------------------- steps
+
+    def _check_columns(self, docs: DataFrame) -> None:
+        fields = {f.name: f.dataType for f in docs.schema.fields}
+        for key in ("quality_column", "priority_column"):
+            column = getattr(self.params, key)
+            if column is None:
+                continue
+            if column not in fields:
+                raise ValueError(f"minhash_dedup.{key}: no column {column!r}; columns are {sorted(fields)}")
+            if not isinstance(fields[column], NumericType):
+                raise ValueError(f"minhash_dedup.{key}: column {column!r} is {fields[column].simpleString()}, not numeric")
+
+    def _signatures(self, docs: DataFrame, settings: dict) -> DataFrame:
+        params = self.params
+        priority = F.col(params.priority_column).cast("bigint") if params.priority_column else F.lit(None).cast("bigint")
+        if params.keep == "longest":
+            rank = -F.length("text").cast("double")
+        elif params.keep == "quality":
+            rank = F.coalesce(-F.col(params.quality_column).cast("double"), F.lit(_LAST))
+        else:
+            rank = F.lit(0.0)
+        # A null priority sorts after every value (struct ordering puts nulls first, so map it).
+        priority = F.coalesce(priority, F.lit((1 << 63) - 1))
+        prepared = docs.select("id", "text", priority.alias("priority"), rank.cast("double").alias("rank"))
+        return prepared.mapInArrow(_sign_batches(settings), _SIGNATURE_SCHEMA)
+
+    def _cluster(self, new: DataFrame, index: DataFrame | None, docs: DataFrame) -> _Clustering:
+        params = self.params
+        rows = new.select("id", F.posexplode("buckets").alias("band", "bucket"), F.lit(True).alias("is_new"))
+        if index is not None:
+            old_rows = index.select("id", F.posexplode("buckets").alias("band", "bucket"), F.lit(False).alias("is_new"))
+            old_rows = old_rows.join(rows.select("band", "bucket").distinct(), ["band", "bucket"], "left_semi")
+            rows = rows.unionByName(old_rows)
+        candidates = candidate_edges(rows, params.pair_bucket_limit)
+        all_signatures = new.select("id", "signature")
+        if index is not None:
+            all_signatures = all_signatures.unionByName(index.select("id", "signature"))
+        if params.verify == "none":
+            scored = materialize(candidates.withColumn("similarity", F.lit(None).cast("double")))
+            edges = scored.select("a", "b")
+        else:
+            scored = materialize(
+                _with_exact_similarity(candidates, docs, params) if params.verify == "exact"
+                else _with_similarity(candidates, all_signatures, params.num_perm)
+            )
+            edges = scored.where(F.col("similarity") >= params.threshold).select("a", "b")
+        counts = {"candidate_pairs": scored, "verified_pairs": edges}  # counted when the report asks
+
+        graph = edges
+        old_members = None
+        if index is not None:
+            # Indexed documents a new one links to bring their whole (earlier) cluster along.
+            touched = edges.select(F.col("a").alias("id")).unionByName(edges.select(F.col("b").alias("id"))).distinct()
+            old_members = touched.join(index.select("id", "cluster_id"), "id")
+            graph = graph.unionByName(old_members.select(F.col("id").alias("a"), F.col("cluster_id").alias("b")))
+        components, rounds = connected_components(graph, params.max_cc_rounds)
+        components = materialize(components)
+        counts["cc_rounds"] = rounds
+
+        new_members = components.join(new.select("id", "priority", "rank"), "id")
+        kept_new = new_members.groupBy("component").agg(F.min(_key()).alias("k")).select(
+            "component", F.col("k.id").alias("kept_id")
+        )
+        relabels = None
+        if index is None:
+            kept = kept_new
+        else:
+            # Components holding indexed documents keep the earliest published one of their clusters.
+            roots = old_members.join(components, "id").select(F.col("cluster_id").alias("root"), "component").distinct()
+            published = index.where(F.col("id") == F.col("kept_id")).join(roots, F.col("cluster_id") == F.col("root"))
+            kept_old = published.groupBy("component").agg(F.min(_key("batch")).alias("k")).select(
+                "component", F.col("k.id").alias("kept_id")
+            )
+            kept = kept_old.unionByName(kept_new.join(kept_old.select("component"), "component", "left_anti"))
+            relabels = roots.where(F.col("root") != F.col("component"))
+
+        in_clusters = new_members.select("id", "component").join(kept, "component").select(
+            "id", F.col("component").alias("cluster_id"), "kept_id"
+        )
+        to_score = in_clusters.where(F.col("id") != F.col("kept_id")).select(F.col("id").alias("a"), F.col("kept_id").alias("b"))
+        to_kept = _with_similarity(to_score, all_signatures, params.num_perm).select(
+            F.col("a").alias("id"), "similarity"
+        )
+        decisions = materialize(
+            in_clusters.join(to_kept, "id", "left").withColumn("similarity", F.coalesce("similarity", F.lit(1.0)))
+        )
+        counts["clusters"] = decisions.select("cluster_id").distinct()
+        return _Clustering(decisions, relabels, counts)
+
+    # -------------------------------------------------------------- incremental index
+
+    def _read_index(self, spark: SparkSession, path: str, settings: dict) -> DataFrame | None:
+        # Imported here: etl.delta -> etl.ingest -> etl.config -> etl.stages would be an import cycle.
+        from delta.tables import DeltaTable
+
+        from ..delta import read_table, table_exists
+        from ..ingest import to_spark_path
+
+        if not table_exists(spark, path):
+            return None
+
+        stored = DeltaTable.forPath(spark, to_spark_path(path)).detail().select("properties").collect()[0][0]
+        recorded = json.loads(stored.get(_FINGERPRINT_PROPERTY, "{}"))
+        if recorded != settings:
+            changed = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
+            raise ValueError(
+                f"minhash_dedup: the index at {path} was built with {recorded}, this run uses {settings} "
+                f"(differs in {', '.join(changed)}); signatures would not be comparable. Use the same "
+                "settings or a new state_dir."
+            )
+        return materialize(read_table(spark, path))
+
+    def _update_index(self, ctx: StageContext, path: str, index: DataFrame | None, new: DataFrame,
+                      clustering: _Clustering, settings: dict) -> None:
+        from delta.tables import DeltaTable
+
+        from ..delta import write_table
+        from ..ingest import to_spark_path
+
+        batch = 0 if index is None else (index.agg(F.max("batch")).collect()[0][0] or 0) + 1
+        rows = (
+            new.join(clustering.decisions, "id", "left")
+            .select(
+                "id", F.lit(batch).alias("batch"), F.lit(ctx.run_id).alias("run_id"), "priority", "rank",
+                "signature", "buckets",
+                F.coalesce("cluster_id", "id").alias("cluster_id"), F.coalesce("kept_id", "id").alias("kept_id"),
+                F.coalesce("similarity", F.lit(1.0)).alias("similarity"),
+            )
+        )
+        if index is None:
+            write_table(rows, path, properties={_FINGERPRINT_PROPERTY: json.dumps(settings, sort_keys=True)})
+            return
+        new_rows = materialize(rows)
+        relabeled = materialize(
+            index.join(clustering.relabels.select(F.col("root").alias("cluster_id"), F.col("component").alias("new_cluster")),
+                       "cluster_id")
+            .select("id", F.col("new_cluster").alias("cluster_id"))
+        )
+        if new_rows.limit(1).count() == 0 and relabeled.limit(1).count() == 0:
+            return  # a replayed batch: nothing to add, so not even an empty commit
+        source = new_rows.withColumn("_relabel", F.lit(False)).unionByName(
+            relabeled.withColumn("_relabel", F.lit(True)), allowMissingColumns=True
+        )
+        (
+            DeltaTable.forPath(ctx.spark, to_spark_path(path)).alias("t")
+            .merge(source.alias("s"), "t.id = s.id")
+            .whenMatchedUpdate(condition="s._relabel", set={"cluster_id": "s.cluster_id"})
+            .whenNotMatchedInsert(condition="NOT s._relabel", values={c: f"s.{c}" for c in new_rows.columns})
+            .execute()
+        )
+
+    def _decisions_from_index(self, spark: SparkSession, path: str, docs: DataFrame) -> DataFrame:
+        """(id, cluster_id, kept_id, similarity) of this run's documents in clusters of two or more."""
+        from ..delta import read_table
+
+        index = read_table(spark, path)
+        sizes = index.groupBy("cluster_id").count().where(F.col("count") > 1).select("cluster_id")
+        mine = index.join(docs.select("id"), "id", "left_semi").join(sizes, "cluster_id", "left_semi")
+        return materialize(mine.select("id", "cluster_id", "kept_id", "similarity"))
