@@ -1,0 +1,137 @@
+"""toxicity: score every document for toxicity, keep the score as a column, filter by threshold or band.
+
+The scorer is built once per Python worker (see `etl.toxicity_scorers`):
+
+    wordlist         (default) weighted per-language word and phrase lists shipped in etl/data/toxicity;
+                     the list is chosen by the document's ``language`` column (from the `language`
+                     stage), falling back to ``default_language``; lists are replaceable per language
+    profanity_check  the model inside the alt-profanity-check package (English only)
+    huggingface      a transformers sequence-classification model from ``model_path`` (a local folder
+                     or s3://...); needs torch and transformers, imported only when this is configured
+
+Documents scoring at or above ``max_score`` are rejected as ``toxic``; below ``min_score`` as
+``below_min_toxicity`` (a band, e.g. to sample borderline documents). Either can be null.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import FloatType, StringType, StructField, StructType
+
+from .base import Stage, StageContext, StageResult
+
+SCORE_COLUMN = "toxicity"
+
+
+@dataclass
+class ToxicityParams:
+    scorer: Literal["wordlist", "profanity_check", "huggingface"] = "wordlist"
+    # Reject documents scoring at or above this; null: reject none (only score).
+    max_score: float | None = 0.3
+    # Reject documents scoring below this; with max_score it keeps a band. Null: no lower bound.
+    min_score: float | None = None
+    # Column naming each document's language (ISO 639-1), as the `language` stage writes it.
+    language_column: str = "language"
+    # Language assumed when that column is missing or null, and the list used for languages without one.
+    default_language: str = "en"
+    # Word lists replacing the built-in ones, language -> file path (local or s3://); see etl/data/toxicity/en.txt.
+    wordlists: dict[str, str] = field(default_factory=dict)
+    # huggingface scorer: the model folder, the label that means toxic (default: guessed), and batching.
+    model_path: str | None = None
+    model_label: str | None = None
+    batch_size: int = 32
+    max_length: int = 512
+
+    def __post_init__(self):
+        for name in ("max_score", "min_score"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        if self.max_score is not None and self.min_score is not None and self.min_score >= self.max_score:
+            raise ValueError(f"min_score {self.min_score} must be below max_score {self.max_score}")
+        if self.scorer == "huggingface" and not self.model_path:
+            raise ValueError("scorer 'huggingface' needs model_path (a local folder or s3://... written by save_pretrained)")
+        if self.scorer != "huggingface" and (self.model_path or self.model_label):
+            raise ValueError(f"model_path and model_label apply to scorer 'huggingface', not {self.scorer!r}")
+        if self.wordlists and self.scorer != "wordlist":
+            raise ValueError(f"wordlists apply to scorer 'wordlist', not {self.scorer!r}")
+        if self.batch_size < 1 or self.max_length < 1:
+            raise ValueError("batch_size and max_length must be positive")
+
+
+def build_scorer(params: ToxicityParams):
+    from .. import toxicity_scorers as scorers
+
+    if params.scorer == "wordlist":
+        return scorers.WordListScorer.with_lists(params.wordlists, params.default_language)
+    if params.scorer == "profanity_check":
+        return scorers.ProfanityCheckScorer()
+    return scorers.HuggingFaceScorer(params.model_path, params.model_label, params.max_length, params.batch_size)
+
+
+# One scorer per Python worker and configuration, reused across batches and tasks.
+_SCORERS: dict[str, object] = {}
+
+
+def _scorer(params: ToxicityParams):
+    key = repr(sorted(asdict(params).items()))
+    if key not in _SCORERS:
+        _SCORERS[key] = build_scorer(params)
+    return _SCORERS[key]
+
+
+def _score_batches(params: ToxicityParams, has_language: bool):
+    def run(batches):
+        scorer = _scorer(params)
+        for batch in batches:
+            texts = batch.column("text").to_pylist()
+            if has_language:
+                languages = [lang or params.default_language for lang in batch.column(params.language_column).to_pylist()]
+            else:
+                languages = [params.default_language] * len(texts)
+            scores = scorer.score(texts, languages)
+            reasons, details = [], []
+            for score in scores:
+                if params.max_score is not None and score >= params.max_score:
+                    reasons.append("toxic")
+                    details.append(f"score {score:.3f} >= max_score {params.max_score}")
+                elif params.min_score is not None and score < params.min_score:
+                    reasons.append("below_min_toxicity")
+                    details.append(f"score {score:.3f} < min_score {params.min_score}")
+                else:
+                    reasons.append(None)
+                    details.append(None)
+            columns = batch.columns + [pa.array(scores, pa.float32()), pa.array(reasons, pa.string()), pa.array(details, pa.string())]
+            yield pa.RecordBatch.from_arrays(columns, names=batch.schema.names + [SCORE_COLUMN, "reason", "detail"])
+
+    return run
+
+
+class Toxicity(Stage):
+    name = "toxicity"
+    Params = ToxicityParams
+
+    def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
+        if self.params.scorer == "wordlist":
+            build_scorer(self.params)  # a missing or malformed word list fails here, on the driver, with its path
+        docs = docs.drop(SCORE_COLUMN) if SCORE_COLUMN in docs.columns else docs
+        schema = StructType(
+            docs.schema.fields
+            + [StructField(SCORE_COLUMN, FloatType()), StructField("reason", StringType()), StructField("detail", StringType())]
+        )
+        has_language = self.params.language_column in docs.columns
+        scored = docs.mapInArrow(_score_batches(self.params, has_language), schema)
+        return StageResult(scored, metrics=_metrics)
+
+
+def _metrics(annotated: DataFrame) -> dict:
+    quantiles = annotated.approxQuantile(SCORE_COLUMN, [0.5, 0.9, 0.99], 0.01)
+    mean = annotated.agg(F.avg(SCORE_COLUMN)).collect()[0][0]
+    return {
+        "mean_score": round(float(mean or 0.0), 4),
+        "score_quantiles": {q: round(v, 4) for q, v in zip(("p50", "p90", "p99"), quantiles)},
+    }
