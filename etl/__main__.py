@@ -17,6 +17,18 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_dedup_explain(args) -> int:
+    from .dedup_explain import NotFound, explain
+    from .spark import get_spark
+
+    try:
+        print(explain(get_spark("kiln-dedup-explain"), args.output, args.id))
+    except NotFound as err:
+        print(err, file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m etl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -25,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="STAGE.PARAM=VALUE",
                      help="override a value, e.g. --set quality.min_words=20 or --set output=/tmp/out")
     run.set_defaults(func=_cmd_run)
+    explain = sub.add_parser("dedup-explain", help="show a document's near-duplicate cluster and the text it matched")
+    explain.add_argument("output", help="the pipeline's output root")
+    explain.add_argument("id", help="document id")
+    explain.set_defaults(func=_cmd_dedup_explain)
     return parser
 
 
