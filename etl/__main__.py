@@ -29,6 +29,20 @@ def _cmd_dedup_explain(args) -> int:
     return 0
 
 
+def _cmd_train_tokenizer(args) -> int:
+    from .tokenizer import DEFAULT_BOS, iter_texts, save_tokenizer, train_bpe_tokenizer
+
+    try:
+        texts = iter_texts(args.input, args.format, args.text_field, args.max_docs)
+        tokenizer = train_bpe_tokenizer(texts, args.vocab_size, bos_token=DEFAULT_BOS if args.bos else None,
+                                        min_frequency=args.min_frequency)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"train-tokenizer: {err}") from None
+    url = save_tokenizer(tokenizer, args.out)
+    print(f"done: {tokenizer.get_vocab_size()} tokens in {url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m etl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -41,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("output", help="the pipeline's output root")
     explain.add_argument("id", help="document id")
     explain.set_defaults(func=_cmd_dedup_explain)
+    train = sub.add_parser("train-tokenizer", help="train a byte-level BPE tokenizer and save tokenizer.json")
+    train.add_argument("--input", required=True, help="a Delta table, or files (path, folder or glob; local or URL)")
+    train.add_argument("--format", default="delta", choices=["delta", "parquet", "jsonl", "text"])
+    train.add_argument("--text-field", default="text", help="the text column or JSON field")
+    train.add_argument("--vocab-size", type=int, default=50_000, help="including the special and 256 byte tokens")
+    train.add_argument("--max-docs", type=int, default=1_000_000, help="train on at most this many documents")
+    train.add_argument("--min-frequency", type=int, default=2, help="a merge needs at least this many occurrences")
+    train.add_argument("--bos", action="store_true", help="also add a BOS token (<|startoftext|>)")
+    train.add_argument("--out", required=True, help="tokenizer.json path, or a folder to write it in (local or URL)")
+    train.set_defaults(func=_cmd_train_tokenizer)
     return parser
 
 

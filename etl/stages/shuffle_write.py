@@ -1,0 +1,361 @@
+"""`shuffle_and_write`: a seeded global shuffle of the packed samples, written as a versioned MDS dataset.
+
+Reads the samples `tokenize` wrote (param ``samples_table``, default ``<output>/tokenize/samples``;
+its sibling tables ``tails`` and ``info`` in the same folder) and publishes
+``<dataset_root>/v=N/<split>/`` MDS shards that mosaicml-streaming's ``StreamingDataset`` reads,
+then ``manifest.json``. How:
+
+1. Number each split's samples densely from their keys: bucket by bucket, index within bucket.
+2. Map each number to its position with a seeded permutation of ``[0, N)`` (``permute``), so
+   every position is computed on its own and nothing depends on Spark's partitioning.
+3. Shard ``s`` holds positions ``[s * k, (s + 1) * k)``, where ``k`` is how many samples fit
+   ``size_limit`` by streaming's own rolling rule (every sample has the same size), so the shards
+   are byte-identical to what one ``MDSWriter`` fed in position order would write.
+4. Executors encode and write whole shards straight to the store (local path or URL); the driver
+   then writes each split's ``index.json`` (atomically, last of the split), the shuffle quality
+   report, and finally ``manifest.json``. A crashed run leaves a version folder without a
+   manifest, which readers never list and the next run skips (it writes ``v=N+1``).
+
+Every sample has the columns ``tokens`` (``ndarray:<token_dtype>``, seq_len values), ``bucket`` and
+``bucket_index`` (``uint32``): the key that ``<output>/tokenize/provenance`` traces to documents.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from shards import (
+    DatasetManifest,
+    dataset_fingerprint,
+    encode_shard,
+    merge_index,
+    next_version,
+    shard_basename,
+    split_path,
+    storage,
+    token_columns,
+    version_path,
+    write_manifest,
+)
+from shards.config import ConfigError
+from shards.mds import check_hash_names, parse_compression
+
+from ..tokenizer import to_fsspec_url
+from .base import Stage, StageContext, StageResult
+from .tokenize import binary_tokens
+
+log = logging.getLogger(__name__)
+
+KEY_COLUMNS = {"bucket": "uint32", "bucket_index": "uint32"}
+REPORT_FOLDER = "report"
+
+
+@dataclass
+class ShuffleWriteParams:
+    # Where versioned datasets go (local path or s3://...); default <output>/dataset.
+    dataset_root: str | None = None
+    # The samples table of `tokenize`, relative to the pipeline output unless absolute or a URL;
+    # its `tails` and `info` tables are read from the same folder.
+    samples_table: str = "tokenize/samples"
+    seed: int = 0
+    size_limit: int = 1 << 26  # uncompressed bytes per shard, as streaming's writer counts them
+    compression: str | None = None  # e.g. "zstd" or "zstd:7"
+    hashes: list[str] = field(default_factory=lambda: ["sha1"])  # "sha1", "xxh3_64", ...
+    # Spark tasks writing shards; default the cluster's default parallelism.
+    write_tasks: int | None = None
+    quality_report: bool = True
+    report_window: int = 256  # samples per window in the shuffle quality report
+    # Larger splits are reported on the samples at shuffled positions below this (a uniform subset).
+    report_max_samples: int = 1_000_000
+
+    def __post_init__(self):
+        parse_compression(self.compression)
+        self.hashes = check_hash_names(self.hashes)
+        if not 0 < self.size_limit < 1 << 32:
+            raise ValueError(f"size_limit must be in (0, 2**32), got {self.size_limit}")
+        if self.write_tasks is not None and self.write_tasks < 1:
+            raise ValueError(f"write_tasks must be >= 1, got {self.write_tasks}")
+        if self.report_window < 1 or self.report_max_samples < 1:
+            raise ValueError("report_window and report_max_samples must be >= 1")
+
+
+# --------------------------------------------------------------------------- the permutation
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a fast, well-mixed 64-bit hash of each value (wrapping arithmetic)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+FEISTEL_ROUNDS = 6
+
+
+def _round_keys(seed: int, name: str) -> list[np.uint64]:
+    keys = []
+    for r in range(FEISTEL_ROUNDS):
+        digest = hashlib.sha256(f"kiln-shuffle:{seed}:{name}:{r}".encode()).digest()
+        keys.append(np.uint64(int.from_bytes(digest[:8], "little")))
+    return keys
+
+
+def permute(ids: np.ndarray, n: int, seed: int, name: str = "") -> np.ndarray:
+    """The positions of ``ids`` under a seeded pseudo-random permutation of ``[0, n)``.
+
+    A balanced Feistel network on the smallest even number of bits covering ``n`` is a bijection
+    of ``[0, 2**bits)``; re-applying it to values that land at or beyond ``n`` (cycle walking)
+    makes it a bijection of ``[0, n)``. Each id is mapped independently, so any partition of the
+    ids gives the same positions. ``name`` makes independent permutations from one seed.
+    """
+    ids = np.asarray(ids, np.uint64)
+    if n <= 1:
+        return ids.astype(np.int64)
+    half = max(1, ((n - 1).bit_length() + 1) // 2)
+    mask = np.uint64((1 << half) - 1)
+    shift = np.uint64(half)
+    keys = _round_keys(seed, name)
+
+    def network(x: np.ndarray) -> np.ndarray:
+        left, right = x >> shift, x & mask
+        for key in keys:
+            left, right = right, left ^ (_mix64(right ^ key) & mask)
+        return (left << shift) | right
+
+    out = network(ids)
+    outside = out >= np.uint64(n)
+    while outside.any():
+        out[outside] = network(out[outside])
+        outside = out >= np.uint64(n)
+    return out.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class SampleOrder:
+    """Where each sample of each split lands: dense number from its key, then ``permute``."""
+
+    seed: int
+    # split -> offset of each bucket's first sample in the dense numbering (num_buckets + 1 values)
+    bucket_offsets: dict[str, np.ndarray]
+
+    @classmethod
+    def from_counts(cls, seed: int, num_buckets: int, counts: dict[tuple[str, int], int], splits: list[str]) -> "SampleOrder":
+        offsets = {}
+        for split in splits:
+            per_bucket = np.zeros(num_buckets, np.int64)
+            for (s, bucket), count in counts.items():
+                if s == split:
+                    per_bucket[bucket] = count
+            offsets[split] = np.concatenate([[0], np.cumsum(per_bucket)])
+        return cls(seed, offsets)
+
+    def num_samples(self, split: str) -> int:
+        return int(self.bucket_offsets[split][-1])
+
+    def positions(self, split: str, buckets: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        dense = self.bucket_offsets[split][np.asarray(buckets, np.int64)] + np.asarray(indices, np.int64)
+        return permute(dense, self.num_samples(split), self.seed, split)
+
+    def positions_of_batch(self, batch: pa.RecordBatch, index_column: str) -> np.ndarray:
+        """Positions of a batch's rows (columns split, bucket and ``index_column``), splits mixed."""
+        splits = batch.column("split").to_numpy(zero_copy_only=False)
+        buckets = batch.column("bucket").to_numpy()
+        indices = batch.column(index_column).to_numpy()
+        out = np.empty(len(splits), np.int64)
+        for split in np.unique(splits):
+            rows = splits == split
+            out[rows] = self.positions(str(split), buckets[rows], indices[rows])
+        return out
+
+
+def samples_per_shard(columns: dict[str, str], example: dict, compression: str | None, hashes: list[str], size_limit: int) -> int:
+    """How many equal-size samples one shard takes under streaming's rolling rule.
+
+    A writer starts a new shard when ``size_limit < shard_bytes + sample_bytes + 4``: with every
+    sample the same size that is ``(size_limit - overhead) // (sample_bytes + 4)`` per shard.
+    Sizes are measured by encoding one and two samples.
+    """
+    one, two = (encode_shard([example] * k, columns, compression, hashes, size_limit).entry["raw_data"]["bytes"]
+                for k in (1, 2))
+    per_sample = two - one
+    return max(1, (size_limit - (one - per_sample)) // per_sample)
+
+
+# --------------------------------------------------------------------------- executors
+
+@dataclass(frozen=True)
+class _WriteSpec:
+    split_dirs: dict[str, str]
+    columns: dict[str, str]
+    token_dtype: str
+    compression: str | None
+    hashes: list[str]
+    size_limit: int
+
+
+def _position_batches(batches: Iterator[pa.RecordBatch], order: SampleOrder, per_shard: int) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        positions = order.positions_of_batch(batch, "index")
+        yield batch.append_column("position", pa.array(positions, pa.int64())).append_column(
+            "shard", pa.array(positions // per_shard, pa.int32()))
+
+
+def _write_shard(spec: _WriteSpec, split: str, shard: int, samples: list[dict]) -> tuple:
+    blob = encode_shard(samples, spec.columns, spec.compression, spec.hashes, spec.size_limit,
+                        basename=shard_basename(shard))
+    storage.atomic_write_bytes(storage.join(spec.split_dirs[split], blob.basename), blob.data)
+    return split, shard, len(samples), json.dumps(blob.entry, sort_keys=True)
+
+
+def _write_batches(batches: Iterator[pa.RecordBatch], spec: _WriteSpec) -> Iterator[pa.RecordBatch]:
+    """Rows arrive sorted by (split, shard, position): encode and store each shard once complete."""
+    dtype = np.dtype(spec.token_dtype).newbyteorder("<")
+    key, samples, written = None, [], []
+    for batch in batches:
+        splits = batch.column("split").to_pylist()
+        shards = batch.column("shard").to_pylist()
+        buckets = batch.column("bucket").to_pylist()
+        indices = batch.column("index").to_pylist()
+        values, bounds = binary_tokens(batch.column("tokens"), dtype)
+        for row, row_key in enumerate(zip(splits, shards)):
+            if row_key != key:
+                if samples:
+                    written.append(_write_shard(spec, *key, samples))
+                key, samples = row_key, []
+            samples.append({"tokens": values[bounds[row]: bounds[row + 1]], "bucket": buckets[row],
+                            "bucket_index": indices[row]})
+    if samples:
+        written.append(_write_shard(spec, *key, samples))
+    if written:
+        types = [pa.string(), pa.int32(), pa.int64(), pa.string()]
+        yield pa.RecordBatch.from_arrays([pa.array(col, t) for col, t in zip(zip(*written), types)],
+                                         names=["split", "shard", "samples", "entry"])
+
+
+# --------------------------------------------------------------------------- the stage
+
+def _table_path(output: str, path: str) -> str:
+    return path if path.startswith("/") or "://" in path else storage.join(output, path)
+
+
+def _sibling(path: str, name: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[0] + "/" + name
+
+
+class ShuffleAndWrite(Stage):
+    name = "shuffle_and_write"
+    Params = ShuffleWriteParams
+
+    def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
+        # etl.delta imports etl.config, which imports the stage table: import it when running.
+        from ..delta import read_table, table_exists, table_version
+
+        p: ShuffleWriteParams = self.params
+        spark = ctx.spark
+        samples_path = _table_path(ctx.output, p.samples_table)
+        tables = {name: _sibling(samples_path, name) for name in ("info", "tails", "provenance")}
+        tables["samples"] = samples_path
+        for name, path in tables.items():
+            if not table_exists(spark, path):
+                raise ConfigError(
+                    f"shuffle_and_write.samples_table: no Delta table {name!r} at {path}; run the tokenize "
+                    "stage before shuffle_and_write, or point samples_table at its samples table"
+                )
+        versions = {name: table_version(spark, path) for name, path in tables.items()}
+        info = read_table(spark, tables["info"], versions["info"]).collect()[0].asDict()
+        samples = read_table(spark, samples_path, versions["samples"])
+        tails = read_table(spark, tables["tails"], versions["tails"])
+
+        counts = {(r["split"], r["bucket"]): r["n"] for r in samples.groupBy("split", "bucket").agg(F.count("*").alias("n")).collect()}
+        splits = list(info["splits"])
+        order = SampleOrder.from_counts(p.seed, info["num_buckets"], counts, splits)
+        columns = {**token_columns(info["vocab_size"]), **KEY_COLUMNS}
+        if columns["tokens"] != f"ndarray:{info['token_dtype']}":
+            raise RuntimeError(f"token dtype {info['token_dtype']} in {tables['info']} does not fit vocab {info['vocab_size']}")
+        example = {"tokens": np.zeros(info["seq_len"], np.dtype(info["token_dtype"])), "bucket": 0, "bucket_index": 0}
+        per_shard = samples_per_shard(columns, example, p.compression, p.hashes, p.size_limit)
+
+        root = to_fsspec_url(p.dataset_root or storage.join(ctx.output, "dataset"))
+        version = next_version(root)
+        version_dir = version_path(root, version)
+        spec = _WriteSpec({s: split_path(version_dir, s) for s in splits}, columns, info["token_dtype"],
+                          p.compression, p.hashes, p.size_limit)
+        total_shards = sum(-(-order.num_samples(s) // per_shard) for s in splits)
+        tasks = p.write_tasks or max(1, min(total_shards, spark.sparkContext.defaultParallelism))
+        log.info("writing %s: %d shards of up to %d samples in %d tasks", version_dir, total_shards, per_shard, tasks)
+
+        written = (
+            samples.mapInArrow(lambda batches: _position_batches(batches, order, per_shard),
+                               "split string, bucket int, index long, tokens binary, position long, shard int")
+            .repartition(tasks, "split", "shard")
+            .sortWithinPartitions("split", "shard", "position")
+            .mapInArrow(lambda batches: _write_batches(batches, spec), "split string, shard int, samples long, entry string")
+            .collect()
+        )
+        for split in splits:
+            entries = sorted((r["shard"], r["samples"], r["entry"]) for r in written if r["split"] == split)
+            _check_shards(split, entries, order.num_samples(split), per_shard)
+            merge_index(spec.split_dirs[split], [json.loads(e) for _, _, e in entries])
+
+        tail_rows = tails.groupBy("split", "action").agg(F.sum("tokens").alias("t")).collect()
+        tail_tokens = {(r["split"], r["action"]): int(r["t"]) for r in tail_rows}
+        padded = {s: tail_tokens.get((s, "padded"), 0) for s in splits}
+        num_samples = {s: order.num_samples(s) for s in splits}
+        config_hash = hashlib.sha256(json.dumps(
+            {"tokenize": json.loads(info["content_params"]), "shuffle_and_write": {"seed": p.seed, "columns": columns}},
+            sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        manifest = DatasetManifest(
+            version=version, seq_len=info["seq_len"], token_dtype=info["token_dtype"], vocab_size=info["vocab_size"],
+            num_samples=num_samples, num_tokens={s: num_samples[s] * info["seq_len"] - padded[s] for s in splits},
+            splits=splits, config_hash=config_hash, tokenizer_hash=info["tokenizer_hash"], seed=p.seed,
+            source_tables=[{"path": tables[n], "delta_version": versions[n]} for n in ("samples", "provenance", "tails", "info")],
+            dropped_tail_tokens=sum(t for (_, action), t in tail_tokens.items() if action == "dropped"),
+            extra={
+                "columns": columns, "samples_per_shard": per_shard, "size_limit": p.size_limit,
+                "compression": p.compression, "hashes": p.hashes, "tail": info["tail"], "padded_tail_tokens": padded,
+                "eos_token_id": info["eos_token_id"], "pad_token_id": info["pad_token_id"], "bos_token_id": info["bos_token_id"],
+                "tokenizer": info["tokenizer"], "tokenize_run_id": info["run_id"], "run_id": ctx.run_id,
+                "permutation": f"etl.stages.shuffle_write.permute (Feistel, {FEISTEL_ROUNDS} rounds)",
+            },
+        )
+        quality = None
+        if p.quality_report and num_samples[splits[0]] > 1:
+            from ..shuffle_report import write_shuffle_report
+
+            quality = write_shuffle_report(
+                read_table(spark, tables["provenance"], versions["provenance"]), splits[0], order,
+                storage.join(version_dir, REPORT_FOLDER), window=p.report_window, shard_size=per_shard,
+                partitions=tasks, max_samples=p.report_max_samples, seed=p.seed,
+            )
+        write_manifest(root, manifest)
+        log.info("published %s (fingerprint %s)", version_dir, dataset_fingerprint(manifest))
+
+        summary = {
+            "dataset": version_dir, "version": version, "fingerprint": dataset_fingerprint(manifest),
+            "num_samples": num_samples, "num_tokens": manifest.num_tokens, "shards": total_shards,
+            "samples_per_shard": per_shard, "dropped_tail_tokens": manifest.dropped_tail_tokens,
+        }
+        if quality is not None:
+            summary["shuffle_quality"] = quality
+        annotated = (docs.drop("tokens") if "tokens" in docs.columns else docs).withColumn("reason", F.lit(None).cast("string"))
+        return StageResult(annotated, metrics=lambda df: summary)
+
+
+def _check_shards(split: str, entries: list[tuple[int, int, str]], expected_samples: int, per_shard: int) -> None:
+    """Every shard present once, full except the last: a lost or doubled task must not publish."""
+    shard_ids = [shard for shard, _, _ in entries]
+    expected_shards = -(-expected_samples // per_shard)
+    if shard_ids != list(range(expected_shards)):
+        raise RuntimeError(f"split {split!r}: wrote shards {shard_ids[:10]}..., expected 0..{expected_shards - 1}")
+    sizes = [n for _, n, _ in entries]
+    if sum(sizes) != expected_samples or any(n != per_shard for n in sizes[:-1]):
+        raise RuntimeError(f"split {split!r}: shards hold {sum(sizes)} samples, expected {expected_samples}")
