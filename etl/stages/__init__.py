@@ -8,6 +8,7 @@ from .tokenize import Tokenize
 from .exact_dedup import ExactDedup
 from .fix_encoding import FixEncoding
 from .minhash_dedup import MinHashDedup
+from .quality import Quality
 
 STAGES: dict[str, type[Stage]] = {
     Language.name: Language,
@@ -18,4 +19,5 @@ STAGES: dict[str, type[Stage]] = {
     FixEncoding.name: FixEncoding,
     ExactDedup.name: ExactDedup,
     MinHashDedup.name: MinHashDedup,
+    Quality.name: Quality,
 }
