@@ -9,6 +9,7 @@ from .exact_dedup import ExactDedup
 from .fix_encoding import FixEncoding
 from .minhash_dedup import MinHashDedup
 from .quality import Quality
+from .decontaminate import Decontaminate
 
 STAGES: dict[str, type[Stage]] = {
     Language.name: Language,
@@ -20,4 +21,5 @@ STAGES: dict[str, type[Stage]] = {
     ExactDedup.name: ExactDedup,
     MinHashDedup.name: MinHashDedup,
     Quality.name: Quality,
+    Decontaminate.name: Decontaminate,
 }
