@@ -1,0 +1,112 @@
+"""Evaluation: perplexity on validation shards, in-context-learning tasks, HumanEval-style code
+generation run in a sandbox, and vibe checks.
+
+Standalone: `python -m training.eval CHECKPOINT TASKS.yaml`. During training: `run_evals(model,
+tokenizer, tasks_config, step)`, whose "metrics" the trainer logs to its trackers and whose "vibe"
+completions it logs as text.
+
+TASKS.yaml (every section optional; relative paths are relative to the YAML file):
+
+    perplexity:
+      - {label: val, path: data/v=3/val, max_samples: 2000}
+    icl_tasks:                      # llm-foundry's keys and JSONL formats
+      - {label: arc_easy, dataset_uri: eval/arc_easy.jsonl, icl_task_type: multiple_choice,
+         num_fewshot: [0, 10], continuation_delimiter: "\\nAnswer: "}
+    code_tasks:
+      - {label: humaneval, dataset_uri: eval/humaneval.jsonl, generations_per_sample: 10, pass_at_k: [1, 10]}
+    vibe:
+      prompts: ["The capital of France is", "def fibonacci(n):"]
+      max_new_tokens: 48
+    sandbox: {timeout_s: 10, memory_mb: 1024, unsafe: false}
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from shards.config import from_dict, load_yaml
+
+from training.eval.code_exec import Sandbox, SandboxConfig
+from training.eval.humaneval import CodeTask, evaluate_code_task
+from training.eval.icl import ICLTask, evaluate_icl_task
+from training.eval.perplexity import PerplexityTask, evaluate_perplexity
+from training.eval.vibe import VibeConfig, run_vibe_checks
+
+__all__ = ["EvalConfig", "load_eval_config", "run_evals", "Sandbox", "SandboxConfig"]
+
+
+@dataclass
+class EvalConfig:
+    perplexity: list[PerplexityTask] = field(default_factory=list)
+    icl_tasks: list[ICLTask] = field(default_factory=list)
+    code_tasks: list[CodeTask] = field(default_factory=list)
+    vibe: VibeConfig | None = None
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    max_seq_len: int | None = None  # longest ICL input; default the model's max_seq_len
+
+    def __post_init__(self):
+        labels = [t.label for t in [*self.perplexity, *self.icl_tasks, *self.code_tasks]]
+        duplicates = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicates:
+            raise ValueError(f"eval task labels must be unique, repeated: {duplicates}")
+
+
+def _resolve(path: str, base: Path) -> str:
+    if "://" in path or os.path.isabs(path):
+        return path
+    return str(base / path)
+
+
+def load_eval_config(source: EvalConfig | dict | str | Path) -> EvalConfig:
+    """An EvalConfig from itself, a plain dict (paths relative to the working directory) or a YAML file
+    (paths relative to the file)."""
+    if isinstance(source, EvalConfig):
+        return source
+    base = Path.cwd()
+    if isinstance(source, (str, Path)):
+        base = Path(source).resolve().parent
+        source = load_yaml(source)
+    config = from_dict(EvalConfig, source, "eval")
+    return replace(
+        config,
+        perplexity=[replace(t, path=_resolve(t.path, base)) for t in config.perplexity],
+        icl_tasks=[replace(t, dataset_uri=_resolve(t.dataset_uri, base)) for t in config.icl_tasks],
+        code_tasks=[replace(t, dataset_uri=_resolve(t.dataset_uri, base)) for t in config.code_tasks],
+    )
+
+
+def run_evals(model, tokenizer, tasks_config: EvalConfig | dict | str | Path, step: int | None = None,
+              sandbox: Sandbox | None = None) -> dict:
+    """Run every configured evaluation on `model` (an unsharded training.model.MPT).
+
+    Returns {"step", "metrics": {"eval/<kind>/<label>/<metric>": float}, "vibe": [{"prompt", "completion",
+    "finish_reason"}], "details": {...}} (details: per-problem code results, sandbox isolation, seconds).
+    `tokenizer` (training.inference.TextTokenizer) is needed by every task but perplexity. `sandbox` lets a
+    trainer reuse one Sandbox across evaluation points.
+    """
+    config = load_eval_config(tasks_config)
+    needs_tokenizer = [t.label for t in [*config.icl_tasks, *config.code_tasks]] + (["vibe"] if config.vibe else [])
+    if tokenizer is None and needs_tokenizer:
+        raise ValueError(f"eval tasks {needs_tokenizer} need a tokenizer, and none was given")
+    metrics: dict[str, float] = {}
+    details: dict = {}
+    start = time.time()
+    for task in config.perplexity:
+        for name, value in evaluate_perplexity(model, task).items():
+            metrics[f"eval/perplexity/{task.label}/{name}"] = value
+    for task in config.icl_tasks:
+        for name, value in evaluate_icl_task(model, tokenizer, task, config.max_seq_len).items():
+            metrics[f"eval/icl/{task.label}/{name}"] = value
+    if config.code_tasks:
+        sandbox = sandbox or Sandbox(config.sandbox)
+        details["sandbox_isolation"] = sandbox.isolation
+        for task in config.code_tasks:
+            task_metrics, per_problem = evaluate_code_task(model, tokenizer, task, sandbox)
+            details[f"code/{task.label}"] = per_problem
+            for name, value in task_metrics.items():
+                metrics[f"eval/code/{task.label}/{name}"] = value
+    vibe = run_vibe_checks(model, tokenizer, config.vibe) if config.vibe else []
+    details["seconds"] = round(time.time() - start, 2)
+    return {"step": step, "metrics": metrics, "vibe": vibe, "details": details}
