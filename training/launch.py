@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rdzv-id", default="kiln", help="job id shared by every node of one run")
     parser.add_argument("--node-rank", type=int, help="this node's rank (optional with c10d rendezvous)")
     parser.add_argument("--max-restarts", type=int, default=0, help="times torchrun restarts failed ranks")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
     if args.nproc_per_node < 1 or args.nnodes < 1:
         parser.error("--nproc-per-node and --nnodes must be >= 1")
     if args.nnodes > 1 and not args.rdzv_endpoint:
