@@ -254,7 +254,7 @@ def format_estimate(est: MemoryEstimate) -> str:
 
 
 def request_from_config(path: str, overrides: list[str] = ()) -> dict:
-    """MemoryRequest fields a training YAML fixes (model, micro-batch, sharding, precision, optimizer, checkpointing)."""
+    """What a training YAML fixes: model, micro-batch, sharding, precision, optimizer, checkpointing."""
     from .config import load_config
 
     cfg = load_config(path, list(overrides))

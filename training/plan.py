@@ -59,7 +59,7 @@ class LossLaw:
         return self.E + self.A / params**self.alpha + self.B / tokens**self.beta
 
     def optimal_params(self, flops: float) -> float:
-        """N minimising L under 6ND = flops: N = G (C/6)^(beta/(alpha+beta)), G = (alpha A / (beta B))^(1/(alpha+beta))."""
+        """N minimising L under 6ND = flops: G (C/6)^(beta/(alpha+beta)), G = (alpha A/(beta B))^(1/(alpha+beta))."""
         total = self.alpha + self.beta
         g = (self.alpha * self.A / (self.beta * self.B)) ** (1 / total)
         return g * (flops / 6) ** (self.beta / total)
