@@ -86,3 +86,24 @@ def test_cli(capsys):
     assert memory.main(["--model", "7b", "--gpu", "nope"]) == 2
     assert "unknown GPU" in capsys.readouterr().err
     assert GIB == 1 << 30
+
+
+def test_request_from_a_training_config(tmp_path, capsys):
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        "model: {preset: 1b, overrides: {max_seq_len: 4096}}\n"
+        "data: {datasets: [{path: not/read/here}]}\n"
+        "train: {max_steps: 10, global_batch_size: 64, micro_batch_size: 4}\n"
+        "optimizer: {name: lion}\n"
+        "parallel: {sharding: hybrid, shard_group_size: 4, activation_checkpointing: true}\n"
+    )
+    assert memory.main(["--config", str(config), "--num-gpus", "8", "--gpu", "h100", "--json"]) == 0
+    request = json.loads(capsys.readouterr().out)["request"]
+    assert (request["seq_len"], request["micro_batch"], request["optimizer"]) == (4096, 4, "lion")
+    assert (request["sharding"], request["shard_group_size"], request["activation_checkpointing"]) == ("hybrid", 4, True)
+    assert request["model"]["d_model"] == 2048
+    # Flags win over the config; a bad key in the config is named.
+    assert memory.main(["--config", str(config), "--num-gpus", "8", "--micro-batch", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["request"]["micro_batch"] == 2
+    assert memory.main(["--config", str(config), "--override", "train.micro_batch=2"]) == 2
+    assert "micro_batch" in capsys.readouterr().err
