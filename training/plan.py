@@ -221,6 +221,8 @@ def make_plan(request: PlanRequest, benchmarks: Path = BENCHMARKS_PATH) -> Plan:
     mfu, mfu_source = resolve_mfu(gpu, request.mfu, benchmarks)
     if request.num_gpus < 1:
         raise ValueError(f"--num-gpus must be >= 1, got {request.num_gpus}")
+    if request.seq_len < 1:
+        raise ValueError(f"--seq-len must be >= 1, got {request.seq_len}")
     if request.law is not None and request.law not in LAWS:
         raise ValueError(f"--law {request.law!r} is not one of {sorted(LAWS)}")
     law = LAWS.get(request.law) if request.law else None
@@ -254,7 +256,7 @@ def _model_shape(request: PlanRequest) -> MPTConfig | None:
         return None
     if request.params is not None:
         raise ValueError("give --model or --params, not both (the preset fixes the parameter count)")
-    return MPTConfig.preset(request.model, max_seq_len=max(request.seq_len, 1))
+    return MPTConfig.preset(request.model, max_seq_len=request.seq_len)
 
 
 def _size(request: PlanRequest, shape: MPTConfig | None, law: LossLaw | None) -> tuple[float, float, str]:
