@@ -233,12 +233,17 @@ def _count(n_docs: int, share: float) -> int:
 
 
 def make_fixture(n_docs: int, seed: int, out_dir: str, source: str = "web", max_doc_bytes: int = 20_000,
-                 docs_per_file: int = 2000) -> FixtureTruth:
-    """Write about `n_docs` records (documents and bad lines) under `out_dir`; return what must happen to each.
+                 docs_per_file: int = 2000, bad_input_kinds: tuple[str, ...] = BAD_INPUT_KINDS) -> FixtureTruth:
+    """Write `n_docs` records (documents and bad lines) under `out_dir`; return what must happen to each.
 
     Shares: 3% mojibake, 0.5% undecodable, 2% duplicate groups (2-3 copies each), 1% of each junk
-    kind, 0.4% of each bad input kind; the rest clean. Every kind appears at least once.
+    kind, 0.4% of each of `bad_input_kinds`; the rest clean. Every kind appears at least once.
+    (A benchmark against a reader that gives up on a file at its first invalid UTF-8 line leaves
+    out "invalid_utf8".)
     """
+    unknown = set(bad_input_kinds) - set(BAD_INPUT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown bad input kinds {sorted(unknown)}; known: {BAD_INPUT_KINDS}")
     if n_docs < 100:
         raise ValueError(f"n_docs must be at least 100 so that every planted problem fits, got {n_docs}")
     rng = random.Random(seed)
@@ -289,7 +294,7 @@ def make_fixture(n_docs: int, seed: int, out_dir: str, source: str = "web", max_
             doc_id = next_id()
             truth.junk[kind].append(f"{source}/{doc_id}")
             records.append((kind, doc_id, writer.junk(kind)))
-    for kind in BAD_INPUT_KINDS:
+    for kind in bad_input_kinds:
         truth.bad_input[kind] = []
         for _ in range(_count(n_docs, 0.004)):
             records.append((kind, next_id(), b""))  # the line itself is written below, once its place is known
