@@ -182,8 +182,11 @@ class Sandbox:
         timed_out = False
         # Output goes to files, which RLIMIT_FSIZE bounds: a print loop cannot fill this process's memory.
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            process = subprocess.Popen(command, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                       preexec_fn=self._limits(uid), env={"PATH": "/usr/local/bin:/usr/bin:/bin"})
+            try:
+                process = subprocess.Popen(command, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                           preexec_fn=self._limits(uid), env={"PATH": "/usr/local/bin:/usr/bin:/bin"})
+            except OSError as error:  # the interpreter (or bwrap) could not be started as the sandbox user
+                return ExecResult(127, False, "", f"cannot start {command[0]}: {error}", time.monotonic() - start)
             try:
                 process.wait(timeout=self.config.timeout_s)
             except subprocess.TimeoutExpired:

@@ -110,8 +110,13 @@ def _strip(value):
 
 
 def needs_prefix_space(tokenizer) -> bool:
-    """GPT-style BPE encodes " a" as one token: answers then need their leading space."""
-    return len(tokenizer.encode(" a")) == 1
+    """Whether answers need a leading space: yes for GPT-style BPE, where the space belongs to the word's token.
+
+    llm-foundry's test is that " a" encodes to one token; a small BPE vocabulary may lack that token yet
+    still keep spaces with words, which shows as " a" encoding differently from "a" and decoding back to " a".
+    """
+    spaced = tokenizer.encode(" a")
+    return len(spaced) == 1 or (spaced != tokenizer.encode("a") and tokenizer.decode(spaced) == " a")
 
 
 def fewshot_indices(size: int, shots: int, current: int, rng: random.Random) -> list[int]:
