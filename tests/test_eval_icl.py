@@ -30,16 +30,20 @@ LMEVAL_PYTHON = ROOT / ".cache" / "venv-lmeval" / "bin" / "python"
 HUMANEVAL = Path(__file__).parent / "data" / "humaneval_mini.jsonl"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread than on two busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def facts(tmp_path_factory):
     """The synthetic facts task files and a tiny model trained on them (~20 s of CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on two busy cores are slower than one
-    try:
-        task = FactsTask.make(0)
-        model, tokenizer = train_facts_model(task, steps=200)
-    finally:
-        torch.set_num_threads(threads)
+    task = FactsTask.make(0)
+    model, tokenizer = train_facts_model(task, steps=200)
     folder = tmp_path_factory.mktemp("facts")
     return task.write_jsonl(folder), model, tokenizer, folder
 
