@@ -16,7 +16,7 @@ from shards.manifest import DatasetManifest, write_manifest
 from shards.mds import MDSReader, MDSWriter, token_columns
 from training.config import check_world_size, load_config
 from training.data import (BatchLayout, CacheSettings, GlobalOrder, ShardCache, StreamingLoader, TokenBatches,
-                           build_order, resolve_source)
+                           as_tensors, build_order, resolve_source)
 
 VOCAB = 256
 
@@ -129,7 +129,7 @@ def test_resume_mid_epoch_continues_the_same_sequence(dataset):
 
 def test_batches_hold_the_samples_tokens(dataset):
     source = resolve_source(dataset, "train")
-    batch = next(iter(make_batches([source], 4, 4, 0, 1)))
+    batch = as_tensors(next(iter(make_batches([source], 4, 4, 0, 1))))
     assert batch["input_ids"].dtype == torch.int64 and batch["input_ids"].shape == (4, 32)
     for row, sample in zip(batch["input_ids"], batch["sample_ids"].tolist()):
         assert row.tolist() == pattern_tokens(sample, 32).tolist()
@@ -182,6 +182,9 @@ def test_remote_dataset_through_cache_with_prefetch_eviction_and_hash_check(s3_p
     cache.evict(keep={files[0]})
     assert [p for _, _, p in cache._shard_files()] == [files[0]]
     # A corrupt download is retried and then reported, naming the shard.
+    with pytest.raises(ConfigError, match="data.cache_limit_gb"):
+        TokenBatches([source], build_order([source], 7, True, 2), BatchLayout(8, 4, 0, 1),
+                     CacheSettings(cache_root, 1000, prefetch_shards=2))
     entry = MDSReader(source.url).entries[0]
     bad = dict(entry, zip_data=dict(entry["zip_data"], hashes={"xxh3_64": "0" * 16}))
     strict = ShardCache(str(tmp_path / "strict"), 1 << 30, retries=1, backoff_s=0.01)
@@ -228,3 +231,18 @@ def test_config_errors_name_the_key(tmp_path, dataset):
         check_world_size(cfg, world_size=3, local_world_size=3)
     with pytest.raises(ConfigError, match="shard_group_size 3 does not divide"):
         check_world_size(load_config(path, ["parallel.sharding=hybrid", "parallel.shard_group_size=3"]), 4, 4)
+
+
+def test_sequence_ids_column_reaches_batches_and_masks_labels(tmp_path):
+    from training.train import IGNORE_INDEX, next_token_labels
+
+    folder = str(tmp_path / "packed")
+    with MDSWriter(folder, {"tokens": "ndarray:uint16", "sequence_ids": "ndarray:uint8"}) as writer:
+        for i in range(8):
+            writer.write({"tokens": pattern_tokens(i, 6), "sequence_ids": np.array([0, 0, 0, 1, 1, 2], np.uint8)})
+    batch = as_tensors(next(iter(make_batches([resolve_source(folder, "train")], 2, 2, 0, 1))))
+    assert batch["sequence_ids"].tolist() == [[0, 0, 0, 1, 1, 2]] * 2
+    labels = next_token_labels(batch["input_ids"], batch["sequence_ids"])
+    row, tokens = labels[0].tolist(), batch["input_ids"][0].tolist()
+    x = IGNORE_INDEX
+    assert row == [tokens[1], tokens[2], x, tokens[4], x, x]  # no label across a document boundary or at the end

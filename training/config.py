@@ -184,14 +184,62 @@ class LoggingSection:
 
 @dataclass
 class CheckpointSection:
-    """Placeholder for fault tolerance: saving and resuming are not implemented yet."""
+    """Sharded checkpoints and automatic resumption (training.checkpoint; runbook: docs/operations.md).
 
-    dir: str | None = None
-    every_steps: int = 0
+    Checkpointing is on when ``every_steps`` or ``dir`` is set; then a relaunch of the same run
+    (same ``name``) continues from the newest complete checkpoint in ``dir``.
+    """
+
+    dir: str | None = None  # local path or object-store URL; default <output_dir>/<name>/checkpoints
+    every_steps: int = 0  # 0: save only after the last step and on SIGTERM/SIGINT
+    keep_last: int = 2  # retention: the newest complete checkpoints kept...
+    keep_every: int = 0  # ...plus every checkpoint whose step is a multiple of this (0: none)
+    async_save: bool = False  # write in a background thread while training goes on (dcp.async_save)
+    # Resuming on a dataset version other than the one the checkpoint recorded is refused unless true.
+    allow_data_change: bool = False
+    # On SIGTERM/SIGINT, how long to check that every rank is alive before saving (else exit unsaved).
+    alive_check_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.dir is not None or self.every_steps:
-            raise ValueError("checkpointing is not implemented yet: leave checkpoint.dir null and every_steps 0")
+        if self.every_steps < 0 or self.keep_every < 0:
+            raise ValueError("checkpoint.every_steps and checkpoint.keep_every must be >= 0")
+        _positive("checkpoint", keep_last=self.keep_last, alive_check_s=self.alive_check_s)
+        if self.keep_every and self.every_steps and self.keep_every % self.every_steps:
+            raise ValueError(f"checkpoint.keep_every ({self.keep_every}) must be a multiple of "
+                             f"checkpoint.every_steps ({self.every_steps}), or no checkpoint lands on it")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.every_steps) or self.dir is not None
+
+
+@dataclass
+class WatchdogSection:
+    """Hang detection (training.watchdog): no completed step for this long dumps every rank's stacks
+    and fails the job, so the launcher can restart it. The time must cover a step plus any
+    evaluation and checkpoint save that follow it."""
+
+    timeout_s: float = 1800.0  # 0: no watchdog
+    first_step_timeout_s: float = 3600.0  # the first step also starts loaders, downloads and compiles
+
+    def __post_init__(self) -> None:
+        if self.timeout_s < 0:
+            raise ValueError(f"watchdog.timeout_s must be >= 0, got {self.timeout_s}")
+        _positive("watchdog", first_step_timeout_s=self.first_step_timeout_s)
+
+
+@dataclass
+class JournalSection:
+    """What the training journal (training.journal) calls a loss spike or a throughput change."""
+
+    window: int = 20  # logged steps that make the baseline
+    loss_spike_factor: float = 1.5  # a loss above this x the baseline's mean is a spike
+    throughput_change: float = 0.3  # tokens/s moving this fraction away from the baseline is logged
+
+    def __post_init__(self) -> None:
+        _positive("journal", window=self.window, throughput_change=self.throughput_change)
+        if self.loss_spike_factor <= 1.0:
+            raise ValueError(f"journal.loss_spike_factor must be > 1, got {self.loss_spike_factor}")
 
 
 @dataclass
@@ -205,6 +253,8 @@ class TrainConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    watchdog: WatchdogSection = field(default_factory=WatchdogSection)
+    journal: JournalSection = field(default_factory=JournalSection)
     name: str | None = None
     output_dir: str = "runs"
 
@@ -213,6 +263,8 @@ class TrainConfig:
             raise ValueError(f"name must be a non-empty run name without '/', got {self.name!r}")
         if self.eval.every_steps and self.data.eval_split is None:
             raise ValueError("eval.every_steps is set but data.eval_split is null")
+        if self.checkpoint.enabled and self.name is None:
+            raise ValueError("checkpointing needs a fixed run name (name: ...): a relaunch finds its checkpoints by it")
 
     @property
     def eval_global_batch_size(self) -> int:

@@ -36,7 +36,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards import storage
-from shards.manifest import MANIFEST_BASENAME, read_manifest, resolve_version, split_path, version_path, dataset_fingerprint
+from shards.config import ConfigError
+from shards.manifest import (MANIFEST_BASENAME, dataset_fingerprint, read_manifest, resolve_version, split_path,
+                             version_path)
 from shards.mds import INDEX_BASENAME, TOKENS_COLUMN, MDSReader, ShardCorruptError, hash_hex, parse_compression
 
 log = logging.getLogger(__name__)
@@ -116,7 +118,8 @@ class DatasetOrder:
         """This epoch's shard order and where each window starts (in samples)."""
         if self._epoch_layout is None or self._epoch_layout[0] != epoch:
             shard_order = self._rng(epoch).permutation(len(self.shard_sizes))
-            window_sizes = np.add.reduceat(self.shard_sizes[shard_order], np.arange(0, len(shard_order), self.window_shards))
+            window_firsts = np.arange(0, len(shard_order), self.window_shards)
+            window_sizes = np.add.reduceat(self.shard_sizes[shard_order], window_firsts)
             window_starts = np.concatenate([[0], np.cumsum(window_sizes)]).astype(np.int64)
             self._epoch_layout = (epoch, shard_order, window_starts)
         return self._epoch_layout[1], self._epoch_layout[2]
@@ -155,7 +158,8 @@ class GlobalOrder:
     def __init__(self, shard_sizes: list[list[int]], proportions: list[float], seed: int, shuffle: bool,
                  window_shards: int):
         self.datasets = [DatasetOrder(sizes, seed, i, shuffle, window_shards) for i, sizes in enumerate(shard_sizes)]
-        self.sample_id_offsets = np.concatenate([[0], np.cumsum([d.num_samples for d in self.datasets])]).astype(np.int64)
+        sizes = [d.num_samples for d in self.datasets]
+        self.sample_id_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.seed = seed
         weights = np.asarray(proportions, np.float64) / sum(proportions)
         # Largest-remainder rounding of the proportions to counts per block.
@@ -373,11 +377,14 @@ class CacheSettings:
 
 
 class TokenBatches(IterableDataset):
-    """This rank's micro-batches from ``start`` on, as dicts of tensors:
+    """This rank's micro-batches from ``start`` on, as dicts of numpy arrays (``as_tensors`` makes
+    them LongTensors): ``input_ids`` [B, T] in the shards' token dtype; ``sequence_ids`` [B, T] when
+    the shards have that column; ``positions`` and ``sample_ids`` [B] (places in the global order,
+    and which samples those were). ``num_micro_batches`` None streams forever (epochs wrap around).
 
-    ``input_ids`` LongTensor[B, T]; ``sequence_ids`` LongTensor[B, T] when the shards have that
-    column; ``positions`` and ``sample_ids`` LongTensor[B] (places in the global order, and which
-    samples those were). ``num_micro_batches`` None streams forever (epochs wrap around).
+    Numpy rather than tensors because loader workers hand batches over by value through a pipe:
+    for token batches that is several times faster than torch's shared-memory tensor hand-over,
+    and uint16 tokens are a quarter of the int64 bytes.
     """
 
     def __init__(self, sources: list[Source], order: GlobalOrder, layout: BatchLayout, cache: CacheSettings,
@@ -385,98 +392,135 @@ class TokenBatches(IterableDataset):
         self.sources, self.order, self.layout, self.cache = sources, order, layout, cache
         self.start, self.num_micro_batches = start, num_micro_batches
         self._readers: list[MDSReader] | None = None
+        remote = [s.url for s in sources if not storage.is_local(s.url)]
+        if remote:
+            largest = max(e["raw_data"]["bytes"] for url in remote for e in MDSReader(url).entries)
+            needed = (cache.prefetch_shards + 2) * largest
+            if cache.limit_bytes < needed:
+                raise ConfigError(
+                    f"data.cache_limit_gb ({cache.limit_bytes / 1e9:.3g} GB) must hold data.prefetch_shards + 2 "
+                    f"shards of up to {largest / 1e6:.1f} MB: at least {needed / 1e9:.3g} GB"
+                )
 
     # ---- reading
 
     def _open(self) -> None:
         """Readers and the download machinery, made in the process that reads (they do not pickle)."""
+        self._remote = [not storage.is_local(s.url) for s in self.sources]
         self._cache = None
-        if any(not storage.is_local(s.url) for s in self.sources):
+        if any(self._remote):
             c = self.cache
             self._cache = ShardCache(c.root, c.limit_bytes, c.retries, c.verify_hashes)
-            self._pool = ThreadPoolExecutor(max_workers=max(1, c.prefetch_shards), thread_name_prefix="shard-prefetch")
-            self._pending: dict[tuple[int, int], Future] = {}
         self._readers = []
         self._shard_ends = []
-        for s in self.sources:
-            local = storage.is_local(s.url)
-            cache_dir = None if local else self._cache.folder_for(s.url)
+        for s, remote in zip(self.sources, self._remote):
+            cache_dir = self._cache.folder_for(s.url) if remote else None
+            # Downloads were verified on the way into the cache; local folders are read in place.
             reader = MDSReader(s.url, cache_dir=cache_dir, verify_hashes=False)
             if len(reader) != s.num_samples:
                 raise ValueError(f"{s.url} holds {len(reader)} samples but its manifest says {s.num_samples}")
             self._readers.append(reader)
             self._shard_ends.append(np.cumsum(reader.sample_counts))
-        self._remote = [not storage.is_local(s.url) for s in self.sources]
-        self._has_sequence_ids = [SEQUENCE_IDS_COLUMN in r.columns for r in self._readers]
+        with_ids = {SEQUENCE_IDS_COLUMN in r.columns for r in self._readers}
+        if len(with_ids) > 1:
+            raise ValueError(f"some datasets have a {SEQUENCE_IDS_COLUMN!r} column and others not: they cannot mix")
+        self._has_sequence_ids = with_ids.pop()
 
-    def _shards_of(self, datasets: np.ndarray, samples: np.ndarray) -> list[tuple[int, int]]:
-        """Remote (dataset, shard) pairs these samples need, in order of first use."""
+    def remote_shards(self, micro: int) -> list[tuple[int, int]]:
+        """The remote ``(dataset, shard)`` pairs that micro-batch ``micro`` reads."""
+        datasets, samples = self.order.locate(*self.layout.micro_positions(self.start, micro))
         keys = []
-        for d, s in zip(datasets.tolist(), samples.tolist()):
+        for d in np.unique(datasets).tolist():
             if self._remote[d]:
-                key = (d, int(np.searchsorted(self._shard_ends[d], s, side="right")))
-                if not keys or keys[-1] != key:
-                    keys.append(key)
-        return list(dict.fromkeys(keys))
+                shards = np.searchsorted(self._shard_ends[d], samples[datasets == d], side="right")
+                keys += [(d, shard) for shard in np.unique(shards).tolist()]
+        return keys
 
-    def _prefetch(self, keys: list[tuple[int, int]]) -> None:
-        for key in keys:
-            if key not in self._pending:
-                d, shard = key
-                self._pending[key] = self._pool.submit(self._cache.ensure, self.sources[d].url,
-                                                       self._readers[d].entries[shard])
+    def ensure_local(self, key: tuple[int, int]) -> str:
+        d, shard = key
+        return self._cache.ensure(self.sources[d].url, self._readers[d].entries[shard])
 
-    def _wait(self, keys: list[tuple[int, int]]) -> None:
-        for key in keys:
-            future = self._pending.pop(key, None)
-            if future is not None:
-                future.result()
-            d, shard = key
-            self._cache.ensure(self.sources[d].url, self._readers[d].entries[shard])  # evicted meanwhile?
-
-    def _batch(self, begin: int, end: int) -> dict[str, torch.Tensor]:
+    def _batch(self, begin: int, end: int) -> dict[str, np.ndarray]:
         datasets, samples = self.order.locate(begin, end)
         rows = [self._readers[d][int(s)] for d, s in zip(datasets.tolist(), samples.tolist())]
-        batch = {"input_ids": torch.from_numpy(np.stack([r[TOKENS_COLUMN] for r in rows]).astype(np.int64))}
-        if any(self._has_sequence_ids[d] for d in set(datasets.tolist())):
-            if not all(self._has_sequence_ids[d] for d in set(datasets.tolist())):
-                raise ValueError("some datasets of the mixture have sequence_ids and others do not")
-            batch["sequence_ids"] = torch.from_numpy(np.stack([r[SEQUENCE_IDS_COLUMN] for r in rows]).astype(np.int64))
-        batch["positions"] = torch.arange(begin, end, dtype=torch.int64)
-        batch["sample_ids"] = torch.from_numpy(self.order.sample_ids(datasets, samples))
+        batch = {"input_ids": np.stack([r[TOKENS_COLUMN] for r in rows])}
+        if self._has_sequence_ids:
+            batch["sequence_ids"] = np.stack([r[SEQUENCE_IDS_COLUMN] for r in rows])
+        batch["positions"] = np.arange(begin, end, dtype=np.int64)
+        batch["sample_ids"] = self.order.sample_ids(datasets, samples)
         return batch
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         self._open()
         worker = get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        prefetcher = _Prefetcher(self, worker_id, num_workers) if self._cache is not None else None
         micro = worker_id
         try:
             while self.num_micro_batches is None or micro < self.num_micro_batches:
-                begin, end = self.layout.micro_positions(self.start, micro)
-                if self._cache is not None:
-                    needed = self._shards_of(*self.order.locate(begin, end))
-                    self._prefetch(self._upcoming(micro, num_workers, needed))
-                    self._wait(needed)
-                yield self._batch(begin, end)
+                if prefetcher is not None:
+                    prefetcher.ready(micro)
+                yield self._batch(*self.layout.micro_positions(self.start, micro))
                 micro += num_workers
         finally:
-            if self._cache is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
+            if prefetcher is not None:
+                prefetcher.close()
 
-    def _upcoming(self, micro: int, step: int, needed: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """The shards of this and the next micro-batches, up to ``prefetch_shards`` beyond ``needed``."""
-        keys = list(needed)
-        for ahead in range(1, 64):
-            if len(keys) >= len(needed) + self.cache.prefetch_shards:
-                break
-            later = micro + ahead * step
-            if self.num_micro_batches is not None and later >= self.num_micro_batches:
-                break
-            for key in self._shards_of(*self.order.locate(*self.layout.micro_positions(self.start, later))):
-                if key not in keys:
-                    keys.append(key)
-        return keys[:len(needed) + self.cache.prefetch_shards]
+
+class _Prefetcher:
+    """Keeps the remote shards of one loader process's next micro-batches downloading.
+
+    A cursor walks the micro-batches this process will read (each looked at once) and submits
+    their shards to a thread pool while fewer than ``prefetch_shards`` downloads are outstanding,
+    up to ``MAX_LOOKAHEAD`` micro-batches ahead.
+    """
+
+    MAX_LOOKAHEAD = 64
+
+    def __init__(self, batches: TokenBatches, first_micro: int, stride: int):
+        self.batches, self.stride = batches, stride
+        self.ahead = batches.cache.prefetch_shards
+        self.pool = ThreadPoolExecutor(max_workers=self.ahead, thread_name_prefix="shard-prefetch")
+        self.pending: dict[tuple[int, int], Future] = {}
+        self.planned: dict[int, list[tuple[int, int]]] = {}
+        self.cursor = first_micro
+
+    def ready(self, micro: int) -> None:
+        """Return once every shard of micro-batch ``micro`` is on local disk; schedule later ones."""
+        needed = self.planned.pop(micro, None)
+        if needed is None:
+            needed = self.batches.remote_shards(micro)
+            self._submit(needed)
+        self.cursor = max(self.cursor, micro + self.stride)
+        end = self.batches.num_micro_batches
+        while (len(self.pending) < self.ahead and self.cursor <= micro + self.MAX_LOOKAHEAD * self.stride
+               and (end is None or self.cursor < end)):
+            self.planned[self.cursor] = self.batches.remote_shards(self.cursor)
+            self._submit(self.planned[self.cursor])
+            self.cursor += self.stride
+        for key in needed:
+            future = self.pending.pop(key, None)
+            if future is not None:
+                future.result()
+            else:
+                self.batches.ensure_local(key)  # finished earlier: check it was not evicted since
+
+    def _submit(self, keys: list[tuple[int, int]]) -> None:
+        for key in keys:
+            if key not in self.pending:
+                self.pending[key] = self.pool.submit(self.batches.ensure_local, key)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def as_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """A TokenBatches batch as int64 tensors."""
+    return {key: torch.from_numpy(value.astype(np.int64, copy=False)) for key, value in batch.items()}
+
+
+def _as_is(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return batch  # the DataLoader would otherwise turn arrays into shared-memory tensors in the worker
 
 
 class StreamingLoader:
@@ -486,10 +530,9 @@ class StreamingLoader:
     number of ranks and workers; ``load_state_dict`` refuses state from different datasets or seed.
     """
 
-    def __init__(self, dataset: TokenBatches, num_workers: int = 1, prefetch_batches: int = 4,
-                 pin_memory: bool = False):
+    def __init__(self, dataset: TokenBatches, num_workers: int = 1, prefetch_batches: int = 4):
         self.dataset = dataset
-        self.num_workers, self.prefetch_batches, self.pin_memory = num_workers, prefetch_batches, pin_memory
+        self.num_workers, self.prefetch_batches = num_workers, prefetch_batches
         self.position = dataset.start
         self._micro_consumed = 0
 
@@ -501,15 +544,15 @@ class StreamingLoader:
         self.dataset.start = self.position
         self._micro_consumed = 0
         loader = DataLoader(
-            self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-            prefetch_factor=self.prefetch_batches if self.num_workers else None,
+            self.dataset, batch_size=None, num_workers=self.num_workers,
+            prefetch_factor=self.prefetch_batches if self.num_workers else None, collate_fn=_as_is,
         )
         start = self.position
         for batch in loader:
             self._micro_consumed += 1
             steps = self._micro_consumed // self.accumulation
             self.position = start + steps * self.dataset.layout.global_batch
-            yield batch
+            yield as_tensors(batch)
 
     def _identity(self) -> dict:
         return {"seed": self.dataset.order.seed,

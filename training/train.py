@@ -28,8 +28,8 @@ from shards.config import ConfigError
 
 from .config import (CheckpointSection, DataSection, ParallelSection, TrainConfig, accumulation_steps,
                      check_world_size, load_config)
-from .data import (BatchLayout, CacheSettings, Source, StreamingLoader, TokenBatches, build_order, check_sources,
-                   default_cache_root, resolve_source)
+from .data import (BatchLayout, CacheSettings, Source, StreamingLoader, TokenBatches, as_tensors, build_order,
+                   check_sources, default_cache_root, resolve_source)
 from .metrics import MetricsLogger, memory_gb, peak_flops
 from .model import MPT, MPTConfig
 from .optim import build_optimizer, lr_multiplier, set_lr
@@ -159,7 +159,10 @@ def build_model(model_cfg: MPTConfig, par: ParallelSection, d: Distributed) -> n
         for i, block in enumerate(model.blocks):
             model.blocks[i] = torch.compile(block)
     bf16 = par.mixed_precision == "bf16" or (par.mixed_precision == "auto" and on_gpu)
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    if bf16:  # bf16 compute and all-gathers, fp32 gradient reduction and master weights
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    else:
+        policy = MixedPrecisionPolicy()
     for block in model.blocks:
         fully_shard(block, mesh=d.mesh, mp_policy=policy)
     fully_shard(model, mesh=d.mesh, mp_policy=policy)
@@ -185,7 +188,7 @@ def evaluate(model: nn.Module, batches: TokenBatches, d: Distributed) -> float:
     """Mean next-token loss over the eval batches (every token counts once, on any number of ranks)."""
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=d.device)
-    for batch in batches:
+    for batch in map(as_tensors, batches):
         input_ids = batch["input_ids"].to(d.device)
         sequence_ids = batch["sequence_ids"].to(d.device) if "sequence_ids" in batch else None
         labels = next_token_labels(input_ids, sequence_ids)
@@ -279,21 +282,24 @@ def _train(cfg: TrainConfig, d: Distributed) -> dict:
     accumulation = accumulation_steps(cfg.train.global_batch_size, micro_batch, d.world_size)
     train_loader = StreamingLoader(
         make_batches(train_sources, cfg.data, cfg.train.global_batch_size, micro_batch, d, cfg.data.shuffle),
-        cfg.data.num_workers, cfg.data.prefetch_batches, pin_memory=d.device.type == "cuda",
+        cfg.data.num_workers, cfg.data.prefetch_batches,
     )
     eval_batches = None
     if eval_sources is not None:
-        eval_micro = cfg.eval.batches * accumulation_steps(cfg.eval_global_batch_size, micro_batch, d.world_size, "eval")
+        eval_accumulation = accumulation_steps(cfg.eval_global_batch_size, micro_batch, d.world_size, "eval")
+        eval_micro = cfg.eval.batches * eval_accumulation
         eval_batches = make_batches(eval_sources, cfg.data, cfg.eval_global_batch_size, micro_batch, d,
                                     shuffle=False, num_micro_batches=eval_micro)
 
     # Model and optimizer.
     model_cfg = cfg.model.build()
     if seq_len > model_cfg.max_seq_len:
-        raise ConfigError(f"samples hold {seq_len} tokens but model max_seq_len is {model_cfg.max_seq_len}")
+        raise ConfigError(f"samples hold {seq_len} tokens but the model's max_seq_len is {model_cfg.max_seq_len} "
+                          "(model.overrides.max_seq_len)")
     for source in train_sources:
-        if source.vocab_size is not None:
-            model_cfg.check_tokenizer(source.vocab_size)
+        if source.vocab_size is not None and source.vocab_size > model_cfg.vocab_size:
+            raise ConfigError(f"{source.path} has vocab_size {source.vocab_size} but the model's is "
+                              f"{model_cfg.vocab_size} (model.overrides.vocab_size)")
     model = build_model(model_cfg, cfg.parallel, d)
     optimizer = build_optimizer(model, cfg.optimizer)
     checkpointer = Checkpointer(cfg.checkpoint)
@@ -331,7 +337,9 @@ def _train(cfg: TrainConfig, d: Distributed) -> dict:
                 batch = next(batches)
                 ledger.record(step, batch)
                 input_ids = batch["input_ids"].to(d.device, non_blocking=True)
-                sequence_ids = batch["sequence_ids"].to(d.device, non_blocking=True) if "sequence_ids" in batch else None
+                sequence_ids = batch.get("sequence_ids")
+                if sequence_ids is not None:
+                    sequence_ids = sequence_ids.to(d.device, non_blocking=True)
                 logits = model(input_ids, sequence_ids=sequence_ids)
                 loss = MPT.loss(logits, next_token_labels(input_ids, sequence_ids), ignore_index=IGNORE_INDEX)
                 (loss / accumulation).backward()
