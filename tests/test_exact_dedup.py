@@ -19,7 +19,7 @@ def _run(spark, tmp_path, texts: dict[str, str], **params):
     result = ExactDedup(ExactDedupParams(**params)).run(_docs(spark, texts), ctx)
     rows = result.docs.collect()
     assert all((r["reason"] == "exact_duplicate") == (r["detail"] is not None) for r in rows)
-    assert set(result.docs.columns) == {"id", "source", "text", "content_hash", "meta", "reason", "detail"}
+    assert set(result.docs.columns) == {"id", "source", "text", "content_hash", "meta", "exact_dedup_hash", "reason", "detail"}
     kept_ids = {r["id"]: r["kept_id"] for r in result.tables["kept_ids"].collect()}
     result.docs.unpersist()
     return {r["id"]: r["detail"] for r in rows}, kept_ids
@@ -34,20 +34,25 @@ TEXTS = {
     "c1": "\uff26\uff55\uff4c\uff4c width",
     "c2": "Full width",
     "d1": "A unique document.",
+    "e1": "\u00c9cole publique.",
+    "e2": "\u00c9COLE PUBLIQUE.",
 }
 
 
 def test_default_normalisation_and_smallest_id(spark, tmp_path):
     outcome, kept_ids = _run(spark, tmp_path, TEXTS)
-    assert outcome == {"a1": None, "a2": "a1", "a3": "a1", "b1": None, "b2": None, "c1": None, "c2": None, "d1": None}
-    assert kept_ids == {"a1": "a1", "a2": "a1", "a3": "a1"}
+    assert outcome == {"a1": None, "a2": "a1", "a3": "a1", "b1": None, "b2": None, "c1": None, "c2": None, "d1": None,
+                       "e1": None, "e2": "e1"}
+    assert kept_ids == {"a1": "a1", "a2": "a1", "a3": "a1", "e1": "e1", "e2": "e1"}
 
 
 def test_punctuation_nfkc_and_longest(spark, tmp_path):
     outcome, kept_ids = _run(spark, tmp_path, TEXTS, strip_punctuation=True, nfkc=True, keep="longest")
     # a3 is the longest original (extra whitespace counts); b1 is longer than b2; c1 and c2 tie on length.
-    assert outcome == {"a1": "a3", "a2": "a3", "a3": None, "b1": None, "b2": "b1", "c1": None, "c2": "c1", "d1": None}
-    assert kept_ids == {"a1": "a3", "a2": "a3", "a3": "a3", "b1": "b1", "b2": "b1", "c1": "c1", "c2": "c1"}
+    assert outcome == {"a1": "a3", "a2": "a3", "a3": None, "b1": None, "b2": "b1", "c1": None, "c2": "c1", "d1": None,
+                       "e1": None, "e2": "e1"}
+    assert kept_ids == {"a1": "a3", "a2": "a3", "a3": "a3", "b1": "b1", "b2": "b1", "c1": "c1", "c2": "c1",
+                        "e1": "e1", "e2": "e1"}
 
 
 def test_case_and_whitespace_can_be_kept_apart(spark, tmp_path):

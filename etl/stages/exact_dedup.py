@@ -2,10 +2,11 @@
 
 The text is normalised with Spark's own functions (Unicode-aware lowercasing, collapsing of every
 Unicode whitespace run, optional removal of Unicode punctuation, optional NFKC in a vectorised
-pandas UDF) and hashed with SHA-1. Within a hash group a deterministic rule picks the copy to keep
-(`smallest_id`, or `longest` original text with the smallest id breaking ties); the others get
-`detail` = the kept id. The extra table `kept_ids` lists every document that belongs to a
-duplicate group, the kept one included (id = kept_id), with the group's hash.
+pandas UDF) and hashed with SHA-1 into the column `exact_dedup_hash`. Within a hash group a
+deterministic rule picks the copy to keep (`smallest_id`, or `longest` original text with the
+smallest id breaking ties); the others get `detail` = the kept id. The extra table `kept_ids` lists
+every document that belongs to a duplicate group, the kept one included (id = kept_id), with the
+group's hash; it is derived from the annotated documents, so the pipeline's cache of them serves it.
 
 Incremental mode (`incremental: true`) remembers each distinct hash and the id kept for it in the
 Delta table ``<state_root>/exact_dedup_index``. A document whose hash is in the index is a duplicate
@@ -28,6 +29,8 @@ from pyspark.sql import functions as F
 from .base import Stage, StageContext, StageResult
 
 INDEX_TABLE = "exact_dedup_index"
+# The column of the normalised text's hash this stage adds to the documents (and the index is keyed by).
+HASH_COLUMN = "exact_dedup_hash"
 NORMALIZATION_PROPERTY = "kiln.exact_dedup.normalization"
 
 
@@ -81,43 +84,48 @@ class ExactDedup(Stage):
     def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
         params = self.params
         order = [F.col("id")] if params.keep == "smallest_id" else [F.length("text").desc(), F.col("id")]
-        group = Window.partitionBy("_hash").orderBy(*order).rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-        docs = (
-            docs.withColumn("_hash", text_hash(F.col("text"), params))
-            .withColumn("_batch_kept_id", F.first("id").over(group))
-            .withColumn("_group_size", F.count("*").over(group))
-        )
+        group = Window.partitionBy(HASH_COLUMN).orderBy(*order).rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+        docs = docs.withColumn(HASH_COLUMN, text_hash(F.col("text"), params))
+        kept_id = F.first("id").over(group)
         index_path = ctx.state_root.rstrip("/") + "/" + INDEX_TABLE
         if params.incremental:
-            index = _open_index(ctx, index_path, params)
-            docs = docs.join(index, "_hash", "left")
-        else:
-            docs = docs.withColumn("_indexed_kept_id", F.lit(None).cast("string"))
-        kept_id = F.coalesce(F.col("_indexed_kept_id"), F.col("_batch_kept_id"))
+            docs = docs.join(_open_index(ctx, index_path, params), HASH_COLUMN, "left")
+            kept_id = F.coalesce(F.col("_indexed_kept_id"), kept_id)
         docs = docs.withColumn("_kept_id", kept_id)
         is_duplicate = F.col("_kept_id") != F.col("id")
-        docs = docs.withColumn("reason", F.when(is_duplicate, F.lit("exact_duplicate"))).withColumn(
-            "detail", F.when(is_duplicate, F.col("_kept_id"))
+        annotated = (
+            docs.withColumn("reason", F.when(is_duplicate, F.lit("exact_duplicate")))
+            .withColumn("detail", F.when(is_duplicate, F.col("_kept_id")))
+            .drop("_kept_id", "_indexed_kept_id")
         )
-        in_group = (F.col("_group_size") > 1) | (
-            F.col("_indexed_kept_id").isNotNull() & (F.col("_indexed_kept_id") != F.col("id"))
+        if not params.incremental:
+            return StageResult(annotated, tables={"kept_ids": _kept_ids(annotated)}, metrics=_metrics)
+
+        from ..delta import read_table  # not at the top: etl.delta -> etl.config -> etl.stages is a cycle
+
+        # Cached before the MERGE; the pipeline reuses this very DataFrame (and unpersists it).
+        annotated = annotated.persist(StorageLevel.MEMORY_AND_DISK)
+        kept = annotated.filter(F.col("reason").isNull()).select(
+            F.col(HASH_COLUMN).alias("text_hash"), F.col("id").alias("kept_id"), F.lit(ctx.run_id).alias("run_id")
         )
-        kept_ids = docs.filter(in_group).select("id", F.col("_kept_id").alias("kept_id"), F.col("_hash").alias("text_hash"))
+        _merge_into_index(ctx, index_path, kept)
+        index_hashes = read_table(ctx.spark, index_path).count()
+        return StageResult(
+            annotated, tables={"kept_ids": _kept_ids(annotated)},
+            metrics=lambda df: {**_metrics(df), "index_hashes": index_hashes},
+        )
 
-        metrics_extra: dict = {}
-        if params.incremental:
-            from ..delta import read_table  # not at the top: etl.delta -> etl.config -> etl.stages is a cycle
 
-            # Computed once: both the index update and the pipeline's split read these rows.
-            docs = docs.persist(StorageLevel.MEMORY_AND_DISK)
-            new_hashes = docs.filter(F.col("_indexed_kept_id").isNull() & ~is_duplicate).select(
-                F.col("_hash").alias("text_hash"), F.col("id").alias("kept_id"), F.lit(ctx.run_id).alias("run_id")
-            )
-            _merge_into_index(ctx, index_path, new_hashes)
-            metrics_extra["index_hashes"] = read_table(ctx.spark, index_path).count()
-
-        annotated = docs.drop("_hash", "_batch_kept_id", "_group_size", "_indexed_kept_id", "_kept_id")
-        return StageResult(annotated, tables={"kept_ids": kept_ids}, metrics=lambda df: {**_metrics(df), **metrics_extra})
+def _kept_ids(annotated: DataFrame) -> DataFrame:
+    """Every document of a duplicate group: the duplicates, and the kept documents they point to."""
+    duplicates = annotated.filter(F.col("reason") == "exact_duplicate").select(
+        "id", F.col("detail").alias("kept_id"), F.col(HASH_COLUMN).alias("text_hash")
+    )
+    pointed_to = duplicates.select(F.col("kept_id").alias("id")).distinct()
+    kept = annotated.filter(F.col("reason").isNull()).join(pointed_to, "id", "left_semi").select(
+        "id", F.col("id").alias("kept_id"), F.col(HASH_COLUMN).alias("text_hash")
+    )
+    return duplicates.unionByName(kept)
 
 
 def _open_index(ctx: StageContext, path: str, params: ExactDedupParams) -> DataFrame:
@@ -146,7 +154,7 @@ def _open_index(ctx: StageContext, path: str, params: ExactDedupParams) -> DataF
         )
     version = table_version(ctx.spark, path)
     return read_table(ctx.spark, path, version=version).select(
-        F.col("text_hash").alias("_hash"), F.col("kept_id").alias("_indexed_kept_id")
+        F.col("text_hash").alias(HASH_COLUMN), F.col("kept_id").alias("_indexed_kept_id")
     )
 
 

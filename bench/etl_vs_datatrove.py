@@ -1,0 +1,167 @@
+"""Kiln's fix_encoding + quality + exact_dedup (Spark local[2]) against datatrove 0.10.1, on the same 2 cores.
+
+    .venv/bin/python bench/etl_vs_datatrove.py [--docs 100000] [--seed 1] [--work /tmp/kiln-bench-etl]
+
+Both sides read the same fixture (`etl.fixtures.make_fixture`: realistic prose with planted mojibake,
+duplicates, junk and bad lines; without invalid-UTF-8 lines, because datatrove's JsonlReader gives up
+on the rest of a file at the first one) and do the same work, reading JSONL and writing every result:
+
+  Kiln       ingest -> fix_encoding -> quality -> exact_dedup (the `etl` pipeline, each step a Delta
+             table plus the rejected rows; HTML report off), Spark local[2].
+  datatrove  JsonlReader -> FTFYFormatter -> GopherRepetitionFilter -> GopherQualityFilter
+             -> C4QualityFilter -> JsonlWriter -> ExactDedupSignature; ExactFindDedups;
+             JsonlReader -> ExactDedupFilter -> JsonlWriter, LocalPipelineExecutor(tasks=2, workers=2).
+             Exact dedup hashes the same normalisation as ours (lowercase, whitespace collapsed, SHA-1).
+
+Start-up (the Spark session; datatrove's imports) is outside the timing on both sides. Prints
+documents/s for each and their ratio. datatrove runs in `.cache/venv-datatrove`
+(scripts/side_install_datatrove.sh); its JSONL reader needs orjson and FTFYFormatter needs ftfy,
+which this script installs once into `.cache/side/datatrove-bench` (orjson 3.11.7, ftfy 6.3.1,
+wcwidth 0.9.4), leaving that venv untouched.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATATROVE_PYTHON = ROOT / ".cache" / "venv-datatrove" / "bin" / "python"
+DATATROVE_EXTRAS = ROOT / ".cache" / "side" / "datatrove-bench"
+DATATROVE_EXTRA_PINS = ["orjson==3.11.7", "ftfy==6.3.1", "wcwidth==0.9.4"]
+
+
+def dedup_key(doc) -> str:
+    """datatrove's exact-dedup content: the text lowercased with whitespace collapsed, as Kiln's default."""
+    return " ".join(doc.text.lower().split())
+
+
+def run_datatrove(input_dir: str, work: str) -> dict:
+    """Runs inside datatrove's venv; returns seconds and counts."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.exact_dedup import (
+        ExactDedupConfig,
+        ExactDedupFilter,
+        ExactDedupSignature,
+        ExactFindDedups,
+    )
+    from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
+    from datatrove.pipeline.formatters import FTFYFormatter
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.utils.hashing import HashConfig
+
+    config = ExactDedupConfig(content_getter=dedup_key, hash_config=HashConfig(hash_fc="sha1", precision=64))
+    filtered, signatures, duplicates, output = (f"{work}/{name}" for name in ("filtered", "sigs", "dups", "output"))
+    steps = [
+        LocalPipelineExecutor(
+            pipeline=[
+                JsonlReader(input_dir, glob_pattern="*.jsonl*", id_key="id"),
+                FTFYFormatter(),
+                GopherRepetitionFilter(),
+                GopherQualityFilter(),
+                C4QualityFilter(),
+                JsonlWriter(filtered),
+                ExactDedupSignature(signatures, config=config, finder_workers=1),
+            ],
+            tasks=2, workers=2, logging_dir=f"{work}/logs/filter",
+        ),
+        LocalPipelineExecutor(
+            pipeline=[ExactFindDedups(signatures, duplicates, config=config)],
+            tasks=1, workers=1, logging_dir=f"{work}/logs/find",
+        ),
+        LocalPipelineExecutor(
+            pipeline=[JsonlReader(filtered, id_key="id"), ExactDedupFilter(duplicates, config=config), JsonlWriter(output)],
+            tasks=2, workers=2, logging_dir=f"{work}/logs/dedup",
+        ),
+    ]
+    start = time.perf_counter()
+    for step in steps:
+        step.run()
+    seconds = time.perf_counter() - start
+    import gzip
+
+    def count(folder):
+        return sum(sum(1 for _ in gzip.open(os.path.join(folder, f))) for f in os.listdir(folder) if f.endswith(".gz"))
+
+    return {"seconds": seconds, "after_quality": count(filtered), "kept": count(output)}
+
+
+def run_kiln(input_config: dict, max_doc_bytes: int, work: str) -> dict:
+    os.environ.setdefault("KILN_SPARK_MASTER", "local[2]")
+    sys.path.insert(0, str(ROOT))
+    from etl.config import validate_pipeline_config
+    from etl.pipeline import run_pipeline
+    from etl.spark import get_spark
+
+    spark = get_spark("bench-etl-vs-datatrove")
+    config, stages = validate_pipeline_config({
+        "output": f"{work}/out", "inputs": [input_config], "max_doc_bytes": max_doc_bytes,
+        "stages": [{"name": "fix_encoding"}, {"name": "quality"}, {"name": "exact_dedup"}], "report": False,
+    })
+    start = time.perf_counter()
+    run = run_pipeline(config, stages, spark, progress=print)
+    seconds = time.perf_counter() - start
+    by_stage = {s.stage: s for s in run.steps}
+    return {
+        "seconds": seconds,
+        "stage_seconds": {s.stage: s.seconds for s in run.steps},
+        "after_quality": by_stage["quality"].docs_out,
+        "kept": run.steps[-1].docs_out,
+    }
+
+
+def ensure_datatrove() -> None:
+    if not DATATROVE_PYTHON.exists():
+        sys.exit(f"datatrove's venv is missing: run scripts/side_install_datatrove.sh first ({DATATROVE_PYTHON})")
+    if not all((DATATROVE_EXTRAS / name).is_dir() for name in ("orjson", "ftfy", "wcwidth")):
+        print(f"installing {' '.join(DATATROVE_EXTRA_PINS)} into {DATATROVE_EXTRAS}")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+                        str(DATATROVE_EXTRAS), *DATATROVE_EXTRA_PINS], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--work", default="/tmp/kiln-bench-etl")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(ROOT))
+    from etl.fixtures import BAD_INPUT_KINDS, make_fixture
+
+    ensure_datatrove()
+    shutil.rmtree(args.work, ignore_errors=True)
+    start = time.perf_counter()
+    bad_kinds = tuple(k for k in BAD_INPUT_KINDS if k != "invalid_utf8")
+    truth = make_fixture(args.docs, args.seed, f"{args.work}/input", bad_input_kinds=bad_kinds)
+    size = sum(os.path.getsize(f) for f in truth.files)
+    print(f"fixture: {truth.n_records:,} records in {len(truth.files)} files, {size / 1e6:.0f} MB compressed/plain mix, "
+          f"made in {time.perf_counter() - start:.0f}s")
+
+    kiln = run_kiln(truth.input_config(), truth.max_doc_bytes, f"{args.work}/kiln")
+    print(f"kiln: {json.dumps(kiln)}")
+    done = subprocess.run(
+        [str(DATATROVE_PYTHON), __file__, "--datatrove-side", truth.out_dir, f"{args.work}/datatrove"],
+        env={**os.environ, "PYTHONPATH": str(DATATROVE_EXTRAS)}, capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        sys.exit(f"datatrove failed:\n{done.stderr[-4000:]}")
+    datatrove = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"datatrove: {json.dumps(datatrove)}")
+
+    kiln_rate, datatrove_rate = truth.n_records / kiln["seconds"], truth.n_records / datatrove["seconds"]
+    print(f"\n| | seconds | documents/s | after quality | kept |\n|---|---|---|---|---|")
+    for name, result, rate in (("Kiln (Spark local[2])", kiln, kiln_rate), ("datatrove (2 tasks, 2 workers)", datatrove, datatrove_rate)):
+        print(f"| {name} | {result['seconds']:.1f} | {rate:,.0f} | {result['after_quality']:,} | {result['kept']:,} |")
+    print(f"\nKiln / datatrove throughput: {kiln_rate / datatrove_rate:.2f}x  ({truth.n_records:,} records)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--datatrove-side":
+        print(json.dumps(run_datatrove(sys.argv[2], sys.argv[3])))
+    else:
+        main()
