@@ -97,9 +97,9 @@ def _alternatives(items: list[str]) -> str:
     return "|".join(re.escape(i) for i in items)
 
 
-# A prefix is matched at the start: the first alternative that matches wins.
+# A prefix is matched at the start (with .match): the first alternative that matches wins.
 _PREFIX = re.compile(
-    "^(?:" + "|".join([
+    "(?:" + "|".join([
         "[" + _cls("§%=—–" + PUNCT + QUOTES) + "]",
         r"\+(?![0-9])",
         r"\.\.+",
@@ -248,6 +248,7 @@ def _english_special_cases() -> dict[str, tuple[str, ...]]:
 
 
 SPECIAL_CASES = _english_special_cases()
+_LONGEST_SPECIAL = max(map(len, SPECIAL_CASES))
 
 # --------------------------------------------------------------------------------------------
 # Word and sentence splitting
@@ -258,51 +259,68 @@ SPECIAL_CASES = _english_special_cases()
 _ChunkInfo = tuple[tuple[str, ...], int, int, int]
 _CHUNK_CACHE: dict[str, _ChunkInfo] = {}
 _CHUNK_CACHE_LIMIT = 500_000  # distinct chunks kept per process before the cache starts over
+_CACHED_CHUNK_LEN = 64  # longer chunks (URLs, base64 blobs) rarely repeat: not worth the memory
+
+
+_SUFFIX_REACH = 8  # no suffix but a run of dots is longer than this ("mbar", "US$", "……")
+
+
+def _suffix_length(chunk: str, start: int, end: int) -> int:
+    """Length of the suffix of ``chunk[start:end]``, searching only its tail, so that peeling a long
+    run of punctuation stays linear. The tail keeps two characters before any possible match for
+    the look-behinds, or starts at ``start``, where spaCy's own search starts."""
+    dots = end
+    while dots > start and chunk[dots - 1] == ".":
+        dots -= 1
+    tail = chunk[max(start, dots - _SUFFIX_REACH - 2, end - _SUFFIX_REACH - 2):end]
+    match = _SUFFIX.search(tail)
+    return len(tail) - match.start() if match else 0
 
 
 def _split_chunk(chunk: str, specials: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
     """One whitespace-free chunk into tokens, the way spaCy's tokenizer does it.
 
     Prefixes and suffixes are peeled off until none is left (or what is left is a special case),
-    then what remains is a special case, a URL, or is split at its infixes.
+    then what remains is a special case, a URL, or is split at its infixes. Positions, not slices,
+    track what is left, so a chunk of 10,000 brackets costs 10,000 steps, not 10,000 copies.
     """
     special = specials.get(chunk)
     if special is not None:
         return special
+    longest = _LONGEST_SPECIAL if specials else 0
+
+    def is_special(a: int, b: int) -> bool:
+        return a < b and b - a <= longest and chunk[a:b] in specials
+
     prefixes: list[str] = []
     suffixes: list[str] = []
-    rest = chunk
+    start, end = 0, len(chunk)
     last_len = -1
-    while rest and len(rest) != last_len and rest not in specials:
-        last_len = len(rest)
-        match = _PREFIX.search(rest)
-        pre_len = match.end() if match else 0
-        if pre_len:
-            minus_pre = rest[pre_len:]
-            if minus_pre in specials:
-                prefixes.append(rest[:pre_len])
-                rest = minus_pre
-                break
-        after_prefix = rest[pre_len:]
-        match = _SUFFIX.search(after_prefix)
-        suf_len = len(after_prefix) - match.start() if match else 0
-        if suf_len:
-            minus_suf = rest[:-suf_len]
-            if minus_suf in specials:
-                suffixes.append(rest[-suf_len:])
-                rest = minus_suf
-                break
-        if pre_len and suf_len and pre_len + suf_len <= len(rest):
-            prefixes.append(rest[:pre_len])
-            suffixes.append(rest[-suf_len:])
-            rest = rest[pre_len:-suf_len]
+    while start < end and end - start != last_len and not is_special(start, end):
+        last_len = end - start
+        match = _PREFIX.match(chunk, start, end)
+        pre_len = match.end() - start if match else 0
+        if pre_len and is_special(start + pre_len, end):
+            prefixes.append(chunk[start:start + pre_len])
+            start += pre_len
+            break
+        suf_len = _suffix_length(chunk, start + pre_len, end)
+        if suf_len and is_special(start, end - suf_len):
+            suffixes.append(chunk[end - suf_len:end])
+            end -= suf_len
+            break
+        if pre_len and suf_len and pre_len + suf_len <= end - start:
+            prefixes.append(chunk[start:start + pre_len])
+            suffixes.append(chunk[end - suf_len:end])
+            start, end = start + pre_len, end - suf_len
         elif pre_len:
-            prefixes.append(rest[:pre_len])
-            rest = rest[pre_len:]
+            prefixes.append(chunk[start:start + pre_len])
+            start += pre_len
         elif suf_len:
-            suffixes.append(rest[-suf_len:])
-            rest = rest[:-suf_len]
+            suffixes.append(chunk[end - suf_len:end])
+            end -= suf_len
     tokens = prefixes
+    rest = chunk[start:end]
     if rest:
         special = specials.get(rest)
         if special is not None:
@@ -310,17 +328,17 @@ def _split_chunk(chunk: str, specials: dict[str, tuple[str, ...]]) -> tuple[str,
         elif "." in rest and _URL.match(rest):
             tokens.append(rest)
         else:
-            start = 0
+            position = 0
             for match in _INFIX.finditer(rest):
                 if match.start() == 0:
                     continue
-                if match.start() != start:
-                    tokens.append(rest[start:match.start()])
+                if match.start() != position:
+                    tokens.append(rest[position:match.start()])
                 if match.end() != match.start():
                     tokens.append(match.group())
-                start = match.end()
-            if start < len(rest):
-                tokens.append(rest[start:])
+                position = match.end()
+            if position < len(rest):
+                tokens.append(rest[position:])
     tokens.extend(reversed(suffixes))
     return tuple(tokens)
 
@@ -330,7 +348,7 @@ def _special_merges() -> dict[str, list[tuple[tuple[str, ...], tuple[str, ...]]]
     "):"), by their first token; spaCy merges such runs back after splitting."""
     merges: dict[str, list[tuple[tuple[str, ...], tuple[str, ...]]]] = {}
     for text, tokens in SPECIAL_CASES.items():
-        if _PREFIX.search(text) or _SUFFIX.search(text) or _INFIX.search(text):
+        if _PREFIX.match(text) or _SUFFIX.search(text) or _INFIX.search(text):
             # A run that already reads as its special case still claims its tokens (longest wins).
             pattern = _split_chunk(text, {})
             merges.setdefault(pattern[0], []).append((pattern, tokens))
@@ -376,7 +394,9 @@ def _chunk_info(chunk: str) -> _ChunkInfo:
             tokens = _merge_specials(tokens)
         words = [t for t in tokens if not PUNCTUATION_CHARS.issuperset(t)]
         with_letter = sum(1 for t in tokens if any(c.isalpha() for c in t))
-        info = _CHUNK_CACHE[chunk] = (tokens, len(words), sum(map(len, words)), with_letter)
+        info = (tokens, len(words), sum(map(len, words)), with_letter)
+        if len(chunk) <= _CACHED_CHUNK_LEN:
+            _CHUNK_CACHE[chunk] = info
     return info
 
 
@@ -530,7 +550,7 @@ class QualityParams:
             if value is None or isinstance(value, (bool, list)):
                 continue
             if value < 0:
-                raise ValueError(f"{f.name} must not be negative, got {value!r}")
+                raise ValueError(f"{f.name} must not be negative, got {value!r} (null disables the rule)")
             if f.name.endswith("_frac") and value > 1:
                 raise ValueError(f"{f.name} is a fraction between 0 and 1, got {value!r}")
         for low, high in [("min_words", "max_words"), ("min_mean_word_len", "max_mean_word_len")]:
