@@ -1,0 +1,356 @@
+"""MinHash near-duplicate removal: quality and speed against datasketch and datatrove, and a scale run.
+
+    python bench/minhash_bench.py quality --docs 20000       # F1 at 0.7 / 0.8, docs/s side by side
+    python bench/minhash_bench.py scale --docs 1000000       # 1M short documents, peak RSS
+
+`quality` builds the planted corpus (bench/minhash_corpus.py), its exact ground truth, then runs on
+the same corpus and machine:
+  * signatures only, one core each: etl.minhash vs datasketch (MinHash.update_batch per document,
+    shingles built in Python with the same normalisation);
+  * the whole job: the minhash_dedup Spark stage (local[2]) vs datasketch (MinHash + MinHashLSH
+    insert/query + union-find, one process) vs datatrove 0.10.1's four-step MinHash pipeline
+    (LocalPipelineExecutor, 2 workers, in .cache/venv-datatrove: scripts/side_install_datatrove.sh);
+and prints document-level precision/recall/macro F1 (text-dedup's CORE scoring) and documents/s.
+
+`scale` writes N short documents to Parquet, runs the stage on local[2], and samples the resident
+memory of the driver process tree (Python driver + JVM + Python workers) every 0.2 s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("KILN_CACHE", str(ROOT / ".cache"))
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from bench.minhash_corpus import components, core_scores, ground_truth, make_corpus, shingles  # noqa: E402
+from etl import minhash  # noqa: E402
+
+DATATROVE_PYTHON = ROOT / ".cache" / "venv-datatrove" / "bin" / "python"
+NUM_PERM = 128
+
+
+def _spark(cores: int = 2):
+    os.environ.setdefault("KILN_SPARK_MASTER", f"local[{cores}]")
+    from etl.spark import get_spark
+
+    return get_spark("minhash-bench")
+
+
+# ---------------------------------------------------------------- signatures, one core each
+
+
+def signatures_ours(texts: list[str], batch: int = 10_000) -> float:
+    hasher = minhash.MinHasher(NUM_PERM, 1)
+    spec = minhash.ShingleSpec()
+    hasher.signatures_of_texts(pa.array(texts[:batch]), spec)  # warm the process (allocator, caches)
+    start = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        hasher.signatures_of_texts(pa.array(texts[i:i + batch]), spec)
+    return len(texts) / (time.perf_counter() - start)
+
+
+def signatures_datasketch(texts: list[str]):
+    from datasketch import MinHash
+
+    start = time.perf_counter()
+    out = []
+    for text in texts:
+        m = MinHash(num_perm=NUM_PERM, seed=1)
+        m.update_batch([s.encode("utf-8") for s in shingles(text)])
+        out.append(m)
+    return len(texts) / (time.perf_counter() - start), out
+
+
+# ---------------------------------------------------------------- whole jobs
+
+
+def datasketch_job(texts: list[str], threshold: float, weights=(0.5, 0.5)) -> tuple[float, list[int]]:
+    """Signatures, LSH insert + query, union-find: the in-memory baseline (one process)."""
+    from datasketch import MinHash, MinHashLSH
+
+    start = time.perf_counter()
+    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM, weights=weights)
+    hashes = []
+    for i, text in enumerate(texts):
+        m = MinHash(num_perm=NUM_PERM, seed=1)
+        m.update_batch([s.encode("utf-8") for s in shingles(text)])
+        hashes.append(m)
+        lsh.insert(i, m)
+    pairs = [(i, j) for i, m in enumerate(hashes) for j in lsh.query(m) if j != i]
+    labels = components(len(texts), pairs)
+    return time.perf_counter() - start, labels
+
+
+def ours_job(spark, parquet: str, ids: list[str], threshold: float, workdir: Path, **params) -> tuple[float, list, dict]:
+    from etl.stages.base import StageContext
+    from etl.stages.minhash_dedup import MinHashDedup, MinHashDedupParams
+
+    start = time.perf_counter()
+    docs = spark.read.parquet(parquet)
+    ctx = StageContext(spark, str(workdir / "ours"), str(workdir / "ours" / "_state"), "bench")
+    result = MinHashDedup(MinHashDedupParams(threshold=threshold, **params)).run(docs, ctx)
+    # Force both outputs as the pipeline would: the annotated documents and the clusters table.
+    result.docs.write.mode("overwrite").parquet(str(workdir / "ours" / "annotated"))
+    clusters = result.tables["clusters"]
+    clusters.write.mode("overwrite").parquet(str(workdir / "ours" / "clusters"))
+    seconds = time.perf_counter() - start
+    cluster_of = dict(spark.read.parquet(str(workdir / "ours" / "clusters")).select("id", "cluster_id").collect())
+    metrics = result.metrics(result.docs) if result.metrics else {}
+    return seconds, [cluster_of.get(i, i) for i in ids], metrics
+
+
+_DATATROVE_SCRIPT = r'''
+import glob, json, sys
+from datatrove.data import Document
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
+                                              MinhashDedupFilter, MinhashDedupSignature)
+from datatrove.utils.hashing import HashConfig
+
+src, work, bands, rows, workers = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+files = sorted(glob.glob(f"{src}/*.jsonl"))
+
+
+def read(data, rank=0, world_size=1):
+    # datatrove's JsonlReader needs orjson, which its side venv lacks: read the same records with json.
+    with open(files[rank]) as handle:
+        for line in handle:
+            record = json.loads(line)
+            yield Document(text=record["text"], id=record["id"])
+
+
+def write_clusters(data, rank=0, world_size=1):
+    with open(f"{work}/clusters-{rank}.jsonl", "w") as out:
+        for doc in data:
+            out.write(json.dumps({"id": doc.id, "cluster": doc.metadata.get("minhash_cluster_id")}) + "\n")
+        yield from ()
+
+
+config = MinhashConfig(n_grams=5, num_buckets=bands, hashes_per_bucket=rows, seed=1, hash_config=HashConfig(precision=64))
+common = dict(workers=workers, logging_dir=f"{work}/logs", skip_completed=False)
+LocalPipelineExecutor(pipeline=[read, MinhashDedupSignature(output_folder=f"{work}/sigs", config=config)],
+                      tasks=len(files), **common).run()
+LocalPipelineExecutor(pipeline=[MinhashDedupBuckets(input_folder=f"{work}/sigs", output_folder=f"{work}/buckets", config=config)],
+                      tasks=bands, **common).run()
+LocalPipelineExecutor(pipeline=[MinhashDedupCluster(input_folder=f"{work}/buckets", output_folder=f"{work}/remove",
+                                                    config=config, save_cluster_id=True)],
+                      tasks=1, workers=1, logging_dir=f"{work}/logs", skip_completed=False).run()
+LocalPipelineExecutor(pipeline=[read, MinhashDedupFilter(input_folder=f"{work}/remove", load_cluster_ids=True,
+                                                         exclusion_writer=None), write_clusters],
+                      tasks=len(files), **common).run()
+'''
+
+
+def datatrove_job(jsonl_dir: Path, ids: list[str], bands: int, rows: int, workdir: Path, workers: int = 2) -> tuple[float, list]:
+    import glob
+    import shutil
+
+    work = workdir / "datatrove"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    script = work / "run.py"
+    script.write_text(_DATATROVE_SCRIPT)
+    # datatrove's MinHash needs `tokenizers` (imported by datatrove.pipeline.dedup) and `xxhash`, which
+    # the side venv does not install: lend it .venv's (tokenizers 0.22.1, xxhash 3.6.0, same
+    # interpreter) through a folder that holds only those two packages.
+    import tokenizers
+    import xxhash
+
+    extra = work / "extra"
+    extra.mkdir()
+    for module in (tokenizers, xxhash):
+        package = Path(module.__file__).parent
+        for path in [package, *package.parent.glob(f"{module.__name__}-*.dist-info")]:
+            (extra / path.name).symlink_to(path)
+    env = {**os.environ, "PYTHONPATH": str(extra)}
+    start = time.perf_counter()
+    subprocess.run([str(DATATROVE_PYTHON), str(script), str(jsonl_dir), str(work), str(bands), str(rows), str(workers)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    seconds = time.perf_counter() - start
+    cluster_of = {}
+    for path in glob.glob(str(work / "clusters-*.jsonl")):
+        with open(path) as handle:
+            for line in handle:
+                record = json.loads(line)
+                if record["cluster"] is not None:
+                    cluster_of[record["id"]] = f"c{record['cluster']}"
+    return seconds, [cluster_of.get(i, i) for i in ids]
+
+
+# ---------------------------------------------------------------- commands
+
+
+def quality(args) -> None:
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    corpus = make_corpus(args.docs, args.seed)
+    ids, texts = corpus.ids, corpus.texts
+    parquet = str(workdir / "corpus.parquet")
+    pq.write_table(pa.table({"id": ids, "text": texts}), parquet, row_group_size=5_000)
+    jsonl_dir = workdir / "jsonl"
+    jsonl_dir.mkdir(exist_ok=True)
+    for old in jsonl_dir.glob("*.jsonl"):
+        old.unlink()
+    shards = 8
+    for s in range(shards):
+        with open(jsonl_dir / f"part{s}.jsonl", "w") as handle:
+            for i in range(s, len(ids), shards):
+                handle.write(json.dumps({"id": ids[i], "text": texts[i]}) + "\n")
+    print(f"corpus: {len(ids):,} documents, {sum(len(t) for t in texts) / len(texts):.0f} chars on average")
+
+    results = {"docs": len(ids), "thresholds": {}}
+    ours_sig = signatures_ours(texts)
+    ds_sig, _ = signatures_datasketch(texts[: min(len(texts), 5000)])
+    results["signatures_docs_per_s"] = {"ours_1core": round(ours_sig), "datasketch_1core": round(ds_sig),
+                                        "ratio": round(ours_sig / ds_sig, 1)}
+    print(f"signatures, one core: ours {ours_sig:,.0f} docs/s, datasketch {ds_sig:,.0f} docs/s -> {ours_sig / ds_sig:.1f}x")
+
+    spark = _spark(2)
+    for threshold in args.thresholds:
+        start = time.perf_counter()
+        truth = ground_truth(texts, threshold)
+        print(f"\nthreshold {threshold}: ground truth in {time.perf_counter() - start:.0f}s, "
+              f"{sum(1 for i, t in enumerate(truth) if truth.count(t) > 1) if len(truth) < 30000 else 'many'} duplicate documents")
+        from etl.stages.minhash_dedup import MinHashDedupParams
+
+        bands, rows = MinHashDedupParams(threshold=threshold).band_rows()
+        rows_out = {}
+        for verify in ("exact", "estimated"):
+            seconds, labels, metrics = ours_job(spark, parquet, ids, threshold, workdir, verify=verify)
+            rows_out[f"kiln minhash_dedup (Spark local[2], verify={verify})"] = (seconds, core_scores(truth, labels))
+        seconds, labels = datasketch_job(texts, threshold)
+        rows_out["datasketch MinHashLSH (1 process, weights 0.5/0.5)"] = (seconds, core_scores(truth, labels))
+        seconds, labels = datasketch_job(texts, threshold, weights=(0.2, 0.8))
+        rows_out["datasketch MinHashLSH (1 process, weights 0.2/0.8)"] = (seconds, core_scores(truth, labels))
+        if DATATROVE_PYTHON.exists():
+            seconds, labels = datatrove_job(jsonl_dir, ids, bands, rows, workdir)
+            rows_out[f"datatrove 0.10.1 MinHash ({bands}x{rows}, 2 workers)"] = (seconds, core_scores(truth, labels))
+        else:
+            print("datatrove: not installed (run scripts/side_install_datatrove.sh)")
+        print(f"{'system':<58} {'docs/s':>8} {'P dup':>6} {'R dup':>6} {'P non':>6} {'R non':>6} {'macroF1':>8}")
+        for name, (seconds, s) in rows_out.items():
+            print(f"{name:<58} {len(ids) / seconds:>8,.0f} {s['precision_dup']:>6.3f} {s['recall_dup']:>6.3f} "
+                  f"{s['precision_nondup']:>6.3f} {s['recall_nondup']:>6.3f} {s['macro_f1']:>8.4f}")
+        results["thresholds"][str(threshold)] = {
+            name: {"seconds": round(seconds, 1), "docs_per_s": round(len(ids) / seconds),
+                   **{k: round(v, 4) for k, v in s.items()}} for name, (seconds, s) in rows_out.items()
+        }
+    print(json.dumps(results))
+
+
+class PeakRss(threading.Thread):
+    """Samples the summed resident memory of this process and all its descendants."""
+
+    def __init__(self, interval: float = 0.2):
+        super().__init__(daemon=True)
+        self.interval, self.peak, self.peak_jvm, self.stopped = interval, 0, 0, False
+
+    @staticmethod
+    def _tree(pid: int) -> list[int]:
+        out, stack = [], [pid]
+        while stack:
+            p = stack.pop()
+            out.append(p)
+            try:
+                with open(f"/proc/{p}/task/{p}/children") as handle:
+                    stack.extend(int(c) for c in handle.read().split())
+            except OSError:
+                pass
+        return out
+
+    @staticmethod
+    def _rss(pid: int) -> tuple[int, bool]:
+        try:
+            with open(f"/proc/{pid}/status") as handle:
+                status = handle.read()
+            with open(f"/proc/{pid}/comm") as handle:
+                is_java = handle.read().strip() == "java"
+        except OSError:
+            return 0, False
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024, is_java
+        return 0, False
+
+    def run(self):
+        while not self.stopped:
+            sizes = [self._rss(p) for p in self._tree(os.getpid())]
+            self.peak = max(self.peak, sum(s for s, _ in sizes))
+            self.peak_jvm = max(self.peak_jvm, sum(s for s, java in sizes if java))
+            time.sleep(self.interval)
+
+
+def scale(args) -> None:
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    parquet = workdir / f"short_{args.docs}.parquet"
+    if not parquet.exists():
+        start = time.perf_counter()
+        writer = None
+        per_part = 100_000
+        for part in range(0, args.docs, per_part):
+            corpus = make_corpus(min(per_part, args.docs - part), seed=args.seed + part, short=True)
+            table = pa.table({"id": [f"p{part // per_part:03d}-{i}" for i in corpus.ids], "text": corpus.texts})
+            writer = writer or pq.ParquetWriter(str(parquet), table.schema)
+            writer.write_table(table, row_group_size=50_000)
+        writer.close()
+        print(f"wrote {args.docs:,} short documents in {time.perf_counter() - start:.0f}s")
+    monitor = PeakRss()
+    monitor.start()
+    spark = _spark(2)
+    from etl.stages.base import StageContext
+    from etl.stages.minhash_dedup import MinHashDedup, MinHashDedupParams
+
+    start = time.perf_counter()
+    docs = spark.read.parquet(str(parquet))
+    ctx = StageContext(spark, str(workdir / "scale"), str(workdir / "scale" / "_state"), "scale")
+    result = MinHashDedup(MinHashDedupParams(threshold=args.threshold, verify=args.verify)).run(docs, ctx)
+    result.docs.where("reason IS NOT NULL").write.mode("overwrite").parquet(str(workdir / "scale" / "removed"))
+    result.tables["clusters"].write.mode("overwrite").parquet(str(workdir / "scale" / "clusters"))
+    seconds = time.perf_counter() - start
+    metrics = result.metrics(result.docs)
+    monitor.stopped = True
+    monitor.join()
+    removed = spark.read.parquet(str(workdir / "scale" / "removed")).count()
+    print(json.dumps({
+        "docs": args.docs, "seconds": round(seconds, 1), "docs_per_s": round(args.docs / seconds),
+        "removed": removed, "metrics": metrics,
+        "peak_rss_gib_driver_tree": round(monitor.peak / 2**30, 2), "peak_rss_gib_jvm": round(monitor.peak_jvm / 2**30, 2),
+        "driver_memory": os.environ.get("KILN_DRIVER_MEMORY", "4g"),
+    }))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("quality")
+    q.add_argument("--docs", type=int, default=20_000)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--thresholds", type=float, nargs="+", default=[0.7, 0.8])
+    q.add_argument("--workdir", default="/tmp/minhash_bench")
+    q.set_defaults(func=quality)
+    s = sub.add_parser("scale")
+    s.add_argument("--docs", type=int, default=1_000_000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--threshold", type=float, default=0.8)
+    s.add_argument("--verify", default="exact")
+    s.add_argument("--workdir", default="/tmp/minhash_scale")
+    s.set_defaults(func=scale)
+    args = parser.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
