@@ -10,7 +10,8 @@
 #
 # Every package is pinned exactly and installed with --no-deps, so a new upstream release can
 # never change what the test compares against. Idempotent: a stamp named after the list skips the
-# install; a new list rebuilds the venv. The venv appears only once complete and checked.
+# install; a new list rebuilds the venv. The venv is built under a temporary name, moved into place,
+# and removed again if it fails the check; the stamp is written last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -37,11 +37,12 @@ def _annotate(params: QualityParams, batches: Iterator[pa.RecordBatch]) -> Itera
             hashlib.sha1(new.encode("utf-8")).hexdigest() if new != old else digest
             for new, old, digest in zip(new_texts, texts, hashes)
         ]
+        string = batch.schema.field(text_at).type  # string or large_string, as Spark sent it
         columns = list(batch.columns)
-        columns[text_at] = pa.array(new_texts, pa.string())
-        columns[hash_at] = pa.array(new_hashes, pa.string())
-        columns.append(pa.array([v.reason for v in verdicts], pa.string()))
-        columns.append(pa.array([v.detail for v in verdicts], pa.string()))
+        columns[text_at] = pa.array(new_texts, string)
+        columns[hash_at] = pa.array(new_hashes, batch.schema.field(hash_at).type)
+        columns.append(pa.array([v.reason for v in verdicts], string))
+        columns.append(pa.array([v.detail for v in verdicts], string))
         for name, kind in SCORE_COLUMNS.items():
             columns.append(pa.array([v.scores[name] for v in verdicts], _ARROW_TYPES[kind]))
         yield pa.RecordBatch.from_arrays(columns, names=names + ["reason", "detail", *SCORE_COLUMNS])
