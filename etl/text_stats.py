@@ -261,7 +261,6 @@ _CHUNK_CACHE: dict[str, _ChunkInfo] = {}
 _CHUNK_CACHE_LIMIT = 500_000  # distinct chunks kept per process before the cache starts over
 _CACHED_CHUNK_LEN = 64  # longer chunks (URLs, base64 blobs) rarely repeat: not worth the memory
 
-
 _SUFFIX_REACH = 8  # no suffix but a run of dots is longer than this ("mbar", "US$", "……")
 
 
@@ -431,6 +430,7 @@ SENTENCE_ENDS = frozenset(
     "\U00011c42\U00016a6e\U00016a6f\U00016af5\U00016b37\U00016b38\U00016b44\U0001bc9f\U0001da88｡。"
 )
 _IS_PUNCT: dict[str, bool] = {}
+_CHUNKS = re.compile(r"\S+")
 
 
 def _is_punct(token: str) -> bool:
@@ -439,7 +439,9 @@ def _is_punct(token: str) -> bool:
     if known is None:
         if len(_IS_PUNCT) >= _CHUNK_CACHE_LIMIT:
             _IS_PUNCT.clear()
-        known = _IS_PUNCT[token] = all(unicodedata.category(c)[0] == "P" for c in token)
+        known = all(unicodedata.category(c)[0] == "P" for c in token)
+        if len(token) <= _CACHED_CHUNK_LEN:
+            _IS_PUNCT[token] = known
     return known
 
 
@@ -465,9 +467,6 @@ def count_sentences(line: str) -> int:
                 sentences += 1
                 seen_end = False
     return sentences
-
-
-_CHUNKS = re.compile(r"\S+")
 
 # --------------------------------------------------------------------------------------------
 # The heuristics
