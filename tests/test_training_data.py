@@ -225,8 +225,6 @@ def test_config_errors_name_the_key(tmp_path, dataset):
         load_config(path, ["optimizer.lrr=1"])
     with pytest.raises(ConfigError, match="unknown MPT preset"):
         load_config(path, ["model.preset=huge"])
-    with pytest.raises(ConfigError, match="checkpointing is not implemented"):
-        load_config(path, ["checkpoint.dir=/tmp/ckpt"])
     with pytest.raises(ConfigError, match="not a multiple of train.micro_batch_size"):
         check_world_size(cfg, world_size=3, local_world_size=3)
     with pytest.raises(ConfigError, match="shard_group_size 3 does not divide"):

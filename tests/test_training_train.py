@@ -6,6 +6,7 @@ from MLflow.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -153,7 +154,7 @@ def test_two_processes_and_two_nodes_consume_the_same_global_sequence(runs):
 def test_launch_rejects_a_bad_config_before_starting_ranks(workdir, capsys):
     from training.launch import main
 
-    for args, message in (
+    cases = [
         (["train.micro_batch_size=three"], "config.train.micro_batch_size: expected int"),
         (["--nproc-per-node", "3"], "not a multiple of train.micro_batch_size"),
         (["--nnodes", "2", "--nproc-per-node", "2", "parallel.sharding=hybrid", "parallel.shard_group_size=3"],
@@ -161,7 +162,11 @@ def test_launch_rejects_a_bad_config_before_starting_ranks(workdir, capsys):
         (["data.datasets=[{path: /nonexistent/data}]"], "data: /nonexistent/data"),
         (["data.eval_split=test"], "no split 'test'"),
         (["eval.batches=5"], "lower eval.batches"),
-    ):
+        (["model.overrides.max_seq_len=16"], "max_seq_len is 16"),
+    ]
+    if importlib.util.find_spec("wandb") is None:
+        cases.append((["logging.wandb_project=kiln"], "wandb is not installed"))
+    for args, message in cases:
         rdzv = ["--rdzv-endpoint", "127.0.0.1:1"] if "--nnodes" in args else []
         assert main([str(workdir / "train.yaml"), *args, *rdzv]) == 2, args
         assert message in capsys.readouterr().err, args
