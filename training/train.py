@@ -106,10 +106,18 @@ def resolve_data(cfg: TrainConfig, d: Distributed) -> tuple[list[Source], list[S
 
 
 def resolve_sources(cfg: TrainConfig) -> tuple[list[Source], list[Source] | None]:
-    """The train (and eval) sources of the config, with their sizes checked against the batch sizes."""
+    """The train (and eval) sources of the config, checked against the model and the eval batches."""
     data = cfg.data
     train = [resolve_source(s.path, data.train_split, s.version, s.proportion) for s in data.datasets]
-    check_sources(train)
+    seq_len = check_sources(train)
+    model = cfg.model.build()
+    if seq_len > model.max_seq_len:
+        raise ConfigError(f"samples hold {seq_len} tokens but the model's max_seq_len is {model.max_seq_len} "
+                          "(model.overrides.max_seq_len)")
+    for source in train:
+        if source.vocab_size is not None and source.vocab_size > model.vocab_size:
+            raise ConfigError(f"{source.path} has vocab_size {source.vocab_size} but the model's is "
+                              f"{model.vocab_size} (model.overrides.vocab_size)")
     evals = None
     if cfg.eval.every_steps:
         evals = [resolve_source(s.path, data.eval_split, s.version, s.proportion) for s in data.datasets]
@@ -293,13 +301,6 @@ def _train(cfg: TrainConfig, d: Distributed) -> dict:
 
     # Model and optimizer.
     model_cfg = cfg.model.build()
-    if seq_len > model_cfg.max_seq_len:
-        raise ConfigError(f"samples hold {seq_len} tokens but the model's max_seq_len is {model_cfg.max_seq_len} "
-                          "(model.overrides.max_seq_len)")
-    for source in train_sources:
-        if source.vocab_size is not None and source.vocab_size > model_cfg.vocab_size:
-            raise ConfigError(f"{source.path} has vocab_size {source.vocab_size} but the model's is "
-                              f"{model_cfg.vocab_size} (model.overrides.vocab_size)")
     model = build_model(model_cfg, cfg.parallel, d)
     optimizer = build_optimizer(model, cfg.optimizer)
     checkpointer = Checkpointer(cfg.checkpoint)
