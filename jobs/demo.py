@@ -1,0 +1,163 @@
+"""`make demo`: the whole system on an embedded corpus, on this machine's CPUs, in a few minutes.
+
+1. Builds a corpus from text every Python installation has (the standard library's docstrings) plus
+   planted problems for each stage: mojibake, exact and near duplicates, junk, bad JSON lines,
+   personal data, toxic lines, and documents that leak an evaluation set.
+2. Trains a byte-level BPE tokenizer on it.
+3. Runs every ETL stage (configs/demo_pipeline.yaml) -> Delta tables, a report and MDS shards.
+4. Trains a small MPT on the shards with two ranks (configs/train_demo.yaml), streaming them.
+5. Evaluates it (perplexity, a few generated samples) and prints where everything is.
+
+Set KILN_DEMO_OUT to write somewhere else than demo_out/.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = Path(os.environ.get("KILN_DEMO_OUT", ROOT / "demo_out")).resolve()
+TOXIC_LINES = [
+    "You are a worthless idiot and everyone hates you.",
+    "Shut up, you pathetic moron.",
+    "Go to hell, you stupid loser.",
+]
+PII_LINES = [
+    "Contact me at jane.doe{n}@example.com or call +1 415 555 01{n:02d}.",
+    "My card number is 4111 1111 1111 1111 and the server is at 10.0.{n}.7.",
+    "Please wire it to IBAN DE89 3704 0044 0532 0130 00, reference {n}.",
+]
+
+
+def banner(text: str) -> None:
+    print(f"\n=== {text} ===", flush=True)
+
+
+def build_corpus() -> tuple[Path, Path, list[str]]:
+    """The raw inputs (fixture with planted problems + extra near-dup/PII/toxic/leaked docs) and an eval set."""
+    from etl.fixtures import make_fixture, read_fixture_texts
+
+    raw = OUT / "raw"
+    truth = make_fixture(n_docs=2400, seed=7, out_dir=str(raw / "web"))
+    texts = dict(read_fixture_texts(truth))
+    clean = [texts[doc_id] for doc_id in truth.clean[:400]]
+    rng = random.Random(7)
+    extra = []
+    for i, text in enumerate(clean[:60]):  # near duplicates: a few words changed
+        words = text.split()
+        for _ in range(max(1, len(words) // 50)):
+            words[rng.randrange(len(words))] = rng.choice(["indeed", "also", "often", "here"])
+        extra.append({"id": f"near-{i}", "text": " ".join(words)})
+    for i, text in enumerate(clean[60:120]):  # personal data inside otherwise good prose
+        extra.append({"id": f"pii-{i}", "text": text + "\n\n" + PII_LINES[i % len(PII_LINES)].format(n=i)})
+    for i, text in enumerate(clean[120:150]):  # abusive lines
+        extra.append({"id": f"toxic-{i}", "text": text + "\n\n" + " ".join(TOXIC_LINES)})
+    (raw / "forum").mkdir(parents=True, exist_ok=True)
+    with open(raw / "forum" / "posts.jsonl", "w") as handle:
+        for record in extra:
+            handle.write(json.dumps(record) + "\n")
+    # An evaluation set whose passages also sit in the training corpus: decontamination must remove those.
+    eval_dir = OUT / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    eval_path = eval_dir / "lambada_demo.jsonl"
+    with open(eval_path, "w") as handle:
+        for text in clean[150:160]:
+            words = text.split()
+            handle.write(json.dumps({"context": " ".join(words[:40]), "continuation": " " + words[40]}) + "\n")
+    return raw, eval_path, [t for t in texts.values() if isinstance(t, str)]
+
+
+def train_tokenizer(texts: list[str]) -> Path:
+    from etl.tokenizer import save_tokenizer, train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=2048)
+    return Path(save_tokenizer(tokenizer, str(OUT / "tokenizer")))
+
+
+def run_etl(raw: Path, eval_path: Path, tokenizer: Path) -> Path:
+    from etl.config import validate_pipeline_config
+    from etl.pipeline import run_pipeline
+
+    data = yaml.safe_load((ROOT / "configs" / "demo_pipeline.yaml").read_text())
+    data["output"] = str(OUT / "etl")
+    data["inputs"][0]["path"] = str(raw / "web" / "*")
+    data["inputs"][1]["path"] = str(raw / "forum" / "*.jsonl")
+    for stage in data["stages"]:
+        if stage["name"] == "tokenize":
+            stage["params"]["tokenizer"] = str(tokenizer)
+        if stage["name"] == "decontaminate":
+            stage["params"]["eval_paths"] = [str(eval_path)]
+    config, stages = validate_pipeline_config(data)
+    run_pipeline(config, stages)
+    return OUT / "etl"
+
+
+def train_model(dataset: Path) -> Path:
+    config = yaml.safe_load((ROOT / "configs" / "train_demo.yaml").read_text())
+    config["output_dir"] = str(OUT / "runs")
+    config["data"]["datasets"] = [{"path": str(dataset), "proportion": 1.0}]
+    config["checkpoint"]["dir"] = str(OUT / "checkpoints")
+    path = OUT / "train_demo.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "training.launch", str(path), "--nproc-per-node", "2"]
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+    return OUT / "runs" / config["name"]
+
+
+def export_and_evaluate(run_dir: Path, tokenizer: Path, dataset: Path) -> Path:
+    from training.consolidate import consolidate_latest
+
+    model_dir = consolidate_latest(str(OUT / "checkpoints"), str(OUT / "model"), tokenizer_path=str(tokenizer))
+    from shards.manifest import resolve_version, split_path
+    from training.eval import run_evals
+    from training.inference import load_model
+
+    model, _, text_tokenizer = load_model(model_dir)
+    val = split_path(resolve_version(str(dataset)), "val")
+    results = run_evals(model, text_tokenizer, {
+        "perplexity": [{"label": "demo_val", "path": val, "max_samples": 64}],
+        "vibe": {"prompts": ["The module provides", "This function returns", "Raises an exception when"],
+                 "max_new_tokens": 32},
+    })
+    (run_dir / "demo_eval.json").write_text(json.dumps(results, indent=2, default=str))
+    for name, value in results["metrics"].items():
+        print(f"{name}: {value:.4f}")
+    for sample in results.get("vibe", []):
+        print(f"> {sample['prompt']}{sample['completion']!r}")
+    return Path(model_dir)
+
+
+def main() -> int:
+    start = time.time()
+    OUT.mkdir(parents=True, exist_ok=True)
+    banner("1/5 building the demo corpus (stdlib docstrings + planted problems)")
+    raw, eval_path, texts = build_corpus()
+    banner("2/5 training a byte-level BPE tokenizer")
+    tokenizer = train_tokenizer(texts)
+    banner("3/5 ETL: every stage, Spark + Delta -> MDS shards")
+    etl_out = run_etl(raw, eval_path, tokenizer)
+    dataset = etl_out / "dataset"
+    banner("4/5 training a small MPT on the shards (2 ranks, FSDP2 on CPU)")
+    run_dir = train_model(dataset)
+    banner("5/5 evaluation and samples")
+    model_dir = export_and_evaluate(run_dir, tokenizer, dataset)
+    banner(f"done in {time.time() - start:.0f}s")
+    print(f"ETL report:     {etl_out / 'report' / 'report.html'}")
+    print(f"Delta tables:   {etl_out}/<stage>/  (rejected rows with reasons: {etl_out / 'rejected'})")
+    print(f"MDS dataset:    {dataset}")
+    print(f"training run:   {run_dir}  (metrics.jsonl, loss curve PNG, training_log.md)")
+    print(f"model:          {model_dir}  (python -m training.generate {model_dir} --prompt 'The module')")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
