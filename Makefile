@@ -13,6 +13,11 @@ SIDE   := .cache/side
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	@# bubblewrap isolates generated code in the HumanEval sandbox; without it that harness runs
+	@# only with --unsafe. Installed when we can (root with apt), never required.
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) || \
+	  echo "note: bubblewrap not installed; code evaluation will need --unsafe"; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[etl,training,dev]"
