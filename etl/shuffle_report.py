@@ -60,43 +60,47 @@ def collect_sample_mix(provenance: DataFrame, split: str, order, max_samples: in
     """Aggregate the kept provenance rows of ``split`` per sample; returns the mix and the split's size.
 
     ``order`` is the stage's ``SampleOrder``; samples at written positions >= ``max_samples`` are
-    left out (positions are a random permutation, so the rest is a uniform subset).
+    left out (positions are a random permutation, so the rest is a uniform subset). One Spark job:
+    rows per (sample, source, length class) come to the driver, numpy does the rest.
     """
-    rows = provenance.filter((F.col("split") == split) & F.col("kept"))
-    sources = sorted(r[0] for r in rows.select("source").distinct().collect())
     length_class = sum(F.when(F.col("doc_tokens") >= edge, 1).otherwise(0) for edge in LENGTH_EDGES)
-    aggregates = [F.sum(F.when(F.col("source") == s, F.col("length")).otherwise(0)).alias(f"s{i}") for i, s in enumerate(sources)]
-    aggregates += [F.sum(F.when(length_class == k, F.col("length")).otherwise(0)).alias(f"l{k}") for k in range(len(LENGTH_LABELS))]
-    aggregates += [
-        (F.sum(F.col("length") * F.log2("doc_tokens")) / F.sum("length")).alias("mean_log_length"),
-        F.min_by(F.struct("source", "doc_id"), "sample_offset").alias("first"),
-    ]
-    per_sample = rows.groupBy("bucket", "sample_index").agg(*aggregates).select(
-        F.lit(split).alias("split"), "bucket", "sample_index", *[f"s{i}" for i in range(len(sources))],
-        *[f"l{k}" for k in range(len(LENGTH_LABELS))], "mean_log_length",
-        F.col("first.source").alias("first_source"), F.col("first.doc_id").alias("first_doc"),
+    grouped = (
+        provenance.filter((F.col("split") == split) & F.col("kept"))
+        .groupBy("bucket", "sample_index", "source", length_class.alias("length_class"))
+        .agg(F.sum("length").alias("tokens"), F.sum(F.col("length") * F.log2("doc_tokens")).alias("log_tokens"),
+             F.min("sample_offset").alias("first_offset"), F.min_by("doc_id", "sample_offset").alias("first_doc"))
+        .withColumn("split", F.lit(split))
     )
-    schema = StructType([*per_sample.schema.fields, StructField("position", LongType())])
+    schema = StructType([*grouped.schema.fields, StructField("position", LongType())])
 
     def add_positions(batches):
         for batch in batches:
             yield batch.append_column("position", pa.array(order.positions_of_batch(batch, "sample_index"), pa.int64()))
 
-    table = per_sample.mapInArrow(add_positions, schema).filter(F.col("position") < max_samples).toArrow()
-    keys = zip(*(table[c].to_pylist() for c in ("first_source", "first_doc", "bucket", "sample_index")))
-    first = [i for _, i in sorted(zip(keys, range(table.num_rows)))]
-    natural_rank = np.empty(table.num_rows, np.int64)
-    natural_rank[first] = np.arange(table.num_rows)
+    table = grouped.mapInArrow(add_positions, schema).filter(F.col("position") < max_samples).toArrow()
+    positions, sample = np.unique(table["position"].to_numpy(), return_inverse=True)  # rows of a sample share it
+    sources, source = np.unique(np.array(table["source"].to_pylist(), dtype=object), return_inverse=True)
+    tokens = table["tokens"].to_numpy().astype(np.float64)
+    source_tokens = np.zeros((len(positions), len(sources)))
+    np.add.at(source_tokens, (sample, source), tokens)
+    length_tokens = np.zeros((len(positions), len(LENGTH_LABELS)))
+    np.add.at(length_tokens, (sample, table["length_class"].to_numpy()), tokens)
+    log_tokens = np.zeros(len(positions))
+    np.add.at(log_tokens, sample, table["log_tokens"].to_numpy())
 
-    def matrix(prefix: str, count: int) -> np.ndarray:
-        return np.stack([table[f"{prefix}{i}"].to_numpy().astype(np.float64) for i in range(count)], axis=1)
+    # A sample's first document: the row holding its smallest sample offset.
+    first_row = {}
+    for row, (s, offset) in enumerate(zip(sample.tolist(), table["first_offset"].to_pylist())):
+        if s not in first_row or offset < first_row[s][0]:
+            first_row[s] = (offset, row)
+    columns = {c: table[c].to_pylist() for c in ("source", "first_doc", "bucket", "sample_index")}
+    keys = [tuple(columns[c][first_row[s][1]] for c in columns) for s in range(len(positions))]
+    natural_rank = np.empty(len(positions), np.int64)
+    natural_rank[sorted(range(len(keys)), key=keys.__getitem__)] = np.arange(len(keys))
 
     mix = SampleMix(
-        sources=sources,
-        source_tokens=matrix("s", len(sources)),
-        length_tokens=matrix("l", len(LENGTH_LABELS)),
-        mean_log_length=table["mean_log_length"].to_numpy(),
-        position=table["position"].to_numpy(),
+        sources=[str(s) for s in sources], source_tokens=source_tokens, length_tokens=length_tokens,
+        mean_log_length=log_tokens / np.maximum(source_tokens.sum(axis=1), 1), position=positions,
         natural_rank=natural_rank,
     )
     return mix, order.num_samples(split)

@@ -138,14 +138,19 @@ def _arrow_texts(dataset, text_field: str) -> Iterator[str]:
         yield from batch.column(0).to_pylist()
 
 
-def _delta_texts(url: str, text_field: str) -> Iterator[str]:
+def delta_rs_table(path: str, version: int | None = None):
+    """A Delta table through delta-rs (no Spark job): for small tables and log versions on the driver."""
     import os
 
     from deltalake import DeltaTable
 
     # delta-rs reads the standard AWS variables itself; a plain-http endpoint (a local S3 server) must be allowed.
     options = {"AWS_ALLOW_HTTP": "true"} if os.environ.get("AWS_ENDPOINT_URL", "").startswith("http://") else None
-    yield from _arrow_texts(DeltaTable(url, storage_options=options).to_pyarrow_dataset(), text_field)
+    return DeltaTable(to_fsspec_url(path), version=version, storage_options=options)
+
+
+def _delta_texts(url: str, text_field: str) -> Iterator[str]:
+    yield from _arrow_texts(delta_rs_table(url).to_pyarrow_dataset(), text_field)
 
 
 def _parquet_texts(url: str, text_field: str) -> Iterator[str]:

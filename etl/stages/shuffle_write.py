@@ -1,7 +1,7 @@
 """`shuffle_and_write`: a seeded global shuffle of the packed samples, written as a versioned MDS dataset.
 
 Reads the samples `tokenize` wrote (param ``samples_table``, default ``<output>/tokenize/samples``;
-its sibling tables ``tails`` and ``info`` in the same folder) and publishes
+its sibling tables ``buckets``, ``info`` and ``provenance`` in the same folder) and publishes
 ``<dataset_root>/v=N/<split>/`` MDS shards that mosaicml-streaming's ``StreamingDataset`` reads,
 then ``manifest.json``. How:
 
@@ -48,7 +48,7 @@ from shards import (
 from shards.config import ConfigError
 from shards.mds import check_hash_names, parse_compression
 
-from ..tokenizer import to_fsspec_url
+from ..tokenizer import delta_rs_table, to_fsspec_url
 from .base import Stage, StageContext, StageResult
 from .tokenize import binary_tokens
 
@@ -63,7 +63,7 @@ class ShuffleWriteParams:
     # Where versioned datasets go (local path or s3://...); default <output>/dataset.
     dataset_root: str | None = None
     # The samples table of `tokenize`, relative to the pipeline output unless absolute or a URL;
-    # its `tails` and `info` tables are read from the same folder.
+    # its `buckets`, `info` and `provenance` tables are read from the same folder.
     samples_table: str = "tokenize/samples"
     seed: int = 0
     size_limit: int = 1 << 26  # uncompressed bytes per shard, as streaming's writer counts them
@@ -162,8 +162,12 @@ class SampleOrder:
         return int(self.bucket_offsets[split][-1])
 
     def positions(self, split: str, buckets: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        dense = self.bucket_offsets[split][np.asarray(buckets, np.int64)] + np.asarray(indices, np.int64)
-        return permute(dense, self.num_samples(split), self.seed, split)
+        offsets = self.bucket_offsets[split]
+        buckets, indices = np.asarray(buckets, np.int64), np.asarray(indices, np.int64)
+        if ((indices < 0) | (indices >= offsets[buckets + 1] - offsets[buckets])).any():
+            raise ValueError(f"split {split!r}: a sample index lies beyond its bucket's sample count; "
+                             "the samples and buckets tables of tokenize disagree (written by different runs?)")
+        return permute(offsets[buckets] + indices, self.num_samples(split), self.seed, split)
 
     def positions_of_batch(self, batch: pa.RecordBatch, index_column: str) -> np.ndarray:
         """Positions of a batch's rows (columns split, bucket and ``index_column``), splits mixed."""
@@ -247,8 +251,44 @@ def _table_path(output: str, path: str) -> str:
     return path if path.startswith("/") or "://" in path else storage.join(output, path)
 
 
-def _sibling(path: str, name: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[0] + "/" + name
+@dataclass(frozen=True)
+class TokenizedInput:
+    """The tokenize tables this run reads, pinned to the Delta versions it read."""
+
+    paths: dict[str, str]  # samples, provenance, buckets, info
+    versions: dict[str, int]
+    info: dict  # the one `info` row
+    buckets: list[dict]  # the `buckets` rows
+
+    @classmethod
+    def load(cls, output: str, samples_table: str) -> "TokenizedInput":
+        """Small tables and log versions come through delta-rs on the driver: no Spark job."""
+        from deltalake.exceptions import TableNotFoundError
+
+        samples_path = _table_path(output, samples_table)
+        folder = samples_path.rstrip("/").rsplit("/", 1)[0]
+        paths = {"samples": samples_path, **{n: f"{folder}/{n}" for n in ("provenance", "buckets", "info")}}
+        tables = {}
+        for name, path in paths.items():
+            try:
+                tables[name] = delta_rs_table(path)
+            except TableNotFoundError:
+                raise ConfigError(
+                    f"shuffle_and_write.samples_table: no Delta table {name!r} at {path}; run the tokenize "
+                    "stage before shuffle_and_write, or point samples_table at its samples table"
+                ) from None
+        info_rows = tables["info"].to_pyarrow_table().to_pylist()
+        if len(info_rows) != 1:
+            raise ValueError(f"{paths['info']} holds {len(info_rows)} rows; tokenize writes exactly one")
+        return cls(paths, {n: t.version() for n, t in tables.items()}, info_rows[0],
+                   tables["buckets"].to_pyarrow_table().to_pylist())
+
+    def source_tables(self) -> list[dict]:
+        return [{"path": self.paths[n], "delta_version": self.versions[n]} for n in ("samples", "provenance", "buckets", "info")]
+
+    def tail_tokens(self, action: str) -> dict[str, int]:
+        return {s: sum(b["tail_tokens"] for b in self.buckets if b["split"] == s and b["tail_action"] == action)
+                for s in self.info["splits"]}
 
 
 class ShuffleAndWrite(Stage):
@@ -257,30 +297,14 @@ class ShuffleAndWrite(Stage):
 
     def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
         # etl.delta imports etl.config, which imports the stage table: import it when running.
-        from ..delta import read_table, table_exists, table_version
+        from ..delta import read_table
 
         p: ShuffleWriteParams = self.params
-        spark = ctx.spark
-        samples_path = _table_path(ctx.output, p.samples_table)
-        tables = {name: _sibling(samples_path, name) for name in ("info", "tails", "provenance")}
-        tables["samples"] = samples_path
-        for name, path in tables.items():
-            if not table_exists(spark, path):
-                raise ConfigError(
-                    f"shuffle_and_write.samples_table: no Delta table {name!r} at {path}; run the tokenize "
-                    "stage before shuffle_and_write, or point samples_table at its samples table"
-                )
-        versions = {name: table_version(spark, path) for name, path in tables.items()}
-        info = read_table(spark, tables["info"], versions["info"]).collect()[0].asDict()
-        samples = read_table(spark, samples_path, versions["samples"])
-        tails = read_table(spark, tables["tails"], versions["tails"])
-
-        counts = {(r["split"], r["bucket"]): r["n"] for r in samples.groupBy("split", "bucket").agg(F.count("*").alias("n")).collect()}
-        splits = list(info["splits"])
+        tokenized = TokenizedInput.load(ctx.output, p.samples_table)
+        info, splits = tokenized.info, list(tokenized.info["splits"])
+        counts = {(b["split"], b["bucket"]): b["samples"] for b in tokenized.buckets}
         order = SampleOrder.from_counts(p.seed, info["num_buckets"], counts, splits)
         columns = {**token_columns(info["vocab_size"]), **KEY_COLUMNS}
-        if columns["tokens"] != f"ndarray:{info['token_dtype']}":
-            raise RuntimeError(f"token dtype {info['token_dtype']} in {tables['info']} does not fit vocab {info['vocab_size']}")
         example = {"tokens": np.zeros(info["seq_len"], np.dtype(info["token_dtype"])), "bucket": 0, "bucket_index": 0}
         per_shard = samples_per_shard(columns, example, p.compression, p.hashes, p.size_limit)
 
@@ -290,9 +314,10 @@ class ShuffleAndWrite(Stage):
         spec = _WriteSpec({s: split_path(version_dir, s) for s in splits}, columns, info["token_dtype"],
                           p.compression, p.hashes, p.size_limit)
         total_shards = sum(-(-order.num_samples(s) // per_shard) for s in splits)
-        tasks = p.write_tasks or max(1, min(total_shards, spark.sparkContext.defaultParallelism))
+        tasks = p.write_tasks or max(1, min(total_shards, ctx.spark.sparkContext.defaultParallelism))
         log.info("writing %s: %d shards of up to %d samples in %d tasks", version_dir, total_shards, per_shard, tasks)
 
+        samples = read_table(ctx.spark, tokenized.paths["samples"], tokenized.versions["samples"])
         written = (
             samples.mapInArrow(lambda batches: _position_batches(batches, order, per_shard),
                                "split string, bucket int, index long, tokens binary, position long, shard int")
@@ -306,48 +331,53 @@ class ShuffleAndWrite(Stage):
             _check_shards(split, entries, order.num_samples(split), per_shard)
             merge_index(spec.split_dirs[split], [json.loads(e) for _, _, e in entries])
 
-        tail_rows = tails.groupBy("split", "action").agg(F.sum("tokens").alias("t")).collect()
-        tail_tokens = {(r["split"], r["action"]): int(r["t"]) for r in tail_rows}
-        padded = {s: tail_tokens.get((s, "padded"), 0) for s in splits}
-        num_samples = {s: order.num_samples(s) for s in splits}
-        config_hash = hashlib.sha256(json.dumps(
-            {"tokenize": json.loads(info["content_params"]), "shuffle_and_write": {"seed": p.seed, "columns": columns}},
-            sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-        manifest = DatasetManifest(
-            version=version, seq_len=info["seq_len"], token_dtype=info["token_dtype"], vocab_size=info["vocab_size"],
-            num_samples=num_samples, num_tokens={s: num_samples[s] * info["seq_len"] - padded[s] for s in splits},
-            splits=splits, config_hash=config_hash, tokenizer_hash=info["tokenizer_hash"], seed=p.seed,
-            source_tables=[{"path": tables[n], "delta_version": versions[n]} for n in ("samples", "provenance", "tails", "info")],
-            dropped_tail_tokens=sum(t for (_, action), t in tail_tokens.items() if action == "dropped"),
-            extra={
-                "columns": columns, "samples_per_shard": per_shard, "size_limit": p.size_limit,
-                "compression": p.compression, "hashes": p.hashes, "tail": info["tail"], "padded_tail_tokens": padded,
-                "eos_token_id": info["eos_token_id"], "pad_token_id": info["pad_token_id"], "bos_token_id": info["bos_token_id"],
-                "tokenizer": info["tokenizer"], "tokenize_run_id": info["run_id"], "run_id": ctx.run_id,
-                "permutation": f"etl.stages.shuffle_write.permute (Feistel, {FEISTEL_ROUNDS} rounds)",
-            },
-        )
+        manifest = _manifest(p, tokenized, order, version, columns, per_shard, ctx.run_id)
         quality = None
-        if p.quality_report and num_samples[splits[0]] > 1:
+        if p.quality_report and order.num_samples(splits[0]) > 1:
             from ..shuffle_report import write_shuffle_report
 
+            provenance = read_table(ctx.spark, tokenized.paths["provenance"], tokenized.versions["provenance"])
             quality = write_shuffle_report(
-                read_table(spark, tables["provenance"], versions["provenance"]), splits[0], order,
-                storage.join(version_dir, REPORT_FOLDER), window=p.report_window, shard_size=per_shard,
-                partitions=tasks, max_samples=p.report_max_samples, seed=p.seed,
+                provenance, splits[0], order, storage.join(version_dir, REPORT_FOLDER), window=p.report_window,
+                shard_size=per_shard, partitions=tasks, max_samples=p.report_max_samples, seed=p.seed,
             )
-        write_manifest(root, manifest)
-        log.info("published %s (fingerprint %s)", version_dir, dataset_fingerprint(manifest))
+        write_manifest(root, manifest)  # last: from here on the version is complete and immutable
+        fingerprint = dataset_fingerprint(manifest)
+        log.info("published %s (fingerprint %s)", version_dir, fingerprint)
 
         summary = {
-            "dataset": version_dir, "version": version, "fingerprint": dataset_fingerprint(manifest),
-            "num_samples": num_samples, "num_tokens": manifest.num_tokens, "shards": total_shards,
+            "dataset": version_dir, "version": version, "fingerprint": fingerprint,
+            "num_samples": manifest.num_samples, "num_tokens": manifest.num_tokens, "shards": total_shards,
             "samples_per_shard": per_shard, "dropped_tail_tokens": manifest.dropped_tail_tokens,
         }
         if quality is not None:
             summary["shuffle_quality"] = quality
+        # The per-document tokens stay in the tokenize table; no need to copy them once more.
         annotated = (docs.drop("tokens") if "tokens" in docs.columns else docs).withColumn("reason", F.lit(None).cast("string"))
         return StageResult(annotated, metrics=lambda df: summary)
+
+
+def _manifest(p: ShuffleWriteParams, tokenized: TokenizedInput, order: SampleOrder, version: int,
+              columns: dict, per_shard: int, run_id: str) -> DatasetManifest:
+    info, splits = tokenized.info, list(tokenized.info["splits"])
+    num_samples = {s: order.num_samples(s) for s in splits}
+    padded = tokenized.tail_tokens("padded")
+    content = {"tokenize": json.loads(info["content_params"]), "shuffle_and_write": {"seed": p.seed, "columns": columns}}
+    return DatasetManifest(
+        version=version, seq_len=info["seq_len"], token_dtype=info["token_dtype"], vocab_size=info["vocab_size"],
+        num_samples=num_samples, num_tokens={s: num_samples[s] * info["seq_len"] - padded[s] for s in splits},
+        splits=splits, seed=p.seed, tokenizer_hash=info["tokenizer_hash"],
+        config_hash=hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest(),
+        source_tables=tokenized.source_tables(),
+        dropped_tail_tokens=sum(tokenized.tail_tokens("dropped").values()),
+        extra={
+            "columns": columns, "samples_per_shard": per_shard, "size_limit": p.size_limit,
+            "compression": p.compression, "hashes": p.hashes, "tail": info["tail"], "padded_tail_tokens": padded,
+            "eos_token_id": info["eos_token_id"], "pad_token_id": info["pad_token_id"], "bos_token_id": info["bos_token_id"],
+            "tokenizer": info["tokenizer"], "tokenize_run_id": info["run_id"], "run_id": run_id,
+            "permutation": f"etl.stages.shuffle_write.permute (Feistel, {FEISTEL_ROUNDS} rounds)",
+        },
+    )
 
 
 def _check_shards(split: str, entries: list[tuple[int, int, str]], expected_samples: int, per_shard: int) -> None:

@@ -8,7 +8,7 @@ depends on how Spark happened to partition the input:
   and inside a bucket documents are concatenated in order of that hash (then id);
 * each bucket's token stream is cut into samples of exactly ``seq_len`` tokens, keyed
   ``(split, bucket, index)``; the last, partial sample of each bucket (at most one per bucket) is
-  dropped or padded (``tail``) and recorded in the ``tails`` table.
+  dropped or padded (``tail``) and recorded in the ``buckets`` table.
 
 The stage keeps every document (``reason`` null) and adds ``split``, ``num_tokens`` (with EOS/BOS)
 and ``tokens`` (binary, little-endian ``token_dtype``) to it. Extra tables, under ``<output>/tokenize/``:
@@ -16,10 +16,11 @@ and ``tokens`` (binary, little-endian ``token_dtype``) to it. Extra tables, unde
     samples      split, bucket, index, tokens (binary, seq_len x token_dtype)
     provenance   which document tokens make up each sample: split, bucket, sample_index,
                  sample_offset, doc_id, source, doc_offset, length, doc_tokens, kept
-    tails        split, bucket, sample_index, tokens, action ('dropped' or 'padded')
+    buckets      split, bucket, docs, tokens, samples (those written), tail_tokens (of the
+                 partial last sample) and tail_action ('dropped', 'padded', or null: no tail)
     info         one row: tokenizer URL and hash, vocab size, token dtype and these params
 
-`shuffle_and_write` reads ``samples``, ``tails`` and ``info`` from there.
+`shuffle_and_write` reads ``samples``, ``buckets`` and ``info`` from there.
 """
 from __future__ import annotations
 
@@ -313,7 +314,7 @@ class Tokenize(Stage):
         tables = {
             "samples": _samples(placed, p, token_dtype, ids.pad),
             "provenance": _provenance(placed, p),
-            "tails": _tails(placed, p),
+            "buckets": _buckets(placed, p),
             "info": _info(ctx, p, tok, ids, token_dtype),
         }
         return StageResult(annotated, tables=tables, metrics=lambda df: _metrics(df, p, token_dtype, tok))
@@ -368,12 +369,16 @@ def _provenance(placed: DataFrame, p: TokenizeParams) -> DataFrame:
     )
 
 
-def _tails(placed: DataFrame, p: TokenizeParams) -> DataFrame:
-    action = "padded" if p.tail == "pad" else "dropped"
-    totals = placed.groupBy("split", "bucket").agg(F.sum(F.col("num_tokens").cast("long")).alias("total"))
-    return totals.filter(F.col("total") % p.seq_len > 0).select(
-        "split", "bucket", F.floor(F.col("total") / p.seq_len).cast("long").alias("sample_index"),
-        (F.col("total") % p.seq_len).cast("int").alias("tokens"), F.lit(action).alias("action"),
+def _buckets(placed: DataFrame, p: TokenizeParams) -> DataFrame:
+    """Per bucket: documents, tokens, samples written, and the tail that did not fill a sample."""
+    L = p.seq_len
+    totals = placed.groupBy("split", "bucket").agg(
+        F.count("*").alias("docs"), F.sum(F.col("num_tokens").cast("long")).alias("tokens"))
+    tail = (F.col("tokens") % L).cast("int")
+    samples = F.floor(F.col("tokens") / L) + (F.when(tail > 0, 1).otherwise(0) if p.tail == "pad" else F.lit(0))
+    return totals.select(
+        "split", "bucket", "docs", "tokens", samples.cast("long").alias("samples"), tail.alias("tail_tokens"),
+        F.when(tail > 0, F.lit("padded" if p.tail == "pad" else "dropped")).alias("tail_action"),
     )
 
 
@@ -394,18 +399,10 @@ def _info(ctx: StageContext, p: TokenizeParams, tok: LoadedTokenizer, ids: Token
 
 
 def _metrics(annotated: DataFrame, p: TokenizeParams, token_dtype: str, tok: LoadedTokenizer) -> dict:
-    """Documents, tokens, samples and tail tokens per split (from per-bucket token totals)."""
-    rows = (
-        _with_bucket_order(annotated, p).groupBy("split", "bucket")
-        .agg(F.count("*").alias("docs"), F.sum(F.col("num_tokens").cast("long")).alias("tokens"))
-        .collect()
-    )
+    """Documents, tokens, samples and tail tokens per split."""
     tail_name = "tail_tokens_padded" if p.tail == "pad" else "tail_tokens_dropped"
     totals = {name: dict.fromkeys(p.splits, 0) for name in ("docs", "tokens", "samples", tail_name)}
-    for r in rows:
-        full, tail = divmod(r["tokens"], p.seq_len)
-        totals["docs"][r["split"]] += r["docs"]
-        totals["tokens"][r["split"]] += r["tokens"]
-        totals["samples"][r["split"]] += full + int(tail > 0 and p.tail == "pad")
-        totals[tail_name][r["split"]] += tail
+    for r in _buckets(_with_bucket_order(annotated, p), p).collect():
+        for name, column in (("docs", "docs"), ("tokens", "tokens"), ("samples", "samples"), (tail_name, "tail_tokens")):
+            totals[name][r["split"]] += r[column]
     return {"vocab_size": tok.vocab_size, "token_dtype": token_dtype, **totals}
