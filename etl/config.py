@@ -61,6 +61,9 @@ class PipelineConfig:
     state_dir: str | None = None
     report: bool = True
     spark_conf: dict[str, str] = field(default_factory=dict)
+    # Raw-zone tables (before the `pii` stage, and `rejected`) keep files an overwrite replaced for
+    # this many hours, then VACUUM removes them; null: Delta's defaults (7 days, never vacuumed by us).
+    raw_zone_retention_hours: int | None = None
 
     def __post_init__(self):
         if not self.inputs:
@@ -70,6 +73,8 @@ class PipelineConfig:
             raise ValueError(f"inputs: source names must be unique, got {sources}")
         if self.max_doc_bytes <= 0:
             raise ValueError("max_doc_bytes must be positive")
+        if self.raw_zone_retention_hours is not None and self.raw_zone_retention_hours < 0:
+            raise ValueError(f"raw_zone_retention_hours must be >= 0, got {self.raw_zone_retention_hours}")
 
     @property
     def state_root(self) -> str:

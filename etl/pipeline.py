@@ -4,11 +4,15 @@ Layout under the output root:
     ingest/            every readable document, with id, source, text, content_hash, meta
     <stage>/           the documents a stage kept (plus any columns it added)
     <stage>/<table>/   extra tables a stage produced (e.g. exact_dedup/kept_ids)
-    rejected/          every removed row, partitioned by stage, with `reason` and `detail`
+    rejected/          every row removed in the raw zone (ingest and stages before `pii`), partitioned
+                       by stage, with `reason` and `detail`: its text is raw, like the tables it came from
+    rejected_curated/  the same for rows removed from the `pii` stage on (their text is redacted)
     report/            funnel.json, funnel (Delta), report.html and its plots
 
 Every step overwrites its own tables, so running the same job twice leaves the same contents.
 The funnel is checked at the end: documents read = documents kept + documents rejected, exactly.
+Tables are marked with the property kiln.zone = raw | curated; with raw_zone_retention_hours set,
+raw-zone tables keep overwritten files only that long (VACUUM LITE after each run).
 """
 from __future__ import annotations
 
@@ -24,8 +28,8 @@ from pyspark.sql import functions as F
 from shards.config import to_dict
 
 from .config import PipelineConfig, join_path
-from .delta import read_table, write_table
-from .ingest import ingest
+from .delta import read_table, set_properties, table_exists, write_table
+from .ingest import ingest, to_spark_path
 from .stages.base import Stage, StageContext
 
 
@@ -102,15 +106,19 @@ class Pipeline:
         return join_path(self.config.output, name)
 
     def _zone(self, step_index: int) -> str:
-        """Tables before the PII stage still hold raw personal data: they are marked raw."""
+        """Tables before the PII stage still hold raw personal data: they are marked raw. The PII
+        stage's own output (kept and rejected rows alike) is redacted, so it is curated."""
         pii_at = next((i for i, s in enumerate(self.stages) if s.handles_pii), None)
-        return "curated" if pii_at is not None and step_index > pii_at else "raw"
+        return "curated" if pii_at is not None and step_index >= pii_at else "raw"
+
+    def _rejected_table(self, zone: str) -> str:
+        return self.table_path("rejected" if zone == "raw" else "rejected_curated")
 
     def _write_step(self, name: str, annotated: DataFrame, zone: str) -> None:
         properties = {"kiln.zone": zone, "kiln.stage": name}
         write_table(_kept_rows(annotated), self.table_path(name), properties=properties)
         write_table(
-            _rejected_rows(annotated, name), self.table_path("rejected"),
+            _rejected_rows(annotated, name), self._rejected_table(zone),
             partition_by=["stage"], replace_where=f"stage = '{name}'",
         )
 
@@ -151,6 +159,9 @@ class Pipeline:
 
         run = PipelineRun(self.config, run_id, steps, tables)
         self._check_accounting(run)
+        self._mark_rejected_zones()
+        if self.config.raw_zone_retention_hours is not None:
+            self._vacuum_raw_zone(self.config.raw_zone_retention_hours)
         if self.config.report:
             from .report import write_report
 
@@ -158,19 +169,44 @@ class Pipeline:
             progress(f"report: {path}")
         return run
 
-    def _reset_rejected(self) -> None:
-        """Drop rejected rows of stages no longer configured, so a changed pipeline's funnel stays exact."""
-        from .delta import table_exists
+    def _steps_by_zone(self) -> dict[str, list[str]]:
+        steps = {"raw": [], "curated": []}
+        for index, name in enumerate(["ingest"] + [s.name for s in self.stages]):
+            steps[self._zone(index - 1)].append(name)
+        return steps
 
-        path = self.table_path("rejected")
-        if table_exists(self.spark, path):
-            names = ["ingest"] + [s.name for s in self.stages]
-            listed = ", ".join(f"'{n}'" for n in names)
-            self.spark.sql(f"DELETE FROM delta.`{path}` WHERE stage NOT IN ({listed})")
+    def _reset_rejected(self) -> None:
+        """Drop rejected rows of stages no longer configured, or now in the other zone, so a changed
+        pipeline's funnel stays exact and raw rows never linger in the curated table."""
+        for zone, names in self._steps_by_zone().items():
+            path = self._rejected_table(zone)
+            if table_exists(self.spark, path):
+                listed = ", ".join(f"'{n}'" for n in names)
+                self.spark.sql(f"DELETE FROM delta.`{path}`" + (f" WHERE stage NOT IN ({listed})" if names else ""))
+
+    def _mark_rejected_zones(self) -> None:
+        for zone in ("raw", "curated"):
+            if table_exists(self.spark, self._rejected_table(zone)):
+                set_properties(self.spark, self._rejected_table(zone), {"kiln.zone": zone})
+
+    def _vacuum_raw_zone(self, hours: int) -> None:
+        """Keep overwritten raw-zone files (earlier runs' raw text) only `hours`. VACUUM LITE removes
+        just the files the table's own log has dropped, never the extra tables nested inside it."""
+        steps = self._steps_by_zone()["raw"]
+        paths = [self.table_path(name) for name in steps] + [self._rejected_table("raw")]
+        retention = {"delta.deletedFileRetentionDuration": f"interval {hours} hours",
+                     "delta.logRetentionDuration": f"interval {max(hours, 1)} hours"}
+        for path in paths:
+            if table_exists(self.spark, path):
+                set_properties(self.spark, path, retention)
+                self.spark.sql(f"VACUUM delta.`{to_spark_path(path)}` LITE RETAIN {hours} HOURS").collect()
 
     def _check_accounting(self, run: PipelineRun) -> None:
         read = run.steps[0].docs_in
-        rejected = self.spark.read.format("delta").load(self.table_path("rejected")).count()
+        rejected = sum(
+            self.spark.read.format("delta").load(self._rejected_table(zone)).count()
+            for zone in ("raw", "curated") if table_exists(self.spark, self._rejected_table(zone))
+        )
         kept = read_table(self.spark, run.final_table).count()
         if read != kept + rejected:
             raise RuntimeError(f"funnel does not add up: read {read} != kept {kept} + rejected {rejected}")

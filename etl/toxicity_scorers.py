@@ -22,7 +22,7 @@ from typing import Protocol
 import fsspec
 
 BUILTIN_LISTS = Path(__file__).parent / "data" / "toxicity"
-_WORD = re.compile(r"[\w']+")
+_WORD = re.compile(r"\w+(?:'\w+)*")
 # Quoted spans: double quotes, curly quotes, and single quotes that are not apostrophes.
 _QUOTED = re.compile(r"\"[^\"\n]{1,80}\"|“[^”\n]{1,80}”|‘[^’\n]{1,80}’|(?<!\w)'[^'\n]{1,80}'(?!\w)")
 TARGET_FACTOR = 1.5

@@ -195,7 +195,7 @@ def _hasher(entity: str, salt: bytes):
 
 
 def _redactor(params: PiiParams, salt: bytes | None) -> PiiRedactor:
-    key = json.dumps(asdict(params), sort_keys=True)
+    key = json.dumps(asdict(params), sort_keys=True) + hashlib.sha256(salt or b"").hexdigest()
     if key not in _ENGINES:
         _ENGINES[key] = PiiRedactor(params, salt)
     return _ENGINES[key]

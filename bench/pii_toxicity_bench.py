@@ -1,0 +1,178 @@
+"""Throughput of the `language`, `pii` and `toxicity` stages on Spark against plain Python loops.
+
+For each stage: the same texts, the same configuration, in the same run:
+  loop   the library called document by document in one Python process (presidio's AnalyzerEngine
+         + AnonymizerEngine, the word-list scorer, py3langid), engines built beforehand;
+  spark  the stage's DataFrame on local[N] Spark, forced with the `noop` writer, after one warm-up
+         pass (Python workers are reused, so the engines are built once per worker).
+For `pii` also datatrove 0.10.1's PIIFormatter (regular expressions for e-mail and IPv4 only) in a
+loop, from its own virtualenv (.cache/venv-datatrove, made by scripts/side_install_datatrove.sh).
+
+    .venv/bin/python bench/pii_toxicity_bench.py [--docs 4000] [--cores 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DATATROVE_PYTHON = ROOT / ".cache" / "venv-datatrove" / "bin" / "python"
+DATATROVE_LOOP = """
+import json, sys, time
+from datatrove.pipeline.formatters import PIIFormatter
+texts = [json.loads(line)["text"] for line in open(sys.argv[1])]
+formatter = PIIFormatter()
+start = time.perf_counter()
+for text in texts:
+    formatter.format(text)
+print(json.dumps({"seconds": time.perf_counter() - start}))
+"""
+
+
+def make_texts(n: int, seed: int = 5) -> list[str]:
+    """Documents of roughly 1-4 KB: labelled PII sentences, look-alikes and filler, some toxic lines."""
+    from etl.pii_eval import FILLER, generate
+
+    rng = random.Random(seed)
+    pieces = [d.text for d in generate(n_per_type=max(n // 8, 10), n_lookalike_docs=n, seed=seed)]
+    insults = ["You are a pathetic idiot.", "Shut up, moron.", "What a stupid waste of space."]
+    texts = []
+    for _ in range(n):
+        parts = rng.sample(pieces, rng.randint(2, 6)) + rng.sample(FILLER, 6) * rng.randint(1, 3)
+        if rng.random() < 0.1:
+            parts.append(rng.choice(insults))
+        rng.shuffle(parts)
+        texts.append(" ".join(parts))
+    return texts
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def loop_pii(texts: list[str]) -> float:
+    from presidio_anonymizer import AnonymizerEngine
+
+    from etl.pii_recognizers import resolve_overlaps
+    from etl.stages.pii import PiiParams, PiiRedactor
+
+    redactor = PiiRedactor(PiiParams(), None)
+    analyzer, anonymizer, operators = redactor.batch_analyzer.analyzer_engine, AnonymizerEngine(), redactor.operators
+    entities = PiiParams().entity_types
+
+    def run():
+        for text in texts:
+            found = resolve_overlaps(analyzer.analyze(text, language="en", entities=entities))
+            if found:
+                anonymizer.anonymize(text=text, analyzer_results=found, operators=operators)
+
+    return timed(run)
+
+
+def loop_toxicity(texts: list[str]) -> float:
+    from etl.toxicity_scorers import WordListScorer
+
+    scorer = WordListScorer.with_lists()
+    return timed(lambda: [scorer.score([t], ["en"]) for t in texts])
+
+
+def loop_profanity_check(texts: list[str]) -> float:
+    from etl.toxicity_scorers import ProfanityCheckScorer
+
+    scorer = ProfanityCheckScorer()
+    return timed(lambda: scorer.score(texts, ["en"] * len(texts)))
+
+
+def loop_language(texts: list[str]) -> float:
+    from etl.stages.language import LanguageParams, identify
+
+    params = LanguageParams()
+    return timed(lambda: [identify([t], params) for t in texts])
+
+
+def loop_datatrove(texts: list[str]) -> float | None:
+    if not DATATROVE_PYTHON.exists():
+        print("datatrove venv missing: run scripts/side_install_datatrove.sh to include it")
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as handle:
+        handle.writelines(json.dumps({"text": t}) + "\n" for t in texts)
+    try:
+        out = subprocess.run([str(DATATROVE_PYTHON), "-c", DATATROVE_LOOP, handle.name],
+                             capture_output=True, text=True, check=True)
+    finally:
+        os.unlink(handle.name)
+    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def spark_stage(spark, docs, stage) -> float:
+    from etl.stages.base import StageContext
+
+    ctx = StageContext(spark, "", "", "bench")
+
+    def run():
+        stage.run(docs, ctx).docs.write.format("noop").mode("overwrite").save()
+
+    run()  # warm-up: Python workers start and build their engines once
+    return timed(run)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=4000)
+    parser.add_argument("--cores", type=int, default=2)
+    args = parser.parse_args()
+    os.environ.setdefault("KILN_SPARK_MASTER", f"local[{args.cores}]")
+    os.environ.setdefault("KILN_CACHE", str(ROOT / ".cache"))
+
+    from etl.spark import get_spark
+    from etl.stages.language import Language, LanguageParams
+    from etl.stages.pii import Pii, PiiParams
+    from etl.stages.toxicity import Toxicity, ToxicityParams
+
+    texts = make_texts(args.docs)
+    megabytes = sum(len(t.encode()) for t in texts) / 1e6
+    print(f"{len(texts)} documents, {megabytes:.1f} MB; {os.cpu_count()} CPUs, Spark local[{args.cores}]")
+
+    spark = get_spark("kiln-bench-pii")
+    rows = [(f"d{i}", "bench", t, "h", None, "en") for i, t in enumerate(texts)]
+    docs = spark.createDataFrame(
+        rows, "id string, source string, text string, content_hash string, meta map<string,string>, language string"
+    ).repartition(args.cores * 4).cache()
+    docs.count()
+
+    results = []
+    for name, loop, stage in [
+        ("language", loop_language, Language(LanguageParams())),
+        ("pii", loop_pii, Pii(PiiParams())),
+        ("toxicity (word lists)", loop_toxicity, Toxicity(ToxicityParams())),
+    ]:
+        loop_s = loop(texts)
+        spark_s = spark_stage(spark, docs, stage)
+        results.append((name, loop_s, spark_s))
+    profanity_s = loop_profanity_check(texts)
+    datatrove_s = loop_datatrove(texts)
+
+    n = len(texts)
+    print(f"\n{'stage':24s} {'loop docs/s':>12s} {'spark docs/s':>13s} {'spark/loop':>11s}")
+    for name, loop_s, spark_s in results:
+        print(f"{name:24s} {n / loop_s:12,.0f} {n / spark_s:13,.0f} {loop_s / spark_s:10.2f}x")
+    print(f"{'alt-profanity-check loop':24s} {n / profanity_s:12,.0f}   (batched predict_prob, 1 process)")
+    if datatrove_s is not None:
+        pii_spark_s = results[1][2]
+        print(f"{'datatrove PIIFormatter':24s} {n / datatrove_s:12,.0f}   (e-mail + IPv4 regexes only; "
+              f"Kiln pii on Spark is {datatrove_s / pii_spark_s:.2f}x its speed)")
+
+
+if __name__ == "__main__":
+    main()
