@@ -6,8 +6,8 @@ A consolidated checkpoint folder holds
     tokenizer.json      optional: a `tokenizers` tokenizer (the one the training data was built with)
 
 It is what evaluation, generation and the Hugging Face export read, and what `import_hf` writes.
-Training's sharded (torch.distributed.checkpoint) folders are a different thing; `load_model` is
-the one place that will learn to read those too.
+`load_model` also reads training's sharded checkpoints (a step-N folder or a checkpoint root, local or
+on an object store) through training.consolidate; those carry no tokenizer.
 """
 from __future__ import annotations
 
@@ -98,22 +98,29 @@ def read_config(path: str | Path) -> MPTConfig:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                attn_impl: str | None = "sdpa") -> tuple[MPT, MPTConfig, TextTokenizer | None]:
-    """Load a consolidated checkpoint folder for inference: (model in eval mode, its config, its tokenizer).
+    """Load a consolidated checkpoint folder, or a sharded training checkpoint, for inference:
+    (model in eval mode, its config, its tokenizer).
 
     attn_impl overrides the attention backend the checkpoint was trained with (the weights do not depend
     on it); generation needs "sdpa", which runs everywhere. None keeps the checkpoint's choice.
     """
+    from training.consolidate import is_training_checkpoint, read_model_state  # it imports this module
+
     folder = Path(path)
-    config = read_config(folder)
+    if is_training_checkpoint(str(path)):
+        config, state_dict = read_model_state(str(path))
+        state_dict = {name: tensor.to(device) for name, tensor in state_dict.items()}
+    else:
+        config = read_config(folder)
+        weights = folder / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{folder} is not a consolidated checkpoint: {WEIGHTS_NAME} is missing")
+        state_dict = {}
+        with safe_open(str(weights), framework="pt", device=str(device)) as handle:
+            for name in handle.keys():
+                state_dict[name] = handle.get_tensor(name)
     if attn_impl is not None:
         config = dataclasses.replace(config, attn_impl=attn_impl)
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"{folder} is not a consolidated checkpoint: {WEIGHTS_NAME} is missing")
-    state_dict = {}
-    with safe_open(str(weights), framework="pt", device=str(device)) as handle:
-        for name in handle.keys():
-            state_dict[name] = handle.get_tensor(name)
     check_state_dict(state_dict, config)
     with torch.device("meta"):
         model = MPT(config)

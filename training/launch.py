@@ -9,16 +9,23 @@ so the same config runs as one process, one node, or many nodes:
         --rdzv-endpoint head-node:29500                                     # run this on each node
 
 Everything is validated here first: the YAML's keys and types, the batch sizes against the world
-size, that each dataset resolves to a complete version, and that optional loggers are installed.
+size, that each dataset resolves to a complete version, that optional loggers are installed, and
+that a checkpoint to resume from was trained on the same data versions.
+
+With ``--max-restarts N``, ranks that fail are started again (up to N times) and resume from the
+newest complete checkpoint by themselves. SIGTERM or SIGINT to this process is passed to the ranks,
+which save a checkpoint when every rank is alive and exit; relaunching the same command resumes.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 
 from shards.config import ConfigError
 
+from .checkpoint import check_data, checkpoint_root, describe_data, latest_complete
 from .config import TrainConfig, check_world_size, load_config
 
 
@@ -32,9 +39,13 @@ def validate(cfg: TrainConfig, nnodes: int, nproc_per_node: int) -> None:
     if cfg.logging.wandb_project and importlib.util.find_spec("wandb") is None:
         raise ConfigError("logging.wandb_project is set but wandb is not installed (pip install wandb)")
     try:
-        resolve_sources(cfg)
+        train_sources, _ = resolve_sources(cfg)
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(f"data: {err}") from None
+    if cfg.checkpoint.enabled:
+        found = latest_complete(checkpoint_root(cfg))
+        if found is not None:
+            check_data(found[1], describe_data(train_sources), cfg.checkpoint.allow_data_change, found[0])
 
 
 def torchrun_args(args: argparse.Namespace) -> list[str]:
@@ -76,14 +87,23 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
+    # torchrun's agent shares one rendezvous store with the ranks across restarts, so restarted ranks
+    # read the previous attempt's gloo/NCCL addresses and hang or fail to connect (pytorch#135712).
+    # Rank 0 hosts a fresh store per attempt instead.
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     try:
         run(get_args_parser().parse_args(torchrun_args(args)))
     except ChildFailedError as err:
         print(f"training failed: {err}", file=sys.stderr)
         return 1
+    except SignalException as err:
+        print(f"stopped by {err.sigval.name}: the ranks saved a checkpoint if all were alive (see the run's "
+              "training_log.md); run the same command again to resume", file=sys.stderr)
+        return 128 + err.sigval
     return 0
 
 

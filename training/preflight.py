@@ -13,8 +13,9 @@ Each item is PASS, WARN or FAIL with its reason; the exit status is 1 when any i
   shard hashes    a few shards per dataset (first, last, random) match the sizes and hashes in index.json
   tokens          the datasets hold at least the tokens the run will read (max_steps x global batch x length,
                   split by proportion); repeating data FAILs unless --allow-repeat
-  checkpoints     the checkpoint folder (checkpoint.dir, else <output_dir>/<name>) is writable: a small
-                  state dict is saved there, loaded back, compared and removed
+  checkpoints     the checkpoint folder (checkpoint.dir, else <output_dir>/<name>/checkpoints) works: a small
+                  sharded checkpoint is saved there as training saves one (DCP, manifest), verified, loaded
+                  back, compared and removed
   disk            free space for the shard cache (remote data) and one checkpoint (fp32 weights + optimizer)
   trackers        MLflow's store is writable or its server answers; W&B's host answers
   training steps  a few optimizer steps on one repeated micro-batch, on this machine's device, lower the loss
@@ -23,8 +24,8 @@ Each item is PASS, WARN or FAIL with its reason; the exit status is 1 when any i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
-import io
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
@@ -43,6 +45,7 @@ from shards import storage
 from shards.config import ConfigError
 from shards.mds import TOKENS_COLUMN, MDSReader, ShardCorruptError
 
+from . import checkpoint
 from .config import TrainConfig, check_world_size, load_config
 from .hardware import GIB, gpu_for_device_name
 from .memory import OPTIMIZER_STATE_BYTES, MemoryRequest, estimate
@@ -193,40 +196,48 @@ def check_tokens(ctx: Context) -> Check:
 
 
 def checkpoint_location(cfg: TrainConfig) -> str:
-    """Where checkpoints go: checkpoint.dir, else the run's folder (<output_dir>/<name>)."""
-    return cfg.checkpoint.dir or storage.join(cfg.output_dir, cfg.name or "preflight")
+    """Where checkpoints go: checkpoint.dir, else <output_dir>/<name>/checkpoints."""
+    return checkpoint.checkpoint_root(cfg if cfg.name else dataclasses.replace(cfg, name="preflight"))
 
 
 def check_checkpoint_location(location: str) -> Check:
-    """Save a small state dict at `location`, load it back and compare; leave nothing behind."""
+    """Save a small checkpoint at `location` the way training does (DCP and a manifest), check it is
+    complete, load it back and compare; leave nothing behind."""
     import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
-    fs, path = storage.open_fs(location)
     created = []
-    probe = storage.join(location, f".preflight-{uuid.uuid4().hex[:12]}.pt")
+    probe = storage.join(location, f".preflight-{uuid.uuid4().hex[:12]}")
     state = {"step": torch.tensor(7), "weights": torch.randn(32, 32, generator=torch.Generator().manual_seed(0))}
+    loaded = {name: torch.zeros_like(tensor) for name, tensor in state.items()}
     try:
         if storage.is_local(location):
-            missing = Path(path)
+            missing = Path(storage.open_fs(location)[1])
             while not missing.exists():
                 created.append(missing)
                 missing = missing.parent
-            os.makedirs(path, exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        storage.atomic_write_bytes(probe, buffer.getvalue())
-        loaded = torch.load(io.BytesIO(storage.read_bytes(probe)), weights_only=True)
-        fs.rm(storage.open_fs(probe)[1])
-    except OSError as err:
+        with warnings.catch_warnings():  # DCP warns that it runs without a process group: intended here
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.save(state, storage_writer=checkpoint.writer(probe), no_dist=True)
+            checkpoint.write_manifest(probe, {"step": 0})
+            problem = checkpoint.incomplete_reason(probe)
+            dcp.load(loaded, storage_reader=checkpoint.reader(probe), no_dist=True)
+        checkpoint.remove(probe)
+    except (OSError, CheckpointException) as err:
+        if isinstance(err, CheckpointException):  # DCP wraps (exception, traceback) of each failed rank
+            err = next(iter(err.failures.values()))[0]
         return Check("checkpoints", "FAIL", f"cannot save and load a checkpoint in {location}: "
                                             f"{type(err).__name__}: {err}")
     finally:
         for folder in created:  # innermost first; only folders this check made, and only when empty
             if folder.exists() and not any(folder.iterdir()):
                 folder.rmdir()
+    if problem is not None:
+        return Check("checkpoints", "FAIL", f"a checkpoint saved in {location} is not complete: {problem}")
     if not all(torch.equal(state[k], loaded[k]) for k in state):
         return Check("checkpoints", "FAIL", f"a checkpoint saved in {location} read back different")
-    return Check("checkpoints", "PASS", f"saved, loaded and compared a state dict in {location}")
+    return Check("checkpoints", "PASS", f"saved, verified, loaded and compared a sharded checkpoint in {location}")
 
 
 def check_disk(ctx: Context) -> Check:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,13 +27,15 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from shards.config import ConfigError
 
-from .config import (CheckpointSection, DataSection, ParallelSection, TrainConfig, accumulation_steps,
-                     check_world_size, load_config)
+from .checkpoint import Checkpointer, describe_data
+from .config import DataSection, ParallelSection, TrainConfig, accumulation_steps, check_world_size, load_config
 from .data import (BatchLayout, CacheSettings, Source, StreamingLoader, TokenBatches, as_tensors, build_order,
                    check_sources, default_cache_root, resolve_source)
+from .journal import Journal, RunObserver
 from .metrics import MetricsLogger, memory_gb, peak_flops
 from .model import MPT, MPTConfig
 from .optim import build_optimizer, lr_multiplier, set_lr
+from .watchdog import FaultPlan, PeersLost, Preemption, Watchdog, connect_store
 
 IGNORE_INDEX = -100
 
@@ -209,47 +212,27 @@ def evaluate(model: nn.Module, batches: TokenBatches, d: Distributed) -> float:
     return (totals[0] / totals[1]).item()
 
 
-# --------------------------------------------------------------------------- state, checkpoints, ledger
-
-@dataclass
-class TrainState:
-    """Where training stands, beyond model and optimizer: what a checkpoint must also hold."""
-
-    step: int = 0
-    loader: dict = field(default_factory=dict)  # StreamingLoader.state_dict()
-
-
-class Checkpointer:
-    """The seam for saving and resuming, to be filled with torch.distributed.checkpoint.
-
-    ``load`` runs on every rank before the first step and returns the state to continue from
-    (restoring model, optimizer and loader in place); ``save`` runs on every rank after each step.
-    The config rejects checkpoint.dir until this is implemented, so both do nothing today.
-    """
-
-    def __init__(self, cfg: CheckpointSection):
-        self.cfg = cfg
-
-    def load(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: StreamingLoader) -> TrainState:
-        return TrainState(step=0, loader=loader.state_dict())
-
-    def save(self, state: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        return None
-
+# --------------------------------------------------------------------------- ledger
 
 class SampleLedger:
-    """Per rank, one JSON line per micro-batch: the global positions and sample ids it trained on."""
+    """Per rank, one JSON line per micro-batch: the global positions and sample ids it trained on.
 
-    def __init__(self, path: Path | None):
+    Lines carry the restart attempt: after a resume from step S, the lines of earlier attempts with
+    steps after S are superseded."""
+
+    def __init__(self, path: Path | None, attempt: int = 0):
         self._file = None
+        self.attempt = attempt
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a")
 
     def record(self, step: int, batch: dict[str, torch.Tensor]) -> None:
         if self._file is not None:
-            line = {"step": step, "positions": batch["positions"].tolist(), "sample_ids": batch["sample_ids"].tolist()}
+            line = {"step": step, "attempt": self.attempt, "positions": batch["positions"].tolist(),
+                    "sample_ids": batch["sample_ids"].tolist()}
             self._file.write(json.dumps(line) + "\n")
+            self._file.flush()  # a rank killed later must not lose lines of steps a checkpoint holds
 
     def close(self) -> None:
         if self._file is not None:
@@ -303,13 +286,29 @@ def _train(cfg: TrainConfig, d: Distributed) -> dict:
     model_cfg = cfg.model.build()
     model = build_model(model_cfg, cfg.parallel, d)
     optimizer = build_optimizer(model, cfg.optimizer)
-    checkpointer = Checkpointer(cfg.checkpoint)
-    state = checkpointer.load(model, optimizer, train_loader)
+
+    # Fault tolerance: journal, hang watchdog and heartbeats, then resume from the newest complete checkpoint.
+    journal = Journal(run_dir, d.rank)
+    faults = FaultPlan.from_env(run_dir / "faults", d.rank, journal)
+    checkpointer = Checkpointer(cfg, d.rank, d.world_size, journal, faults, train_sources, seq_len)
+    if d.is_main:
+        if journal.attempt > 0:
+            journal.record("restart", cause=journal.restart_cause())
+        journal.record("start", world_size=d.world_size, max_steps=cfg.train.max_steps,
+                       data=describe_data(train_sources), checkpoints=checkpointer.enabled and checkpointer.root)
+    watchdog = Watchdog(cfg.watchdog, d.rank, d.world_size, run_dir, journal, connect_store(journal.attempt))
+    watchdog.start()
+    try:
+        state = checkpointer.resume(model, optimizer, train_loader)
+    except BaseException:
+        watchdog.stop()
+        raise
 
     # Logging: rank 0 only; every rank writes its own sample ledger when asked.
     metrics = MetricsLogger(cfg.logging, run_dir, Path(cfg.output_dir), run_dir.name, cfg.train.max_steps,
                             state.step, enabled=d.is_main)
-    ledger = SampleLedger(run_dir / "ledger" / f"rank-{d.rank:05d}.jsonl" if cfg.logging.sample_ledger else None)
+    ledger = SampleLedger(run_dir / "ledger" / f"rank-{d.rank:05d}.jsonl" if cfg.logging.sample_ledger else None,
+                          journal.attempt)
     run_info = {
         "name": run_dir.name, "world_size": d.world_size, "device": str(d.device),
         "mesh": dict(zip(d.mesh.mesh_dim_names, d.mesh.shape)), "torch": torch.__version__,
@@ -328,6 +327,10 @@ def _train(cfg: TrainConfig, d: Distributed) -> dict:
     tokens_per_step = cfg.train.global_batch_size * seq_len
     last: dict = {}
     status = "FAILED"
+    observer = RunObserver(cfg.journal, journal)
+    preemption = Preemption(watchdog, cfg.checkpoint.alive_check_s, d.world_size)
+    preemption.install()
+    stopped = False
     try:
         batches = iter(train_loader)
         interval_start, interval_steps = time.perf_counter(), 0
@@ -350,6 +353,7 @@ def _train(cfg: TrainConfig, d: Distributed) -> dict:
             optimizer.zero_grad(set_to_none=True)
             state.step, state.loader = step, train_loader.state_dict()
             interval_steps += 1
+            faults.at_step(step)
 
             is_last = step == cfg.train.max_steps
             if step % cfg.logging.every_steps == 0 or is_last:
@@ -368,16 +372,40 @@ def _train(cfg: TrainConfig, d: Distributed) -> dict:
                 }
                 metrics.log(step, last)
                 metrics.advance(step, last["loss"], lr, tokens_per_s)
+                if d.is_main:
+                    observer.observe(step, last["loss"], tokens_per_s)
                 interval_start, interval_steps = time.perf_counter(), 0
             if eval_batches is not None and (step % cfg.eval.every_steps == 0 or is_last):
                 last["eval_loss"] = evaluate(model, eval_batches, d)
                 metrics.log(step, {"eval_loss": last["eval_loss"]})
                 interval_start = time.perf_counter()  # evaluation time is not training throughput
-            checkpointer.save(state, model, optimizer)
-        status = "FINISHED"
+            stop = preemption.should_stop()
+            if stop or is_last or checkpointer.due(step):
+                checkpointer.save(state, model, optimizer, "preemption" if stop else "final" if is_last else "periodic")
+            checkpointer.poll()
+            watchdog.step_done(step)
+            if stop:
+                stopped = True
+                if d.is_main:
+                    journal.record("preempted", step=step, signal=preemption.received or "a peer's signal",
+                                   saved_step=step if checkpointer.enabled else None, detail="clean exit")
+                break
+        checkpointer.close()
+        status = "KILLED" if stopped else "FINISHED"
+    except PeersLost as err:
+        journal.record("preempted", step=state.step, signal=err.signal_name, saved_step=None,
+                       detail=f"{err}: exiting without a checkpoint; a restart resumes from the last complete one")
+        raise
+    except Exception as err:
+        journal.record("failure", step=state.step, cause=f"{type(err).__name__}: {err}")
+        raise
     finally:
+        preemption.restore()
+        watchdog.stop()
         ledger.close()
         metrics.finish(status)
+        if d.is_main and status != "FAILED":
+            journal.record("finish", step=state.step, status=status)
     if d.is_main:
         print(f"run {run_dir.name}: step {state.step}, loss {last.get('loss', float('nan')):.4f}; outputs in {run_dir}",
               file=sys.stderr)
@@ -395,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    except PeersLost as err:
+        print(f"stopping without a checkpoint: {err}", file=sys.stderr)
+        return 128 + signal.Signals[err.signal_name]
     return 0
 
 

@@ -1,0 +1,57 @@
+"""training.journal: events in, training_log.md out; loss spikes and throughput changes; restart causes."""
+from __future__ import annotations
+
+from training.config import JournalSection
+from training.journal import JOURNAL_NAME, LOG_NAME, Journal, RunObserver, read_events
+
+
+def test_events_append_per_rank_and_render_a_log(tmp_path):
+    rank0, rank1 = Journal(tmp_path, rank=0, attempt=0), Journal(tmp_path, rank=1, attempt=0)
+    rank0.record("start", world_size=2, max_steps=10, data=[{"path": "s3://b/web", "version": 3}], checkpoints="ck")
+    rank0.record("checkpoint", step=4, name="step-00000004", url="ck/step-00000004", reason="periodic",
+                 bytes=2_500_000, seconds=1.25, removed=[])
+    rank1.record("failure", step=5, cause="injected kill_at_step (KILN_FAULT_PLAN)")
+    rank0.record("failure", step=5, cause="RuntimeError: Connection closed by peer")
+    with (tmp_path / JOURNAL_NAME).open("a") as out:
+        out.write('{"time": "torn\n')  # a line a machine crash cut short
+    restarted = Journal(tmp_path, rank=0, attempt=1)
+    restarted.record("restart", cause=restarted.restart_cause())
+    restarted.record("resume", step=4, checkpoint="ck/step-00000004", tokens=4096, saved_world_size=2, world_size=4)
+    restarted.record("finish", step=10, status="FINISHED")
+
+    events = read_events(tmp_path / JOURNAL_NAME)
+    assert [e["event"] for e in events] == ["start", "checkpoint", "failure", "failure", "restart", "resume",
+                                            "finish"]
+    assert events[4]["cause"] == ("rank 1: injected kill_at_step (KILN_FAULT_PLAN); "
+                                  "rank 0: RuntimeError: Connection closed by peer")
+    log = (tmp_path / LOG_NAME).read_text()
+    assert log.startswith(f"# Training log: {tmp_path.name}")
+    assert "failures: 2, restarts by the launcher: 1, resumptions: 1" in log
+    assert "checkpoint step-00000004 saved (periodic, 2.5 MB, 1.2 s)" in log
+    assert "**failure** on rank 1: injected kill_at_step" in log
+    assert "resumed from ck/step-00000004 (step 4, 4,096 tokens; saved on 2 rank(s), now 4)" in log
+    assert "data: s3://b/web v3" in log and "finished: FINISHED" in log
+
+
+def test_a_rank_killed_outright_is_named_beside_the_peers_it_broke(tmp_path):
+    Journal(tmp_path, rank=0, attempt=0).record("start", world_size=3, max_steps=10, data=[], checkpoints=None)
+    Journal(tmp_path, rank=0, attempt=0).record("failure", step=7, cause="RuntimeError: Connection closed by peer")
+    assert Journal(tmp_path, rank=0, attempt=1).restart_cause() == (
+        "rank 0: RuntimeError: Connection closed by peer; rank(s) [1, 2] reported nothing "
+        "(SIGKILL, the out-of-memory killer or a lost machine)")
+
+
+def test_observer_reports_a_loss_spike_and_a_lasting_throughput_change(tmp_path):
+    journal = Journal(tmp_path, rank=0, attempt=0)
+    observer = RunObserver(JournalSection(window=8, loss_spike_factor=1.5, throughput_change=0.3), journal)
+    for step in range(1, 11):
+        observer.observe(step, loss=4.0 - 0.01 * step, tokens_per_s=1000.0 + step)
+    observer.observe(11, loss=9.0, tokens_per_s=1000.0)  # a spike; one slow step is not a change
+    for step in range(12, 20):
+        observer.observe(step, loss=3.8, tokens_per_s=600.0)  # a lasting slowdown
+    events = read_events(tmp_path / JOURNAL_NAME)
+    spikes = [e for e in events if e["event"] == "loss_spike"]
+    assert [(e["step"], e["loss"]) for e in spikes] == [(11, 9.0)]
+    changes = [e for e in events if e["event"] == "throughput"]
+    assert len(changes) == 1 and changes[0]["tokens_per_s"] == 600.0 and changes[0]["change"] < -0.3
+    assert "throughput -40%" in (tmp_path / LOG_NAME).read_text()

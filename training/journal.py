@@ -1,0 +1,192 @@
+"""The training journal: what happened to a run, as events in ``journal.jsonl`` and a readable ``training_log.md``.
+
+A run's numbers go to metrics.jsonl; the journal holds the story around them, one JSON object a line:
+``start``, ``resume`` (from which checkpoint and step), ``checkpoint`` (saved), ``failure`` (which rank
+and why), ``restart`` (the launcher started the ranks again, and the cause as far as it is known),
+``preempted`` (a signal, and whether a checkpoint was saved), ``loss_spike``, ``throughput`` (a
+lasting change in tokens/s) and ``finish``. Every event carries the time, the restart attempt
+(torchrun's TORCHELASTIC_RESTART_COUNT) and the rank that wrote it.
+
+Rank 0 writes most events; any rank writes its own failure. Lines are appended with one write
+each (O_APPEND), so ranks of one machine can share the file. ``training_log.md`` is rendered from
+the whole file after every event rank 0 writes, so it is current even after a SIGKILL.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections import deque
+from pathlib import Path
+
+from .config import JournalSection
+
+JOURNAL_NAME = "journal.jsonl"
+LOG_NAME = "training_log.md"
+
+
+def utc_now() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+def restart_attempt() -> int:
+    """How many times torchrun has restarted the ranks of this launch (0 outside torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+
+
+def read_events(path: str | Path) -> list[dict]:
+    """Every event of a journal file; a line that does not parse (cut short by a machine crash) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
+class Journal:
+    """Appends events for one rank of one attempt; rank 0 also keeps training_log.md current."""
+
+    def __init__(self, run_dir: str | Path, rank: int = 0, attempt: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / JOURNAL_NAME
+        self.rank = rank
+        self.attempt = restart_attempt() if attempt is None else attempt
+
+    def record(self, event: str, **fields) -> dict:
+        entry = {"time": utc_now(), "event": event, "attempt": self.attempt, "rank": self.rank, **fields}
+        line = (json.dumps(entry, default=str) + "\n").encode()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        if self.rank == 0:
+            self.render()
+        return entry
+
+    def events(self) -> list[dict]:
+        return read_events(self.path)
+
+    def render(self) -> Path:
+        out = self.run_dir / LOG_NAME
+        tmp = out.with_name(f".{LOG_NAME}.tmp-{os.getpid()}")
+        tmp.write_text(render_markdown(self.events(), self.run_dir.name))
+        os.replace(tmp, out)
+        return out
+
+    def restart_cause(self) -> str:
+        """Why the previous attempt ended, from what its ranks wrote before they stopped (in time
+        order); ranks that wrote nothing were killed outright."""
+        previous = [e for e in self.events() if e.get("attempt") == self.attempt - 1]
+        reports = [(e["rank"], e.get("cause") or e.get("signal")) for e in previous
+                   if e["event"] in ("failure", "preempted")]
+        parts = [f"rank {rank}: {cause}" for rank, cause in reports]
+        started = next((e for e in previous if e["event"] == "start"), None)
+        silent = sorted(set(range(started["world_size"])) - {rank for rank, _ in reports}) if started else []
+        if silent or not parts:
+            who = f"rank(s) {silent}" if silent else "the ranks"
+            parts.append(f"{who} reported nothing (SIGKILL, the out-of-memory killer or a lost machine)")
+        return "; ".join(parts)
+
+
+class RunObserver:
+    """Watches rank 0's logged metrics and journals loss spikes and lasting throughput changes.
+
+    The baseline is the last ``window`` logged values. A loss above ``loss_spike_factor`` x the
+    baseline mean is a spike (the spike stays out of the baseline). Throughput is judged on the
+    median of the newest ``window // 4`` (at least 3) values against the baseline median, so one slow
+    step is not an event; after a change, the baseline starts again at the new level.
+    """
+
+    def __init__(self, cfg: JournalSection, journal: Journal):
+        self.cfg, self.journal = cfg, journal
+        self.losses: deque[float] = deque(maxlen=cfg.window)
+        self.speeds: deque[float] = deque(maxlen=cfg.window)
+        self.recent = max(3, cfg.window // 4)
+
+    def observe(self, step: int, loss: float, tokens_per_s: float) -> None:
+        if len(self.losses) >= min(5, self.cfg.window):
+            baseline = statistics.fmean(self.losses)
+            if loss > self.cfg.loss_spike_factor * baseline:
+                self.journal.record("loss_spike", step=step, loss=round(loss, 4), baseline=round(baseline, 4))
+                return
+        self.losses.append(loss)
+        self._observe_speed(step, tokens_per_s)
+
+    def _observe_speed(self, step: int, tokens_per_s: float) -> None:
+        self.speeds.append(tokens_per_s)
+        if len(self.speeds) < self.recent * 2:
+            return
+        values = list(self.speeds)
+        before = statistics.median(values[:-self.recent])
+        now = statistics.median(values[-self.recent:])
+        change = (now - before) / before if before else 0.0
+        if abs(change) >= self.cfg.throughput_change:
+            self.journal.record("throughput", step=step, tokens_per_s=round(now, 1), before=round(before, 1),
+                                change=round(change, 3))
+            self.speeds = deque(values[-self.recent:], maxlen=self.cfg.window)
+
+
+# --------------------------------------------------------------------------- training_log.md
+
+def _describe(event: dict) -> str:
+    kind = event["event"]
+    if kind == "start":
+        data = ", ".join(f"{d['path']} v{d['version']}" for d in event.get("data", []))
+        return (f"started on {event['world_size']} rank(s), {event.get('max_steps')} steps planned; data: {data}; "
+                f"checkpoints: {event.get('checkpoints') or 'off'}")
+    if kind == "resume":
+        return (f"resumed from {event['checkpoint']} (step {event['step']}, {event['tokens']:,} tokens; "
+                f"saved on {event['saved_world_size']} rank(s), now {event['world_size']})")
+    if kind == "restart":
+        return f"launcher restarted the ranks (attempt {event['attempt']}); cause: {event['cause']}"
+    if kind == "checkpoint":
+        return (f"checkpoint {event['name']} saved ({event['reason']}, {event['bytes'] / 1e6:.1f} MB, "
+                f"{event['seconds']:.1f} s)")
+    if kind == "failure":
+        return f"**failure** on rank {event['rank']}: {event['cause']}"
+    if kind == "preempted":
+        saved = f"checkpoint at step {event['saved_step']}" if event.get("saved_step") else "no checkpoint"
+        return f"{event['signal']} received: {saved}; {event.get('detail', '')}".rstrip("; ")
+    if kind == "loss_spike":
+        return f"loss spike: {event['loss']} against a baseline of {event['baseline']}"
+    if kind == "throughput":
+        return (f"throughput {event['change']:+.0%}: {event['before']:,.0f} -> {event['tokens_per_s']:,.0f} "
+                f"tokens/s")
+    if kind == "finish":
+        return f"finished: {event['status']}"
+    return json.dumps({k: v for k, v in event.items() if k not in ("time", "event", "attempt", "rank", "step")})
+
+
+def render_markdown(events: list[dict], run_name: str) -> str:
+    """The journal as a page: a summary of failures, restarts and checkpoints, then every event in order."""
+    count = {kind: sum(e["event"] == kind for e in events)
+             for kind in ("failure", "restart", "checkpoint", "loss_spike", "preempted")}
+    resumes = [e for e in events if e["event"] == "resume"]
+    last_step = max((e["step"] for e in events if isinstance(e.get("step"), int)), default=0)
+    first, latest = (events[0]["time"], events[-1]["time"]) if events else ("-", "-")
+    lines = [
+        f"# Training log: {run_name}",
+        "",
+        f"- events: {len(events)}, from {first} to {latest}",
+        f"- furthest step recorded: {last_step}",
+        f"- failures: {count['failure']}, restarts by the launcher: {count['restart']}, "
+        f"resumptions: {len(resumes)}, preemptions: {count['preempted']}",
+        f"- checkpoints saved: {count['checkpoint']}, loss spikes: {count['loss_spike']}",
+        "",
+        "| time (UTC) | attempt | step | event |",
+        "| --- | --- | --- | --- |",
+    ]
+    for event in events:
+        step = event.get("step", "")
+        text = _describe(event).replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {event['time']} | {event.get('attempt', '')} | {step} | {text} |")
+    return "\n".join(lines) + "\n"
