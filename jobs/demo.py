@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # we fork Spark workers after using tokenizers
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(os.environ.get("KILN_DEMO_OUT", ROOT / "demo_out")).resolve()
 TOXIC_LINES = [
@@ -114,13 +116,13 @@ def train_model(dataset: Path) -> Path:
 
 
 def export_and_evaluate(run_dir: Path, tokenizer: Path, dataset: Path) -> Path:
-    from training.consolidate import consolidate_latest
-
-    model_dir = consolidate_latest(str(OUT / "checkpoints"), str(OUT / "model"), tokenizer_path=str(tokenizer))
     from shards.manifest import resolve_version, split_path
     from training.eval import run_evals
+    from training.consolidate import consolidate
     from training.inference import load_model
 
+    # The newest complete sharded checkpoint, gathered tensor by tensor into one safetensors file.
+    model_dir = consolidate(str(OUT / "checkpoints"), OUT / "model", tokenizer=tokenizer)
     model, _, text_tokenizer = load_model(model_dir)
     val = split_path(resolve_version(str(dataset)), "val")
     results = run_evals(model, text_tokenizer, {
