@@ -113,7 +113,7 @@ def check_data(ctx: Context) -> Check:
     from .train import resolve_sources
 
     try:
-        sources, _ = resolve_sources(ctx.cfg)
+        sources, _ = resolve_sources(ctx.cfg, check_model=False)
         ctx.seq_len = check_sources(sources)
     except (ValueError, OSError, ConfigError) as err:
         return Check("data", "FAIL", f"{type(err).__name__}: {err}")

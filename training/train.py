@@ -108,19 +108,21 @@ def resolve_data(cfg: TrainConfig, d: Distributed) -> tuple[list[Source], list[S
     return broadcast_from_main(result, d)
 
 
-def resolve_sources(cfg: TrainConfig) -> tuple[list[Source], list[Source] | None]:
-    """The train (and eval) sources of the config, checked against the model and the eval batches."""
+def resolve_sources(cfg: TrainConfig, check_model: bool = True) -> tuple[list[Source], list[Source] | None]:
+    """The train (and eval) sources of the config, checked against the eval batches and, unless
+    ``check_model`` is false (pre-flight reports that check on its own), against the model."""
     data = cfg.data
     train = [resolve_source(s.path, data.train_split, s.version, s.proportion) for s in data.datasets]
     seq_len = check_sources(train)
-    model = cfg.model.build()
-    if seq_len > model.max_seq_len:
-        raise ConfigError(f"samples hold {seq_len} tokens but the model's max_seq_len is {model.max_seq_len} "
-                          "(model.overrides.max_seq_len)")
-    for source in train:
-        if source.vocab_size is not None and source.vocab_size > model.vocab_size:
-            raise ConfigError(f"{source.path} has vocab_size {source.vocab_size} but the model's is "
-                              f"{model.vocab_size} (model.overrides.vocab_size)")
+    if check_model:
+        model = cfg.model.build()
+        if seq_len > model.max_seq_len:
+            raise ConfigError(f"samples hold {seq_len} tokens but the model's max_seq_len is {model.max_seq_len} "
+                              "(model.overrides.max_seq_len)")
+        for source in train:
+            if source.vocab_size is not None and source.vocab_size > model.vocab_size:
+                raise ConfigError(f"{source.path} has vocab_size {source.vocab_size} but the model's is "
+                                  f"{model.vocab_size} (model.overrides.vocab_size)")
     evals = None
     if cfg.eval.every_steps:
         evals = [resolve_source(s.path, data.eval_split, s.version, s.proportion) for s in data.datasets]
@@ -298,29 +300,29 @@ def _train(cfg: TrainConfig, d: Distributed) -> dict:
                        data=describe_data(train_sources), checkpoints=checkpointer.enabled and checkpointer.root)
     watchdog = Watchdog(cfg.watchdog, d.rank, d.world_size, run_dir, journal, connect_store(journal.attempt))
     watchdog.start()
-    try:
+    try:  # the watchdog thread and its faulthandler timer must not outlive a failed start
         state = checkpointer.resume(model, optimizer, train_loader)
+
+        # Logging: rank 0 only; every rank writes its own sample ledger when asked.
+        metrics = MetricsLogger(cfg.logging, run_dir, Path(cfg.output_dir), run_dir.name, cfg.train.max_steps,
+                                state.step, enabled=d.is_main)
+        ledger_path = run_dir / "ledger" / f"rank-{d.rank:05d}.jsonl" if cfg.logging.sample_ledger else None
+        ledger = SampleLedger(ledger_path, journal.attempt)
+        run_info = {
+            "name": run_dir.name, "world_size": d.world_size, "device": str(d.device),
+            "mesh": dict(zip(d.mesh.mesh_dim_names, d.mesh.shape)), "torch": torch.__version__,
+            "num_params": model_cfg.num_params(), "seq_len": seq_len,
+            "data": {"train": [s.describe() for s in train_sources],
+                     "eval": [s.describe() for s in eval_sources] if eval_sources else None},
+            "config": cfg.to_dict(),
+        }
+        if d.is_main:
+            (run_dir / "run_info.json").write_text(json.dumps(run_info, indent=2) + "\n")
+        metrics.log_params({"config": cfg.to_dict(), "data": run_info["data"], "world_size": d.world_size,
+                            "num_params": run_info["num_params"]})
     except BaseException:
         watchdog.stop()
         raise
-
-    # Logging: rank 0 only; every rank writes its own sample ledger when asked.
-    metrics = MetricsLogger(cfg.logging, run_dir, Path(cfg.output_dir), run_dir.name, cfg.train.max_steps,
-                            state.step, enabled=d.is_main)
-    ledger = SampleLedger(run_dir / "ledger" / f"rank-{d.rank:05d}.jsonl" if cfg.logging.sample_ledger else None,
-                          journal.attempt)
-    run_info = {
-        "name": run_dir.name, "world_size": d.world_size, "device": str(d.device),
-        "mesh": dict(zip(d.mesh.mesh_dim_names, d.mesh.shape)), "torch": torch.__version__,
-        "num_params": model_cfg.num_params(), "seq_len": seq_len,
-        "data": {"train": [s.describe() for s in train_sources],
-                 "eval": [s.describe() for s in eval_sources] if eval_sources else None},
-        "config": cfg.to_dict(),
-    }
-    if d.is_main:
-        (run_dir / "run_info.json").write_text(json.dumps(run_info, indent=2) + "\n")
-    metrics.log_params({"config": cfg.to_dict(), "data": run_info["data"], "world_size": d.world_size,
-                        "num_params": run_info["num_params"]})
 
     flops_per_token = model_cfg.flops_per_token(seq_len)
     peak = peak_flops(d.device, cfg.logging.peak_flops_per_device)
