@@ -138,18 +138,24 @@ def write_clusters(data, rank=0, world_size=1):
         yield from ()
 
 
-config = MinhashConfig(n_grams=5, num_buckets=bands, hashes_per_bucket=rows, seed=1, hash_config=HashConfig(precision=64))
-common = dict(workers=workers, logging_dir=f"{work}/logs", skip_completed=False)
-LocalPipelineExecutor(pipeline=[read, MinhashDedupSignature(output_folder=f"{work}/sigs", config=config)],
-                      tasks=len(files), **common).run()
-LocalPipelineExecutor(pipeline=[MinhashDedupBuckets(input_folder=f"{work}/sigs", output_folder=f"{work}/buckets", config=config)],
-                      tasks=bands, **common).run()
-LocalPipelineExecutor(pipeline=[MinhashDedupCluster(input_folder=f"{work}/buckets", output_folder=f"{work}/remove",
-                                                    config=config, save_cluster_id=True)],
-                      tasks=1, workers=1, logging_dir=f"{work}/logs", skip_completed=False).run()
-LocalPipelineExecutor(pipeline=[read, MinhashDedupFilter(input_folder=f"{work}/remove", load_cluster_ids=True,
-                                                         exclusion_writer=None), write_clusters],
-                      tasks=len(files), **common).run()
+def main():
+    config = MinhashConfig(n_grams=5, num_buckets=bands, hashes_per_bucket=rows, seed=1, hash_config=HashConfig(precision=64))
+    common = dict(workers=workers, logging_dir=f"{work}/logs", skip_completed=False)
+    LocalPipelineExecutor(pipeline=[read, MinhashDedupSignature(output_folder=f"{work}/sigs", config=config)],
+                          tasks=len(files), **common).run()
+    LocalPipelineExecutor(pipeline=[MinhashDedupBuckets(input_folder=f"{work}/sigs", output_folder=f"{work}/buckets", config=config)],
+                          tasks=bands, **common).run()
+    LocalPipelineExecutor(pipeline=[MinhashDedupCluster(input_folder=f"{work}/buckets", output_folder=f"{work}/remove",
+                                                        config=config, save_cluster_id=True)],
+                          tasks=1, workers=1, logging_dir=f"{work}/logs", skip_completed=False).run()
+    LocalPipelineExecutor(pipeline=[read, MinhashDedupFilter(input_folder=f"{work}/remove", load_cluster_ids=True,
+                                                             exclusion_writer=None), write_clusters],
+                          tasks=len(files), **common).run()
+
+
+# datatrove's workers start from a forkserver that re-imports __main__: run only when executed.
+if __name__ == "__main__":
+    main()
 '''
 
 
@@ -179,17 +185,26 @@ def datatrove_job(jsonl_dir: Path, ids: list[str], bands: int, rows: int, workdi
     subprocess.run([str(DATATROVE_PYTHON), str(script), str(jsonl_dir), str(work), str(bands), str(rows), str(workers)],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     seconds = time.perf_counter() - start
+    # Cluster membership from datatrove's own output: <rank>.clusters holds (document index within
+    # the rank's input file, cluster id) as uint32 pairs for every clustered document, kept or removed.
     cluster_of = {}
-    for path in glob.glob(str(work / "clusters-*.jsonl")):
+    for rank, path in enumerate(sorted(glob.glob(str(jsonl_dir / "*.jsonl")))):
         with open(path) as handle:
-            for line in handle:
-                record = json.loads(line)
-                if record["cluster"] is not None:
-                    cluster_of[record["id"]] = f"c{record['cluster']}"
+            rank_ids = [json.loads(line)["id"] for line in handle]
+        clusters_file = work / "remove" / f"{rank:06d}.clusters"
+        if clusters_file.exists():
+            pairs = np.fromfile(clusters_file, dtype="<u4").reshape(-1, 2)
+            for doc, cluster in pairs.tolist():
+                cluster_of[rank_ids[doc]] = f"c{cluster}"
     return seconds, [cluster_of.get(i, i) for i in ids]
 
 
 # ---------------------------------------------------------------- commands
+
+
+def _print_row(name: str, docs_per_s: float, s: dict) -> None:
+    print(f"{name:<58} {docs_per_s:>8,.0f} {s['precision_dup']:>6.3f} {s['recall_dup']:>6.3f} "
+          f"{s['precision_nondup']:>6.3f} {s['recall_nondup']:>6.3f} {s['macro_f1']:>8.4f}", flush=True)
 
 
 def quality(args) -> None:
@@ -229,7 +244,9 @@ def quality(args) -> None:
         rows_out = {}
         for verify in ("exact", "estimated"):
             seconds, labels, metrics = ours_job(spark, parquet, ids, threshold, workdir, verify=verify)
-            rows_out[f"kiln minhash_dedup (Spark local[2], verify={verify})"] = (seconds, core_scores(truth, labels))
+            name = f"kiln minhash_dedup (Spark local[2], verify={verify})"
+            rows_out[name] = (seconds, core_scores(truth, labels))
+            _print_row(name, len(ids) / seconds, rows_out[name][1])  # early, in case a peer fails later
         seconds, labels = datasketch_job(texts, threshold)
         rows_out["datasketch MinHashLSH (1 process, weights 0.5/0.5)"] = (seconds, core_scores(truth, labels))
         seconds, labels = datasketch_job(texts, threshold, weights=(0.2, 0.8))
@@ -241,8 +258,7 @@ def quality(args) -> None:
             print("datatrove: not installed (run scripts/side_install_datatrove.sh)")
         print(f"{'system':<58} {'docs/s':>8} {'P dup':>6} {'R dup':>6} {'P non':>6} {'R non':>6} {'macroF1':>8}")
         for name, (seconds, s) in rows_out.items():
-            print(f"{name:<58} {len(ids) / seconds:>8,.0f} {s['precision_dup']:>6.3f} {s['recall_dup']:>6.3f} "
-                  f"{s['precision_nondup']:>6.3f} {s['recall_nondup']:>6.3f} {s['macro_f1']:>8.4f}")
+            _print_row(name, len(ids) / seconds, s)
         results["thresholds"][str(threshold)] = {
             name: {"seconds": round(seconds, 1), "docs_per_s": round(len(ids) / seconds),
                    **{k: round(v, 4) for k, v in s.items()}} for name, (seconds, s) in rows_out.items()
@@ -338,7 +354,7 @@ def main() -> None:
     q = sub.add_parser("quality")
     q.add_argument("--docs", type=int, default=20_000)
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--thresholds", type=float, nargs="+", default=[0.7, 0.8])
+    q.add_argument("--thresholds", type=float, nargs="+", default=[0.8, 0.7])
     q.add_argument("--workdir", default="/tmp/minhash_bench")
     q.set_defaults(func=quality)
     s = sub.add_parser("scale")
