@@ -19,12 +19,13 @@ are counted in `PackingStats`, never silent.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
+
+from .jsonl import read_jsonl_objects
 
 IGNORE_INDEX = -100
 
@@ -56,23 +57,13 @@ def read_instruction_jsonl(path: str | Path, prompt_key: str = "prompt",
                            response_key: str = "response") -> list[InstructionExample]:
     """Read prompt/response pairs; a bad line is reported with its file and line number."""
     examples = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON: {err}") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            for key in (prompt_key, response_key):
-                if not isinstance(record.get(key), str):
-                    raise ValueError(f"{where}: key {key!r} must hold a string, got {record.get(key)!r}")
-            if not record[response_key]:
-                raise ValueError(f"{where}: empty {response_key!r}; an example without a response has no loss")
-            examples.append(InstructionExample(record[prompt_key], record[response_key]))
+    for where, record in read_jsonl_objects(path):
+        for key in (prompt_key, response_key):
+            if not isinstance(record.get(key), str):
+                raise ValueError(f"{where}: key {key!r} must hold a string, got {record.get(key)!r}")
+        if not record[response_key]:
+            raise ValueError(f"{where}: empty {response_key!r}; an example without a response has no loss")
+        examples.append(InstructionExample(record[prompt_key], record[response_key]))
     return examples
 
 

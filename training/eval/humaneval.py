@@ -11,7 +11,6 @@ pass@k = 1 - C(n - c, k) / C(n, k), averaged over problems.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import numpy as np
 
 from training.eval.code_exec import ExecResult, Sandbox
 from training.generate import GenerationConfig, cut_at_stop, generate_ids
+
+from ..jsonl import read_jsonl_objects
 
 HUMANEVAL_STOPS = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
@@ -57,19 +58,11 @@ class CodeTask:
 
 def read_problems(path: str | Path) -> list[CodeProblem]:
     problems = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON: {err}") from None
-            bad = [key for key in FIELDS if not isinstance(record.get(key), str)]
-            if bad:
-                raise ValueError(f"{where}: HumanEval fields {bad} must be strings")
-            problems.append(CodeProblem(**{key: record[key] for key in FIELDS}))
+    for where, record in read_jsonl_objects(path):
+        bad = [key for key in FIELDS if not isinstance(record.get(key), str)]
+        if bad:
+            raise ValueError(f"{where}: HumanEval fields {bad} must be strings")
+        problems.append(CodeProblem(**{key: record[key] for key in FIELDS}))
     if not problems:
         raise ValueError(f"{path}: no problems")
     return problems

@@ -19,13 +19,14 @@ continuation_delimiter follows every context option, zero-shot too.
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
+
+from ..jsonl import read_jsonl_objects
 
 TASK_TYPES = ("language_modeling", "multiple_choice", "schema")
 REQUIRED_FIELDS = {
@@ -77,23 +78,15 @@ def read_examples(path: str | Path, task_type: str) -> list[dict]:
     if task_type not in TASK_TYPES:
         raise ValueError(f"unknown icl_task_type {task_type!r}; choose one of {TASK_TYPES}")
     examples = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON: {err}") from None
-            for key, kind in REQUIRED_FIELDS[task_type].items():
-                if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
-                    raise ValueError(f"{where}: {task_type} needs {key!r} of type {kind.__name__}, "
-                                     f"got {record.get(key)!r}")
-            options = record.get("choices", record.get("context_options"))
-            if options is not None and not 0 <= record["gold"] < len(options):
-                raise ValueError(f"{where}: gold={record['gold']} is not an index into {len(options)} options")
-            examples.append(_strip(record))
+    for where, record in read_jsonl_objects(path):
+        for key, kind in REQUIRED_FIELDS[task_type].items():
+            if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
+                raise ValueError(f"{where}: {task_type} needs {key!r} of type {kind.__name__}, "
+                                 f"got {record.get(key)!r}")
+        options = record.get("choices", record.get("context_options"))
+        if options is not None and not 0 <= record["gold"] < len(options):
+            raise ValueError(f"{where}: gold={record['gold']} is not an index into {len(options)} options")
+        examples.append(_strip(record))
     if not examples:
         raise ValueError(f"{path}: no examples")
     return examples
