@@ -133,7 +133,7 @@ class _Powers:
 
     def get(self, length: int) -> tuple[np.ndarray, np.ndarray]:
         if len(self.forward) < length:
-            size = max(length, 2 * _CHUNK_BYTES)
+            size = 1 << max(16, (length - 1).bit_length())  # next power of two: few regrowths
             with np.errstate(over="ignore"):
                 # cumprod of [1, P, P, ...] is [P^0, P^1, P^2, ...] (wrapping mod 2^64).
                 steps = np.full(size, _POLY_BASE, dtype=_U64)

@@ -3,9 +3,8 @@
 How a run goes (every step a Spark job; nothing per document or per pair reaches the driver):
 
 1. signatures and band hashes per document, vectorised over Arrow batches (``etl.minhash``);
-2. candidate pairs: documents sharing a (band, band hash) bucket. A bucket of at most
-   ``pair_bucket_limit`` documents gives all its pairs; a larger one (boilerplate, templated
-   pages) links every member to the bucket's smallest id, so no bucket costs quadratic work;
+2. candidate pairs: every document sharing a (band, band hash) bucket is linked to the bucket's
+   smallest id (a star, so a bucket costs work linear in its size, however much boilerplate);
 3. verification (optional): a pair stays only when its estimated (signature) or exact (shingle)
    Jaccard similarity reaches the threshold, which drops LSH false positives;
 4. connected components by alternating large-star / small-star rounds on an edge DataFrame, with
@@ -32,7 +31,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType
 
@@ -54,13 +53,15 @@ class MinHashDedupParams:
     # Word n-grams (default) or character n-grams of the normalised text.
     shingle: Literal["word", "char"] = "word"
     ngram: int = 5
-    # LSH bands x rows; by default the pair minimising weighted false positive and negative areas.
+    # LSH bands x rows; by default the pair minimising weighted false positive and negative areas
+    # (datasketch's rule). Verification removes false positives, so the default weights favour recall.
     bands: int | None = None
     rows: int | None = None
-    false_positive_weight: float = 0.5
-    false_negative_weight: float = 0.5
-    # Check candidate pairs before linking them: by signature agreement, by exact shingle Jaccard, or not.
-    verify: Literal["estimated", "exact", "none"] = "estimated"
+    false_positive_weight: float = 0.2
+    false_negative_weight: float = 0.8
+    # Check candidate pairs before linking them: exact Jaccard of the two shingle sets (the texts are
+    # re-shingled), signature agreement (what incremental runs can do: the index keeps no text), or not.
+    verify: Literal["exact", "estimated", "none"] = "exact"
     # Which document of a cluster is kept: smallest id, longest text, or highest `quality_column`.
     keep: Literal["smallest_id", "longest", "quality"] = "smallest_id"
     quality_column: str | None = None
@@ -68,8 +69,6 @@ class MinHashDedupParams:
     priority_column: str | None = None
     # Match against (and grow) the index of every document processed before.
     incremental: bool = False
-    # Buckets up to this size give all their pairs; larger ones link members to the bucket's smallest id.
-    pair_bucket_limit: int = 32
     max_cc_rounds: int = 60
 
     def __post_init__(self):
@@ -87,8 +86,6 @@ class MinHashDedupParams:
             raise ValueError("keep: 'quality' needs quality_column (the score column to maximise)")
         if self.verify == "exact" and self.incremental:
             raise ValueError("verify: 'exact' needs both texts of a pair, and the incremental index keeps no text; use 'estimated'")
-        if self.pair_bucket_limit < 2:
-            raise ValueError(f"pair_bucket_limit must be at least 2, got {self.pair_bucket_limit}")
 
     def band_rows(self) -> tuple[int, int]:
         if self.bands is not None:
@@ -240,24 +237,21 @@ def connected_components(edges: DataFrame, max_rounds: int = 60) -> tuple[DataFr
     return members.unionByName(roots), rounds
 
 
-def candidate_edges(rows: DataFrame, pair_bucket_limit: int) -> DataFrame:
-    """Pairs (a < b) of documents sharing a bucket, from rows (id, band, bucket, is_new).
+def candidate_edges(rows: DataFrame) -> DataFrame:
+    """Pairs (a < b) linking every member of a shared bucket to the bucket's smallest id, from rows
+    (id, band, bucket, is_new); only pairs touching a new document (old pairs were decided before).
 
-    Keeps only pairs touching at least one new document (old pairs were decided before).
+    A star per bucket rather than all its pairs: linear in the bucket's size, so a boilerplate band
+    shared by a million documents costs a million edges, not 10^12. One shuffle (a window by bucket,
+    which spills to disk if a bucket is large).
     """
-    buckets = rows.groupBy("band", "bucket").agg(
-        F.count("*").alias("size"), F.min(F.struct("id", "is_new")).alias("smallest")
-    ).where(F.col("size") > 1)
-    small = rows.join(buckets.where(F.col("size") <= pair_bucket_limit).select("band", "bucket"), ["band", "bucket"])
-    left, right = small.alias("l"), small.alias("r")
-    pairs = left.join(
-        right,
-        (F.col("l.band") == F.col("r.band")) & (F.col("l.bucket") == F.col("r.bucket")) & (F.col("l.id") < F.col("r.id")),
-    ).where(F.col("l.is_new") | F.col("r.is_new")).select(F.col("l.id").alias("a"), F.col("r.id").alias("b"))
-    stars = rows.join(buckets.where(F.col("size") > pair_bucket_limit), ["band", "bucket"]).where(
-        (F.col("id") != F.col("smallest.id")) & (F.col("is_new") | F.col("smallest.is_new"))
-    ).select(F.col("smallest.id").alias("a"), F.col("id").alias("b"))
-    return pairs.unionByName(stars).distinct()
+    bucket = Window.partitionBy("band", "bucket")
+    members = rows.select(
+        "id", "is_new", F.count("*").over(bucket).alias("size"), F.min(F.struct("id", "is_new")).over(bucket).alias("smallest")
+    )
+    return members.where(
+        (F.col("size") > 1) & (F.col("id") != F.col("smallest.id")) & (F.col("is_new") | F.col("smallest.is_new"))
+    ).select(F.col("smallest.id").alias("a"), F.col("id").alias("b")).distinct()
 
 
 def _with_similarity(pairs: DataFrame, signatures: DataFrame, num_perm: int) -> DataFrame:
@@ -302,11 +296,11 @@ class MinHashDedup(Stage):
         params: MinHashDedupParams = self.params
         self._check_columns(docs)
         settings = params.signature_settings()
+        index_path = ctx.state_root.rstrip("/") + f"/{self.name}/index"
+        index = self._read_index(ctx.spark, index_path, settings) if params.incremental else None
         signatures = materialize(self._signatures(docs, settings))
         # Numbers for the report; DataFrames among them are counted only when the report asks.
         counts: dict = {"bands": settings["bands"], "rows": settings["rows"], "num_perm": params.num_perm}
-        index_path = ctx.state_root.rstrip("/") + f"/{self.name}/index"
-        index = self._read_index(ctx.spark, index_path, settings) if params.incremental else None
 
         if index is None:
             new_signatures = signatures
@@ -369,7 +363,7 @@ class MinHashDedup(Stage):
             old_rows = index.select("id", F.posexplode("buckets").alias("band", "bucket"), F.lit(False).alias("is_new"))
             old_rows = old_rows.join(rows.select("band", "bucket").distinct(), ["band", "bucket"], "left_semi")
             rows = rows.unionByName(old_rows)
-        candidates = candidate_edges(rows, params.pair_bucket_limit)
+        candidates = candidate_edges(rows)
         all_signatures = new.select("id", "signature")
         if index is not None:
             all_signatures = all_signatures.unionByName(index.select("id", "signature"))
@@ -392,7 +386,6 @@ class MinHashDedup(Stage):
             old_members = touched.join(index.select("id", "cluster_id"), "id")
             graph = graph.unionByName(old_members.select(F.col("id").alias("a"), F.col("cluster_id").alias("b")))
         components, rounds = connected_components(graph, params.max_cc_rounds)
-        components = materialize(components)
         counts["cc_rounds"] = rounds
 
         new_members = components.join(new.select("id", "priority", "rank"), "id")
