@@ -3,6 +3,7 @@ truncated checkpoint, refusing other data, resuming on a fresh machine from an o
 consolidating a checkpoint within a memory bound."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import subprocess
@@ -54,11 +55,18 @@ def write_config(folder: Path, data: str, **sections: str) -> Path:
 
 
 def run(config: Path, *overrides: str) -> list[dict]:
-    """Train in this process; returns the run's journal."""
+    """Train in this process; returns the run's journal.
+
+    The finished run's process group sits in a reference cycle (FSDP state, device mesh); collecting
+    it here matters: collected later inside a forked DataLoader worker, a gloo group's destructor
+    waits forever for threads that exist only in this process."""
     from training.train import train
 
     cfg = load_config(config, list(overrides))
-    train(cfg)
+    try:
+        train(cfg)
+    finally:
+        gc.collect()
     return read_events(Path(cfg.output_dir) / cfg.name / "journal.jsonl")
 
 

@@ -315,6 +315,14 @@ class Checkpointer:
             future.result()
             self._finish(url, manifest, started)
 
+    def release(self) -> None:
+        """Destroy the checkpoint process group (when no save is in flight). A gloo group left to the
+        garbage collector may be collected in a forked child (a DataLoader worker), where its
+        destructor waits forever for threads that only exist in the parent."""
+        if self.group is not None and self._pending is None:
+            dist.destroy_process_group(self.group)
+            self.group = None
+
     def _finish(self, url: str, manifest: dict, started: float) -> None:
         """Rank 0, once DCP has every rank's files (its coordinator wrote .metadata last): manifest,
         pointer, retention, journal."""

@@ -322,6 +322,7 @@ def _train(cfg: TrainConfig, d: Distributed) -> dict:
                             "num_params": run_info["num_params"]})
     except BaseException:
         watchdog.stop()
+        checkpointer.release()
         raise
 
     flops_per_token = model_cfg.flops_per_token(seq_len)
@@ -404,6 +405,7 @@ def _train(cfg: TrainConfig, d: Distributed) -> dict:
     finally:
         preemption.restore()
         watchdog.stop()
+        checkpointer.release()
         ledger.close()
         metrics.finish(status)
         if d.is_main and status != "FAILED":
