@@ -86,7 +86,9 @@ class Watchdog:
         if not self.cfg.timeout_s:
             return
         self._deadline = time.monotonic() + timeout_s
-        faulthandler.dump_traceback_later(timeout_s + BACKSTOP_S, exit=True)
+        # faulthandler writes to a file descriptor: the process's real stderr, not a replacement
+        # such as pytest's or a notebook's capture, which has none.
+        faulthandler.dump_traceback_later(timeout_s + BACKSTOP_S, exit=True, file=sys.__stderr__)
 
     def _run(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
@@ -108,7 +110,7 @@ class Watchdog:
         self.journal.record("failure", step=self.last_step, cause=cause, stacks=str(self.stacks_path))
         print(f"[rank {self.rank}] {cause}; stacks of every thread follow (also in {self.stacks_path})",
               file=sys.stderr, flush=True)
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
         self.stacks_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.stacks_path, "w") as out:
             out.write(f"rank {self.rank}: {cause}\n")
