@@ -14,10 +14,13 @@ on the rest of a file at the first one) and do the same work, reading JSONL and 
              Exact dedup hashes the same normalisation as ours (lowercase, whitespace collapsed, SHA-1).
 
 Start-up (the Spark session; datatrove's imports) is outside the timing on both sides. Prints
-documents/s for each and their ratio. datatrove runs in `.cache/venv-datatrove`
-(scripts/side_install_datatrove.sh); its JSONL reader needs orjson and FTFYFormatter needs ftfy,
-which this script installs once into `.cache/side/datatrove-bench` (orjson 3.11.7, ftfy 6.3.1,
-wcwidth 0.9.4), leaving that venv untouched.
+documents/s for each and their ratio, the time of each step on both sides, and (single core, CPU
+time) how many documents/s fix_encoding's text repair handles against ftfy called the way
+datatrove's FTFYFormatter calls it. datatrove runs in `.cache/venv-datatrove`
+(scripts/side_install_datatrove.sh); its JSONL reader needs orjson, FTFYFormatter ftfy, and
+`datatrove.pipeline.dedup` imports tokenizers: this script installs them once into
+`.cache/side/datatrove-bench` (orjson 3.11.7, ftfy 6.3.1, wcwidth 0.9.4, tokenizers 0.22.1),
+leaving that venv untouched.
 """
 import argparse
 import json
@@ -31,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATATROVE_PYTHON = ROOT / ".cache" / "venv-datatrove" / "bin" / "python"
 DATATROVE_EXTRAS = ROOT / ".cache" / "side" / "datatrove-bench"
-DATATROVE_EXTRA_PINS = ["orjson==3.11.7", "ftfy==6.3.1", "wcwidth==0.9.4"]
+DATATROVE_EXTRA_PINS = ["orjson==3.11.7", "ftfy==6.3.1", "wcwidth==0.9.4", "tokenizers==0.22.1"]
 
 
 def dedup_key(doc) -> str:
@@ -87,7 +90,41 @@ def run_datatrove(input_dir: str, work: str) -> dict:
     def count(folder):
         return sum(sum(1 for _ in gzip.open(os.path.join(folder, f))) for f in os.listdir(folder) if f.endswith(".gz"))
 
-    return {"seconds": seconds, "after_quality": count(filtered), "kept": count(output)}
+    # Per block: seconds summed over the tasks (two tasks share two cores, so about twice its wall time).
+    block_seconds = {}
+    for step in ("filter", "find", "dedup"):
+        with open(f"{work}/logs/{step}/stats.json") as handle:
+            for block in json.load(handle):
+                block_seconds[f"{step}: {block['name']}"] = round(block["time_stats"]["total"], 1)
+    return {"seconds": seconds, "after_quality": count(filtered), "kept": count(output), "block_seconds": block_seconds}
+
+
+def text_repair_rates(texts: list[str]) -> dict:
+    """Single-thread CPU docs/s of fix_encoding's Python work and of ftfy as datatrove's FTFYFormatter calls it."""
+    import ftfy
+
+    from etl.stages.fix_encoding import TextRepair, undecodable_detail
+
+    repair = TextRepair()
+    # FTFYFormatter's defaults in datatrove 0.10.1.
+    datatrove_config = ftfy.TextFixerConfig(
+        fix_latin_ligatures=False, fix_character_width=False, uncurl_quotes=False, fix_line_breaks=False,
+        normalization=None, explain=False,
+    )
+    candidates = {
+        "kiln fix_encoding (repair + undecodable check)": lambda t: undecodable_detail(repair.fix(t), 0.01, 0.01),
+        "ftfy.fix_text, FTFYFormatter's options": lambda t: ftfy.fix_text(t, datatrove_config),
+    }
+    rates = {}
+    for name, function in candidates.items():
+        best = float("inf")
+        for _ in range(3):
+            start = time.process_time()
+            for text in texts:
+                function(text)
+            best = min(best, time.process_time() - start)
+        rates[name] = len(texts) / best
+    return rates
 
 
 def run_kiln(input_config: dict, max_doc_bytes: int, work: str) -> dict:
@@ -117,7 +154,7 @@ def run_kiln(input_config: dict, max_doc_bytes: int, work: str) -> dict:
 def ensure_datatrove() -> None:
     if not DATATROVE_PYTHON.exists():
         sys.exit(f"datatrove's venv is missing: run scripts/side_install_datatrove.sh first ({DATATROVE_PYTHON})")
-    if not all((DATATROVE_EXTRAS / name).is_dir() for name in ("orjson", "ftfy", "wcwidth")):
+    if not all((DATATROVE_EXTRAS / name).is_dir() for name in ("orjson", "ftfy", "wcwidth", "tokenizers")):
         print(f"installing {' '.join(DATATROVE_EXTRA_PINS)} into {DATATROVE_EXTRAS}")
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
                         str(DATATROVE_EXTRAS), *DATATROVE_EXTRA_PINS], check=True)
@@ -142,6 +179,12 @@ def main() -> None:
     print(f"fixture: {truth.n_records:,} records in {len(truth.files)} files, {size / 1e6:.0f} MB compressed/plain mix, "
           f"made in {time.perf_counter() - start:.0f}s")
 
+    from etl.fixtures import read_fixture_texts
+
+    sample = [text for _, text in read_fixture_texts(truth)][:5000]
+    for name, rate in text_repair_rates(sample).items():
+        print(f"{name}: {rate:,.0f} docs/s (one core, CPU time, {len(sample):,} fixture documents)")
+
     kiln = run_kiln(truth.input_config(), truth.max_doc_bytes, f"{args.work}/kiln")
     print(f"kiln: {json.dumps(kiln)}")
     done = subprocess.run(
@@ -158,6 +201,8 @@ def main() -> None:
     for name, result, rate in (("Kiln (Spark local[2])", kiln, kiln_rate), ("datatrove (2 tasks, 2 workers)", datatrove, datatrove_rate)):
         print(f"| {name} | {result['seconds']:.1f} | {rate:,.0f} | {result['after_quality']:,} | {result['kept']:,} |")
     print(f"\nKiln / datatrove throughput: {kiln_rate / datatrove_rate:.2f}x  ({truth.n_records:,} records)")
+    print("\nKiln step wall seconds (incl. writing Delta):", kiln["stage_seconds"])
+    print("datatrove block seconds (summed over its 2 tasks):", datatrove["block_seconds"])
 
 
 if __name__ == "__main__":

@@ -138,3 +138,12 @@ def test_command_line_exits_2_on_a_config_error(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "config error: config.stages[0].name: unknown stage 'no_such_stage'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_fixture_is_deterministic_for_a_seed(tmp_path):
+    first = make_fixture(150, seed=5, out_dir=str(tmp_path / "a"))
+    second = make_fixture(150, seed=5, out_dir=str(tmp_path / "b"))
+    other = make_fixture(150, seed=6, out_dir=str(tmp_path / "c"))
+    contents = [[Path(f).read_bytes() for f in t.files] for t in (first, second, other)]
+    assert contents[0] == contents[1] and contents[0] != contents[2]
+    assert (first.clean, first.mojibake, first.duplicate_groups) == (second.clean, second.mojibake, second.duplicate_groups)

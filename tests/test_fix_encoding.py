@@ -110,6 +110,7 @@ def test_stage_in_spark_repairs_rejects_and_rehashes(spark, tmp_path):
         ("s/ok", "s", "Nothing to fix here.", "h1", None),
         ("s/moji", "s", "The caf\u00c3\u00a9 isn\u00e2\u20ac\u2122t open.", "h2", None),
         ("s/bad", "s", "\ufffd\ufffd\ufffd\ufffd \ufffd\ufffd\ufffd", "h3", {"k": "v"}),
+        ("s/ctl", "s", "\x00\x01 \x02", "h4", None),
     ]
     docs = spark.createDataFrame(rows, "id string, source string, text string, content_hash string, meta map<string,string>")
     ctx = StageContext(spark, str(tmp_path), str(tmp_path / "_state"), "test-run")
@@ -121,4 +122,5 @@ def test_stage_in_spark_repairs_rejects_and_rehashes(spark, tmp_path):
     assert out["s/moji"]["content_hash"] == __import__("hashlib").sha1(out["s/moji"]["text"].encode()).hexdigest()
     assert out["s/bad"]["reason"] == "undecodable" and out["s/bad"]["detail"].startswith("replacement_char_share=")
     assert out["s/bad"]["text"] == rows[2][2] and out["s/bad"]["meta"] == {"k": "v"}
+    assert out["s/ctl"]["reason"] == "empty_after_repair" and out["s/ctl"]["text"] == rows[3][2]
     assert result.metrics(result.docs) == {"documents_changed": 1}

@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 from .base import Stage, StageContext, StageResult
 
 INDEX_TABLE = "exact_dedup_index"
-# The column of the normalised text's hash this stage adds to the documents (and the index is keyed by).
+# The column of the normalised text's hash this stage adds to the documents (the index calls it text_hash).
 HASH_COLUMN = "exact_dedup_hash"
 NORMALIZATION_PROPERTY = "kiln.exact_dedup.normalization"
 

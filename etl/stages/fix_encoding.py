@@ -11,7 +11,9 @@ compare against).
 
 Documents that are still mostly U+FFFD or unassigned/private-use code points after repair were
 decoded from bytes in an unknown encoding; nothing can restore them, so they are rejected as
-`undecodable` with the offending share in `detail`. Rejected rows keep their original text.
+`undecodable` with the offending share in `detail`. Documents left with no text at all (they were
+nothing but control characters) are rejected as `empty_after_repair`. Rejected rows keep their
+original text.
 """
 from __future__ import annotations
 
@@ -170,6 +172,19 @@ def _repair(unescape_html: bool) -> TextRepair:
     return TextRepair(unescape_html)
 
 
+def _repair_document(original: str | None, repair: TextRepair, params: FixEncodingParams):
+    """(text, reason, detail) for one document; a rejected document keeps the text it came with."""
+    if original is None:
+        return None, None, None
+    fixed = repair.fix(original)
+    if not fixed.strip():
+        return original, "empty_after_repair", "nothing but control characters and whitespace"
+    detail = undecodable_detail(fixed, params.max_replacement_share, params.max_unassigned_share)
+    if detail is not None:
+        return original, "undecodable", detail
+    return fixed, None, None
+
+
 def _fix_batches(params: FixEncodingParams):
     """mapInArrow body: the batch with `text` repaired and `fix_encoding_changed`, `reason`, `detail` added."""
 
@@ -178,22 +193,16 @@ def _fix_batches(params: FixEncodingParams):
         for batch in batches:
             text_index = batch.schema.get_field_index("text")
             originals = batch.column(text_index).to_pylist()
-            texts, changed, reasons, details = [], [], [], []
-            for original in originals:
-                fixed = original if original is None else repair.fix(original)
-                detail = None if fixed is None else undecodable_detail(
-                    fixed, params.max_replacement_share, params.max_unassigned_share
-                )
-                if detail is not None:  # rejected rows keep the text as it came in
-                    fixed = original
-                texts.append(fixed)
-                changed.append(fixed != original)
-                reasons.append(None if detail is None else "undecodable")
-                details.append(detail)
+            results = [_repair_document(text, repair, params) for text in originals]
+            texts = [text for text, _, _ in results]
             columns = batch.columns
             columns[text_index] = pa.array(texts, type=batch.schema.field(text_index).type)
+            columns += [
+                pa.array([new != old for new, old in zip(texts, originals)], pa.bool_()),
+                pa.array([reason for _, reason, _ in results], pa.string()),
+                pa.array([detail for _, _, detail in results], pa.string()),
+            ]
             names = batch.schema.names + [CHANGED_COLUMN, "reason", "detail"]
-            columns += [pa.array(changed, pa.bool_()), pa.array(reasons, pa.string()), pa.array(details, pa.string())]
             yield pa.RecordBatch.from_arrays(columns, names=names)
 
     return fix
