@@ -43,7 +43,7 @@ ORDERS = ("shuffled", "unshuffled", "within_partition")
 
 @dataclass
 class SampleMix:
-    """Per sample (rows in no particular order): token counts per source and per length class."""
+    """Per sample, in written order: token counts per source and per length class."""
 
     sources: list[str]
     source_tokens: np.ndarray  # (n, sources)

@@ -23,7 +23,7 @@ from etl.stages.base import StageContext
 from etl.stages.shuffle_write import ShuffleAndWrite, ShuffleWriteParams
 from etl.stages.tokenize import Tokenize, TokenizeParams
 from etl.tokenizer import load_tokenizer
-from shards import MDSReader, MDSWriter, dataset_fingerprint, latest_version, list_versions, read_manifest
+from shards import MDSReader, MDSWriter, dataset_fingerprint, latest_version, list_versions, read_manifest, storage
 from tests.test_tokenize import fixture_docs, write_fixture_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,12 +115,14 @@ def test_every_kept_token_appears_exactly_once(built):
 
 
 def _files(folder: str) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in Path(folder).rglob("*") if p.is_file()}
+    """Every file under a local folder or URL, by relative path."""
+    return {name: storage.read_bytes(storage.join(folder, name)) for name in storage.list_files(folder)}
 
 
-def test_same_seed_gives_byte_identical_shards_whatever_the_partitioning(built, spark, tmp_path):
-    """Rebuild from the same documents in 5 partitions, writing with 3 tasks (the pipeline: 3 files, 2 tasks)."""
-    out, root = str(tmp_path / "out"), tmp_path / "data"
+def test_same_seed_gives_byte_identical_shards_whatever_the_partitioning(built, spark, tmp_path, s3_prefix):
+    """Rebuild from the same documents in 5 partitions and write with 3 tasks, to the S3 server this
+    time (the pipeline run read 3 files and wrote locally with 2 tasks): the same bytes."""
+    out, root = str(tmp_path / "out"), f"{s3_prefix}/data"
     ctx = StageContext(spark, out, f"{out}/_state", "again")
     docs = read_table(spark, f"{built['out']}/ingest").repartition(5)
     tokenized = Tokenize(TokenizeParams(tokenizer=built["tokenizer"], **TOKENIZE)).run(docs, ctx)
@@ -128,12 +130,11 @@ def test_same_seed_gives_byte_identical_shards_whatever_the_partitioning(built, 
     for name, table in tokenized.tables.items():
         write_table(table, f"{out}/tokenize/{name}")
     # A crashed earlier build left v=1 without a manifest: it is skipped, never listed, never reused.
-    (root / "v=1" / "train").mkdir(parents=True)
-    (root / "v=1" / "train" / "shard.00000.mds.zstd").write_bytes(b"half a shard")
-    params = ShuffleWriteParams(dataset_root=str(root), write_tasks=3, quality_report=False, **SHUFFLE)
+    storage.atomic_write_bytes(f"{root}/v=1/train/shard.00000.mds.zstd", b"half a shard")
+    params = ShuffleWriteParams(dataset_root=root, write_tasks=3, quality_report=False, **SHUFFLE)
     again = ShuffleAndWrite(params).run(kept, ctx).metrics(None)["dataset"]
     kept.unpersist()
-    assert again == f"{root}/v=2" and list_versions(str(root)) == [2] and latest_version(str(root)) == 2
+    assert again == f"{root}/v=2" and list_versions(root) == [2] and latest_version(root) == 2
 
     first, second = _files(built["dataset"]), _files(again)
     shards = {n for n in first if n.endswith(".mds.zstd")}
@@ -148,7 +149,7 @@ def test_same_seed_gives_byte_identical_shards_whatever_the_partitioning(built, 
         single = tmp_path / "single" / split
         with MDSWriter(str(single), manifest.extra["columns"], compression="zstd", hashes=["xxh3_64"],
                        size_limit=SHUFFLE["size_limit"]) as writer:
-            for sample in MDSReader(f"{again}/{split}"):
+            for sample in MDSReader(f"{built['dataset']}/{split}"):
                 writer.write(sample)
         assert _files(str(single)) == {n[len(split) + 1:]: d for n, d in second.items() if n.startswith(f"{split}/")}
 

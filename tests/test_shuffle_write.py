@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from etl.stages.base import StageContext
+from etl.shuffle_report import chunk_tv, neighbour_correlation
 from etl.stages.shuffle_write import KEY_COLUMNS, ShuffleAndWrite, ShuffleWriteParams, permute, samples_per_shard
 from shards import MDSWriter, token_columns
 from shards.config import ConfigError
@@ -39,3 +40,13 @@ def test_missing_samples_table_is_a_config_error(spark, tmp_path):
     stage = ShuffleAndWrite(ShuffleWriteParams())
     with pytest.raises(ConfigError, match="run the tokenize stage before shuffle_and_write"):
         stage.run(docs_frame(spark, fixture_docs(1)), StageContext(spark, str(tmp_path), str(tmp_path), "r"))
+
+
+def test_window_distance_and_neighbour_correlation():
+    tokens = np.array([[10, 0], [10, 0], [0, 10], [0, 10]], float)
+    blocks, alternating = np.array([0, 1, 2, 3]), np.array([0, 2, 1, 3])
+    assert chunk_tv(tokens, blocks, 2).tolist() == [0.5, 0.5]  # each window holds one source
+    assert chunk_tv(tokens, alternating, 2).tolist() == [0.0, 0.0]
+    assert chunk_tv(tokens, blocks, 3).tolist() == pytest.approx([1 / 6, 0.5])  # the last window is partial
+    assert neighbour_correlation(tokens, alternating) == pytest.approx(-1.0)
+    assert neighbour_correlation(tokens, blocks) > 0

@@ -24,7 +24,6 @@ and ``tokens`` (binary, little-endian ``token_dtype``) to it. Extra tables, unde
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -385,7 +384,7 @@ def _buckets(placed: DataFrame, p: TokenizeParams) -> DataFrame:
 INFO_SCHEMA = (
     "tokenizer string, tokenizer_hash string, vocab_size long, token_dtype string, seq_len int, "
     "num_buckets int, seed long, splits array<string>, tail string, eos_token_id long, pad_token_id long, "
-    "bos_token_id long, content_params string, config_hash string, run_id string"
+    "bos_token_id long, content_params string, run_id string"
 )
 
 
@@ -393,7 +392,7 @@ def _info(ctx: StageContext, p: TokenizeParams, tok: LoadedTokenizer, ids: Token
     content = json.dumps(content_params(p, tok), sort_keys=True, separators=(",", ":"))
     row = (
         tok.url, tok.sha256, tok.vocab_size, token_dtype, p.seq_len, p.num_buckets, p.seed, p.splits, p.tail,
-        ids.eos, ids.pad, ids.bos, content, hashlib.sha256(content.encode()).hexdigest(), ctx.run_id,
+        ids.eos, ids.pad, ids.bos, content, ctx.run_id,
     )
     return ctx.spark.createDataFrame([row], INFO_SCHEMA)
 
