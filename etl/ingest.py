@@ -147,6 +147,17 @@ def _jsonl_rows(url: str, rel: str, spec: InputSpec, max_bytes: int, rows: _Rows
                 yield rows.batch()
 
 
+def _unencodable(*values) -> str | None:
+    """Where the first string that cannot be written as UTF-8 (a lone surrogate) breaks, if any."""
+    for value in values:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:
+                return f"lone surrogate at character {err.start}"
+    return None
+
+
 def _add_record(record: dict, derived_id: str, spec: InputSpec, max_bytes: int, rows: _Rows, line: str) -> None:
     doc_id = derived_id
     if spec.id_field:
@@ -157,6 +168,12 @@ def _add_record(record: dict, derived_id: str, spec: InputSpec, max_bytes: int, 
         doc_id = f"{spec.source}/{value}"
     meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k in spec.keep_fields if (v := record.get(k)) is not None}
     text = record.get(spec.text_field)
+    broken = _unencodable(doc_id, text, *meta.values())
+    if broken is not None:
+        # JSON escapes such as "\ud800" decode to lone surrogates, which no UTF-8 table can hold:
+        # the record is rejected, keeping its raw line (which is valid UTF-8) and its derived id.
+        rows.add(derived_id, spec.source, line, None, "invalid_unicode", broken)
+        return
     reason, detail = _check_text(text, max_bytes)
     if reason:
         rows.add(doc_id, spec.source, text if isinstance(text, str) else line, meta, reason, detail)

@@ -24,6 +24,7 @@ def _write_inputs(tmp_path):
         json.dumps([1, 2, 3]),                                # not an object
         json.dumps({"text": "no id here"}),                   # missing id
         json.dumps({"doc_id": "d3", "text": "a repeated id"}),  # duplicate id
+        '{"doc_id": "s1", "text": "lone surrogate \\ud800 here"}',  # decodes to an unencodable string
     ]
     raw = ("\n".join(lines) + "\n").encode()
     raw += b'{"doc_id": "u1", "text": "bad \xff\xfe bytes"}\n'  # invalid UTF-8
@@ -63,11 +64,11 @@ def test_ingest_rejects_bad_input_with_reasons(spark, tmp_path):
     reasons = {r["reason"] for r in rejected.collect()}
     assert reasons == {
         "malformed_json", "missing_text", "empty_text", "too_large", "text_not_string",
-        "not_an_object", "missing_id", "duplicate_id", "invalid_utf8",
+        "not_an_object", "missing_id", "duplicate_id", "invalid_utf8", "invalid_unicode",
     }
     assert kept.count() == 20 + 2 + 1
     read = run.steps[0].docs_in
-    assert read == kept.count() + rejected.count() == 20 + 9 + 2 + 2
+    assert read == kept.count() + rejected.count() == 20 + 10 + 2 + 2
     ids = {r["id"] for r in kept.collect()}
     assert "web/d0" in ids and "web/g1" in ids and "web/z1" in ids and "books/one.txt" in ids
     row = kept.filter("id = 'web/d1'").collect()[0]
