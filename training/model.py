@@ -56,25 +56,25 @@ class MPTConfig:
     output matmul has friendly shapes.
     """
 
-    d_model: int
-    n_layers: int
-    n_heads: int
+    d_model: int  # width of the residual stream
+    n_layers: int  # transformer blocks
+    n_heads: int  # attention heads; head_dim = d_model / n_heads
     n_kv_heads: int | None = None  # None: multi-head; fewer than n_heads: grouped-query attention
-    expansion_ratio: int = 4
-    max_seq_len: int = 2048
-    vocab_size: int = 50277
-    pad_vocab_to: int = 128
-    position: Literal["alibi", "learned", "rope"] = "alibi"
-    alibi_bias_max: float = 8.0
-    rope_theta: float = 10000.0
-    no_bias: bool = True
-    qk_ln: bool = False
-    clip_qkv: float | None = None
-    logit_scale: float | None = None
-    tie_embeddings: bool = True
+    expansion_ratio: int = 4  # MLP hidden width = expansion_ratio x d_model
+    max_seq_len: int = 2048  # longest sequence (sizes learned position tables and attention biases)
+    vocab_size: int = 50277  # token ids the tokenizer produces
+    pad_vocab_to: int = 128  # embedding rows are vocab_size rounded up to a multiple of this
+    position: Literal["alibi", "learned", "rope"] = "alibi"  # how attention knows token positions
+    alibi_bias_max: float = 8.0  # head h gets slope 2^(-alibi_bias_max * h / n), n = n_heads rounded up to 2^k
+    rope_theta: float = 10000.0  # RoPE base frequency
+    no_bias: bool = True  # no bias terms in Linear and LayerNorm layers (MPT's default)
+    qk_ln: bool = False  # LayerNorm on queries and keys
+    clip_qkv: float | None = None  # clamp the fused QKV activations to [-clip_qkv, clip_qkv]
+    logit_scale: float | None = None  # multiply the output logits by this
+    tie_embeddings: bool = True  # the output projection reuses the token embedding
     layer_norm_eps: float = 1e-5
-    low_precision_layernorm: bool = True
-    attn_impl: Literal["sdpa", "flex"] = "sdpa"
+    low_precision_layernorm: bool = True  # LayerNorm in the activations' dtype under autocast (bf16)
+    attn_impl: Literal["sdpa", "flex"] = "sdpa"  # flex: FlexAttention (GPU); sdpa: scaled_dot_product_attention
     # Init: None means MPT's kaiming_normal_(fan_in, relu); a float means normal(0, init_std).
     init_std: float | None = None
     emb_init_std: float | None = None  # None: the embeddings use the same init as the Linears

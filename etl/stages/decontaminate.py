@@ -42,7 +42,7 @@ class DecontaminateParams:
     eval_paths: list[str] = field(default_factory=list)  # JSONL evaluation files
     ngram: int = 13  # words per n-gram
     min_matches: int = 1  # shared n-grams that make a document contaminated
-    mode: Literal["remove", "flag"] = "remove"
+    mode: Literal["remove", "flag"] = "remove"  # reject contaminated documents, or only mark them
 
     def __post_init__(self):
         if not self.eval_paths:

@@ -36,7 +36,7 @@ NORMALIZATION_PROPERTY = "kiln.exact_dedup.normalization"
 
 @dataclass
 class ExactDedupParams:
-    lowercase: bool = True
+    lowercase: bool = True  # compare case-insensitively
     # Every run of Unicode whitespace becomes one space; leading and trailing whitespace goes.
     collapse_whitespace: bool = True
     # Remove Unicode punctuation (\p{P}) before comparing.

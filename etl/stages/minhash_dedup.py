@@ -48,28 +48,28 @@ _LAST = float("inf")
 class MinHashDedupParams:
     # Documents whose shingle sets have Jaccard similarity >= threshold are near-duplicates.
     threshold: float = 0.8
-    num_perm: int = 128
-    seed: int = 1
+    num_perm: int = 128  # hash functions per signature (bands x rows must not exceed it)
+    seed: int = 1  # seeds the permutations: the same seed gives the same signatures everywhere
     # Word n-grams (default) or character n-grams of the normalised text.
     shingle: Literal["word", "char"] = "word"
-    ngram: int = 5
+    ngram: int = 5  # words (or characters) per shingle
     # LSH bands x rows; by default the pair minimising weighted false positive and negative areas
     # (datasketch's rule). Verification removes false positives, so the default weights favour recall.
-    bands: int | None = None
-    rows: int | None = None
-    false_positive_weight: float = 0.2
-    false_negative_weight: float = 0.8
+    bands: int | None = None  # set both bands and rows to override the routine
+    rows: int | None = None  # rows (signature values) per band
+    false_positive_weight: float = 0.2  # weight of the false-positive area in the routine
+    false_negative_weight: float = 0.8  # weight of the false-negative area in the routine
     # Check candidate pairs before linking them: exact Jaccard of the two shingle sets (the texts are
     # re-shingled), signature agreement (what incremental runs can do: the index keeps no text), or not.
     verify: Literal["exact", "estimated", "none"] = "exact"
     # Which document of a cluster is kept: smallest id, longest text, or highest `quality_column`.
     keep: Literal["smallest_id", "longest", "quality"] = "smallest_id"
-    quality_column: str | None = None
+    quality_column: str | None = None  # numeric column `keep: quality` ranks by, higher wins
     # Optional numeric column: lower values win before `keep` applies (e.g. crawl date); nulls last.
     priority_column: str | None = None
     # Match against (and grow) the index of every document processed before.
     incremental: bool = False
-    max_cc_rounds: int = 60
+    max_cc_rounds: int = 60  # connected components must converge within this many star rounds
 
     def __post_init__(self):
         if not 0.0 < self.threshold < 1.0:

@@ -55,16 +55,18 @@ _SPLIT_SCALE = 1_000_000  # val_fraction resolution: one in a million
 class TokenizeParams:
     # tokenizer.json (or a folder holding it), local or object store; executors read it too.
     tokenizer: str
-    seq_len: int = 2048
+    seq_len: int = 2048  # tokens per packed sample
+    # Documents go to bucket hash(seed, id) mod num_buckets and are packed within it, so the samples
+    # do not depend on Spark's partitioning; at most one partial tail per bucket.
     num_buckets: int = 64
-    seed: int = 0
+    seed: int = 0  # seeds the bucket and split hashes
     # Share of documents (not tokens) that go to the `val` split; 0 writes no val split.
     val_fraction: float = 0.01
     # The partial last sample of each bucket: dropped, or padded with pad_token to seq_len.
     tail: Literal["drop", "pad"] = "drop"
-    eos_token: str = DEFAULT_EOS
-    pad_token: str = DEFAULT_PAD
-    bos_token: str | None = None
+    eos_token: str = DEFAULT_EOS  # joins documents; must be in the tokenizer's vocabulary
+    pad_token: str = DEFAULT_PAD  # fills padded tails (tail: pad)
+    bos_token: str | None = None  # when set, starts every document
 
     def __post_init__(self):
         if self.seq_len < 1:
