@@ -16,27 +16,18 @@ from typing import Any
 import torch
 
 from .config import LoggingSection
-
-# Dense bf16 tensor-core FLOP/s per device (vendor datasheets, no sparsity), matched by name.
-PEAK_BF16_FLOPS = (
-    ("H200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("A100", 312e12),
-    ("L40S", 362e12),
-    ("L4", 121e12),
-    ("A10G", 70e12),
-)
+from .hardware import gpu_for_device_name
 
 
 def peak_flops(device: torch.device, configured: float | None) -> float | None:
-    """FLOP/s of one device for MFU: the configured value, a known GPU's, or None (CPU, unknown GPU)."""
+    """FLOP/s of one device for MFU: the configured value, a known GPU's (training.hardware, the
+    table the planners use too), or None (CPU, unknown GPU)."""
     if configured is not None:
         return configured
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
+    gpu = gpu_for_device_name(torch.cuda.get_device_name(device))
+    return gpu.peak_flops if gpu else None
 
 
 def memory_gb(device: torch.device) -> float:
