@@ -72,7 +72,7 @@ class MPTConfig:
     clip_qkv: float | None = None  # clamp the fused QKV activations to [-clip_qkv, clip_qkv]
     logit_scale: float | None = None  # multiply the output logits by this
     tie_embeddings: bool = True  # the output projection reuses the token embedding
-    layer_norm_eps: float = 1e-5
+    layer_norm_eps: float = 1e-5  # added to the variance in every LayerNorm
     low_precision_layernorm: bool = True  # LayerNorm in the activations' dtype under autocast (bf16)
     attn_impl: Literal["sdpa", "flex"] = "sdpa"  # flex: FlexAttention (GPU); sdpa: scaled_dot_product_attention
     # Init: None means MPT's kaiming_normal_(fan_in, relu); a float means normal(0, init_std).
