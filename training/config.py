@@ -64,8 +64,35 @@ class DatasetSpec:
 
 
 @dataclass
+class InstructionSpec:
+    """Prompt/response JSONL for instruction fine-tuning (training.finetune_data): examples are packed
+    into rows of ``seq_len`` tokens, loss only on response tokens, packed examples kept apart. The rows
+    are written once per machine as MDS under ``cache_dir`` and then streamed like any dataset."""
+
+    path: str  # local JSONL, one {prompt_key: ..., response_key: ...} object a line; the prompt holds its template
+    tokenizer: str  # tokenizer.json (Hugging Face tokenizers); its end-of-text token ends each response
+    seq_len: int | None = None  # tokens per packed row; default model max_seq_len
+    prompt_key: str = "prompt"  # the JSON key of each example's prompt...
+    response_key: str = "response"  # ...and of its response (the tokens that carry loss)
+    overflow: Literal["truncate", "drop"] = "truncate"  # an example longer than seq_len: cut its end, or leave it out
+    eval_path: str | None = None  # held-out JSONL for the eval loss; default: eval_fraction of path's examples
+    eval_fraction: float = 0.1  # examples of path held out (picked with data.seed) when eval_path is null; 0: none
+    cache_dir: str | None = None  # packed rows (MDS), keyed by content; default <tmp>/kiln-instruction-cache
+
+    def __post_init__(self) -> None:
+        _positive("data.instruction", seq_len=self.seq_len)
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"data.instruction.eval_fraction must be in [0, 1), got {self.eval_fraction}")
+
+    @property
+    def has_held_out(self) -> bool:
+        return self.eval_path is not None or self.eval_fraction > 0
+
+
+@dataclass
 class DataSection:
-    datasets: list[DatasetSpec]
+    datasets: list[DatasetSpec] = field(default_factory=list)  # the pre-training mixture (MDS datasets)...
+    instruction: InstructionSpec | None = None  # ...or instead prompt/response data to fine-tune on
     train_split: str = "train"
     eval_split: str | None = "val"
     shuffle: bool = True
@@ -82,8 +109,8 @@ class DataSection:
     prefetch_batches: int = 4
 
     def __post_init__(self) -> None:
-        if not self.datasets:
-            raise ValueError("data.datasets: at least one dataset is required")
+        if bool(self.datasets) == (self.instruction is not None):
+            raise ValueError("data: give either datasets (at least one) or instruction, not both")
         _positive("data", shuffle_window_shards=self.shuffle_window_shards, cache_limit_gb=self.cache_limit_gb,
                   prefetch_shards=self.prefetch_shards, prefetch_batches=self.prefetch_batches)
         if self.num_workers < 0 or self.download_retries < 0:
@@ -156,10 +183,17 @@ class EvalSection:
     every_steps: int = 0  # 0: no evaluation; otherwise every N steps and after the last step
     batches: int = 4  # global batches of the eval split (read in order, not shuffled)
     global_batch_size: int | None = None  # default: train.global_batch_size
+    # A tasks YAML as `python -m training.eval` takes (perplexity, ICL, code, vibe checks), run at every
+    # evaluation point on rank 0 with a full copy of the weights; generated code runs in the sandbox only
+    # when it gets OS isolation or the YAML sets sandbox.unsafe.
+    tasks: str | None = None
+    tokenizer: str | None = None  # tokenizer.json for the tasks; default data.instruction.tokenizer
 
     def __post_init__(self) -> None:
         if self.every_steps < 0:
             raise ValueError(f"eval.every_steps must be >= 0, got {self.every_steps}")
+        if self.tasks is not None and not self.every_steps:
+            raise ValueError("eval.tasks is set but eval.every_steps is 0: set when to evaluate")
         _positive("eval", batches=self.batches, global_batch_size=self.global_batch_size)
 
 
@@ -257,14 +291,30 @@ class TrainConfig:
     journal: JournalSection = field(default_factory=JournalSection)
     name: str | None = None
     output_dir: str = "runs"
+    # Weights to start from (a checkpoint dir or root, a consolidated folder, or a Hugging Face MPT folder):
+    # weights only, with a fresh optimizer and schedule from step 0. A checkpoint of this run wins.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.name is not None and (not self.name or "/" in self.name):
             raise ValueError(f"name must be a non-empty run name without '/', got {self.name!r}")
-        if self.eval.every_steps and self.data.eval_split is None:
-            raise ValueError("eval.every_steps is set but data.eval_split is null")
+        if self.eval.every_steps and not self.has_eval_loss and self.eval.tasks is None:
+            held_out = "data.instruction has no held-out examples" if self.data.instruction else \
+                "data.eval_split is null"
+            raise ValueError(f"eval.every_steps is set but {held_out} and eval.tasks is not set")
         if self.checkpoint.enabled and self.name is None:
             raise ValueError("checkpointing needs a fixed run name (name: ...): a relaunch finds its checkpoints by it")
+
+    @property
+    def has_eval_loss(self) -> bool:
+        """Whether evaluation points compute a loss on held-out data (besides any eval.tasks)."""
+        if self.data.instruction is not None:
+            return self.data.instruction.has_held_out
+        return self.data.eval_split is not None
+
+    @property
+    def eval_tokenizer(self) -> str | None:
+        return self.eval.tokenizer or (self.data.instruction.tokenizer if self.data.instruction else None)
 
     @property
     def eval_global_batch_size(self) -> int:
@@ -300,7 +350,7 @@ def accumulation_steps(global_batch: int, micro_batch: int, world_size: int, wha
 def check_world_size(cfg: TrainConfig, world_size: int, local_world_size: int) -> None:
     """The rules that depend on how many ranks run (the launcher checks them before starting any)."""
     accumulation_steps(cfg.train.global_batch_size, cfg.train.micro_batch_size, world_size)
-    if cfg.eval.every_steps:
+    if cfg.eval.every_steps and cfg.has_eval_loss:
         accumulation_steps(cfg.eval_global_batch_size, cfg.train.micro_batch_size, world_size, "eval")
     if cfg.parallel.sharding == "hybrid":
         group = cfg.parallel.shard_group_size or local_world_size

@@ -33,7 +33,7 @@ from shards.config import from_dict
 
 from .checkpoint import LATEST_NAME, MANIFEST_NAME, incomplete_reason, latest_complete, read_manifest
 from .config import ModelSection
-from .hf_convert import expected_shapes
+from .hf_convert import shape_problems
 from .inference import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME
 from .model import MPTConfig
 
@@ -95,11 +95,7 @@ class TensorReader:
 
 
 def check_shapes(found: dict[str, TensorStorageMetadata], config: MPTConfig, url: str) -> None:
-    expected = expected_shapes(config)
-    problems = [f"missing {name}" for name in sorted(set(expected) - set(found))]
-    problems += [f"unexpected {name}" for name in sorted(set(found) - set(expected))]
-    problems += [f"{name} has shape {tuple(found[name].size)}, expected {shape}"
-                 for name, shape in expected.items() if name in found and tuple(found[name].size) != shape]
+    problems = shape_problems({name: tuple(md.size) for name, md in found.items()}, config)
     if problems:
         raise ValueError(f"{url}: the model weights do not match the recorded config:\n  - " + "\n  - ".join(problems))
 

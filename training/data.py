@@ -44,6 +44,7 @@ from shards.mds import INDEX_BASENAME, TOKENS_COLUMN, MDSReader, ShardCorruptErr
 log = logging.getLogger(__name__)
 
 SEQUENCE_IDS_COLUMN = "sequence_ids"  # optional: one document id per token, for packed samples
+LABELS_COLUMN = "labels"  # optional: the target of each position (-100: no loss), for instruction data
 MIX_BLOCK = 1000  # mixture proportions are exact over every block of this many positions
 
 
@@ -378,9 +379,10 @@ class CacheSettings:
 
 class TokenBatches(IterableDataset):
     """This rank's micro-batches from ``start`` on, as dicts of numpy arrays (``as_tensors`` makes
-    them LongTensors): ``input_ids`` [B, T] in the shards' token dtype; ``sequence_ids`` [B, T] when
-    the shards have that column; ``positions`` and ``sample_ids`` [B] (places in the global order,
-    and which samples those were). ``num_micro_batches`` None streams forever (epochs wrap around).
+    them LongTensors): ``input_ids`` [B, T] in the shards' token dtype; ``sequence_ids`` and
+    ``labels`` [B, T] when the shards have those columns; ``positions`` and ``sample_ids`` [B]
+    (places in the global order, and which samples those were). ``num_micro_batches`` None streams
+    forever (epochs wrap around).
 
     Numpy rather than tensors because loader workers hand batches over by value through a pipe:
     for token batches that is several times faster than torch's shared-memory tensor hand-over,
@@ -421,10 +423,13 @@ class TokenBatches(IterableDataset):
                 raise ValueError(f"{s.url} holds {len(reader)} samples but its manifest says {s.num_samples}")
             self._readers.append(reader)
             self._shard_ends.append(np.cumsum(reader.sample_counts))
-        with_ids = {SEQUENCE_IDS_COLUMN in r.columns for r in self._readers}
-        if len(with_ids) > 1:
-            raise ValueError(f"some datasets have a {SEQUENCE_IDS_COLUMN!r} column and others not: they cannot mix")
-        self._has_sequence_ids = with_ids.pop()
+        self._optional = []
+        for column in (SEQUENCE_IDS_COLUMN, LABELS_COLUMN):
+            present = {column in r.columns for r in self._readers}
+            if len(present) > 1:
+                raise ValueError(f"some datasets have a {column!r} column and others not: they cannot mix")
+            if present.pop():
+                self._optional.append(column)
 
     def remote_shards(self, micro: int) -> list[tuple[int, int]]:
         """The remote ``(dataset, shard)`` pairs that micro-batch ``micro`` reads."""
@@ -444,8 +449,8 @@ class TokenBatches(IterableDataset):
         datasets, samples = self.order.locate(begin, end)
         rows = [self._readers[d][int(s)] for d, s in zip(datasets.tolist(), samples.tolist())]
         batch = {"input_ids": np.stack([r[TOKENS_COLUMN] for r in rows])}
-        if self._has_sequence_ids:
-            batch["sequence_ids"] = np.stack([r[SEQUENCE_IDS_COLUMN] for r in rows])
+        for column in self._optional:
+            batch[column] = np.stack([r[column] for r in rows])
         batch["positions"] = np.arange(begin, end, dtype=np.int64)
         batch["sample_ids"] = self.order.sample_ids(datasets, samples)
         return batch

@@ -58,16 +58,19 @@ def expected_shapes(config: MPTConfig) -> dict[str, tuple[int, ...]]:
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
+def shape_problems(shapes: dict[str, tuple[int, ...]], config: MPTConfig) -> list[str]:
+    """Every missing, unexpected or mis-shaped tensor of ``shapes`` (name -> shape) against ``config``'s MPT."""
+    expected = expected_shapes(config)
+    problems = [f"missing {name}" for name in sorted(set(expected) - set(shapes))]
+    problems += [f"unexpected {name}" for name in sorted(set(shapes) - set(expected))]
+    problems += [f"{name} has shape {tuple(shapes[name])}, expected {shape}"
+                 for name, shape in expected.items() if name in shapes and tuple(shapes[name]) != shape]
+    return problems
+
+
 def check_state_dict(state_dict: dict[str, torch.Tensor], config: MPTConfig) -> None:
     """Raise ValueError naming every missing, unexpected or mis-shaped tensor."""
-    expected = expected_shapes(config)
-    problems = [f"missing {name}" for name in sorted(set(expected) - set(state_dict))]
-    problems += [f"unexpected {name}" for name in sorted(set(state_dict) - set(expected))]
-    problems += [
-        f"{name} has shape {tuple(state_dict[name].shape)}, expected {shape}"
-        for name, shape in expected.items()
-        if name in state_dict and tuple(state_dict[name].shape) != shape
-    ]
+    problems = shape_problems({name: tuple(tensor.shape) for name, tensor in state_dict.items()}, config)
     if problems:
         raise ValueError("state dict does not match the MPT config:\n  - " + "\n  - ".join(problems))
 
@@ -116,7 +119,7 @@ def to_hf_mpt(model_or_state_dict: MPT | dict[str, torch.Tensor], config: MPTCon
     return hf_config, hf_state_dict
 
 
-def _config_from_hf(hf: dict) -> MPTConfig:
+def config_from_hf(hf: dict) -> MPTConfig:
     """Read a transformers- or llm-foundry-style MPT config.json, refusing what our MPT cannot run."""
     missing = [key for key in ("d_model", "n_heads", "n_layers", "vocab_size") if key not in hf]
     if missing:
@@ -202,7 +205,7 @@ def _config_from_hf(hf: dict) -> MPTConfig:
 
 def from_hf_mpt(hf_config: dict, hf_state_dict: dict[str, torch.Tensor]) -> tuple[MPTConfig, dict[str, torch.Tensor]]:
     """(MPT config.json dict, its state dict) -> (MPTConfig, state dict for training.model.MPT)."""
-    config = _config_from_hf(hf_config)
+    config = config_from_hf(hf_config)
     state_dict = {}
     for name, tensor in hf_state_dict.items():
         if name == "lm_head.weight":

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from training.hf_convert import from_hf_mpt
 from training.inference import TOKENIZER_NAME, save_state_dict
+from training.model import MPTConfig
 
 
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -41,16 +42,26 @@ def _load_bin(path: str) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
-    folder = Path(hf_dir)
+def read_hf_config(folder: Path) -> dict:
+    """A Hugging Face MPT folder's config.json, refusing folders of other model types."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} has no config.json")
     hf_config = json.loads(config_file.read_text())
     if hf_config.get("model_type") != "mpt":
         raise ValueError(f"{config_file}: model_type is {hf_config.get('model_type')!r}, not 'mpt'")
-    config, state_dict = from_hf_mpt(hf_config, read_hf_weights(folder))
-    tokenizer = folder / TOKENIZER_NAME
+    return hf_config
+
+
+def read_hf_mpt(hf_dir: str | Path) -> tuple[MPTConfig, dict[str, torch.Tensor]]:
+    """(MPTConfig, our state dict) of a Hugging Face MPT folder."""
+    folder = Path(hf_dir)
+    return from_hf_mpt(read_hf_config(folder), read_hf_weights(folder))
+
+
+def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
+    config, state_dict = read_hf_mpt(hf_dir)
+    tokenizer = Path(hf_dir) / TOKENIZER_NAME
     return save_state_dict(state_dict, config, out_dir, tokenizer if tokenizer.is_file() else None)
 
 

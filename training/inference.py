@@ -46,7 +46,13 @@ class TextTokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path, eos_token: str | None = None) -> TextTokenizer:
-        return cls(Tokenizer.from_file(str(path)), eos_token)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"tokenizer file {path} does not exist")
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as err:  # tokenizers raises plain Exception for a file it cannot parse
+            raise ValueError(f"{path} is not a tokenizers tokenizer.json: {err}") from None
+        return cls(tokenizer, eos_token)
 
     @property
     def vocab_size(self) -> int:

@@ -1,11 +1,12 @@
 """The training journal: what happened to a run, as events in ``journal.jsonl`` and a readable ``training_log.md``.
 
 A run's numbers go to metrics.jsonl; the journal holds the story around them, one JSON object a line:
-``start``, ``resume`` (from which checkpoint and step), ``checkpoint`` (saved), ``failure`` (which rank
-and why), ``restart`` (the launcher started the ranks again, and the cause as far as it is known),
-``preempted`` (a signal, and whether a checkpoint was saved), ``loss_spike``, ``throughput`` (a
-lasting change in tokens/s) and ``finish``. Every event carries the time, the restart attempt
-(torchrun's TORCHELASTIC_RESTART_COUNT) and the rank that wrote it.
+``start``, ``init_from`` (the weights a new run started from), ``resume`` (from which checkpoint and
+step), ``checkpoint`` (saved), ``failure`` (which rank and why), ``restart`` (the launcher started
+the ranks again, and the cause as far as it is known), ``preempted`` (a signal, and whether a
+checkpoint was saved), ``loss_spike``, ``throughput`` (a lasting change in tokens/s) and ``finish``.
+Every event carries the time, the restart attempt (torchrun's TORCHELASTIC_RESTART_COUNT) and the
+rank that wrote it.
 
 Rank 0 writes most events; any rank writes its own failure. Lines are appended with one write
 each (O_APPEND), so ranks of one machine can share the file. ``training_log.md`` is rendered from
@@ -146,6 +147,8 @@ def _describe(event: dict) -> str:
     if kind == "resume":
         return (f"resumed from {event['checkpoint']} (step {event['step']}, {event['tokens']:,} tokens; "
                 f"saved on {event['saved_world_size']} rank(s), now {event['world_size']})")
+    if kind == "init_from":
+        return f"weights initialised from {event['source']} (fresh optimizer and schedule)"
     if kind == "restart":
         return f"launcher restarted the ranks (attempt {event['attempt']}); cause: {event['cause']}"
     if kind == "checkpoint":

@@ -9,8 +9,10 @@ so the same config runs as one process, one node, or many nodes:
         --rdzv-endpoint head-node:29500                                     # run this on each node
 
 Everything is validated here first: the YAML's keys and types, the batch sizes against the world
-size, that each dataset resolves to a complete version, that optional loggers are installed, and
-that a checkpoint to resume from was trained on the same data versions.
+size, that each dataset resolves to a complete version (instruction data is packed here), that
+optional loggers are installed, that a checkpoint to resume from was trained on the same data
+versions, that ``init_from`` weights fit the model, and that ``eval.tasks`` loads (task files,
+tokenizer, and a sandbox for code tasks).
 
 With ``--max-restarts N``, ranks that fail are started again (up to N times) and resume from the
 newest complete checkpoint by themselves. SIGTERM or SIGINT to this process is passed to the ranks,
@@ -31,6 +33,8 @@ from .config import TrainConfig, check_world_size, load_config
 
 def validate(cfg: TrainConfig, nnodes: int, nproc_per_node: int) -> None:
     """Everything that can be checked before any rank starts; raises ConfigError."""
+    from .eval.in_training import load_tasks
+    from .init_from import inspect_and_check
     from .train import resolve_sources
 
     check_world_size(cfg, nnodes * nproc_per_node, nproc_per_node)
@@ -40,8 +44,13 @@ def validate(cfg: TrainConfig, nnodes: int, nproc_per_node: int) -> None:
         raise ConfigError("logging.wandb_project is set but wandb is not installed (pip install wandb)")
     try:
         train_sources, _ = resolve_sources(cfg)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         raise ConfigError(f"data: {err}") from None
+    model = cfg.model.build()
+    if cfg.init_from is not None:
+        inspect_and_check(cfg.init_from, model)
+    if cfg.eval.tasks is not None:
+        load_tasks(cfg, model)
     if cfg.checkpoint.enabled:
         found = latest_complete(checkpoint_root(cfg))
         if found is not None:

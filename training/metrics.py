@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,8 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.config.update(flat, allow_val_change=True)
 
-    def log(self, step: int, metrics: dict[str, float | None]) -> None:
+    def log(self, step: int, metrics: dict[str, float | None], echo: bool = False) -> None:
+        """Record ``metrics`` at ``step`` in every sink; ``echo`` also prints them on the console."""
         if not self.enabled:
             return
         record = {"step": step, **metrics}
@@ -119,6 +121,17 @@ class MetricsLogger:
             self._mlflow.log_batch(self.mlflow_run_id, metrics=[Metric(k, v, now, step) for k, v in numbers.items()])
         if self._wandb is not None:
             self._wandb.log(numbers, step=step)
+        if echo:
+            line = f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in numbers.items())
+            if self._bar is not None:
+                self._bar.write(line, file=sys.stderr)
+            else:
+                print(line, file=sys.stderr)
+
+    def log_artifact(self, path: Path, folder: str) -> None:
+        """A file of the run folder, also stored with the MLflow run under ``folder``."""
+        if self._mlflow is not None:
+            self._mlflow.log_artifact(self.mlflow_run_id, str(path), folder)
 
     def advance(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
         """Move the progress bar to ``step`` (called every step; metrics only every few)."""

@@ -10,6 +10,7 @@ independent of the number of ranks.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -31,6 +32,9 @@ from .checkpoint import Checkpointer, describe_data
 from .config import DataSection, ParallelSection, TrainConfig, accumulation_steps, check_world_size, load_config
 from .data import (BatchLayout, CacheSettings, Source, StreamingLoader, TokenBatches, as_tensors, build_order,
                    check_sources, default_cache_root, resolve_source)
+from .eval.in_training import TaskEvaluator
+from .finetune_data import instruction_sources, prepare_instruction_data
+from .init_from import load_weights
 from .journal import Journal, RunObserver
 from .metrics import MetricsLogger, memory_gb, peak_flops
 from .model import MPT, MPTConfig
@@ -46,6 +50,7 @@ IGNORE_INDEX = -100
 class Distributed:
     rank: int
     world_size: int
+    local_rank: int
     local_world_size: int
     device: torch.device
     mesh: DeviceMesh
@@ -82,7 +87,7 @@ def init_distributed(cfg: ParallelSection) -> Distributed:
         mesh = init_device_mesh(device.type, (world_size // group, group), mesh_dim_names=("replicate", "shard"))
     else:
         mesh = init_device_mesh(device.type, (world_size,), mesh_dim_names=("shard",))
-    return Distributed(dist.get_rank(), world_size, local_world_size, device, mesh)
+    return Distributed(dist.get_rank(), world_size, local_rank, local_world_size, device, mesh)
 
 
 def broadcast_from_main(value, dist_info: Distributed):
@@ -98,21 +103,34 @@ def broadcast_from_main(value, dist_info: Distributed):
 
 def resolve_data(cfg: TrainConfig, d: Distributed) -> tuple[list[Source], list[Source] | None]:
     """Rank 0 pins each dataset's version (newest complete one unless configured) for every rank,
-    so a version published while the ranks start is never half-seen."""
+    so a version published while the ranks start is never half-seen. Instruction data is packed by
+    rank 0, then by the first rank of each other machine (a no-op where they share the cache folder)."""
     result: object = None
     if d.is_main:
         try:
             result = resolve_sources(cfg)
-        except (ValueError, FileNotFoundError, ConfigError) as err:
+        except (ValueError, OSError, ConfigError) as err:
             result = ConfigError(f"data: {err}")
-    return broadcast_from_main(result, d)
+    sources = broadcast_from_main(result, d)
+    if cfg.data.instruction is not None:
+        if d.local_rank == 0 and not d.is_main:
+            prepare_instruction_data(cfg.data.instruction, instruction_seq_len(cfg), cfg.data.seed)
+        dist.barrier()
+    return sources
+
+
+def instruction_seq_len(cfg: TrainConfig) -> int:
+    return cfg.data.instruction.seq_len or cfg.model.build().max_seq_len
 
 
 def resolve_sources(cfg: TrainConfig, check_model: bool = True) -> tuple[list[Source], list[Source] | None]:
     """The train (and eval) sources of the config, checked against the eval batches and, unless
     ``check_model`` is false (pre-flight reports that check on its own), against the model."""
     data = cfg.data
-    train = [resolve_source(s.path, data.train_split, s.version, s.proportion) for s in data.datasets]
+    if data.instruction is not None:
+        train, held_out = instruction_sources(data.instruction, instruction_seq_len(cfg), data.seed)
+    else:
+        train = [resolve_source(s.path, data.train_split, s.version, s.proportion) for s in data.datasets]
     seq_len = check_sources(train)
     if check_model:
         model = cfg.model.build()
@@ -124,13 +142,16 @@ def resolve_sources(cfg: TrainConfig, check_model: bool = True) -> tuple[list[So
                 raise ConfigError(f"{source.path} has vocab_size {source.vocab_size} but the model's is "
                                   f"{model.vocab_size} (model.overrides.vocab_size)")
     evals = None
-    if cfg.eval.every_steps:
-        evals = [resolve_source(s.path, data.eval_split, s.version, s.proportion) for s in data.datasets]
+    if cfg.eval.every_steps and cfg.has_eval_loss:
+        if data.instruction is not None:
+            evals = held_out
+        else:
+            evals = [resolve_source(s.path, data.eval_split, s.version, s.proportion) for s in data.datasets]
         needed = cfg.eval.batches * cfg.eval_global_batch_size
         available = sum(s.num_samples for s in evals)
         if needed > available:
             raise ConfigError(
-                f"eval reads eval.batches x global batch = {needed} samples but split {data.eval_split!r} "
+                f"eval reads eval.batches x global batch = {needed} samples but split {evals[0].split!r} "
                 f"has {available}; lower eval.batches or eval.global_batch_size"
             )
         if check_sources(evals) != check_sources(train):
@@ -156,7 +177,26 @@ def next_token_labels(input_ids: torch.Tensor, sequence_ids: torch.Tensor | None
     return labels
 
 
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                                  torch.Tensor]:
+    """(input_ids, sequence_ids or None, labels) of a micro-batch on ``device``. Labels come with the batch
+    for instruction data (response tokens only, already shifted), else are the next tokens."""
+    input_ids = batch["input_ids"].to(device, non_blocking=True)
+    sequence_ids = batch.get("sequence_ids")
+    if sequence_ids is not None:
+        sequence_ids = sequence_ids.to(device, non_blocking=True)
+    labels = batch.get("labels")
+    labels = next_token_labels(input_ids, sequence_ids) if labels is None else labels.to(device, non_blocking=True)
+    return input_ids, sequence_ids, labels
+
+
 # --------------------------------------------------------------------------- model
+
+def compute_dtype(par: ParallelSection, device: torch.device) -> torch.dtype:
+    """bf16 when configured, or by default on GPU; else fp32."""
+    bf16 = par.mixed_precision == "bf16" or (par.mixed_precision == "auto" and device.type == "cuda")
+    return torch.bfloat16 if bf16 else torch.float32
+
 
 def build_model(model_cfg: MPTConfig, par: ParallelSection, d: Distributed) -> nn.Module:
     """The MPT model, each block and then the root sharded with FSDP2 (fully_shard) over the mesh."""
@@ -171,8 +211,8 @@ def build_model(model_cfg: MPTConfig, par: ParallelSection, d: Distributed) -> n
     if par.compile:
         for i, block in enumerate(model.blocks):
             model.blocks[i] = torch.compile(block)
-    bf16 = par.mixed_precision == "bf16" or (par.mixed_precision == "auto" and on_gpu)
-    if bf16:  # bf16 compute and all-gathers, fp32 gradient reduction and master weights
+    # bf16: bf16 compute and all-gathers, fp32 gradient reduction and master weights
+    if compute_dtype(par, d.device) == torch.bfloat16:
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     else:
         policy = MixedPrecisionPolicy()
@@ -202,9 +242,7 @@ def evaluate(model: nn.Module, batches: TokenBatches, d: Distributed) -> float:
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=d.device)
     for batch in map(as_tensors, batches):
-        input_ids = batch["input_ids"].to(d.device)
-        sequence_ids = batch["sequence_ids"].to(d.device) if "sequence_ids" in batch else None
-        labels = next_token_labels(input_ids, sequence_ids)
+        input_ids, sequence_ids, labels = model_inputs(batch, d.device)
         logits = model(input_ids, sequence_ids=sequence_ids)
         totals[0] += F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
                                      ignore_index=IGNORE_INDEX, reduction="sum")
@@ -300,8 +338,14 @@ def _train(cfg: TrainConfig, d: Distributed) -> dict:
                        data=describe_data(train_sources), checkpoints=checkpointer.enabled and checkpointer.root)
     watchdog = Watchdog(cfg.watchdog, d.rank, d.world_size, run_dir, journal, connect_store(journal.attempt))
     watchdog.start()
+    task_evals = None
+    from_main = functools.partial(broadcast_from_main, dist_info=d)
     try:  # the watchdog thread and its faulthandler timer must not outlive a failed start
         state = checkpointer.resume(model, optimizer, train_loader)
+        if state.step == 0 and cfg.init_from is not None:  # a checkpoint of this run wins over init_from
+            source = load_weights(model, cfg.init_from, model_cfg, d.is_main, from_main)
+            if d.is_main:
+                journal.record("init_from", source=source.describe())
 
         # Logging: rank 0 only; every rank writes its own sample ledger when asked.
         metrics = MetricsLogger(cfg.logging, run_dir, Path(cfg.output_dir), run_dir.name, cfg.train.max_steps,
@@ -320,9 +364,14 @@ def _train(cfg: TrainConfig, d: Distributed) -> dict:
             (run_dir / "run_info.json").write_text(json.dumps(run_info, indent=2) + "\n")
         metrics.log_params({"config": cfg.to_dict(), "data": run_info["data"], "world_size": d.world_size,
                             "num_params": run_info["num_params"]})
+        if cfg.eval.tasks is not None:
+            task_evals = TaskEvaluator(cfg, model_cfg, d.rank, d.world_size, d.device,
+                                       compute_dtype(cfg.parallel, d.device), run_dir, metrics, from_main)
     except BaseException:
         watchdog.stop()
         checkpointer.release()
+        if task_evals is not None:
+            task_evals.release()
         raise
 
     flops_per_token = model_cfg.flops_per_token(seq_len)
@@ -343,12 +392,9 @@ def _train(cfg: TrainConfig, d: Distributed) -> dict:
             for _ in range(accumulation):
                 batch = next(batches)
                 ledger.record(step, batch)
-                input_ids = batch["input_ids"].to(d.device, non_blocking=True)
-                sequence_ids = batch.get("sequence_ids")
-                if sequence_ids is not None:
-                    sequence_ids = sequence_ids.to(d.device, non_blocking=True)
+                input_ids, sequence_ids, labels = model_inputs(batch, d.device)
                 logits = model(input_ids, sequence_ids=sequence_ids)
-                loss = MPT.loss(logits, next_token_labels(input_ids, sequence_ids), ignore_index=IGNORE_INDEX)
+                loss = MPT.loss(logits, labels, ignore_index=IGNORE_INDEX)
                 (loss / accumulation).backward()
                 loss_sum += loss.detach()
             grad_norm = grad_norm_and_clip(model, cfg.train.grad_clip)
@@ -378,9 +424,14 @@ def _train(cfg: TrainConfig, d: Distributed) -> dict:
                 if d.is_main:
                     observer.observe(step, last["loss"], tokens_per_s)
                 interval_start, interval_steps = time.perf_counter(), 0
-            if eval_batches is not None and (step % cfg.eval.every_steps == 0 or is_last):
-                last["eval_loss"] = evaluate(model, eval_batches, d)
-                metrics.log(step, {"eval_loss": last["eval_loss"]})
+            if cfg.eval.every_steps and (step % cfg.eval.every_steps == 0 or is_last):
+                evaluated = {}
+                if eval_batches is not None:
+                    evaluated["eval_loss"] = evaluate(model, eval_batches, d)
+                if task_evals is not None:
+                    evaluated.update(task_evals.run(model, step))
+                last.update(evaluated)
+                metrics.log(step, evaluated, echo=True)
                 interval_start = time.perf_counter()  # evaluation time is not training throughput
             stop = preemption.should_stop()
             if stop or is_last or checkpointer.due(step):
@@ -406,6 +457,8 @@ def _train(cfg: TrainConfig, d: Distributed) -> dict:
         preemption.restore()
         watchdog.stop()
         checkpointer.release()
+        if task_evals is not None:
+            task_evals.release()
         ledger.close()
         metrics.finish(status)
         if d.is_main and status != "FAILED":

@@ -26,15 +26,16 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from shards import MDSReader
 from shards.config import from_dict, load_yaml
 
 from training.eval.code_exec import Sandbox, SandboxConfig
-from training.eval.humaneval import CodeTask, evaluate_code_task
-from training.eval.icl import ICLTask, evaluate_icl_task
+from training.eval.humaneval import CodeTask, evaluate_code_task, read_problems
+from training.eval.icl import ICLTask, evaluate_icl_task, read_examples
 from training.eval.perplexity import PerplexityTask, evaluate_perplexity
 from training.eval.vibe import VibeConfig, run_vibe_checks
 
-__all__ = ["EvalConfig", "load_eval_config", "run_evals", "Sandbox", "SandboxConfig"]
+__all__ = ["EvalConfig", "check_eval_config", "load_eval_config", "run_evals", "Sandbox", "SandboxConfig"]
 
 
 @dataclass
@@ -77,6 +78,29 @@ def load_eval_config(source: EvalConfig | dict | str | Path) -> EvalConfig:
     )
 
 
+def _require_tokenizer(config: EvalConfig, tokenizer) -> None:
+    needs_tokenizer = [t.label for t in [*config.icl_tasks, *config.code_tasks]] + (["vibe"] if config.vibe else [])
+    if tokenizer is None and needs_tokenizer:
+        raise ValueError(f"eval tasks {needs_tokenizer} need a tokenizer, and none was given")
+
+
+def check_eval_config(config: EvalConfig, tokenizer) -> Sandbox | None:
+    """Everything about ``config`` that can go wrong before a model runs: a missing tokenizer, unreadable or
+    malformed task files, and (for code tasks) a sandbox that refuses to run without isolation. Returns the
+    Sandbox for the code tasks (None when there are none); raises ValueError, FileNotFoundError or
+    SandboxUnavailable."""
+    _require_tokenizer(config, tokenizer)
+    for task in config.perplexity:
+        with MDSReader(task.path) as reader:
+            if "tokens" not in reader.columns:
+                raise ValueError(f"perplexity task {task.label!r}: {task.path} has no 'tokens' column")
+    for task in config.icl_tasks:
+        read_examples(task.dataset_uri, task.icl_task_type)
+    for task in config.code_tasks:
+        read_problems(task.dataset_uri)
+    return Sandbox(config.sandbox) if config.code_tasks else None
+
+
 def run_evals(model, tokenizer, tasks_config: EvalConfig | dict | str | Path, step: int | None = None,
               sandbox: Sandbox | None = None) -> dict:
     """Run every configured evaluation on `model` (an unsharded training.model.MPT).
@@ -87,9 +111,7 @@ def run_evals(model, tokenizer, tasks_config: EvalConfig | dict | str | Path, st
     trainer reuse one Sandbox across evaluation points.
     """
     config = load_eval_config(tasks_config)
-    needs_tokenizer = [t.label for t in [*config.icl_tasks, *config.code_tasks]] + (["vibe"] if config.vibe else [])
-    if tokenizer is None and needs_tokenizer:
-        raise ValueError(f"eval tasks {needs_tokenizer} need a tokenizer, and none was given")
+    _require_tokenizer(config, tokenizer)
     metrics: dict[str, float] = {}
     details: dict = {}
     start = time.time()
