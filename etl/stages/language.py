@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import FloatType, StringType, StructField, StructType
 
+from ..worker_cache import built_once
 from .base import Stage, StageContext, StageResult
 
 LANGUAGE_COLUMN = "language"
@@ -54,15 +55,18 @@ def supported_languages() -> tuple[str, ...]:
     return tuple(_identifier(()).labels)
 
 
-@cache
 def _identifier(candidates: tuple[str, ...]):
     """One py3langid identifier (with probabilities) per Python worker and candidate set."""
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-    if candidates:
-        identifier.set_languages(list(candidates))
-    return identifier
+    def build():
+        from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+        identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+        if candidates:
+            identifier.set_languages(list(candidates))
+        return identifier
+
+    return built_once(("language", candidates), build)
 
 
 def identify(texts: list[str], params: LanguageParams) -> list[tuple[str, float]]:

@@ -32,6 +32,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, MapType, StringType, StructField, StructType
 
+from ..worker_cache import built_once
 from .base import Stage, StageContext, StageResult
 
 Action = Literal["redact", "mask", "hash", "drop"]
@@ -126,10 +127,6 @@ class PiiParams:
         return self.actions.get(entity, self.default_action)
 
 
-# One analyzer and anonymizer per Python worker and configuration, reused across batches and tasks.
-_ENGINES: dict[str, "PiiRedactor"] = {}
-
-
 class PiiRedactor:
     """presidio analysis plus the configured action per entity type, for one configuration."""
 
@@ -195,10 +192,9 @@ def _hasher(entity: str, salt: bytes):
 
 
 def _redactor(params: PiiParams, salt: bytes | None) -> PiiRedactor:
+    """One analyzer and anonymizer per Python worker and configuration, reused across batches and tasks."""
     key = json.dumps(asdict(params), sort_keys=True) + hashlib.sha256(salt or b"").hexdigest()
-    if key not in _ENGINES:
-        _ENGINES[key] = PiiRedactor(params, salt)
-    return _ENGINES[key]
+    return built_once(("pii", key), lambda: PiiRedactor(params, salt))
 
 
 def _safe_error(doc_ids: list[str], err: Exception) -> RuntimeError:

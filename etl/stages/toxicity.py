@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import FloatType, StringType, StructField, StructType
 
+from ..worker_cache import built_once
 from .base import Stage, StageContext, StageResult
 
 SCORE_COLUMN = "toxicity"
@@ -73,15 +74,9 @@ def build_scorer(params: ToxicityParams):
     return scorers.HuggingFaceScorer(params.model_path, params.model_label, params.max_length, params.batch_size)
 
 
-# One scorer per Python worker and configuration, reused across batches and tasks.
-_SCORERS: dict[str, object] = {}
-
-
 def _scorer(params: ToxicityParams):
-    key = repr(sorted(asdict(params).items()))
-    if key not in _SCORERS:
-        _SCORERS[key] = build_scorer(params)
-    return _SCORERS[key]
+    """One scorer per Python worker and configuration, reused across batches and tasks."""
+    return built_once(("toxicity", repr(sorted(asdict(params).items()))), lambda: build_scorer(params))
 
 
 def _score_batches(params: ToxicityParams, has_language: bool):
