@@ -37,8 +37,8 @@ def _positive(section: str, **values: Any) -> None:
 class ModelSection:
     """An MPT preset (see training.model.PRESETS) and any MPTConfig fields to change."""
 
-    preset: str = "tiny"
-    overrides: dict[str, Any] = field(default_factory=dict)
+    preset: str = "tiny"  # a name in training.model.PRESETS: tiny, 125m, 350m, 760m, 1b, 3b, 7b, 30b
+    overrides: dict[str, Any] = field(default_factory=dict)  # MPTConfig fields to change (table below)
 
     def __post_init__(self) -> None:
         self.build()  # an unknown preset or field, or a bad shape, fails while the YAML is checked
@@ -55,9 +55,9 @@ class DatasetSpec:
     ``v=N`` folder, or a plain MDS folder with an index.json (no manifest, so no version).
     """
 
-    path: str
-    proportion: float = 1.0
-    version: int | None = None
+    path: str  # dataset root, v=N folder or plain MDS folder; local, file://, s3://, gs://
+    proportion: float = 1.0  # share of each batch drawn from this dataset (normalised over the mixture)
+    version: int | None = None  # pin a dataset version; default the newest complete one
 
     def __post_init__(self) -> None:
         _positive("dataset", proportion=self.proportion, version=self.version)
@@ -93,20 +93,20 @@ class InstructionSpec:
 class DataSection:
     datasets: list[DatasetSpec] = field(default_factory=list)  # the pre-training mixture (MDS datasets)...
     instruction: InstructionSpec | None = None  # ...or instead prompt/response data to fine-tune on
-    train_split: str = "train"
-    eval_split: str | None = "val"
-    shuffle: bool = True
+    train_split: str = "train"  # the split folder training reads
+    eval_split: str | None = "val"  # the split evaluation reads; null: none
+    shuffle: bool = True  # false: read samples in stored order (the ETL already shuffled globally)
     # The shuffle permutes shards, then samples within windows of this many consecutive shards.
     shuffle_window_shards: int = 8
-    seed: int = 1234
+    seed: int = 1234  # the sample order depends on this and the epoch only (not on ranks or workers)
     # Remote shards are kept here (default: <tmp>/kiln-shard-cache), least recently used out first.
     cache_dir: str | None = None
-    cache_limit_gb: float = 64.0
-    prefetch_shards: int = 4
-    download_retries: int = 5
-    verify_hashes: bool = True
-    num_workers: int = 1
-    prefetch_batches: int = 4
+    cache_limit_gb: float = 64.0  # local shard cache size before eviction
+    prefetch_shards: int = 4  # shards downloaded ahead of the one being read
+    download_retries: int = 5  # attempts per shard, with exponential backoff
+    verify_hashes: bool = True  # check each downloaded shard against the hashes in index.json
+    num_workers: int = 1  # DataLoader worker processes per rank
+    prefetch_batches: int = 4  # batches each worker prepares ahead
 
     def __post_init__(self) -> None:
         if bool(self.datasets) == (self.instruction is not None):
@@ -119,11 +119,11 @@ class DataSection:
 
 @dataclass
 class TrainSection:
-    max_steps: int
+    max_steps: int  # optimizer steps of the whole run (a resumed run continues to this)
     global_batch_size: int  # samples per optimizer step, over all ranks
     micro_batch_size: int  # samples per rank per forward; the rest is gradient accumulation
-    seed: int = 42
-    grad_clip: float | None = 1.0
+    seed: int = 42  # model initialisation
+    grad_clip: float | None = 1.0  # clip the global gradient norm to this; null: no clipping
 
     def __post_init__(self) -> None:
         _positive("train", max_steps=self.max_steps, global_batch_size=self.global_batch_size,
@@ -132,10 +132,10 @@ class TrainSection:
 
 @dataclass
 class OptimizerSection:
-    name: Literal["adamw", "lion"] = "adamw"
-    lr: float = 3.0e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1.0e-8
+    name: Literal["adamw", "lion"] = "adamw"  # both with decoupled weight decay
+    lr: float = 3.0e-4  # peak learning rate (after warmup)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # moment decay rates
+    eps: float = 1.0e-8  # AdamW denominator term (LION has none)
     # Decoupled: each step multiplies weights by (1 - weight_decay * lr / peak lr), so the value is
     # a fraction per step (1e-5 is typical), not scaled by the learning rate as in torch's AdamW.
     weight_decay: float = 0.0
@@ -150,8 +150,8 @@ class OptimizerSection:
 
 @dataclass
 class ScheduleSection:
-    warmup_steps: int = 0
-    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 0  # linear warmup from 0 to optimizer.lr
+    decay: Literal["cosine", "linear", "constant"] = "cosine"  # the shape after warmup
     min_lr_ratio: float = 0.1  # the learning rate ends at lr * min_lr_ratio
     decay_steps: int | None = None  # default: train.max_steps
 
@@ -168,11 +168,11 @@ class ParallelSection:
     # full: shard parameters over every rank. hybrid: shard within groups of shard_group_size
     # ranks (default: the ranks of one node) and replicate across groups.
     sharding: Literal["full", "hybrid"] = "full"
-    shard_group_size: int | None = None
+    shard_group_size: int | None = None  # ranks per shard group in hybrid sharding
     device: Literal["auto", "cuda", "cpu"] = "auto"  # auto: cuda when available
     mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on cuda, fp32 on cpu
-    activation_checkpointing: bool = False
-    compile: bool = False
+    activation_checkpointing: bool = False  # recompute each block in the backward pass to save memory
+    compile: bool = False  # torch.compile each block
 
     def __post_init__(self) -> None:
         _positive("parallel", shard_group_size=self.shard_group_size)
@@ -199,18 +199,18 @@ class EvalSection:
 
 @dataclass
 class LoggingSection:
-    every_steps: int = 1
-    progress_bar: bool = True
-    mlflow: bool = True
+    every_steps: int = 1  # metrics every N steps (the progress bar moves every step)
+    progress_bar: bool = True  # a tqdm bar on rank 0
+    mlflow: bool = True  # log to MLflow
     # Default: a local SQLite store, sqlite:///<output_dir>/mlflow.db, artifacts beside it.
     mlflow_tracking_uri: str | None = None
-    mlflow_experiment: str = "kiln"
+    mlflow_experiment: str = "kiln"  # experiment the run is filed under
     wandb_project: str | None = None  # needs `pip install wandb`
     # Dense bf16 FLOP/s of one device for MFU; default: looked up for known GPUs, none on CPU.
     peak_flops_per_device: float | None = None
     # Write the global sample positions and ids each rank consumed per step (for audits and tests).
     sample_ledger: bool = False
-    plot: bool = True
+    plot: bool = True  # write loss.png in the run folder
 
     def __post_init__(self) -> None:
         _positive("logging", every_steps=self.every_steps, peak_flops_per_device=self.peak_flops_per_device)
@@ -289,8 +289,8 @@ class TrainConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     watchdog: WatchdogSection = field(default_factory=WatchdogSection)
     journal: JournalSection = field(default_factory=JournalSection)
-    name: str | None = None
-    output_dir: str = "runs"
+    name: str | None = None  # run name (folder, MLflow run, checkpoint lookup); default a timestamp
+    output_dir: str = "runs"  # each run writes <output_dir>/<name>/
     # Weights to start from (a checkpoint dir or root, a consolidated folder, or a Hugging Face MPT folder):
     # weights only, with a fresh optimizer and schedule from step 0. A checkpoint of this run wins.
     init_from: str | None = None
