@@ -30,10 +30,10 @@ InputFormat = Literal["jsonl", "parquet", "text", "delta"]
 class InputSpec:
     """One input: files (glob) or a Delta table, and how its fields map to ours."""
 
-    path: str
-    source: str
-    format: InputFormat = "jsonl"
-    text_field: str = "text"
+    path: str  # a file, folder or glob (local or s3a://), or a Delta table's folder
+    source: str  # a short name for this input; ids are namespaced by it and it is a column
+    format: InputFormat = "jsonl"  # jsonl (plain, .gz, .zst), parquet, text (a document per file), delta
+    text_field: str = "text"  # the field or column holding the document text
     # The input's own document id; when absent the id is derived from (source, file, row).
     id_field: str | None = None
     # Extra input fields kept as a string map column `meta` (e.g. url, timestamp).
@@ -46,20 +46,21 @@ class InputSpec:
 
 @dataclass
 class StageSpec:
-    name: str
-    params: dict[str, Any] = field(default_factory=dict)
+    name: str  # one of the stages below
+    params: dict[str, Any] = field(default_factory=dict)  # that stage's parameters (its table below)
 
 
 @dataclass
 class PipelineConfig:
-    output: str
-    inputs: list[InputSpec]
-    stages: list[StageSpec]
+    output: str  # root of every table, the report and (by default) the dataset; local or s3a://
+    inputs: list[InputSpec]  # read and unioned by ingest
+    stages: list[StageSpec]  # run in this order after ingest
     # Documents larger than this (UTF-8 bytes) are rejected at ingest: a 100 MB "document" is a bug upstream.
     max_doc_bytes: int = 1_000_000
     # Incremental runs keep state (processed files, dedup indices) here; default <output>/_state.
     state_dir: str | None = None
-    report: bool = True
+    report: bool = True  # write the funnel report (JSON, Delta, HTML with plots) under <output>/report
+    # Spark settings for a session this job creates; never applied over spark-submit's or a cluster's own.
     spark_conf: dict[str, str] = field(default_factory=dict)
     # Raw-zone tables (before the `pii` stage, and `rejected`) keep files an overwrite replaced for
     # this many hours, then VACUUM removes them; null: Delta's defaults (7 days, never vacuumed by us).
