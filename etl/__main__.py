@@ -17,6 +17,19 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_refresh(args) -> int:
+    from .config import load_pipeline_config
+    from .refresh import RefreshError, refresh
+
+    config, stages = load_pipeline_config(args.config, args.set)
+    try:
+        refresh(config, stages)
+    except RefreshError as err:
+        print(f"refresh: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_dedup_explain(args) -> int:
     from .dedup_explain import NotFound, explain
     from .spark import get_spark
@@ -51,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="STAGE.PARAM=VALUE",
                      help="override a value, e.g. --set quality.min_words=20 or --set output=/tmp/out")
     run.set_defaults(func=_cmd_run)
+    refresh = sub.add_parser("refresh", help="take only new input files, add their documents, publish a new dataset version")
+    refresh.add_argument("config", help="pipeline YAML")
+    refresh.add_argument("--set", action="append", default=[], metavar="STAGE.PARAM=VALUE", help="override a value")
+    refresh.set_defaults(func=_cmd_refresh)
     explain = sub.add_parser("dedup-explain", help="show a document's near-duplicate cluster and the text it matched")
     explain.add_argument("output", help="the pipeline's output root")
     explain.add_argument("id", help="document id")
@@ -75,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+
+
+def submit_main(command: str, argv: list[str]) -> int:
+    """For spark-submit scripts (jobs/): `--config CONFIG [--set k=v]` runs `COMMAND CONFIG [--set k=v]`."""
+    return main([command, *(argv[1:] if argv[:1] == ["--config"] else argv)])
 
 
 if __name__ == "__main__":

@@ -218,8 +218,10 @@ def _read_files_task(specs: dict[str, InputSpec], max_bytes: int):
     return read
 
 
-def _read_files(spark: SparkSession, specs: list[InputSpec], max_bytes: int) -> DataFrame | None:
-    listing = [(url, rel, spec.source) for spec in specs for url, rel in list_input_files(spec)]
+def _read_files(
+    spark: SparkSession, specs: list[InputSpec], max_bytes: int, listing: list[tuple[str, str, str]]
+) -> DataFrame | None:
+    """One task per listed file (url, relative path, source)."""
     if not listing:
         return None
     files = spark.createDataFrame(listing, "url string, rel string, source string")
@@ -227,12 +229,13 @@ def _read_files(spark: SparkSession, specs: list[InputSpec], max_bytes: int) -> 
     return files.mapInArrow(_read_files_task({s.source: s for s in specs}, max_bytes), INGEST_SCHEMA)
 
 
-def _read_table(spark: SparkSession, spec: InputSpec, max_bytes: int) -> DataFrame:
+def _read_table(spark: SparkSession, spec: InputSpec, max_bytes: int, files: list[str] | None = None) -> DataFrame:
     path = to_spark_path(spec.path)
     if spec.format == "delta":
         df = spark.read.format("delta").load(path)
     else:
-        df = spark.read.parquet(path).select("*", "_metadata.file_name", "_metadata.row_index")
+        paths = [to_spark_path(f) for f in files] if files is not None else [path]
+        df = spark.read.parquet(*paths).select("*", "_metadata.file_name", "_metadata.row_index")
     missing = [c for c in [spec.text_field, spec.id_field, *spec.keep_fields] if c and c not in df.columns]
     if missing:
         raise ValueError(f"input {spec.source!r} ({spec.path}): no column {missing[0]!r}; columns are {df.columns}")
@@ -263,13 +266,21 @@ def _read_table(spark: SparkSession, spec: InputSpec, max_bytes: int) -> DataFra
     )
 
 
-def ingest(spark: SparkSession, config: PipelineConfig) -> DataFrame:
-    """All inputs as one annotated DataFrame (INGEST_SCHEMA plus content_hash)."""
+def ingest(spark: SparkSession, config: PipelineConfig, files: list[tuple[str, str, str]] | None = None) -> DataFrame:
+    """All inputs as one annotated DataFrame (INGEST_SCHEMA plus content_hash); with `files`
+    ((url, relative path, source) of file inputs), only those files."""
     file_specs = [s for s in config.inputs if s.format in ("jsonl", "text")]
-    parts = [_read_table(spark, s, config.max_doc_bytes) for s in config.inputs if s.format in ("parquet", "delta")]
-    files = _read_files(spark, file_specs, config.max_doc_bytes)
-    if files is not None:
-        parts.append(files)
+    if files is None:
+        parts = [_read_table(spark, s, config.max_doc_bytes) for s in config.inputs if s.format in ("parquet", "delta")]
+        listing = [(url, rel, spec.source) for spec in file_specs for url, rel in list_input_files(spec)]
+    else:
+        chosen = {s.source: [url for url, _, source in files if source == s.source] for s in config.inputs}
+        parts = [_read_table(spark, s, config.max_doc_bytes, chosen[s.source])
+                 for s in config.inputs if s.format == "parquet" and chosen[s.source]]
+        listing = [f for f in files if f[2] in {s.source for s in file_specs}]
+    from_files = _read_files(spark, file_specs, config.max_doc_bytes, listing)
+    if from_files is not None:
+        parts.append(from_files)
     if not parts:
         raise ValueError("no input files found")
     docs = parts[0]

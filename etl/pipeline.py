@@ -11,6 +11,8 @@ Layout under the output root:
 
 Every step overwrites its own tables, so running the same job twice leaves the same contents.
 The funnel is checked at the end: documents read = documents kept + documents rejected, exactly.
+A run is ingest plus `run_stages` over the configured stages; `run_stages` also runs a slice of them
+from another table (etl/refresh.py builds the dataset from its cumulative table that way).
 Tables are marked with the property kiln.zone = raw | curated; with raw_zone_retention_hours set,
 raw-zone tables keep overwritten files only that long (VACUUM LITE after each run).
 """
@@ -53,8 +55,11 @@ class StepCounts:
 class PipelineRun:
     config: PipelineConfig
     run_id: str
-    steps: list[StepCounts]
-    tables: dict[str, str]
+    steps: list[StepCounts] = field(default_factory=list)
+    tables: dict[str, str] = field(default_factory=dict)
+    # The last step of the chain that starts at ingest: its table and the rejected tables together
+    # hold every document read. Steps run from another table come after it (None: no ingest).
+    funnel_end: str | None = None
 
     @property
     def final_table(self) -> str:
@@ -123,41 +128,60 @@ class Pipeline:
         )
 
     def run(self, progress=print) -> PipelineRun:
-        run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        ctx = StageContext(self.spark, self.config.output, self.config.state_root, run_id)
-        steps: list[StepCounts] = []
-        tables: dict[str, str] = {}
+        run = self.new_run()
+        self.ingest(run, progress=progress)
+        self.run_stages(run, self.stages, progress)
+        return self.finish(run, progress)
+
+    def new_run(self) -> PipelineRun:
+        return PipelineRun(self.config, time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
+
+    def ingest(self, run: PipelineRun, files: list[tuple[str, str, str]] | None = None, progress=print) -> None:
+        """The funnel's first step: every input, or only `files` (url, relative path, source)."""
         self._reset_rejected()
-
         start = time.time()
-        annotated = ingest(self.spark, self.config).persist(StorageLevel.MEMORY_AND_DISK)
+        annotated = ingest(self.spark, self.config, files).persist(StorageLevel.MEMORY_AND_DISK)
         self._write_step("ingest", annotated, self._zone(-1))
-        steps.append(_step_counts("ingest", annotated, None, time.time() - start))
+        run.steps.append(_step_counts("ingest", annotated, None, time.time() - start))
         annotated.unpersist()
-        tables["ingest"] = self.table_path("ingest")
-        progress(_progress_line(steps[-1]))
+        run.tables["ingest"] = self.table_path("ingest")
+        run.funnel_end = "ingest"
+        progress(_progress_line(run.steps[-1]))
 
-        for index, stage in enumerate(self.stages):
+    def run_stages(self, run: PipelineRun, stages: list[Stage], progress=print, source: str | None = None) -> None:
+        """Run `stages` (some of this pipeline's, in order), each writing its tables. The first reads
+        the run's last step, or the Delta table `source`, which breaks the funnel chain there."""
+        ctx = StageContext(self.spark, self.config.output, self.config.state_root, run.run_id)
+        continues_funnel = source is None and run.funnel_end == run.steps[-1].stage
+        if source is None:
+            prev = run.steps[-1]
+            source, totals = run.tables[prev.stage], (prev.docs_out, prev.chars_out, prev.bytes_out)
+        else:
+            all_kept = read_table(self.spark, source).withColumn("reason", F.lit(None).cast("string"))
+            totals = _counts(all_kept).get(None, (0, 0, 0))
+        for stage in stages:
             start = time.time()
-            docs = read_table(self.spark, tables[steps[-1].stage])
-            result = stage.run(docs, ctx)
+            result = stage.run(read_table(self.spark, source), ctx)
             annotated = result.docs.persist(StorageLevel.MEMORY_AND_DISK)
             if "reason" not in annotated.columns:
                 raise RuntimeError(f"stage {stage.name!r} returned documents without a 'reason' column")
-            self._write_step(stage.name, annotated, self._zone(index))
+            self._write_step(stage.name, annotated, self._zone(self.stages.index(stage)))
             for table_name, table in result.tables.items():
                 write_table(table, join_path(self.table_path(stage.name), table_name))
-            prev = steps[-1]
-            counts = _step_counts(stage.name, annotated, (prev.docs_out, prev.chars_out, prev.bytes_out), 0.0)
+            counts = _step_counts(stage.name, annotated, totals, 0.0)
             if result.metrics is not None:
                 counts.metrics = result.metrics(annotated)
             counts.seconds = round(time.time() - start, 2)
             annotated.unpersist()
-            steps.append(counts)
-            tables[stage.name] = self.table_path(stage.name)
+            run.steps.append(counts)
+            source = run.tables[stage.name] = self.table_path(stage.name)
+            totals = (counts.docs_out, counts.chars_out, counts.bytes_out)
+            if continues_funnel:
+                run.funnel_end = stage.name
             progress(_progress_line(counts))
 
-        run = PipelineRun(self.config, run_id, steps, tables)
+    def finish(self, run: PipelineRun, progress=print) -> PipelineRun:
+        """Check the funnel, mark and vacuum tables, write the report."""
         self._check_accounting(run)
         self._mark_rejected_zones()
         if self.config.raw_zone_retention_hours is not None:
@@ -202,14 +226,15 @@ class Pipeline:
                 self.spark.sql(f"VACUUM delta.`{to_spark_path(path)}` LITE RETAIN {hours} HOURS").collect()
 
     def _check_accounting(self, run: PipelineRun) -> None:
-        read = run.steps[0].docs_in
-        rejected = sum(
-            self.spark.read.format("delta").load(self._rejected_table(zone)).count()
-            for zone in ("raw", "curated") if table_exists(self.spark, self._rejected_table(zone))
-        )
-        kept = read_table(self.spark, run.final_table).count()
-        if read != kept + rejected:
-            raise RuntimeError(f"funnel does not add up: read {read} != kept {kept} + rejected {rejected}")
+        if run.funnel_end is not None:
+            read = run.steps[0].docs_in
+            rejected = sum(
+                self.spark.read.format("delta").load(self._rejected_table(zone)).count()
+                for zone in ("raw", "curated") if table_exists(self.spark, self._rejected_table(zone))
+            )
+            kept = read_table(self.spark, run.tables[run.funnel_end]).count()
+            if read != kept + rejected:
+                raise RuntimeError(f"funnel does not add up: read {read} != kept {kept} + rejected {rejected}")
         for step in run.steps:
             if step.docs_in != step.docs_out + sum(step.rejected.values()):
                 raise RuntimeError(f"stage {step.stage}: {step.docs_in} in != {step.docs_out} out + rejected {step.rejected}")

@@ -4,10 +4,7 @@ The session comes from spark-submit (or the Databricks cluster); Kiln only adds 
 """
 import sys
 
-from etl.__main__ import main
+from etl.__main__ import submit_main
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    if argv and argv[0] == "--config":
-        argv = argv[1:]
-    sys.exit(main(["run", *argv]))
+    sys.exit(submit_main("run", sys.argv[1:]))

@@ -86,6 +86,10 @@ class ShuffleWriteParams:
         if self.report_window < 1 or self.report_max_samples < 1:
             raise ValueError("report_window and report_max_samples must be >= 1")
 
+    def root(self, output: str) -> str:
+        """Where the versions go: dataset_root, or <output>/dataset (as an fsspec URL)."""
+        return to_fsspec_url(self.dataset_root or storage.join(output, "dataset"))
+
 
 # --------------------------------------------------------------------------- the permutation
 
@@ -308,7 +312,7 @@ class ShuffleAndWrite(Stage):
         example = {"tokens": np.zeros(info["seq_len"], np.dtype(info["token_dtype"])), "bucket": 0, "bucket_index": 0}
         per_shard = samples_per_shard(columns, example, p.compression, p.hashes, p.size_limit)
 
-        root = to_fsspec_url(p.dataset_root or storage.join(ctx.output, "dataset"))
+        root = p.root(ctx.output)
         version = next_version(root)
         version_dir = version_path(root, version)
         spec = _WriteSpec({s: split_path(version_dir, s) for s in splits}, columns, info["token_dtype"],

@@ -1,0 +1,157 @@
+"""Scheduled refresh on a real local Spark + Delta: only new files are taken, dedup runs against what
+was kept before, the cumulative table grows by MERGE, each refresh publishes a new dataset version."""
+from __future__ import annotations
+
+import json
+import random
+import string
+from dataclasses import dataclass
+
+import pytest
+import yaml
+
+from etl.__main__ import main
+from etl.config import load_pipeline_config, validate_pipeline_config
+from etl.delta import read_table, table_version
+from etl.refresh import check_refreshable, refresh
+from etl.tokenizer import save_tokenizer, train_bpe_tokenizer
+from shards import MDSReader, list_versions, read_manifest, version_path
+from shards.config import ConfigError
+
+
+@dataclass
+class Corpus:
+    batch1: list[dict]
+    new: list[dict]  # batch 2's new documents
+    exact: list[dict]  # batch 2's copies of batch-1 documents (case and spacing changed)
+    near: list[dict]  # batch 2's batch-1 documents with one word changed
+    replayed: list[dict]  # batch 2's batch-1 documents again, same id and text
+    republished: list[dict]  # batch 2's batch-1 ids with other text
+
+
+def make_corpus(n1: int = 100, n_new: int = 40, n_dup: int = 10, seed: int = 0) -> Corpus:
+    """Random-word documents (no two alike) with exact and near duplicates of the first batch."""
+    rng = random.Random(seed)
+    vocabulary = sorted({"".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 8))) for _ in range(400)})
+
+    def text() -> str:
+        return " ".join(rng.choice(vocabulary) for _ in range(rng.randint(60, 110))) + "."
+
+    batch1 = [{"id": f"a{i}", "text": text()} for i in range(n1)]
+    new = [{"id": f"b{i}", "text": text()} for i in range(n_new)]
+    exact = [{"id": f"x{i}", "text": "  " + d["text"].upper().replace(" ", "   ")} for i, d in enumerate(batch1[:n_dup])]
+    near = []
+    for i, d in enumerate(batch1[n_dup: 2 * n_dup]):
+        words = d["text"].split(" ")
+        words[len(words) // 2] = "changed"
+        near.append({"id": f"n{i}", "text": " ".join(words), "of": d["id"]})
+    return Corpus(batch1, new, exact, near, [dict(batch1[-1])], [{"id": batch1[-2]["id"], "text": text()}])
+
+
+def write_jsonl(path, docs: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"id": d["id"], "text": d["text"]}) + "\n" for d in docs))
+
+
+def write_config(root, texts: list[str]) -> str:
+    """A tiny tokenizer and a refreshable pipeline reading <root>/in/*.jsonl into <root>/out."""
+    tokenizer = save_tokenizer(train_bpe_tokenizer(texts, vocab_size=300), str(root / "tok"))
+    config = {
+        "output": str(root / "out"), "report": False,
+        "inputs": [{"path": str(root / "in" / "*.jsonl"), "source": "web", "id_field": "id"}],
+        "stages": [
+            {"name": "exact_dedup", "params": {"incremental": True}},
+            {"name": "minhash_dedup", "params": {"incremental": True, "verify": "estimated", "num_perm": 64, "threshold": 0.7}},
+            {"name": "tokenize", "params": {"tokenizer": tokenizer, "seq_len": 64, "num_buckets": 4, "val_fraction": 0.1,
+                                            "tail": "pad"}},
+            {"name": "shuffle_and_write", "params": {"quality_report": False, "size_limit": 20_000}},
+        ],
+    }
+    path = root / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def ids_of(spark, path: str, version: int | None = None, column: str = "id") -> set[str]:
+    return {r[0] for r in read_table(spark, path, version).select(column).distinct().collect()}
+
+
+def dataset_ids(spark, version_dir: str) -> set[str]:
+    """Documents of a dataset version, from the provenance table at the Delta version its manifest records."""
+    source = next(t for t in read_manifest(version_dir).source_tables if t["path"].endswith("/provenance"))
+    return ids_of(spark, source["path"], source["delta_version"], "doc_id")
+
+
+def test_refresh_takes_only_new_files_and_publishes_a_version_each_time(spark, tmp_path, capsys):
+    corpus = make_corpus()
+    write_jsonl(tmp_path / "in" / "batch1_a.jsonl", corpus.batch1[:50])
+    write_jsonl(tmp_path / "in" / "batch1_b.jsonl", corpus.batch1[50:])
+    config_path = write_config(tmp_path, [d["text"] for d in corpus.batch1])
+    out, dataset = str(tmp_path / "out"), str(tmp_path / "out" / "dataset")
+    batch1 = {f"web/{d['id']}" for d in corpus.batch1}
+
+    config, stages = load_pipeline_config(config_path)
+    run = refresh(config, stages, spark, progress=lambda line: None)
+    assert ids_of(spark, f"{out}/cumulative") == batch1
+    assert list_versions(dataset) == [1] and dataset_ids(spark, version_path(dataset, 1)) == batch1
+    assert run.steps[0].docs_in == 100 and run.funnel_end == "accumulate"
+
+    # Again over the same files: nothing is written, not even an empty commit.
+    versions = {t: table_version(spark, f"{out}/{t}") for t in ("cumulative", "tokenize", "_state/refresh_files")}
+    assert main(["refresh", config_path]) == 0
+    assert "nothing new" in capsys.readouterr().out
+    assert {t: table_version(spark, f"{out}/{t}") for t in versions} == versions
+    assert list_versions(dataset) == [1]
+
+    # Batch 2: new documents, and exact and near duplicates of batch-1 documents.
+    # An id published before comes back: the same document (a replay) or other content.
+    write_jsonl(tmp_path / "in" / "batch2.jsonl", corpus.new + corpus.exact + corpus.near + corpus.replayed + corpus.republished)
+    run = refresh(config, stages, spark, progress=lambda line: None)
+    new = {f"web/{d['id']}" for d in corpus.new}
+    replayed, republished = f"web/{corpus.replayed[0]['id']}", f"web/{corpus.republished[0]['id']}"
+    assert ids_of(spark, f"{out}/accumulate") == new | {replayed}
+    cumulative = {r["id"]: r["text"] for r in read_table(spark, f"{out}/cumulative").collect()}
+    assert set(cumulative) == batch1 | new and cumulative[republished] == corpus.batch1[-2]["text"]
+    rejected = {r["id"]: (r["reason"], r["detail"]) for r in read_table(spark, f"{out}/rejected").collect()}
+    assert rejected == {
+        **{f"web/{d['id']}": ("exact_duplicate", f"web/a{i}") for i, d in enumerate(corpus.exact)},
+        **{f"web/{d['id']}": ("near_duplicate", f"web/{d['of']}") for d in corpus.near},
+        republished: ("id_already_published", "other content than the published document with this id"),
+    }
+    funnel = {s.stage: (s.docs_in, s.docs_out) for s in run.steps}
+    assert funnel["ingest"] == (62, 62) and funnel["accumulate"] == (42, 41) and funnel["tokenize"] == (140, 140)
+    assert run.steps[-3].metrics == {"inserted": 40}
+
+    assert list_versions(dataset) == [1, 2]
+    v1, v2 = read_manifest(version_path(dataset, 1)), read_manifest(version_path(dataset, 2))
+    assert dataset_ids(spark, version_path(dataset, 2)) == batch1 | new
+    assert dataset_ids(spark, version_path(dataset, 1)) == batch1  # Delta time travel keeps v=1's tables
+    assert sum(v2.num_tokens.values()) > sum(v1.num_tokens.values()) and sum(v2.num_samples.values()) > sum(v1.num_samples.values())
+    for split in v1.splits:  # the old version's shards are untouched
+        assert len(list(MDSReader(f"{version_path(dataset, 1)}/{split}"))) == v1.num_samples[split]
+
+    # A file taken before whose contents changed is an error, not silently taken or skipped.
+    with open(tmp_path / "in" / "batch1_a.jsonl", "a") as f:
+        f.write(json.dumps({"id": "late", "text": "a late addition."}) + "\n")
+    assert main(["refresh", config_path]) == 1
+    err = capsys.readouterr().err
+    assert "1 input file(s) changed after a refresh took them" in err and "batch1_a.jsonl" in err
+    assert list_versions(dataset) == [1, 2]
+
+
+@pytest.mark.parametrize("stage", ["exact_dedup", "minhash_dedup"])
+def test_refresh_requires_incremental_dedup(tmp_path, capsys, stage):
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "1", "text": "one two three."}])
+    config_path = write_config(tmp_path, ["one two three four five six"])
+    assert main(["refresh", config_path, "--set", f"{stage}.incremental=false"]) == 2
+    assert f"refresh needs {stage} with `incremental: true`" in capsys.readouterr().err
+
+
+def test_refresh_requires_the_dataset_stages(tmp_path):
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": "1", "text": "one two three."}])
+    config, stages = validate_pipeline_config({
+        "output": str(tmp_path / "out"), "inputs": [{"path": str(tmp_path / "in" / "*.jsonl"), "source": "web"}],
+        "stages": [{"name": "exact_dedup", "params": {"incremental": True}}],
+    })
+    with pytest.raises(ConfigError, match="must end with tokenize, shuffle_and_write"):
+        check_refreshable(config, stages)
