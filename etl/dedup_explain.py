@@ -24,12 +24,12 @@ class NotFound(LookupError):
     """The output has no dedup clusters, or the id is in none of them."""
 
 
-def _texts(spark: SparkSession, output: str, ids: list[str]) -> dict[str, str]:
-    """Texts as the stage saw them: its kept table, its rejected rows, else the ingest table."""
+def stage_texts(spark: SparkSession, output: str, ids: list[str], stage: str = STAGE) -> dict[str, str]:
+    """Texts as a raw-zone stage saw them: its kept table, its rejected rows, else the ingest table."""
     found: dict[str, str] = {}
     sources = [
-        (join_path(output, STAGE), None),
-        (join_path(output, "rejected"), F.col("stage") == STAGE),
+        (join_path(output, stage), None),
+        (join_path(output, "rejected"), F.col("stage") == stage),
         (join_path(output, "ingest"), None),
     ]
     for path, condition in sources:
@@ -91,7 +91,7 @@ def explain(spark: SparkSession, output: str, doc_id: str, width: int | None = N
         lines.append(f"  ... and {len(members) - MAX_MEMBERS_SHOWN} more")
     if match_id is None:
         return "\n".join(lines)
-    texts = _texts(spark, output, [doc_id, match_id])
+    texts = stage_texts(spark, output, [doc_id, match_id])
     missing = "(text not in this output; it was published by an earlier incremental batch)"
     width = width or shutil.get_terminal_size((160, 40)).columns
     lines.append("")

@@ -42,53 +42,59 @@ def banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
 
-def build_corpus() -> tuple[Path, Path, list[str]]:
-    """The raw inputs (fixture with planted problems + extra near-dup/PII/toxic/leaked docs) and an eval set."""
+def build_corpus(out: Path, n_docs: int = 2400, planted: int = 60) -> tuple[Path, Path, list[str]]:
+    """The raw inputs under ``out``: a fixture of ``n_docs`` records with planted problems, plus
+    ``planted`` near duplicates, ``planted`` documents with personal data and ``planted // 2`` abusive
+    ones (from the fixture's clean documents), and an eval set leaked into the corpus."""
     from etl.fixtures import make_fixture, read_fixture_texts
 
-    raw = OUT / "raw"
-    truth = make_fixture(n_docs=2400, seed=7, out_dir=str(raw / "web"))
+    raw = out / "raw"
+    truth = make_fixture(n_docs=n_docs, seed=7, out_dir=str(raw / "web"))
     texts = dict(read_fixture_texts(truth))
-    clean = [texts[doc_id] for doc_id in truth.clean[:400]]
+    clean = [texts[doc_id] for doc_id in truth.clean]
+    toxic_end = 2 * planted + planted // 2
+    if len(clean) < toxic_end + 10:
+        raise ValueError(f"{n_docs} documents hold {len(clean)} clean ones, too few to plant {planted} of each problem")
     rng = random.Random(7)
     extra = []
-    for i, text in enumerate(clean[:60]):  # near duplicates: a few words changed
+    for i, text in enumerate(clean[:planted]):  # near duplicates: a few words changed
         words = text.split()
         for _ in range(max(1, len(words) // 50)):
             words[rng.randrange(len(words))] = rng.choice(["indeed", "also", "often", "here"])
         extra.append({"id": f"near-{i}", "text": " ".join(words)})
-    for i, text in enumerate(clean[60:120]):  # personal data inside otherwise good prose
+    for i, text in enumerate(clean[planted:2 * planted]):  # personal data inside otherwise good prose
         extra.append({"id": f"pii-{i}", "text": text + "\n\n" + PII_LINES[i % len(PII_LINES)].format(n=i)})
-    for i, text in enumerate(clean[120:150]):  # abusive lines
+    for i, text in enumerate(clean[2 * planted:toxic_end]):  # abusive lines
         extra.append({"id": f"toxic-{i}", "text": text + "\n\n" + " ".join(TOXIC_LINES)})
     (raw / "forum").mkdir(parents=True, exist_ok=True)
     with open(raw / "forum" / "posts.jsonl", "w") as handle:
         for record in extra:
             handle.write(json.dumps(record) + "\n")
     # An evaluation set whose passages also sit in the training corpus: decontamination must remove those.
-    eval_dir = OUT / "eval"
+    eval_dir = out / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
     eval_path = eval_dir / "lambada_demo.jsonl"
     with open(eval_path, "w") as handle:
-        for text in clean[150:160]:
+        for text in clean[toxic_end:toxic_end + 10]:
             words = text.split()
             handle.write(json.dumps({"context": " ".join(words[:40]), "continuation": " " + words[40]}) + "\n")
     return raw, eval_path, [t for t in texts.values() if isinstance(t, str)]
 
 
-def train_tokenizer(texts: list[str]) -> Path:
+def train_tokenizer(texts: list[str], out: Path, vocab_size: int = 2048) -> Path:
     from etl.tokenizer import save_tokenizer, train_bpe_tokenizer
 
-    tokenizer = train_bpe_tokenizer(texts, vocab_size=2048)
-    return Path(save_tokenizer(tokenizer, str(OUT / "tokenizer")))
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=vocab_size)
+    return Path(save_tokenizer(tokenizer, str(out / "tokenizer")))
 
 
-def run_etl(raw: Path, eval_path: Path, tokenizer: Path) -> Path:
+def run_etl(raw: Path, eval_path: Path, tokenizer: Path, out: Path, spark=None, progress=print) -> Path:
+    """Every stage of configs/demo_pipeline.yaml into ``out/etl``; ``spark``: an existing session."""
     from etl.config import validate_pipeline_config
     from etl.pipeline import run_pipeline
 
     data = yaml.safe_load((ROOT / "configs" / "demo_pipeline.yaml").read_text())
-    data["output"] = str(OUT / "etl")
+    data["output"] = str(out / "etl")
     data["inputs"][0]["path"] = str(raw / "web" / "*")
     data["inputs"][1]["path"] = str(raw / "forum" / "*.jsonl")
     for stage in data["stages"]:
@@ -97,8 +103,8 @@ def run_etl(raw: Path, eval_path: Path, tokenizer: Path) -> Path:
         if stage["name"] == "decontaminate":
             stage["params"]["eval_paths"] = [str(eval_path)]
     config, stages = validate_pipeline_config(data)
-    run_pipeline(config, stages)
-    return OUT / "etl"
+    run_pipeline(config, stages, spark, progress)
+    return out / "etl"
 
 
 def train_model(dataset: Path) -> Path:
@@ -142,11 +148,11 @@ def main() -> int:
     start = time.time()
     OUT.mkdir(parents=True, exist_ok=True)
     banner("1/5 building the demo corpus (stdlib docstrings + planted problems)")
-    raw, eval_path, texts = build_corpus()
+    raw, eval_path, texts = build_corpus(OUT)
     banner("2/5 training a byte-level BPE tokenizer")
-    tokenizer = train_tokenizer(texts)
+    tokenizer = train_tokenizer(texts, OUT)
     banner("3/5 ETL: every stage, Spark + Delta -> MDS shards")
-    etl_out = run_etl(raw, eval_path, tokenizer)
+    etl_out = run_etl(raw, eval_path, tokenizer, OUT)
     dataset = etl_out / "dataset"
     banner("4/5 training a small MPT on the shards (2 ranks, FSDP2 on CPU)")
     run_dir = train_model(dataset)
