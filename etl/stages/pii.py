@@ -51,11 +51,11 @@ class CustomRecognizer:
     Patterns use the `regex` module's syntax (as presidio does) and ignore case unless ``case_sensitive``.
     """
 
-    entity: str
-    patterns: list[str]
-    context: list[str] = field(default_factory=list)
-    score: float = 0.6
-    case_sensitive: bool = False
+    entity: str  # the type name it reports, e.g. EMPLOYEE_ID (actions are keyed by it)
+    patterns: list[str]  # regular expressions, any of which matches
+    context: list[str] = field(default_factory=list)  # words that raise a nearby match's score
+    score: float = 0.6  # a bare match's score
+    case_sensitive: bool = False  # patterns ignore case unless true
 
     def __post_init__(self):
         import regex
@@ -79,7 +79,7 @@ class PiiParams:
     entities: list[str] = field(default_factory=lambda: list(PATTERN_ENTITIES))
     # Action per entity type; types not listed get default_action.
     actions: dict[str, Action] = field(default_factory=dict)
-    default_action: Action = "redact"
+    default_action: Action = "redact"  # redact (<TYPE>), mask (***), hash (salted, stable), drop (reject the document)
     # presidio confidence a match needs. Weak patterns (a bare 9-digit number as an SSN) only reach
     # it with a context word nearby ("SSN", "social security").
     score_threshold: float = 0.4

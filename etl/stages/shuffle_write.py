@@ -65,13 +65,13 @@ class ShuffleWriteParams:
     # The samples table of `tokenize`, relative to the pipeline output unless absolute or a URL;
     # its `buckets`, `info` and `provenance` tables are read from the same folder.
     samples_table: str = "tokenize/samples"
-    seed: int = 0
+    seed: int = 0  # the global permutation of the samples depends on this alone
     size_limit: int = 1 << 26  # uncompressed bytes per shard, as streaming's writer counts them
     compression: str | None = None  # e.g. "zstd" or "zstd:7"
     hashes: list[str] = field(default_factory=lambda: ["sha1"])  # "sha1", "xxh3_64", ...
     # Spark tasks writing shards; default the cluster's default parallelism.
     write_tasks: int | None = None
-    quality_report: bool = True
+    quality_report: bool = True  # write the shuffle quality report (sources per window, plots)
     report_window: int = 256  # samples per window in the shuffle quality report
     # Larger splits are reported on the samples at shuffled positions below this (a uniform subset).
     report_max_samples: int = 1_000_000

@@ -30,6 +30,8 @@ SCORE_COLUMN = "toxicity"
 
 @dataclass
 class ToxicityParams:
+    # wordlist: per-language word lists; profanity_check: the linear model inside alt-profanity-check;
+    # huggingface: a sequence-classification model from model_path. All score in [0, 1].
     scorer: Literal["wordlist", "profanity_check", "huggingface"] = "wordlist"
     # Reject documents scoring at or above this; null: reject none (only score).
     max_score: float | None = 0.3
@@ -42,10 +44,10 @@ class ToxicityParams:
     # Word lists replacing the built-in ones, language -> file path (local or s3://); see etl/data/toxicity/en.txt.
     wordlists: dict[str, str] = field(default_factory=dict)
     # huggingface scorer: the model folder, the label that means toxic (default: guessed), and batching.
-    model_path: str | None = None
-    model_label: str | None = None
-    batch_size: int = 32
-    max_length: int = 512
+    model_path: str | None = None  # a local or object-store folder with the model and its tokenizer
+    model_label: str | None = None  # the label whose probability is the score
+    batch_size: int = 32  # texts per forward pass
+    max_length: int = 512  # tokens per text; longer texts are truncated
 
     def __post_init__(self):
         for name in ("max_score", "min_score"):
