@@ -1,6 +1,6 @@
-"""language -> pii -> toxicity in one real pipeline run: no planted PII value survives anywhere
-downstream of `pii`, raw and curated zones are marked and kept apart, raw-zone tables are vacuumed,
-and no _delta_log holds document text."""
+"""language -> pii -> toxicity -> tokenize -> shuffle_and_write in one real pipeline run: no planted
+PII value survives anywhere downstream of `pii` (tables, logs, reports, MDS shards), raw and curated
+zones are marked and kept apart, raw-zone tables are vacuumed, and no _delta_log holds document text."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
@@ -17,6 +18,9 @@ from etl.config import validate_pipeline_config
 from etl.delta import read_table, write_table
 from etl.pii_eval import generate
 from etl.pipeline import run_pipeline
+from etl.tokenizer import load_tokenizer
+from shards import MDSReader, read_manifest
+from tests.test_tokenize import write_fixture_tokenizer
 
 SALT_ENV = "KILN_TEST_PII_SALT"
 REPEATED_EMAIL = "ann.lee@example.org"
@@ -61,6 +65,7 @@ def pipeline_run(spark, tmp_path_factory):
     (root / "in").mkdir()
     (root / "in" / "docs.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     os.environ[SALT_ENV] = "pipeline-test-salt-0123456789"
+    tokenizer = write_fixture_tokenizer(root / "tok")
     config, stages = validate_pipeline_config({
         "output": str(root / "out"),
         "inputs": [{"path": str(root / "in" / "*.jsonl"), "source": "web", "id_field": "id"}],
@@ -70,6 +75,10 @@ def pipeline_run(spark, tmp_path_factory):
             {"name": "pii", "params": {"actions": {"EMAIL": "hash", "PHONE": "mask", "SECRET": "drop"},
                                        "max_density": 0.4, "hash_salt_env": SALT_ENV}},
             {"name": "toxicity", "params": {"max_score": 0.3}},
+            # Padded tails: every token of every document reaches the shards, so all of it is searched.
+            {"name": "tokenize", "params": {"tokenizer": tokenizer, "seq_len": 128, "num_buckets": 2,
+                                            "val_fraction": 0.2, "tail": "pad"}},
+            {"name": "shuffle_and_write", "params": {"size_limit": 20_000, "report_window": 4}},
         ],
     })
     # Tables an earlier run left: raw-zone ones must lose these files to VACUUM, curated ones keep them.
@@ -84,7 +93,8 @@ def pipeline_run(spark, tmp_path_factory):
         logging.getLogger().removeHandler(handler)
         del os.environ[SALT_ENV]
     return {"root": root, "out": root / "out", "run": run, "planted": planted, "raw_only": raw_only,
-            "expected_counts": expected, "log": lines + handler.messages}
+            "expected_counts": expected, "log": lines + handler.messages, "tokenizer": tokenizer,
+            "dataset": run.steps[-1].metrics["dataset"]}
 
 
 class _ListHandler(logging.Handler):
@@ -106,15 +116,19 @@ def _files_text(folder: Path) -> str:
     return "\n".join(p.read_bytes().decode("utf-8", "replace") for p in sorted(folder.rglob("*")) if p.is_file())
 
 
+# Every table from `pii` on, with the extra tables `tokenize` writes beside its own.
+CURATED_TABLES = ("pii", "toxicity", "tokenize", "tokenize/samples", "tokenize/provenance", "tokenize/buckets",
+                  "tokenize/info", "shuffle_and_write", "rejected_curated", "report/funnel")
+
+
 def test_no_planted_value_downstream_of_pii(spark, pipeline_run):
     out = pipeline_run["out"]
-    haystacks = {
-        name: "\n".join(_table_strings(spark, out / name)) for name in ("pii", "toxicity", "rejected_curated")
-    }
-    for name in ("pii", "toxicity", "rejected_curated"):
+    haystacks = {name: "\n".join(_table_strings(spark, out / name)) for name in CURATED_TABLES}
+    for name in CURATED_TABLES:
         haystacks[f"{name}/_delta_log"] = _files_text(out / name / "_delta_log")
-    haystacks["report"] = "\n".join(_files_text(out / "report" / f) if (out / "report" / f).is_dir() else
-                                     (out / "report" / f).read_text() for f in ("funnel.json", "report.html", "funnel"))
+    # Every file of the run report and of the dataset: shards, index.json, manifest, shuffle report.
+    haystacks["report"] = _files_text(out / "report")
+    haystacks["dataset"] = _files_text(out / "dataset")
     haystacks["logs"] = "\n".join(pipeline_run["log"])
     leaks = [(where, value) for value in pipeline_run["planted"] for where, text in haystacks.items() if value in text]
     assert leaks == []
@@ -122,6 +136,42 @@ def test_no_planted_value_downstream_of_pii(spark, pipeline_run):
     curated_rejects = read_table(spark, str(out / "rejected_curated")).collect()
     assert {r["stage"] for r in curated_rejects} == {"pii", "toxicity"}
     assert all("<" in r["text"] or "*" in r["text"] for r in curated_rejects if r["stage"] == "pii")
+
+
+def _documents_in_shards(dataset: str, eos: int, tokenizer) -> list[str]:
+    """The documents as the shards hold them: each bucket's samples in packing order, concatenated,
+    cut at EOS and decoded (the padded tail decodes to nothing)."""
+    texts = []
+    for split in read_manifest(dataset).splits:
+        samples = sorted((int(s["bucket"]), int(s["bucket_index"]), s["tokens"].tolist())
+                         for s in MDSReader(f"{dataset}/{split}"))
+        for bucket in sorted({b for b, _, _ in samples}):
+            stream = [t for b, _, tokens in samples if b == bucket for t in tokens]
+            ends = [i for i, t in enumerate(stream) if t == eos]
+            texts += [tokenizer.decode(stream[a + 1:b]) for a, b in zip([-1] + ends, ends)]
+    return texts
+
+
+def test_shards_hold_the_redacted_documents_and_no_planted_value(spark, pipeline_run):
+    """Decoded, the shards hold exactly the final table's texts, so searching them sees every
+    document; no planted value is in them. The raw shard bytes hold no planted value's token ids
+    either (as tokenised alone and after a space: how it reads at the start of a text or a word)."""
+    loaded = load_tokenizer(pipeline_run["tokenizer"])
+    tokenizer, eos = loaded.tokenizer, loaded.token_id("<|endoftext|>", "eos")
+    decoded = _documents_in_shards(pipeline_run["dataset"], eos, tokenizer)
+    final = [r["text"] for r in read_table(spark, str(pipeline_run["out"] / "shuffle_and_write")).select("text").collect()]
+    assert Counter(decoded) == Counter(final)
+    assert [v for v in pipeline_run["planted"] if any(v in text for text in decoded)] == []
+
+    shards = [p.read_bytes() for p in Path(pipeline_run["dataset"]).rglob("*.mds")]
+    dtype = np.dtype(read_manifest(pipeline_run["dataset"]).extra["columns"]["tokens"].split(":")[1])
+
+    def token_bytes(text: str) -> bytes:
+        return np.array(tokenizer.encode(text, add_special_tokens=False).ids, dtype).tobytes()
+
+    assert any(token_bytes(FILLER_MARK) in shard for shard in shards)  # the search does find what is there
+    leaks = [v for v in pipeline_run["planted"] for variant in (v, " " + v) if any(token_bytes(variant) in shard for shard in shards)]
+    assert leaks == []
 
 
 def test_actions_and_metrics(spark, pipeline_run):
@@ -161,7 +211,7 @@ def test_zones_are_marked_and_raw_rejects_stay_in_the_raw_zone(spark, pipeline_r
         return props.get("kiln.zone")
 
     assert [zone(n) for n in ("ingest", "language", "rejected")] == ["raw"] * 3
-    assert [zone(n) for n in ("pii", "toxicity", "rejected_curated")] == ["curated"] * 3
+    assert [zone(n) for n in ("pii", "toxicity", "tokenize", "shuffle_and_write", "rejected_curated")] == ["curated"] * 5
     raw_rejects = read_table(spark, str(out / "rejected")).collect()
     assert {r["stage"] for r in raw_rejects} == {"language"}
     assert any(pipeline_run["raw_only"][0] in r["text"] for r in raw_rejects)  # raw text stays raw, in its zone
