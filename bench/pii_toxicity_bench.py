@@ -5,6 +5,10 @@ For each stage: the same texts, the same configuration, in the same run:
          + AnonymizerEngine, the word-list scorer, py3langid), engines built beforehand;
   spark  the stage's DataFrame on local[N] Spark, forced with the `noop` writer, after one warm-up
          pass (Python workers are reused, so the engines are built once per worker).
+Besides documents/s, the CPU seconds per document of the whole process tree (driver, Spark's JVM and
+Python workers): on a machine shared with other jobs the kernel gives each session a fair share
+of the cores (autogroup scheduling), so a side's docs/s depends on who else runs, while its CPU per
+document does not; `cores x loop CPU / Spark CPU` is the ratio with the cores to itself.
 For `pii` also datatrove 0.10.1's PIIFormatter (regular expressions for e-mail and IPv4 only) in a
 loop, from its own virtualenv (.cache/venv-datatrove, made by scripts/side_install_datatrove.sh).
 
@@ -55,19 +59,45 @@ def make_texts(n: int, seed: int = 5) -> list[str]:
     return texts
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU used so far by this process and every live process below it (Spark's JVM and Python
+    workers), with what their exited children used: how much machine a turn took, whatever else runs."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, used = {}, {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited while we looked
+            continue
+        parent[int(pid)], used[int(pid)] = int(fields[1]), sum(int(f) for f in fields[11:15]) / tick
+
+    def below_us(pid: int) -> bool:
+        while pid > 1 and pid != os.getpid():
+            pid = parent.get(pid, 1)
+        return pid == os.getpid()
+
+    return time.process_time() + sum(t for pid, t in used.items() if pid != os.getpid() and below_us(pid))
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process tree) of one call."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, cpu_seconds() - cpu
 
 
-def best_of(repeats: int, loop, spark) -> tuple[float, float]:
-    """Loop and Spark timed in turns, the best of each kept: on a shared machine the fastest run is
-    the least disturbed one, and taking turns exposes both sides to the same background load."""
-    loop_best = spark_best = float("inf")
-    for _ in range(repeats):
-        loop_best = min(loop_best, loop())
-        spark_best = min(spark_best, spark())
+def best_of(name: str, n: int, repeats: int, loop, spark) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Loop and Spark timed in turns, the best wall time and CPU time of each kept: on a shared
+    machine the fastest run is the least disturbed one, and taking turns exposes both sides to the
+    same background load. Every turn is printed with the load average, so a disturbed one shows."""
+    loop_best = spark_best = (float("inf"), float("inf"))
+    for turn in range(repeats):
+        (loop_s, loop_cpu), (spark_s, spark_cpu) = loop(), spark()
+        print(f"  {name} turn {turn + 1}: loop {n / loop_s:,.0f} docs/s ({1000 * loop_cpu / n:.2f} ms CPU/doc), "
+              f"spark {n / spark_s:,.0f} docs/s ({1000 * spark_cpu / n:.2f} ms CPU/doc), {loop_s / spark_s:.2f}x; "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
+        loop_best = (min(loop_best[0], loop_s), min(loop_best[1], loop_cpu))
+        spark_best = (min(spark_best[0], spark_s), min(spark_best[1], spark_cpu))
     return loop_best, spark_best
 
 
@@ -174,20 +204,23 @@ def main() -> None:
     ]:
         if name not in args.stages:
             continue
-        loop_s, spark_s = best_of(args.repeat, lambda: loop(texts), spark_stage(spark, docs, stage))
-        results.append((name, loop_s, spark_s))
-    profanity_s = loop_profanity_check(texts) if "toxicity" in args.stages else None
+        results.append((name, *best_of(name, len(texts), args.repeat, lambda: loop(texts), spark_stage(spark, docs, stage))))
+    profanity_s = loop_profanity_check(texts)[0] if "toxicity" in args.stages else None
     datatrove_s = loop_datatrove(texts) if "pii" in args.stages else None
 
     n = len(texts)
-    print(f"\n{'stage':24s} {'loop docs/s':>12s} {'spark docs/s':>13s} {'spark/loop':>11s}")
-    for name, loop_s, spark_s in results:
-        print(f"{name:24s} {n / loop_s:12,.0f} {n / spark_s:13,.0f} {loop_s / spark_s:10.2f}x")
+    print(f"\n{'stage':10s} {'loop docs/s':>12s} {'spark docs/s':>13s} {'spark/loop':>11s} {'loop CPU':>9s} {'spark CPU':>10s} "
+          f"{'spark/loop, own cores':>22s}")
+    for name, (loop_s, loop_cpu), (spark_s, spark_cpu) in results:
+        # With its cores to itself a side runs at cores / CPU per document (the loop uses one core).
+        print(f"{name:10s} {n / loop_s:12,.0f} {n / spark_s:13,.0f} {loop_s / spark_s:10.2f}x "
+              f"{1000 * loop_cpu / n:6.2f} ms {1000 * spark_cpu / n:7.2f} ms {args.cores * loop_cpu / spark_cpu:21.2f}x")
+    print("(CPU: per document, of the whole process tree: the driver, Spark's JVM and its Python workers)")
     print(f"load average now {os.getloadavg()[0]:.1f}")
     if profanity_s is not None:
         print(f"{'alt-profanity-check loop':24s} {n / profanity_s:12,.0f}   (batched predict_prob, 1 process)")
     if datatrove_s is not None:
-        pii_spark_s = next(spark_s for name, _, spark_s in results if name == "pii")
+        pii_spark_s = next(spark[0] for name, _, spark in results if name == "pii")
         print(f"{'datatrove PIIFormatter':24s} {n / datatrove_s:12,.0f}   (e-mail + IPv4 regexes only; "
               f"Kiln pii on Spark is {datatrove_s / pii_spark_s:.2f}x its speed)")
 
