@@ -3,16 +3,16 @@
 For each stage: the same texts, the same configuration, in the same run:
   loop   the library called document by document in one Python process (presidio's AnalyzerEngine
          + AnonymizerEngine, the word-list scorer, py3langid), engines built beforehand;
-  spark  the stage's DataFrame on local[N] Spark, forced with the `noop` writer, after one warm-up
-         pass (Python workers are reused, so the engines are built once per worker).
+  spark  the stage's DataFrame on local[N] Spark, forced with the `noop` writer, after a warm-up
+         pass before each turn (Python workers are reused, so the engines are built beforehand).
 Besides documents/s, the CPU seconds per document of the whole process tree (driver, Spark's JVM and
-Python workers): on a machine shared with other jobs the kernel gives each session a fair share
-of the cores (autogroup scheduling), so a side's docs/s depends on who else runs, while its CPU per
-document does not; `cores x loop CPU / Spark CPU` is the ratio with the cores to itself.
+Python workers): on a machine shared with other jobs a side's docs/s depends on how much CPU the
+others leave it, its CPU per document much less; `cores x loop CPU / Spark CPU` is the ratio when
+each side has its cores to itself.
 For `pii` also datatrove 0.10.1's PIIFormatter (regular expressions for e-mail and IPv4 only) in a
 loop, from its own virtualenv (.cache/venv-datatrove, made by scripts/side_install_datatrove.sh).
 
-    .venv/bin/python bench/pii_toxicity_bench.py [--docs 4000] [--cores 2]
+    .venv/bin/python bench/pii_toxicity_bench.py [--docs 20000] [--stages pii] [--cores 2]
 """
 from __future__ import annotations
 
@@ -59,9 +59,9 @@ def make_texts(n: int, seed: int = 5) -> list[str]:
     return texts
 
 
-def cpu_seconds() -> float:
-    """CPU used so far by this process and every live process below it (Spark's JVM and Python
-    workers), with what their exited children used: how much machine a turn took, whatever else runs."""
+def tree_cpu_seconds() -> dict[int, float]:
+    """CPU seconds used so far by each live process below this one (Spark's JVM and Python workers),
+    with what the children it waited for used."""
     tick = os.sysconf("SC_CLK_TCK")
     parent, used = {}, {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -76,14 +76,17 @@ def cpu_seconds() -> float:
             pid = parent.get(pid, 1)
         return pid == os.getpid()
 
-    return time.process_time() + sum(t for pid, t in used.items() if pid != os.getpid() and below_us(pid))
+    return {pid: t for pid, t in used.items() if pid != os.getpid() and below_us(pid)}
 
 
 def timed(fn) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process tree) of one call."""
-    wall, cpu = time.perf_counter(), cpu_seconds()
+    """(wall seconds, CPU seconds of this process and the ones below it) of one call. Each process
+    counts from where it stood before the call, or from zero if it started during it; one that
+    exits during the call takes its share along (Spark's daemon does not wait for its workers)."""
+    wall, own, tree = time.perf_counter(), time.process_time(), tree_cpu_seconds()
     fn()
-    return time.perf_counter() - wall, cpu_seconds() - cpu
+    below = sum(t - tree.get(pid, 0.0) for pid, t in tree_cpu_seconds().items())
+    return time.perf_counter() - wall, time.process_time() - own + below
 
 
 def best_of(name: str, n: int, repeats: int, loop, spark) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -156,7 +159,7 @@ def loop_datatrove(texts: list[str]) -> float | None:
 
 
 def spark_stage(spark, docs, stage):
-    """A function timing the stage over `docs` once (after a warm-up now)."""
+    """A function timing the stage over `docs` once, after a warm-up."""
     from etl.stages.base import StageContext
 
     ctx = StageContext(spark, "", "", "bench")
@@ -164,8 +167,13 @@ def spark_stage(spark, docs, stage):
     def run(frame):
         stage.run(frame, ctx).docs.write.format("noop").mode("overwrite").save()
 
-    run(docs.sample(fraction=0.02, seed=1))  # warm-up: the Python workers start and build their engines
-    return lambda: timed(lambda: run(docs))
+    def turn():
+        # Warm-up: Spark ends Python workers idle for a minute (as they are while the loop runs), so
+        # before each turn the workers start and build their engines, as the loop's are built.
+        run(docs.sample(fraction=0.02, seed=1))
+        return timed(lambda: run(docs))
+
+    return turn
 
 
 def main() -> None:
