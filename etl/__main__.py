@@ -30,6 +30,20 @@ def _cmd_refresh(args) -> int:
     return 0
 
 
+def _cmd_erase(args) -> int:
+    from .config import load_pipeline_config
+    from .erase import ErasureError, erase
+
+    # The inputs may be gone (or be the very thing being taken down): only the outputs matter here.
+    config, stages = load_pipeline_config(args.config, args.set, check_inputs=False)
+    try:
+        erase(config, stages, args.ids, retire_versions=args.retire_versions)
+    except ErasureError as err:
+        print(f"erase: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_dedup_explain(args) -> int:
     from .dedup_explain import NotFound, explain
     from .spark import get_spark
@@ -68,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     refresh.add_argument("config", help="pipeline YAML")
     refresh.add_argument("--set", action="append", default=[], metavar="STAGE.PARAM=VALUE", help="override a value")
     refresh.set_defaults(func=_cmd_refresh)
+    erase = sub.add_parser("erase", help="erase documents from every table and publish a dataset version without them")
+    erase.add_argument("config", help="pipeline YAML")
+    erase.add_argument("--ids", required=True, metavar="FILE", help="one document id, or content hash, per line")
+    erase.add_argument("--retire-versions", action="store_true", help="also delete old dataset versions that hold them")
+    erase.add_argument("--set", action="append", default=[], metavar="STAGE.PARAM=VALUE", help="override a value")
+    erase.set_defaults(func=_cmd_erase)
     explain = sub.add_parser("dedup-explain", help="show a document's near-duplicate cluster and the text it matched")
     explain.add_argument("output", help="the pipeline's output root")
     explain.add_argument("id", help="document id")

@@ -90,12 +90,12 @@ def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
-def load_pipeline_config(path: str, overrides: list[str] = ()) -> tuple[PipelineConfig, list]:
+def load_pipeline_config(path: str, overrides: list[str] = (), check_inputs: bool = True) -> tuple[PipelineConfig, list]:
     """Load, override and validate a pipeline config; returns it with the instantiated stages."""
     data = load_yaml(path)
     for override in overrides:
         _apply_override(data, override)
-    return validate_pipeline_config(data)
+    return validate_pipeline_config(data, check_inputs)
 
 
 def validate_pipeline_config(data: dict, check_inputs: bool = True) -> tuple[PipelineConfig, list]:
