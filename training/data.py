@@ -548,9 +548,14 @@ class StreamingLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         self.dataset.start = self.position
         self._micro_consumed = 0
+        # Reading a remote manifest started fsspec's event-loop thread in this process, and a worker
+        # forked from a process with threads can deadlock (seen: a forked worker stuck for good in
+        # botocore's first call). Workers over remote data start from a clean fork server instead.
+        remote = self.num_workers and any(not storage.is_local(s.url) for s in self.dataset.sources)
         loader = DataLoader(
             self.dataset, batch_size=None, num_workers=self.num_workers,
             prefetch_factor=self.prefetch_batches if self.num_workers else None, collate_fn=_as_is,
+            multiprocessing_context="forkserver" if remote else None,
         )
         start = self.position
         for batch in loader:
