@@ -41,6 +41,7 @@ from shards import token_dtype_for_vocab
 from shards.config import ConfigError
 
 from ..tokenizer import DEFAULT_BOS, DEFAULT_EOS, DEFAULT_PAD, LoadedTokenizer, load_tokenizer
+from ..worker_cache import built_once
 from .base import Stage, StageContext, StageResult
 
 TRAIN, VAL = "train", "val"
@@ -144,19 +145,18 @@ class _EncodeSpec:
     ids: TokenIds
 
 
-_WORKER_TOKENIZERS: dict[str, object] = {}  # sha256 -> Tokenizer, built once per Python worker
-
-
 def _worker_tokenizer(spec: _EncodeSpec):
-    tokenizer = _WORKER_TOKENIZERS.get(spec.tokenizer_sha256)
-    if tokenizer is None:
+    """The job's tokenizer, loaded once per Python worker and checked against the driver's hash."""
+
+    def load():
         # One Spark task per core: the tokenizer's own thread pool would only oversubscribe the cores.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         loaded = load_tokenizer(spec.tokenizer_url)
         if loaded.sha256 != spec.tokenizer_sha256:
             raise RuntimeError(f"{spec.tokenizer_url} changed while the job ran (sha256 {loaded.sha256})")
-        tokenizer = _WORKER_TOKENIZERS[spec.tokenizer_sha256] = loaded.tokenizer
-    return tokenizer
+        return loaded.tokenizer
+
+    return built_once(("tokenizer", spec.tokenizer_sha256), load)
 
 
 def encode_texts(tokenizer, texts: list[str], ids: TokenIds, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
