@@ -134,7 +134,7 @@ class Pipeline:
         return self.finish(run, progress)
 
     def new_run(self) -> PipelineRun:
-        return PipelineRun(self.config, time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
+        return PipelineRun(self.config, new_run_id())
 
     def ingest(self, run: PipelineRun, files: list[tuple[str, str, str]] | None = None, progress=print) -> None:
         """The funnel's first step: every input, or only `files` (url, relative path, source)."""
@@ -243,6 +243,11 @@ class Pipeline:
 def _progress_line(step: StepCounts) -> str:
     rejected = ", ".join(f"{k}={v}" for k, v in step.rejected.items()) or "none"
     return f"[{step.stage:>14}] {step.docs_in:>9,} in -> {step.docs_out:>9,} kept  ({step.seconds:.1f}s)  rejected: {rejected}"
+
+
+def new_run_id() -> str:
+    """A run's id: its start time, then a random suffix so that runs started together differ."""
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
 def run_pipeline(config: PipelineConfig, stages: list[Stage], spark: SparkSession | None = None, progress=print) -> PipelineRun:
