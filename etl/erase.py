@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -33,12 +31,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from tqdm import tqdm
 
-from shards import latest_version, list_versions, read_manifest, storage, version_path
+from shards import list_versions, read_manifest, storage, version_path
 
 from .config import PipelineConfig, join_path
 from .delta import read_table
 from .ingest import to_fsspec_url, to_spark_path
-from .pipeline import Pipeline
+from .pipeline import Pipeline, new_run_id
 from .refresh import dataset_source, publish, split_stages
 from .stages.base import Stage
 from .stages.exact_dedup import INDEX_TABLE as EXACT_INDEX
@@ -111,7 +109,7 @@ def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: Spar
     from .spark import get_spark
 
     spark = spark or get_spark("kiln-erase", config.spark_conf)
-    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    run_id = new_run_id()
     tables = _all_tables(config)
     if not tables:
         raise ErasureError(f"no Delta table under {config.output} or {config.state_root}: nothing to erase from")
@@ -128,7 +126,8 @@ def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: Spar
     not_found = [i for i in ids if i not in found] + [h for h in hashes if h not in matched_hashes]
     duplicates = _duplicates_of(spark, config, keys, targets) - found
     root = next((s.params.root(config.output) for s in stages if s.name == "shuffle_and_write"), None)
-    holding, unchecked = _versions_holding(spark, root, targets) if root else ({}, {})
+    complete = list_versions(root) if root else []
+    holding, unchecked = _versions_holding(spark, root, complete, targets) if root else ({}, {})
     progress(f"erase {run_id}: {len(found)} documents found ({len(ids)} ids, {len(hashes)} content hashes "
              f"requested); {len(not_found)} not found (never there, or erased before)")
 
@@ -137,7 +136,7 @@ def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: Spar
     progress(f"deleted {sum(rows.values()):,} rows from {len(rows)} tables")
     new_version = None
     source = dataset_source(spark, config, stages)
-    current = latest_version(root) if root else None
+    current = complete[-1] if complete else None  # nothing is published between the listing and here
     if split_stages(stages)[1] and (source in rows or current in holding or current in unchecked):
         pipeline = Pipeline(replace(config, report=False), stages, spark)
         run = pipeline.new_run()
@@ -214,11 +213,11 @@ def _duplicates_of(spark: SparkSession, config: PipelineConfig, keys: dict[str, 
     return found
 
 
-def _versions_holding(spark: SparkSession, root: str, targets: DataFrame) -> tuple[dict[int, int], dict[int, str]]:
+def _versions_holding(spark: SparkSession, root: str, complete: list[int],
+                      targets: DataFrame) -> tuple[dict[int, int], dict[int, str]]:
     """Dataset versions -> how many target documents they hold (from the provenance table each was
-    built from), and the versions that cannot be checked, with why."""
+    built from), and the versions that cannot be checked, with why. ``complete``: list_versions(root)."""
     holding, unchecked = {}, {}
-    complete = set(list_versions(root))
     for version in list_versions(root, include_incomplete=True):
         if version not in complete:
             unchecked[version] = "incomplete: a build that did not finish (no manifest)"
