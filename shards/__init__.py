@@ -6,7 +6,9 @@ from shards import storage
 from shards.encodings import EncodingError, get_encoding
 from shards.manifest import (
     MANIFEST_BASENAME,
+    MANIFEST_FORMAT,
     DatasetManifest,
+    content_hash,
     dataset_fingerprint,
     latest_version,
     list_versions,
@@ -38,6 +40,7 @@ __all__ = [
     "DEFAULT_SIZE_LIMIT",
     "INDEX_BASENAME",
     "MANIFEST_BASENAME",
+    "MANIFEST_FORMAT",
     "TOKENS_COLUMN",
     "DatasetManifest",
     "EncodingError",
@@ -45,6 +48,7 @@ __all__ = [
     "MDSWriter",
     "ShardBlob",
     "ShardCorruptError",
+    "content_hash",
     "dataset_fingerprint",
     "encode_shard",
     "get_encoding",

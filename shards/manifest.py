@@ -8,7 +8,12 @@ Layout (local path or fsspec URL)::
     <root>/v=1/val/...
     <root>/v=2/...
 
-A version folder is immutable once its manifest exists; a new build writes ``v=N+1``.
+A version folder is immutable once its manifest exists; a build with new content writes
+``v=N+1``, and a build with the same content as the newest version publishes nothing.
+
+Manifest formats: 1 (no ``format`` key; written before content hashes) and 2 (``format: 2`` and
+``content_hash``). Each keeps its own fingerprint rule, so checkpoints taken on a format-1 version
+keep resuming on it.
 """
 from __future__ import annotations
 
@@ -30,8 +35,11 @@ MANIFEST_BASENAME = "manifest.json"
 _VERSION_FOLDER = re.compile(r"^v=(\d+)$")
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
-# Fields that describe where and when a dataset was written rather than what it contains.
-_NOT_FINGERPRINTED = ("version", "created_at", "extra")
+MANIFEST_FORMAT = 2  # what new manifests are written as
+# Fields that describe where and when a dataset was written rather than what it contains. Format 2
+# also leaves out source_tables: their Delta versions move on every run, the content need not.
+_NOT_FINGERPRINTED = {1: ("version", "created_at", "extra"), 2: ("version", "created_at", "extra", "source_tables")}
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 def utc_now() -> str:
@@ -53,13 +61,17 @@ class DatasetManifest:
     config_hash: str
     tokenizer_hash: str
     seed: int
-    source_tables: list[dict] = field(default_factory=list)  # each {"path": str, "delta_version": int}
+    # Each {"path": str, "delta_version": int}: the Delta snapshots read (informational from format 2).
+    source_tables: list[dict] = field(default_factory=list)
     dropped_tail_tokens: int = 0
     created_at: str = field(default_factory=utc_now)
     extra: dict = field(default_factory=dict)  # free-form; not part of the fingerprint
+    # 1: a manifest written before content hashes, stored without this key and without content_hash.
+    format: int = 1
+    content_hash: str | None = None  # format 2: see `content_hash`; what the fingerprint pins the shards by
 
     def __post_init__(self) -> None:
-        for name in ("version", "seq_len", "vocab_size", "seed", "dropped_tail_tokens"):
+        for name in ("version", "seq_len", "vocab_size", "seed", "dropped_tail_tokens", "format"):
             _require_int(name, getattr(self, name))
         _require(self.version >= 1, f"version must be >= 1, got {self.version}")
         _require(self.seq_len >= 1, f"seq_len must be >= 1, got {self.seq_len}")
@@ -97,9 +109,19 @@ class DatasetManifest:
         for name in ("config_hash", "tokenizer_hash"):
             _require(isinstance(getattr(self, name), str), f"{name} must be a string, got {getattr(self, name)!r}")
         _require(isinstance(self.extra, dict), f"extra must be a dict, got {self.extra!r}")
+        _require(self.format in _NOT_FINGERPRINTED, f"format must be one of {sorted(_NOT_FINGERPRINTED)}, got {self.format!r}")
+        if self.format == 1:
+            _require(self.content_hash is None, "a format-1 manifest has no content_hash; write format 2")
+        else:
+            _require(isinstance(self.content_hash, str) and _SHA256_HEX.match(self.content_hash) is not None,
+                     f"content_hash must be 64 lowercase hex digits (a sha256), got {self.content_hash!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Its JSON form; a format-1 manifest's is exactly what was written before formats existed."""
+        data = dataclasses.asdict(self)
+        if self.format == 1:
+            del data["format"], data["content_hash"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DatasetManifest":
@@ -241,12 +263,21 @@ def write_manifest(root: str, manifest: DatasetManifest) -> str:
     return version_dir
 
 
+def content_hash(columns: dict[str, str], shard_sha256: dict[str, list[str]]) -> str:
+    """What a format-2 manifest's ``content_hash`` is: a sha256 over the sample columns and, per
+    split in order, the sha256 of each shard file in shard order. The shards hold every sample's
+    bytes, so equal hashes mean equal samples in equal order."""
+    canonical = json.dumps({"columns": columns, "shards": shard_sha256}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def dataset_fingerprint(manifest: DatasetManifest) -> str:
     """A stable hash of what the dataset contains, for refusing to resume on different data.
 
-    Covers every field except ``version``, ``created_at`` and ``extra``: the same build written
-    again under another version number has the same fingerprint.
+    Covers every field except ``version``, ``created_at`` and ``extra``, and from format 2 on also
+    ``source_tables`` (it covers ``content_hash`` instead): the same content built again has the
+    same fingerprint, whatever version number or Delta table versions it came with.
     """
-    content = {k: v for k, v in manifest.to_dict().items() if k not in _NOT_FINGERPRINTED}
+    content = {k: v for k, v in manifest.to_dict().items() if k not in _NOT_FINGERPRINTED[manifest.format]}
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from shards import (
+    MANIFEST_FORMAT,
     DatasetManifest,
     MDSReader,
     MDSWriter,
+    content_hash,
     dataset_fingerprint,
     latest_version,
     list_versions,
@@ -184,3 +186,45 @@ def test_s3_layout(s3_prefix):
     assert read_manifest(root).num_samples == {"train": 8}
     assert len(MDSReader(split_path(resolve_version(root), "train"))) == 8
 
+
+
+CONTENT = content_hash(token_columns(VOCAB), {"train": ["a" * 64, "b" * 64], "val": ["c" * 64]})
+
+
+def test_format_1_manifests_are_written_read_and_fingerprinted_as_before(tmp_path):
+    """A manifest from before formats has no `format` key: it loads as format 1, its file and its
+    fingerprint stay what they were (the golden value above), so its checkpoints keep resuming."""
+    manifest = make_manifest(1, {"train": 10, "val": 2})
+    data = manifest.to_dict()
+    assert manifest.format == 1 and "format" not in data and "content_hash" not in data
+    assert DatasetManifest.from_dict(data) == manifest
+    assert dataset_fingerprint(manifest) == "062804ca69ccb5f2d879a60107e588ac05071489bb0f5acecd8852e6d1780187"
+
+
+def test_format_2_fingerprint_covers_the_content_hash_not_the_delta_versions():
+    manifest = make_manifest(1, {"train": 10, "val": 2}, format=MANIFEST_FORMAT, content_hash=CONTENT)
+    assert manifest.to_dict()["format"] == 2 and DatasetManifest.from_dict(manifest.to_dict()) == manifest
+    fingerprint = dataset_fingerprint(manifest)
+    assert fingerprint != dataset_fingerprint(make_manifest(1, {"train": 10, "val": 2}))
+    # Rebuilt from tables whose Delta versions moved, under another version number: the same data.
+    rebuilt = dataclasses.replace(manifest, version=2, created_at="2030-01-01T00:00:00+00:00", extra={},
+                                  source_tables=[{"path": "s3://lake/docs", "delta_version": 8}])
+    assert dataset_fingerprint(rebuilt) == fingerprint
+    other_shards = content_hash(token_columns(VOCAB), {"train": ["b" * 64, "a" * 64], "val": ["c" * 64]})
+    for change in (dict(content_hash=other_shards), dict(seed=1), dict(tokenizer_hash="t2")):
+        assert dataset_fingerprint(dataclasses.replace(manifest, **change)) != fingerprint
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(format=3), r"format must be one of \[1, 2\], got 3"),
+        (dict(format=True), "format must be an int"),
+        (dict(format=2), "content_hash must be 64 lowercase hex digits"),
+        (dict(format=2, content_hash="abc"), "content_hash must be 64 lowercase hex digits"),
+        (dict(content_hash=CONTENT), "a format-1 manifest has no content_hash"),
+    ],
+)
+def test_format_validation(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_manifest(1, {"train": 1}, **overrides)
