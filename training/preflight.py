@@ -6,7 +6,7 @@
 Each item is PASS, WARN or FAIL with its reason; the exit status is 1 when any item FAILs:
 
   config          the YAML loads (every key and type) and its batch sizes split over the ranks
-  run identity    the run has a name (not a timestamp) and an on-call contact (--on-call or $KILN_ON_CALL)
+  run identity    the run has a name (not a timestamp); no on-call contact (--on-call or $KILN_ON_CALL) WARNs
   data            every dataset resolves to a complete version and the sample lengths agree
   vocabulary      the tokenizer's vocabulary (from the manifest) fits the model's embedding, and samples fit
                   max_seq_len
@@ -19,6 +19,7 @@ Each item is PASS, WARN or FAIL with its reason; the exit status is 1 when any i
   disk            free space for the shard cache (remote data) and one checkpoint (fp32 weights + optimizer)
   trackers        MLflow's store is writable or its server answers; W&B's host answers
   training steps  a few optimizer steps on one repeated micro-batch, on this machine's device, lower the loss
+                  (not run when the data or vocabulary check failed)
   throughput      the steps' speed, scaled linearly to the planned ranks: time, GPU-hours and cost to finish
 """
 from __future__ import annotations
@@ -93,18 +94,19 @@ class Context:
 
 
 def check_identity(ctx: Context) -> Check:
-    cfg, problems = ctx.cfg, []
-    if cfg.name is None:
-        problems.append("name is unset (the run would be named by a timestamp)")
+    """A missing name FAILs (a relaunch could not find the run's checkpoints); a missing on-call contact
+    is an organisational gap, not a broken run, so it only WARNs."""
+    cfg = ctx.cfg
+    problems = [] if cfg.name else ["name is unset (the run would be named by a timestamp)"]
+    gaps = []
     on_call = ctx.options.on_call or os.environ.get(ON_CALL_ENV)
     if not on_call:
-        problems.append(f"no on-call contact (--on-call or ${ON_CALL_ENV})")
-    if problems:
-        return Check("run identity", "FAIL", "; ".join(problems))
-    run_dir = storage.join(cfg.output_dir, cfg.name)
-    if storage.exists(storage.join(run_dir, "metrics.jsonl")):
-        return Check("run identity", "WARN", f"run {cfg.name!r} already wrote metrics in {run_dir}: "
-                                             "they would be appended to; pick a new name")
+        gaps.append(f"no on-call contact (--on-call or ${ON_CALL_ENV})")
+    if cfg.name and storage.exists(storage.join(cfg.output_dir, cfg.name, "metrics.jsonl")):
+        gaps.append(f"run {cfg.name!r} already wrote metrics in {storage.join(cfg.output_dir, cfg.name)}: "
+                    "they would be appended to; pick a new name")
+    if problems or gaps:
+        return Check("run identity", "FAIL" if problems else "WARN", "; ".join(problems + gaps))
     return Check("run identity", "PASS", f"run {cfg.name!r}, on call: {on_call}")
 
 
@@ -449,9 +451,11 @@ def run_preflight(config: str, overrides: list[str], options: PreflightOptions) 
     results = [Check("config", "PASS", f"{config}: valid for {options.world_size} ranks")]
     ctx = Context(cfg, options)
 
-    def run(check: Callable[[Context], Check], name: str, needs_data: bool = False) -> None:
-        if needs_data and not ctx.sources:
-            results.append(Check(name, "WARN", "not run: the data check failed"))
+    def run(check: Callable[[Context], Check], name: str, needs: tuple[str, ...] = ()) -> None:
+        """Run ``check`` unless a check it ``needs`` failed (then report it as not run)."""
+        failed = [c.name for c in results if c.name in needs and c.status == "FAIL"]
+        if failed:
+            results.append(Check(name, "WARN", f"not run: the {' and '.join(failed)} check failed"))
             return
         try:
             results.append(check(ctx))
@@ -460,15 +464,16 @@ def run_preflight(config: str, overrides: list[str], options: PreflightOptions) 
 
     run(check_identity, "run identity")
     run(check_data, "data")
-    run(check_vocabulary, "vocabulary", needs_data=True)
-    run(check_shards, "shard hashes", needs_data=True)
-    run(check_tokens, "tokens", needs_data=True)
+    run(check_vocabulary, "vocabulary", needs=("data",))
+    run(check_shards, "shard hashes", needs=("data",))
+    run(check_tokens, "tokens", needs=("data",))
     run(lambda c: check_checkpoint_location(checkpoint_location(c.cfg)), "checkpoints")
     run(check_disk, "disk")
     run(check_trackers, "trackers")
     if options.steps > 0:
-        run(check_training_steps, "training steps", needs_data=True)
-        run(check_throughput, "throughput", needs_data=True)
+        # Token ids past the model's embedding would fail the steps with an IndexError, not a finding.
+        run(check_training_steps, "training steps", needs=("data", "vocabulary"))
+        run(check_throughput, "throughput", needs=("data", "vocabulary"))
     else:
         results.append(Check("training steps", "WARN", "skipped (--steps 0)"))
     return results
