@@ -2,17 +2,17 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# The stamp's name changes whenever pyproject.toml does, so an edited pin reinstalls.
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+# The stamp's name changes whenever pyproject.toml or constraints.txt does, so an edited pin reinstalls.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt Makefile | cksum | cut -d' ' -f1)
 # Peers we check interoperability against, installed beside (not into) our environment
 # because their own pins clash with ours; tests put this folder on sys.path.
 SIDE   := .cache/side
 
-.PHONY: setup side demo test bench clean
+.PHONY: setup side demo test bench wheel clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	@# bubblewrap isolates generated code in the HumanEval sandbox; without it that harness runs
 	@# only with --unsafe. Installed when we can (root with apt), never required.
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	  echo "note: bubblewrap not installed; code evaluation will need --unsafe"; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[etl,training,dev]"
+	$(PY) -m pip install -q -e ".[etl,training,dev]" -c constraints.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -34,8 +34,16 @@ demo: setup
 test: setup side
 	$(PY) -m pytest -q tests
 
+# For clusters (docs/cluster.md): the wheel, to install as a cluster library, and the same packages as
+# a .zip for spark-submit --py-files (Spark puts only .zip, .egg and .py files on the executors'
+# Python path, not a .whl; a wheel is a zip archive, so the copy imports the same way).
+wheel:
+	rm -rf build dist/kiln-*
+	$(PY) -m pip wheel -q --no-deps -w dist .
+	cp dist/kiln-0.1.0-py3-none-any.whl dist/kiln-0.1.0.zip
+
 bench: setup
 	@echo "Benchmarks are scripts: see docs/benchmarks.md for how to run each one."
 
 clean:
-	rm -rf $(VENV) .cache out demo_out
+	rm -rf $(VENV) .cache out demo_out build dist

@@ -16,12 +16,13 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib import resources
 from typing import Protocol
 
 import fsspec
 
-BUILTIN_LISTS = Path(__file__).parent / "data" / "toxicity"
+# Read through importlib.resources: executors import Kiln from a zip (spark-submit --py-files), not a folder.
+BUILTIN_LISTS = resources.files("etl") / "data" / "toxicity"
 _WORD = re.compile(r"\w+(?:'\w+)*")
 # Quoted spans: double quotes, curly quotes, and single quotes that are not apostrophes.
 _QUOTED = re.compile(r"\"[^\"\n]{1,80}\"|“[^”\n]{1,80}”|‘[^’\n]{1,80}’|(?<!\w)'[^'\n]{1,80}'(?!\w)")
@@ -123,9 +124,12 @@ class WordListScorer:
     @classmethod
     def with_lists(cls, overrides: dict[str, str] | None = None, fallback_language: str = "en") -> WordListScorer:
         """The built-in lists, with the languages in `overrides` (language -> file path) replaced."""
-        paths = {p.stem: str(p) for p in sorted(BUILTIN_LISTS.glob("*.txt"))}
-        paths.update(overrides or {})
-        return cls({language: WordList.load(path) for language, path in paths.items()}, fallback_language)
+        lists = {
+            entry.name.removesuffix(".txt"): WordList.parse(entry.read_text(encoding="utf-8"), f"etl/data/toxicity/{entry.name}")
+            for entry in BUILTIN_LISTS.iterdir() if entry.name.endswith(".txt")
+        }
+        lists.update({language: WordList.load(path) for language, path in (overrides or {}).items()})
+        return cls(lists, fallback_language)
 
     def score(self, texts: list[str], languages: list[str]) -> list[float]:
         scores = []
