@@ -4,20 +4,28 @@ Locally we start ``local[*]`` with Delta Lake; under spark-submit or on a Databr
 session (or the conf given on the command line) already exists and we never override its master
 or any setting that was given: we only fill in what is missing.
 
-Delta's jars come from Maven Central through Spark's own resolver into an Ivy cache
-(``$KILN_CACHE/ivy``, default ``.cache/ivy`` in the working directory). For an air-gapped cluster,
-put the jars in a folder and point ``KILN_SPARK_JARS`` at it (``scripts/fetch_jars.sh`` fills such a
-folder with Maven); they are then passed with ``spark.jars`` and nothing is resolved.
+Delta's jars (and hadoop-aws's, for s3a://) come from Maven Central once: Spark's own resolver (Ivy)
+runs in a child process whose output is kept out of the terminal, into ``<cache>/ivy``, and the list
+of jars it resolved is recorded there, so later sessions pass the jars with ``spark.jars`` and
+resolve (and print) nothing. The cache is ``$KILN_CACHE``, else ``$XDG_CACHE_HOME/kiln``, else
+``~/.cache/kiln``. For an air-gapped machine, put the jars in a folder and point ``KILN_SPARK_JARS``
+at it (``scripts/fetch_jars.sh`` fills such a folder with Maven). Under spark-submit the JVM is
+already running when Kiln starts, so the jars must come on its command line (``--packages`` or
+``--jars``); Kiln checks that Delta's classes arrived and says so in one line when they did not.
 """
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pyspark
-from pyspark import SparkConf
+from py4j.java_gateway import JavaClass
+from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 SCALA_VERSION = "2.13"
@@ -30,8 +38,76 @@ if not pyspark.__version__.startswith("4.0."):
     raise ImportError(f"Kiln pins pyspark 4.0.x to match delta-spark {DELTA_VERSION}; found pyspark {pyspark.__version__}")
 
 
+class SparkSetupError(RuntimeError):
+    """Spark cannot start, or lacks what Kiln needs; the message names the fix and is shown as one line."""
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("KILN_CACHE", ".cache")).absolute()
+    """Kiln's cache (the jars): $KILN_CACHE, else the user's cache directory, never the working directory."""
+    if os.environ.get("KILN_CACHE"):
+        return Path(os.environ["KILN_CACHE"]).expanduser().absolute()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser().absolute() / "kiln"
+
+
+def check_java() -> None:
+    """Spark needs a JVM; without one PySpark fails with a long traceback, so say what to do first."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home:
+        if not os.access(Path(java_home) / "bin" / "java", os.X_OK):
+            raise SparkSetupError(f"JAVA_HOME={java_home} holds no bin/java: point JAVA_HOME at a Java 17 installation")
+    elif shutil.which("java") is None:
+        raise SparkSetupError("Java not found (no `java` on PATH and JAVA_HOME is not set): Spark needs Java 17; "
+                              "install it (e.g. apt-get install openjdk-17-jre-headless) or set JAVA_HOME")
+
+
+def _under_spark_submit() -> bool:
+    """True when spark-submit started the JVM before Python: its jars can no longer change."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+# Run in a child process: starts Spark's launcher with the packages, which makes Ivy resolve them
+# (printing its report to the child's captured output), then prints the jars the launcher resolved.
+_RESOLVE_JARS = """
+import sys
+from pyspark import SparkConf, SparkContext
+from pyspark.java_gateway import launch_gateway
+gateway = launch_gateway(SparkConf().set("spark.jars.packages", sys.argv[1]).set("spark.jars.ivy", sys.argv[2]))
+print("resolved jars:", gateway.jvm.System.getProperty("spark.jars"))
+gateway.shutdown()
+"""
+
+
+def resolved_jars(packages: list[str]) -> list[str]:
+    """Local paths of the Maven ``packages`` and their dependencies, fetched into the cache once."""
+    ivy = cache_dir() / "ivy"
+    record = ivy / f"kiln-jars-{hashlib.sha256(','.join(packages).encode()).hexdigest()[:16]}.txt"
+    if record.exists():
+        jars = record.read_text().split()
+        if jars and all(os.path.exists(jar) for jar in jars):
+            return jars
+    print(f"fetching Delta Lake jars from Maven Central (once) into {ivy}", file=sys.stderr, flush=True)
+    env = {key: value for key, value in os.environ.items() if key != "PYSPARK_GATEWAY_PORT"}
+    done = subprocess.run([sys.executable, "-c", _RESOLVE_JARS, ",".join(packages), str(ivy)],
+                          capture_output=True, text=True, env=env)
+    found = [line for line in done.stdout.splitlines() if line.startswith("resolved jars: ")]
+    if done.returncode != 0 or not found:
+        output = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        reason = next((line for line in output if "unresolved dependency" in line or "Exception" in line),
+                      output[-1] if output else f"exit status {done.returncode}")
+        raise SparkSetupError(f"could not fetch {', '.join(packages)} from Maven Central ({reason}); without "
+                              "internet access fetch the jars elsewhere and set KILN_SPARK_JARS (docs/cluster.md)")
+    jars = [jar.removeprefix("file://") for jar in found[-1].removeprefix("resolved jars: ").split(",")]
+    partial = record.with_name(record.name + f".{os.getpid()}")
+    partial.write_text("\n".join(jars) + "\n")
+    partial.replace(record)  # atomic: a concurrent run sees the whole list or none
+    return jars
+
+
+def _jars_in(folder: str) -> list[str]:
+    jars = sorted(glob.glob(os.path.join(folder, "*.jar")))
+    if not jars:
+        raise SparkSetupError(f"KILN_SPARK_JARS={folder} holds no .jar files")
+    return jars
 
 
 def _defaults(with_s3: bool) -> dict[str, str]:
@@ -45,16 +121,10 @@ def _defaults(with_s3: bool) -> dict[str, str]:
         # Never keep min/max statistics of document text in _delta_log (PII must not leak there).
         "spark.databricks.delta.properties.defaults.dataSkippingNumIndexedCols": "0",
     }
-    jar_dir = os.environ.get("KILN_SPARK_JARS")
-    if jar_dir:
-        jars = sorted(glob.glob(os.path.join(jar_dir, "*.jar")))
-        if not jars:
-            raise RuntimeError(f"KILN_SPARK_JARS={jar_dir} holds no .jar files")
-        conf["spark.jars"] = ",".join(jars)
-    else:
+    if not _under_spark_submit():  # there the JVM's class path is fixed by spark-submit's own arguments
+        jar_dir = os.environ.get("KILN_SPARK_JARS")
         packages = [DELTA_PACKAGE] + ([HADOOP_AWS_PACKAGE] if with_s3 else [])
-        conf["spark.jars.packages"] = ",".join(packages)
-        conf["spark.jars.ivy"] = str(cache_dir() / "ivy")
+        conf["spark.jars"] = ",".join(_jars_in(jar_dir) if jar_dir else resolved_jars(packages))
     if with_s3:
         conf.update(_s3a_conf())
     return conf
@@ -90,7 +160,12 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
         return active
     if with_s3 is None:
         with_s3 = bool(os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("KILN_SPARK_S3"))
-    given = SparkConf()  # under spark-submit this already holds the command line's --conf values
+    if _under_spark_submit():
+        # Connect to spark-submit's JVM first: only then does SparkConf() hold its --master and --conf values.
+        SparkContext._ensure_initialized()
+    else:
+        check_java()
+    given = SparkConf()
     builder = SparkSession.builder.appName(app_name)
     if not given.contains("spark.master"):
         builder = builder.master(os.environ.get("KILN_SPARK_MASTER", "local[*]"))
@@ -108,4 +183,19 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("KILN_SPARK_LOG_LEVEL", "ERROR"))
+    _check_delta(spark)
     return spark
+
+
+def _check_delta(spark: SparkSession) -> None:
+    """Without Delta's jars every table read fails later with "'JavaPackage' object is not callable"."""
+    jvm = getattr(spark, "_jvm", None)  # None on Spark Connect, where the server holds the jars
+    if jvm is None or isinstance(jvm.io.delta.tables.DeltaTable, JavaClass):
+        return
+    if _under_spark_submit():
+        fix = f"pass --packages {DELTA_PACKAGE} to spark-submit (or --jars with the jars of scripts/fetch_jars.sh)"
+    elif os.environ.get("KILN_SPARK_JARS"):
+        fix = f"KILN_SPARK_JARS={os.environ['KILN_SPARK_JARS']} lacks delta-spark: fill it with scripts/fetch_jars.sh"
+    else:
+        fix = f"delete {cache_dir() / 'ivy'} so that the jars are fetched again"
+    raise SparkSetupError(f"Delta Lake's classes are not in Spark's JVM: {fix}")
