@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from shards.config import ConfigError
@@ -102,15 +104,36 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--bos", action="store_true", help="also add a BOS token (<|startoftext|>)")
     train.add_argument("--out", required=True, help="tokenizer.json path, or a folder to write it in (local or URL)")
     train.set_defaults(func=_cmd_train_tokenizer)
+    for command in sub.choices.values():
+        command.add_argument("--log-level", choices=list(SPARK_LOG_LEVELS),
+                             help="Kiln's logging and Spark's log level (default: Kiln's warnings and Spark's errors); "
+                                  "ERROR also hides the progress line")
     return parser
+
+
+# Python's level names -> log4j's, for SparkContext.setLogLevel.
+SPARK_LOG_LEVELS = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "WARN", "ERROR": "ERROR"}
+
+
+def configure_logging(level: str | None) -> None:
+    """Python logging at `level` (default WARNING); Spark at the same level when one is given."""
+    logging.basicConfig(level=level or "WARNING", format="%(levelname)s %(name)s: %(message)s")
+    if level:
+        os.environ["KILN_SPARK_LOG_LEVEL"] = SPARK_LOG_LEVELS[level]  # read by etl.spark.get_spark
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    from .spark import SparkSetupError
+
     try:
         return args.func(args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except SparkSetupError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
 
 
