@@ -32,6 +32,7 @@ from shards.config import to_dict
 from .config import PipelineConfig, join_path
 from .delta import read_table, set_properties, table_exists, write_table
 from .ingest import ingest, to_spark_path
+from .progress import step_progress
 from .stages.base import Stage, StageContext
 
 
@@ -139,13 +140,14 @@ class Pipeline:
     def ingest(self, run: PipelineRun, files: list[tuple[str, str, str]] | None = None, progress=print) -> None:
         """The funnel's first step: every input, or only `files` (url, relative path, source)."""
         self._reset_rejected()
-        start = time.time()
-        annotated = ingest(self.spark, self.config, files).persist(StorageLevel.MEMORY_AND_DISK)
-        self._write_step("ingest", annotated, self._zone(-1))
-        run.steps.append(_step_counts("ingest", annotated, None, time.time() - start))
-        annotated.unpersist()
-        run.tables["ingest"] = self.table_path("ingest")
-        run.funnel_end = "ingest"
+        with step_progress(self.spark, "ingest", 1, len(self.stages) + 1):
+            start = time.time()
+            annotated = ingest(self.spark, self.config, files).persist(StorageLevel.MEMORY_AND_DISK)
+            self._write_step("ingest", annotated, self._zone(-1))
+            run.steps.append(_step_counts("ingest", annotated, None, time.time() - start))
+            annotated.unpersist()
+            run.tables["ingest"] = self.table_path("ingest")
+            run.funnel_end = "ingest"
         progress(_progress_line(run.steps[-1]))
 
     def run_stages(self, run: PipelineRun, stages: list[Stage], progress=print, source: str | None = None) -> None:
@@ -160,24 +162,25 @@ class Pipeline:
             all_kept = read_table(self.spark, source).withColumn("reason", F.lit(None).cast("string"))
             totals = _counts(all_kept).get(None, (0, 0, 0))
         for stage in stages:
-            start = time.time()
-            result = stage.run(read_table(self.spark, source), ctx)
-            annotated = result.docs.persist(StorageLevel.MEMORY_AND_DISK)
-            if "reason" not in annotated.columns:
-                raise RuntimeError(f"stage {stage.name!r} returned documents without a 'reason' column")
-            self._write_step(stage.name, annotated, self._zone(self.stages.index(stage)))
-            for table_name, table in result.tables.items():
-                write_table(table, join_path(self.table_path(stage.name), table_name))
-            counts = _step_counts(stage.name, annotated, totals, 0.0)
-            if result.metrics is not None:
-                counts.metrics = result.metrics(annotated)
-            counts.seconds = round(time.time() - start, 2)
-            annotated.unpersist()
-            run.steps.append(counts)
-            source = run.tables[stage.name] = self.table_path(stage.name)
-            totals = (counts.docs_out, counts.chars_out, counts.bytes_out)
-            if continues_funnel:
-                run.funnel_end = stage.name
+            with step_progress(self.spark, stage.name, self.stages.index(stage) + 2, len(self.stages) + 1):
+                start = time.time()
+                result = stage.run(read_table(self.spark, source), ctx)
+                annotated = result.docs.persist(StorageLevel.MEMORY_AND_DISK)
+                if "reason" not in annotated.columns:
+                    raise RuntimeError(f"stage {stage.name!r} returned documents without a 'reason' column")
+                self._write_step(stage.name, annotated, self._zone(self.stages.index(stage)))
+                for table_name, table in result.tables.items():
+                    write_table(table, join_path(self.table_path(stage.name), table_name))
+                counts = _step_counts(stage.name, annotated, totals, 0.0)
+                if result.metrics is not None:
+                    counts.metrics = result.metrics(annotated)
+                counts.seconds = round(time.time() - start, 2)
+                annotated.unpersist()
+                run.steps.append(counts)
+                source = run.tables[stage.name] = self.table_path(stage.name)
+                totals = (counts.docs_out, counts.chars_out, counts.bytes_out)
+                if continues_funnel:
+                    run.funnel_end = stage.name
             progress(_progress_line(counts))
 
     def finish(self, run: PipelineRun, progress=print) -> PipelineRun:
