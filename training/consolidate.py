@@ -14,7 +14,9 @@ next is read. Optimizer state is never read.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -30,19 +32,17 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from shards import storage
 from shards.config import from_dict
+from shards.manifest import read_manifest as read_dataset_manifest
+from shards.manifest import version_path
 
 from .checkpoint import LATEST_NAME, MANIFEST_NAME, incomplete_reason, latest_complete, read_manifest
 from .config import ModelSection
 from .hf_convert import shape_problems
-from .inference import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME
+from .inference import CONFIG_NAME, SAFETENSORS_DTYPES, TOKENIZER_NAME, WEIGHTS_NAME, TextTokenizer
 from .model import MPTConfig
 
+log = logging.getLogger(__name__)
 MODEL_PREFIX = "model."
-SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
 
 
 def is_training_checkpoint(url: str) -> bool:
@@ -67,6 +67,45 @@ def resolve_checkpoint(url: str) -> tuple[str, dict]:
 def model_config(manifest: dict) -> MPTConfig:
     """The MPT shape recorded in a checkpoint's resolved training config."""
     return from_dict(ModelSection, manifest["config"]["model"], "model").build()
+
+
+def recorded_tokenizer(manifest: dict) -> TextTokenizer | None:
+    """The tokenizer a checkpoint's model was trained with, for generation, evaluation and export (a sharded
+    checkpoint holds none): the config's eval.tokenizer or data.instruction.tokenizer, else the tokenizer the
+    ETL recorded in the training dataset's manifest (``extra.tokenizer``), used only while its bytes still hash
+    to the manifest's ``tokenizer_hash``. None, with a warning saying why, when none is recorded or reachable.
+
+    Dataset paths are read as the run recorded them: a relative one resolves against the working directory.
+    """
+    config = manifest["config"]
+    named = config["eval"].get("tokenizer") or (config["data"].get("instruction") or {}).get("tokenizer")
+    if named:
+        return _read_tokenizer(named, None)
+    for entry in manifest["data"]:
+        if entry["version"] is None:  # a plain MDS folder records no tokenizer
+            continue
+        try:
+            dataset = read_dataset_manifest(version_path(entry["path"], entry["version"]))
+        except (OSError, ValueError) as err:
+            log.warning("no tokenizer: the training data %s v=%s is not readable from here: %s",
+                        entry["path"], entry["version"], err)
+            return None
+        if "tokenizer" in dataset.extra:
+            return _read_tokenizer(dataset.extra["tokenizer"], dataset.tokenizer_hash)
+    log.warning("no tokenizer: the checkpoint's config names none and its data records none")
+    return None
+
+
+def _read_tokenizer(url: str, expected_sha256: str | None) -> TextTokenizer | None:
+    try:
+        data = storage.read_bytes(url)
+    except OSError as err:
+        log.warning("no tokenizer: the training data's tokenizer %s is not readable: %s", url, err)
+        return None
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        log.warning("no tokenizer: %s changed since the training data was tokenized with it (sha256 differs)", url)
+        return None
+    return TextTokenizer.from_bytes(data, url)
 
 
 class TensorReader:
@@ -100,14 +139,18 @@ def check_shapes(found: dict[str, TensorStorageMetadata], config: MPTConfig, url
         raise ValueError(f"{url}: the model weights do not match the recorded config:\n  - " + "\n  - ".join(problems))
 
 
-def model_tensors(url: str) -> tuple[MPTConfig, dict[str, TensorStorageMetadata], Iterator[tuple[str, torch.Tensor]]]:
-    """(config, name -> tensor metadata, an iterator reading the weights one at a time) of a checkpoint."""
+TensorSpecs = dict[str, tuple[tuple[int, ...], torch.dtype]]  # name -> (shape, dtype)
+
+
+def model_tensors(url: str) -> tuple[MPTConfig, TensorSpecs, Iterator[tuple[str, torch.Tensor]]]:
+    """(config, name -> (shape, dtype), an iterator reading the weights one at a time) of a checkpoint."""
     folder, manifest = resolve_checkpoint(url)
     config = model_config(manifest)
     reader = TensorReader(folder)
     found = reader.tensors(MODEL_PREFIX)
     check_shapes(found, config, folder)
-    return config, found, ((name, reader.read(MODEL_PREFIX + name)) for name in found)
+    specs = {name: (tuple(md.size), md.properties.dtype) for name, md in found.items()}
+    return config, specs, ((name, reader.read(MODEL_PREFIX + name)) for name in found)
 
 
 def read_model_state(url: str) -> tuple[MPTConfig, dict[str, torch.Tensor]]:
@@ -116,15 +159,14 @@ def read_model_state(url: str) -> tuple[MPTConfig, dict[str, torch.Tensor]]:
     return config, dict(tensors)
 
 
-def write_safetensors(path: Path, specs: dict[str, TensorStorageMetadata],
-                      tensors: Iterator[tuple[str, torch.Tensor]]) -> None:
-    """A safetensors file whose header comes from ``specs`` and whose data is streamed from ``tensors``
-    (in the order of ``specs``); written to a temporary name and renamed into place."""
+def write_safetensors(path: Path, specs: TensorSpecs, tensors: Iterator[tuple[str, torch.Tensor]]) -> None:
+    """A safetensors file whose header comes from ``specs`` (name -> (shape, dtype)) and whose data is
+    streamed from ``tensors`` (in the order of ``specs``); written to a temporary name and renamed into place."""
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for name, md in specs.items():
-        size = math.prod(md.size) * md.properties.dtype.itemsize
-        header[name] = {"dtype": SAFETENSORS_DTYPES[md.properties.dtype], "shape": list(md.size),
+    for name, (shape, dtype) in specs.items():
+        size = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape),
                         "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()

@@ -271,8 +271,8 @@ def generate(model: MPT, tokenizer, prompts: list[str], config: GenerationConfig
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.generate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="consolidated checkpoint folder (config.json, model.safetensors, "
-                                           "tokenizer.json)")
+    parser.add_argument("checkpoint", help="a training checkpoint (step-N folder, or a checkpoint root: its newest "
+                                           "complete step) or a consolidated folder")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
     parser.add_argument("--prompts-file", help="a text file with one prompt per line")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -305,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if tokenizer is None:
-        print(f"error: {args.checkpoint} has no tokenizer.json; text prompts need one", file=sys.stderr)
+        print(f"error: {args.checkpoint} has no tokenizer (a consolidated folder's tokenizer.json, or the one a "
+              "training checkpoint's data records); text prompts need one", file=sys.stderr)
         return 2
     for generation in generate(model, tokenizer, prompts, config):
         print(f"### prompt ({generation.finish_reason}, {len(generation.token_ids)} tokens)\n{generation.prompt}")

@@ -1,7 +1,8 @@
 """python -m training.eval CHECKPOINT TASKS.yaml [--unsafe] [--output results.json]
 
-Evaluates a consolidated checkpoint folder (see training.inference) on the tasks of TASKS.yaml (see
-training.eval), prints the metrics and vibe completions, and writes everything as JSON with --output.
+Evaluates a training checkpoint or a consolidated checkpoint folder (see training.inference) on the tasks
+of TASKS.yaml (see training.eval), prints the metrics and vibe completions, and writes everything as JSON
+with --output.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from training.inference import load_model
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="consolidated checkpoint folder")
+    parser.add_argument("checkpoint", help="a training checkpoint (step-N folder, or a checkpoint root: its newest "
+                                           "complete step) or a consolidated folder")
     parser.add_argument("tasks", help="evaluation tasks YAML")
     parser.add_argument("--unsafe", action="store_true",
                         help="run generated code even where the sandbox gets no OS isolation (limits only)")
