@@ -10,18 +10,29 @@ stages:
   - {name: exact_dedup}
 ```
 Each stage's ``params`` are checked against that stage's own ``Params`` dataclass, so an unknown
-stage, a misspelt parameter or a wrong type is reported before Spark starts.
+stage, a misspelt parameter or a wrong type is reported before Spark starts. So is everything else
+that can be known then: each stage's own inputs (`Stage.check`: a tokenizer, eval sets, the stage
+order), the inputs' files and whether the output can be written.
+
+Local paths (output, state_dir, inputs, and the stage parameters a stage lists in ``path_params``)
+are made absolute against the working directory when the config is loaded: Delta reads
+``delta.`path` `` as a path only when it is absolute, and Spark's workers may run elsewhere. With a
+master that is not ``local``, a relative local path is an error, since every node has its own
+working directory. URLs (``s3a://``, ``dbfs:/``, ``file:/``) are left as they are.
 """
 from __future__ import annotations
 
 import glob
 import os
+import re
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shards.config import ConfigError, from_dict, load_yaml, parse_override, set_path
 
 from .stages import STAGES
+from .stages.base import Stage
 
 InputFormat = Literal["jsonl", "parquet", "text", "delta"]
 
@@ -30,11 +41,12 @@ InputFormat = Literal["jsonl", "parquet", "text", "delta"]
 class InputSpec:
     """One input: files (glob) or a Delta table, and how its fields map to ours."""
 
-    path: str  # a file, folder or glob (local or s3a://), or a Delta table's folder
+    path: str  # a file, folder or glob (local, relative to the working directory, or s3a://), or a Delta table's folder
     source: str  # a short name for this input; ids are namespaced by it and it is a column
     format: InputFormat = "jsonl"  # jsonl (plain, .gz, .zst), parquet, text (a document per file), delta
     text_field: str = "text"  # the field or column holding the document text
-    # The input's own document id; when absent the id is derived from (source, file, row).
+    # The input's own document id; when absent the id is derived from (source, file, row). An id
+    # given twice keeps the copy in the newest file (then last path, last row); see docs/etl/ingest.md.
     id_field: str | None = None
     # Extra input fields kept as a string map column `meta` (e.g. url, timestamp).
     keep_fields: list[str] = field(default_factory=list)
@@ -52,7 +64,7 @@ class StageSpec:
 
 @dataclass
 class PipelineConfig:
-    output: str  # root of every table, the report and (by default) the dataset; local or s3a://
+    output: str  # root of every table, the report and (by default) the dataset; local (relative: to the working directory) or s3a://
     inputs: list[InputSpec]  # read and unioned by ingest
     stages: list[StageSpec]  # run in this order after ingest
     # Documents larger than this (UTF-8 bytes) are rejected at ingest: a 100 MB "document" is a bug upstream.
@@ -86,8 +98,39 @@ def join_path(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
-def is_remote(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+def is_url(path: str) -> bool:
+    """A URL (s3a://, dbfs:/, file:/...) rather than a path on this machine."""
+    return bool(_URL_SCHEME.match(path))
+
+
+def local_fs_path(path: str) -> str | None:
+    """The path on this machine that ``path`` names (a plain path or a file: URL), else None."""
+    if path.startswith("file:"):
+        return "/" + path.removeprefix("file:").lstrip("/")
+    return None if is_url(path) else path
+
+
+def spark_master() -> str:
+    """The master of the job's Spark session, known before the session starts: the active session's,
+    spark-submit's (its JVM is already running), else KILN_SPARK_MASTER, else local."""
+    from pyspark import SparkConf, SparkContext
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active.sparkContext.master
+    if "PYSPARK_GATEWAY_PORT" in os.environ:  # launched by spark-submit, whose JVM holds --master
+        SparkContext._ensure_initialized()
+        return SparkConf().get("spark.master", "local[*]")
+    return os.environ.get("KILN_SPARK_MASTER", "local[*]")
+
+
+def is_local_master(master: str) -> bool:
+    """Whether every Spark worker runs on this machine, in this working directory."""
+    return master == "local" or master.startswith("local[")
 
 
 def load_pipeline_config(path: str, overrides: list[str] = (), check_inputs: bool = True) -> tuple[PipelineConfig, list]:
@@ -99,6 +142,8 @@ def load_pipeline_config(path: str, overrides: list[str] = (), check_inputs: boo
 
 
 def validate_pipeline_config(data: dict, check_inputs: bool = True) -> tuple[PipelineConfig, list]:
+    """The typed config and its stages, every path made absolute and every check that needs no
+    Spark done; ``check_inputs=False`` skips checking that the inputs exist (erasure needs none)."""
     config = from_dict(PipelineConfig, data, "config")
     stages = []
     for i, spec in enumerate(config.stages):
@@ -111,13 +156,74 @@ def validate_pipeline_config(data: dict, check_inputs: bool = True) -> tuple[Pip
     names = [s.name for s in config.stages]
     if len(set(names)) != len(names):
         raise ConfigError(f"config.stages: each stage may appear once, got {names}")
+    _make_paths_absolute(config, stages)
+    for i, stage in enumerate(stages):
+        stage.check(f"config.stages[{i}].params", config, names)
     if check_inputs:
         for i, spec in enumerate(config.inputs):
-            if not is_remote(spec.path) and not glob.glob(spec.path.removeprefix("file://")):
+            local = local_fs_path(spec.path)
+            if local is not None and not glob.glob(local):
                 raise ConfigError(f"config.inputs[{i}].path: no file or table matches {spec.path!r}")
-            if spec.format == "delta" and not is_remote(spec.path) and not os.path.isdir(os.path.join(spec.path, "_delta_log")):
+            if spec.format == "delta" and local is not None and not os.path.isdir(os.path.join(local, "_delta_log")):
                 raise ConfigError(f"config.inputs[{i}].path: {spec.path!r} is not a Delta table (no _delta_log)")
+    for key in ("output", "state_dir"):
+        if getattr(config, key) is not None:
+            check_writable(getattr(config, key), f"config.{key}")
     return config, stages
+
+
+def _make_paths_absolute(config: PipelineConfig, stages: list[Stage]) -> None:
+    """Every local path of the config, absolute (see the module's docstring); the stages' raw
+    ``params`` too, so the report shows the paths the run used."""
+    master = spark_master()
+
+    def absolute(path: str, where: str) -> str:
+        if is_url(path):
+            return path
+        path = os.path.expanduser(path)
+        if os.path.isabs(path):
+            return path
+        if not is_local_master(master):
+            raise ConfigError(
+                f"{where}: {path!r} is relative, but Spark's master is {master!r}, whose nodes do not share "
+                "this working directory: give an absolute path on storage every node sees, or an object-store "
+                "URL (s3a://bucket/...)")
+        return os.path.abspath(path)
+
+    def absolute_value(value, where: str):
+        if isinstance(value, list):
+            return [absolute(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            return {k: absolute(v, f"{where}.{k}") for k, v in value.items()}
+        return value if value is None else absolute(value, where)
+
+    config.output = absolute(config.output, "config.output")
+    config.state_dir = absolute_value(config.state_dir, "config.state_dir")
+    for i, spec in enumerate(config.inputs):
+        spec.path = absolute(spec.path, f"config.inputs[{i}].path")
+    for i, (spec, stage) in enumerate(zip(config.stages, stages)):
+        for name in stage.path_params:
+            value = absolute_value(getattr(stage.params, name), f"config.stages[{i}].params.{name}")
+            setattr(stage.params, name, value)
+            if name in spec.params:
+                spec.params[name] = value
+
+
+def check_writable(path: str, where: str) -> None:
+    """A one-line error now, instead of a Java stack trace later, when a local output folder cannot
+    be created or written. Nothing is left behind: a probe folder is made and removed."""
+    local = local_fs_path(path)
+    if local is None:
+        return
+    existing = local
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"{where}: cannot create {path}: {existing} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".kiln-write-check-", dir=existing))
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot write {path}: creating a folder in {existing} fails ({err.strerror})") from None
 
 
 def _apply_override(data: dict, override: str) -> None:

@@ -129,9 +129,17 @@ def render(seen: set | None = None) -> str:
         "Generated from the config dataclasses by `scripts/config_reference.py`; do not edit by hand",
         "(`tests/test_config_reference.py` fails when this page is out of date). Every key is checked,",
         "name and type, when a file is loaded: an unknown key or a wrong type stops the job before any",
-        "work, naming the key.",
+        "work, naming the key. Numbers such as `3e-4` are floats (YAML 1.2's rule), in files and in",
+        "overrides alike.",
         "",
         "## Pipeline YAML (`python -m etl run CONFIG`)",
+        "",
+        "Local paths (`output`, `state_dir`, `inputs[].path` and the stage parameters that name files:",
+        "`tokenizer`, `eval_paths`, `dataset_root`, toxicity's `wordlists` and `model_path`) are relative",
+        "to the working directory and made absolute when the config is loaded; with a Spark master that",
+        "is not `local`, a relative one is an error (give an absolute path every node sees, or a URL).",
+        "Each stage's inputs (a tokenizer, eval sets, tokenize running before shuffle_and_write) and",
+        "whether a local output can be written are checked then too, before Spark starts.",
         "",
     ]
     seen = set() if seen is None else seen

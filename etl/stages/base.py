@@ -8,9 +8,12 @@ counts the funnel, so every stage is accounted for the same way and none knows a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from pyspark.sql import DataFrame, SparkSession
+
+if TYPE_CHECKING:
+    from ..config import PipelineConfig
 
 # Columns every document has from ingest on; stages may add columns of their own.
 DOC_COLUMNS = ("id", "source", "text", "content_hash", "meta")
@@ -45,9 +48,16 @@ class Stage:
     Params: ClassVar[type] = NoParams
     # Stages whose output still holds raw, un-redacted text (before `pii`) mark their tables as raw zone.
     handles_pii: ClassVar[bool] = False
+    # Params holding local paths or URLs (a string, or a list or mapping of them): the config loader
+    # makes the local ones absolute against the working directory.
+    path_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Any):
         self.params = params
+
+    def check(self, where: str, config: PipelineConfig, stage_names: list[str]) -> None:
+        """Pre-flight, when the config is loaded, before Spark starts: raise ConfigError (its message
+        starting with ``where``, the params' key path) for what would otherwise fail mid-run."""
 
     def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
         raise NotImplementedError

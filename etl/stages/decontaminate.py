@@ -29,6 +29,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
+from shards.config import ConfigError
+
 from .base import Stage, StageContext, StageResult
 
 NGRAMS_COLUMN = "contamination_ngrams"
@@ -91,16 +93,23 @@ class EvalNgrams:
     too_short: dict[str, int]  # file -> records with fewer than `ngram` words
 
 
+def check_eval_paths(paths: list[str], where: str = "decontaminate.eval_paths") -> list[str]:
+    """The eval files' names (reports key by them), or a ConfigError: a file missing, or two names alike."""
+    names = [os.path.basename(path) for path in paths]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: file names must be unique (reports use them), got {names}")
+    for i, path in enumerate(paths):
+        if not os.path.isfile(path):
+            raise ConfigError(f"{where}[{i}]: no evaluation file at {path}")
+    return names
+
+
 def load_eval_ngrams(paths: list[str], n: int) -> EvalNgrams:
     hashes, sources, labels = [], [], []
     records: dict[str, int] = {}
     too_short: dict[str, int] = {}
-    names = [os.path.basename(path) for path in paths]
-    if len(set(names)) != len(names):
-        raise ValueError(f"decontaminate.eval_paths: file names must be unique (reports use them), got {names}")
+    names = check_eval_paths(paths)
     for path, name in zip(paths, names):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"decontaminate.eval_paths: {path} does not exist")
         records[name] = too_short[name] = 0
         with open(path, encoding="utf-8") as handle:
             for line_number, line in enumerate(handle, 1):
@@ -162,6 +171,10 @@ def _annotate(params: DecontaminateParams, broadcast):
 class Decontaminate(Stage):
     name = "decontaminate"
     Params = DecontaminateParams
+    path_params = ("eval_paths",)
+
+    def check(self, where: str, config, stage_names: list[str]) -> None:
+        check_eval_paths(self.params.eval_paths, f"{where}.eval_paths")
 
     def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
         params: DecontaminateParams = self.params

@@ -298,6 +298,22 @@ class TokenizedInput:
 class ShuffleAndWrite(Stage):
     name = "shuffle_and_write"
     Params = ShuffleWriteParams
+    path_params = ("dataset_root",)
+
+    def check(self, where: str, config, stage_names: list[str]) -> None:
+        """When the config is loaded: the tables read are the ones this run's tokenize writes, so
+        tokenize must run first (else an earlier run's tables would be published as this run's)."""
+        samples = _table_path(config.output, self.params.samples_table).rstrip("/")
+        own = storage.join(config.output, "tokenize/samples")
+        if samples != own:
+            raise ConfigError(
+                f"{where}.samples_table: {samples} is not this run's tokenize output ({own}); a dataset is "
+                "built only from tables this run's tokenize stage wrote: leave samples_table at its default")
+        if "tokenize" not in stage_names[:stage_names.index(self.name)]:
+            raise ConfigError(
+                f"{where}.samples_table: {samples} is this run's tokenize output, but tokenize does not run "
+                "before shuffle_and_write, so an earlier run's tables would be published: put tokenize "
+                "before it in stages")
 
     def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
         # etl.delta imports etl.config, which imports the stage table: import it when running.

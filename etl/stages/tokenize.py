@@ -89,15 +89,21 @@ class TokenIds:
     bos: int | None
 
 
-def resolve_token_ids(params: TokenizeParams, tok: LoadedTokenizer) -> TokenIds:
+def load_checked_tokenizer(params: TokenizeParams, where: str = "tokenize") -> tuple[LoadedTokenizer, TokenIds]:
+    """The tokenizer and its special tokens' ids, or a ConfigError naming the parameter under ``where``."""
     try:
-        return TokenIds(
-            eos=tok.token_id(params.eos_token, "tokenize.eos_token"),
-            pad=tok.token_id(params.pad_token, "tokenize.pad_token") if params.tail == "pad" else None,
-            bos=tok.token_id(params.bos_token, "tokenize.bos_token") if params.bos_token else None,
+        tok = load_tokenizer(params.tokenizer)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"{where}.tokenizer: {err}") from None
+    try:
+        ids = TokenIds(
+            eos=tok.token_id(params.eos_token, f"{where}.eos_token"),
+            pad=tok.token_id(params.pad_token, f"{where}.pad_token") if params.tail == "pad" else None,
+            bos=tok.token_id(params.bos_token, f"{where}.bos_token") if params.bos_token else None,
         )
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    return tok, ids
 
 
 def content_params(params: TokenizeParams, tok: LoadedTokenizer) -> dict:
@@ -288,14 +294,14 @@ def _pack_batches(
 class Tokenize(Stage):
     name = "tokenize"
     Params = TokenizeParams
+    path_params = ("tokenizer",)
+
+    def check(self, where: str, config, stage_names: list[str]) -> None:
+        load_checked_tokenizer(self.params, where)
 
     def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
         p: TokenizeParams = self.params
-        try:
-            tok = load_tokenizer(p.tokenizer)
-        except (FileNotFoundError, ValueError) as err:
-            raise ConfigError(f"tokenize.tokenizer: {err}") from None
-        ids = resolve_token_ids(p, tok)
+        tok, ids = load_checked_tokenizer(p)
         token_dtype = token_dtype_for_vocab(tok.vocab_size)
         spec = _EncodeSpec(tok.url, tok.sha256, token_dtype, ids)
 

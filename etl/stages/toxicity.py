@@ -22,6 +22,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import FloatType, StringType, StructField, StructType
 
+from shards.config import ConfigError
+
 from ..worker_cache import built_once
 from .base import Stage, StageContext, StageResult
 
@@ -111,10 +113,17 @@ def _score_batches(params: ToxicityParams, has_language: bool):
 class Toxicity(Stage):
     name = "toxicity"
     Params = ToxicityParams
+    path_params = ("wordlists", "model_path")
+
+    def check(self, where: str, config, stage_names: list[str]) -> None:
+        """A missing or malformed word list fails here, when the config is loaded, with its path."""
+        if self.params.scorer == "wordlist":
+            try:
+                build_scorer(self.params)
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"{where}.wordlists: {err}") from None
 
     def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
-        if self.params.scorer == "wordlist":
-            build_scorer(self.params)  # a missing or malformed word list fails here, on the driver, with its path
         docs = docs.drop(SCORE_COLUMN) if SCORE_COLUMN in docs.columns else docs
         schema = StructType(
             docs.schema.fields
