@@ -5,9 +5,16 @@ file, so that each malformed line, invalid UTF-8 sequence or empty document beco
 with its reason instead of being dropped or killing the job. Parquet and Delta inputs are read by
 Spark's own readers. Ids are ``<source>/<input id>`` when the input has ids, else
 ``<source>/<relative file>:<row>``: both are the same on every rerun, whatever the partitioning.
+
+An input that holds one id more than once keeps the newest copy: the one in the file modified
+last, then (same time) the one in the last path in sorted order, then the last row of that file
+(a Delta input, which has no row numbers, breaks a tie by text). Every other copy is rejected as
+``duplicate_id``, its ``detail`` naming where the kept copy and itself are. The rule is the same
+on every rerun of the same files, however Spark partitions them.
 """
 from __future__ import annotations
 
+import datetime
 import gzip
 import io
 import json
@@ -21,9 +28,11 @@ from pyspark.sql import functions as F
 
 from .config import InputSpec, PipelineConfig
 
-# Everything ingest emits, kept or not; `reason` null means the row is a document.
+# Everything ingest emits, kept or not; `reason` null means the row is a document. The columns
+# starting with `_` say where each row came from, for the duplicate-id rule, and are dropped after it.
 INGEST_SCHEMA = (
-    "id string, source string, text string, meta map<string,string>, reason string, detail string"
+    "id string, source string, text string, meta map<string,string>, reason string, detail string, "
+    "_origin string, _modified long, _file string, _row long"
 )
 _ARROW_SCHEMA = pa.schema(
     [
@@ -33,8 +42,13 @@ _ARROW_SCHEMA = pa.schema(
         ("meta", pa.map_(pa.string(), pa.string())),
         ("reason", pa.string()),
         ("detail", pa.string()),
+        ("_origin", pa.string()),  # <source>/<relative file>:<row>, as a derived id is written
+        ("_modified", pa.int64()),  # the file's modification time, microseconds since the epoch
+        ("_file", pa.string()),  # the file's path relative to its input
+        ("_row", pa.int64()),  # the row within the file
     ]
 )
+_ORIGIN_COLUMNS = ("_origin", "_modified", "_file", "_row")
 _GLOB_CHARS = "*?["
 
 
@@ -79,6 +93,28 @@ def _relative(path: str, base: str) -> str:
     return os.path.basename(path)
 
 
+def file_modified(info: dict):
+    """A file's modification time whatever the store calls it (local mtime, S3 LastModified, ...): a
+    UTC datetime, or the store's own value when it is not a number or a datetime (None: not given)."""
+    value = next((info[k] for k in ("mtime", "LastModified", "last_modified", "updated") if info.get(k) is not None), None)
+    if isinstance(value, (int, float)):
+        return datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
+    return value
+
+
+def _modified_micros(url: str) -> int:
+    """The modification time of the file at ``url`` in microseconds, for the duplicate-id rule."""
+    fs, path = fsspec.core.url_to_fs(url)
+    value = file_modified(fs.info(path))
+    if isinstance(value, str):
+        value = datetime.datetime.fromisoformat(value)
+    if not isinstance(value, datetime.datetime):
+        return 0
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return (value - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)) // datetime.timedelta(microseconds=1)
+
+
 def _open_decompressed(url: str):
     raw = fsspec.open(url, "rb").open()
     if url.endswith(".gz"):
@@ -91,13 +127,19 @@ def _open_decompressed(url: str):
 
 
 class _Rows:
-    """Column buffers for one Arrow batch."""
+    """Column buffers for one Arrow batch; rows come from the file set by `start_file`."""
 
     def __init__(self):
         self.cols = {name: [] for name in _ARROW_SCHEMA.names}
+        self.source, self.rel, self.modified = None, None, 0
 
-    def add(self, doc_id, source, text, meta=None, reason=None, detail=None):
-        for name, value in zip(_ARROW_SCHEMA.names, (doc_id, source, text, meta, reason, detail)):
+    def start_file(self, source: str, rel: str, modified: int) -> None:
+        self.source, self.rel, self.modified = source, rel, modified
+
+    def add(self, row, doc_id, source, text, meta=None, reason=None, detail=None):
+        origin = f"{self.source}/{self.rel}:{row}"
+        values = (doc_id, source, text, meta, reason, detail, origin, self.modified, self.rel, row)
+        for name, value in zip(_ARROW_SCHEMA.names, values):
             self.cols[name].append(value)
 
     def __len__(self):
@@ -132,17 +174,17 @@ def _jsonl_rows(url: str, rel: str, spec: InputSpec, max_bytes: int, rows: _Rows
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                rows.add(doc_id, spec.source, raw.decode("utf-8", "replace"), None, "invalid_utf8", f"byte {err.start}")
+                rows.add(line_no, doc_id, spec.source, raw.decode("utf-8", "replace"), None, "invalid_utf8", f"byte {err.start}")
             else:
                 try:
                     record = json.loads(line)
                 except ValueError as err:
-                    rows.add(doc_id, spec.source, line, None, "malformed_json", str(err)[:200])
+                    rows.add(line_no, doc_id, spec.source, line, None, "malformed_json", str(err)[:200])
                 else:
                     if not isinstance(record, dict):
-                        rows.add(doc_id, spec.source, line, None, "not_an_object", type(record).__name__)
+                        rows.add(line_no, doc_id, spec.source, line, None, "not_an_object", type(record).__name__)
                     else:
-                        _add_record(record, doc_id, spec, max_bytes, rows, line)
+                        _add_record(record, line_no, doc_id, spec, max_bytes, rows, line)
             if len(rows) >= 2048:
                 yield rows.batch()
 
@@ -158,12 +200,12 @@ def _unencodable(*values) -> str | None:
     return None
 
 
-def _add_record(record: dict, derived_id: str, spec: InputSpec, max_bytes: int, rows: _Rows, line: str) -> None:
+def _add_record(record: dict, row: int, derived_id: str, spec: InputSpec, max_bytes: int, rows: _Rows, line: str) -> None:
     doc_id = derived_id
     if spec.id_field:
         value = record.get(spec.id_field)
         if value is None or value == "":
-            rows.add(derived_id, spec.source, line, None, "missing_id", f"field {spec.id_field!r}")
+            rows.add(row, derived_id, spec.source, line, None, "missing_id", f"field {spec.id_field!r}")
             return
         doc_id = f"{spec.source}/{value}"
     meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k in spec.keep_fields if (v := record.get(k)) is not None}
@@ -172,13 +214,13 @@ def _add_record(record: dict, derived_id: str, spec: InputSpec, max_bytes: int, 
     if broken is not None:
         # JSON escapes such as "\ud800" decode to lone surrogates, which no UTF-8 table can hold:
         # the record is rejected, keeping its raw line (which is valid UTF-8) and its derived id.
-        rows.add(derived_id, spec.source, line, None, "invalid_unicode", broken)
+        rows.add(row, derived_id, spec.source, line, None, "invalid_unicode", broken)
         return
     reason, detail = _check_text(text, max_bytes)
     if reason:
-        rows.add(doc_id, spec.source, text if isinstance(text, str) else line, meta, reason, detail)
+        rows.add(row, doc_id, spec.source, text if isinstance(text, str) else line, meta, reason, detail)
     else:
-        rows.add(doc_id, spec.source, text, meta)
+        rows.add(row, doc_id, spec.source, text, meta)
 
 
 def _text_file_rows(url: str, rel: str, spec: InputSpec, max_bytes: int, rows: _Rows) -> None:
@@ -188,10 +230,10 @@ def _text_file_rows(url: str, rel: str, spec: InputSpec, max_bytes: int, rows: _
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        rows.add(doc_id, spec.source, raw.decode("utf-8", "replace"), None, "invalid_utf8", f"byte {err.start}")
+        rows.add(0, doc_id, spec.source, raw.decode("utf-8", "replace"), None, "invalid_utf8", f"byte {err.start}")
         return
     reason, detail = _check_text(text, max_bytes)
-    rows.add(doc_id, spec.source, text, None, reason, detail)
+    rows.add(0, doc_id, spec.source, text, None, reason, detail)
 
 
 def _read_files_task(specs: dict[str, InputSpec], max_bytes: int):
@@ -203,13 +245,14 @@ def _read_files_task(specs: dict[str, InputSpec], max_bytes: int):
             for url, rel, source in zip(*(batch.column(i).to_pylist() for i in range(3))):
                 spec = specs[source]
                 try:
+                    rows.start_file(source, rel, _modified_micros(url))
                     if spec.format == "jsonl":
                         yield from _jsonl_rows(url, rel, spec, max_bytes, rows)
                     else:
                         _text_file_rows(url, rel, spec, max_bytes, rows)
                 except (OSError, EOFError, ValueError) as err:
                     # A truncated archive or unreadable file: one rejected row for the whole file.
-                    rows.add(f"{source}/{rel}", source, None, None, "unreadable_file", f"{type(err).__name__}: {err}"[:300])
+                    rows.add(None, f"{source}/{rel}", source, None, None, "unreadable_file", f"{type(err).__name__}: {err}"[:300])
                 if len(rows) >= 2048:
                     yield rows.batch()
         if len(rows):
@@ -232,10 +275,13 @@ def _read_files(
 def _read_table(spark: SparkSession, spec: InputSpec, max_bytes: int, files: list[str] | None = None) -> DataFrame:
     path = to_spark_path(spec.path)
     if spec.format == "delta":
-        df = spark.read.format("delta").load(path)
+        # Delta has no row numbers (files are rewritten by OPTIMIZE anyway): the row is null.
+        df = spark.read.format("delta").load(path).select(
+            "*", "_metadata.file_name", "_metadata.file_modification_time", F.lit(None).cast("long").alias("row_index"))
     else:
         paths = [to_spark_path(f) for f in files] if files is not None else [path]
-        df = spark.read.parquet(*paths).select("*", "_metadata.file_name", "_metadata.row_index")
+        df = spark.read.parquet(*paths).select(
+            "*", "_metadata.file_name", "_metadata.file_modification_time", "_metadata.row_index")
     missing = [c for c in [spec.text_field, spec.id_field, *spec.keep_fields] if c and c not in df.columns]
     if missing:
         raise ValueError(f"input {spec.source!r} ({spec.path}): no column {missing[0]!r}; columns are {df.columns}")
@@ -243,8 +289,9 @@ def _read_table(spark: SparkSession, spec: InputSpec, max_bytes: int, files: lis
         doc_id = F.concat(F.lit(spec.source + "/"), F.col(spec.id_field).cast("string"))
     elif spec.format == "delta":
         raise ValueError(f"input {spec.source!r}: Delta inputs need id_field (file positions are not stable in Delta)")
-    else:
-        doc_id = F.concat(F.lit(spec.source + "/"), F.col("file_name"), F.lit(":"), F.col("row_index").cast("string"))
+    origin = F.concat_ws(":", F.concat(F.lit(spec.source + "/"), F.col("file_name")), F.col("row_index").cast("string"))
+    if not spec.id_field:
+        doc_id = origin
     text = F.col(spec.text_field).cast("string")
     meta = (
         F.create_map(*[x for k in spec.keep_fields for x in (F.lit(k), F.col(k).cast("string"))])
@@ -262,7 +309,9 @@ def _read_table(spark: SparkSession, spec: InputSpec, max_bytes: int, files: lis
     detail = F.when(size > max_bytes, F.concat(size.cast("string"), F.lit(f" bytes > max_doc_bytes {max_bytes}")))
     return df.select(
         doc_id.alias("id"), F.lit(spec.source).alias("source"), text.alias("text"), meta.alias("meta"),
-        reason.alias("reason"), detail.cast("string").alias("detail"),
+        reason.alias("reason"), detail.cast("string").alias("detail"), origin.alias("_origin"),
+        F.unix_micros("file_modification_time").alias("_modified"), F.col("file_name").alias("_file"),
+        F.col("row_index").alias("_row"),
     )
 
 
@@ -286,8 +335,19 @@ def ingest(spark: SparkSession, config: PipelineConfig, files: list[tuple[str, s
     docs = parts[0]
     for part in parts[1:]:
         docs = docs.unionByName(part)
-    # An input that repeats an id: one occurrence stays (chosen by content, so reruns agree), the others are rejected.
-    first = Window.partitionBy("id").orderBy(F.col("reason").isNotNull(), F.xxhash64("text"), F.col("text"))
-    docs = docs.withColumn("_n", F.row_number().over(first))
-    docs = docs.withColumn("reason", F.when(F.col("reason").isNull() & (F.col("_n") > 1), "duplicate_id").otherwise(F.col("reason")))
-    return docs.drop("_n").withColumn("content_hash", F.sha1(F.encode(F.col("text"), "UTF-8")))
+    return _reject_duplicate_ids(docs).withColumn("content_hash", F.sha1(F.encode(F.col("text"), "UTF-8")))
+
+
+def _reject_duplicate_ids(docs: DataFrame) -> DataFrame:
+    """The newest copy of each id stays (see the module's docstring); the others become `duplicate_id`."""
+    newest_first = Window.partitionBy("id").orderBy(
+        F.col("reason").isNotNull(), F.col("_modified").desc(), F.col("_file").desc(), F.col("_row").desc(),
+        F.xxhash64("text"), F.col("text"))
+    duplicate = F.col("reason").isNull() & (F.row_number().over(newest_first) > 1)
+    detail = F.concat(F.lit("kept the newest copy, at "), F.first("_origin").over(newest_first),
+                      F.lit("; this copy is at "), F.col("_origin"))
+    return docs.select(
+        *[c for c in docs.columns if c not in ("reason", "detail", *_ORIGIN_COLUMNS)],
+        F.when(duplicate, F.lit("duplicate_id")).otherwise(F.col("reason")).alias("reason"),
+        F.when(duplicate, detail).otherwise(F.col("detail")).alias("detail"),
+    )

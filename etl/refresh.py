@@ -29,7 +29,7 @@ from shards.config import ConfigError
 
 from .config import PipelineConfig, join_path
 from .delta import read_table, table_exists, table_version, write_table
-from .ingest import list_input_files, to_fsspec_url, to_spark_path
+from .ingest import file_modified, list_input_files, to_fsspec_url, to_spark_path
 from .pipeline import Pipeline, PipelineRun
 from .stages.base import NoParams, Stage, StageContext, StageResult
 
@@ -67,10 +67,8 @@ def list_files(config: PipelineConfig) -> list[InputFile]:
 
 
 def _modified(info: dict) -> str:
-    """A file's modification time whatever the store calls it (local mtime, S3 LastModified, ...)."""
-    value = next((info[k] for k in ("mtime", "LastModified", "last_modified", "updated") if info.get(k) is not None), None)
-    if isinstance(value, (int, float)):
-        value = datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
+    """A file's modification time as text (ISO 8601 when the store gives a time)."""
+    value = file_modified(info)
     return value.isoformat() if isinstance(value, datetime.datetime) else str(value)
 
 
