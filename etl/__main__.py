@@ -68,7 +68,12 @@ def _cmd_train_tokenizer(args) -> int:
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(f"train-tokenizer: {err}") from None
     url = save_tokenizer(tokenizer, args.out)
-    print(f"done: {tokenizer.get_vocab_size()} tokens in {url}")
+    reached = tokenizer.get_vocab_size()
+    print(f"done: {reached} tokens in {url}")
+    if reached < args.vocab_size:
+        print(f"note: reached {reached} of the {args.vocab_size} tokens asked for: the corpus is too small or "
+              f"--min-frequency {args.min_frequency} too high (no other pair of tokens occurs that often); "
+              "train on more documents or lower --min-frequency for a larger vocabulary")
     return 0
 
 

@@ -181,24 +181,46 @@ def _open_text(url: str) -> io.TextIOBase:
     return io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
 
 
+# What reading a damaged file raises (a truncated .gz: EOFError; not gzip at all: OSError).
+_UNREADABLE = (OSError, EOFError, ValueError)
+
+
+def _readable_lines(file_url: str) -> Iterator[str]:
+    """The file's lines up to where it stops being readable; the rest is skipped with a warning,
+    as ingest turns it into an ``unreadable_file`` row instead of failing."""
+    read = 0
+    try:
+        with _open_text(file_url) as lines:
+            for line in lines:
+                yield line
+                read += 1
+    except _UNREADABLE as err:
+        log.warning("%s: unreadable after line %d (%s: %s); skipped the rest of the file",
+                    file_url, read, type(err).__name__, err)
+
+
 def _jsonl_texts(url: str, text_field: str) -> Iterator[str]:
     skipped = 0
     for file_url in _files(url):
-        with _open_text(file_url) as lines:
-            for line in lines:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    record = None
-                if isinstance(record, dict):
-                    yield record.get(text_field)
-                elif line.strip():
-                    skipped += 1
+        for line in _readable_lines(file_url):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                yield record.get(text_field)
+            elif line.strip():
+                skipped += 1
     if skipped:
         log.warning("skipped %d lines of %s that are not JSON objects (ingest reports them per line)", skipped, url)
 
 
 def _file_texts(url: str, text_field: str) -> Iterator[str]:
     for file_url in _files(url):
-        with _open_text(file_url) as f:
-            yield f.read()
+        try:
+            with _open_text(file_url) as f:
+                text = f.read()
+        except _UNREADABLE as err:
+            log.warning("%s: unreadable (%s: %s); skipped", file_url, type(err).__name__, err)
+            continue
+        yield text
