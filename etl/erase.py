@@ -15,6 +15,9 @@ pipeline, the old files holding their text deleted, and a dataset version publis
 5. a report, printed (counts and versions, never text) and in ``<output>/report/erasure-<run>.json``:
    the old dataset versions that still hold the documents, or can no longer be checked, and
    ``--retire-versions`` deletes those.
+
+An output that another command left incomplete (see etl/run_state.py) is refused before anything
+is read; an erasure that stopped midway is finished by running it again.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from .delta import read_table
 from .ingest import to_fsspec_url, to_spark_path
 from .pipeline import Pipeline, new_run_id
 from .refresh import dataset_source, publish, split_stages
+from .run_state import incomplete_run, mark_complete, mark_running
 from .stages.base import Stage
 from .stages.exact_dedup import INDEX_TABLE as EXACT_INDEX
 
@@ -106,6 +110,9 @@ def delta_tables(root: str) -> list[str]:
 def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: SparkSession | None = None,
           retire_versions: bool = False, progress=print) -> ErasureReport:
     ids, hashes = read_request(request)
+    refused = incomplete_run(config.output, "erase")
+    if refused:
+        raise ErasureError(refused)
     from .spark import get_spark
 
     spark = spark or get_spark("kiln-erase", config.spark_conf)
@@ -113,6 +120,7 @@ def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: Spar
     tables = _all_tables(config)
     if not tables:
         raise ErasureError(f"no Delta table under {config.output} or {config.state_root}: nothing to erase from")
+    mark_running(config.output, run_id, "erase")
     # 1. the documents' rows in every table, and the dataset versions holding them
     exact_index = join_path(config.state_root, EXACT_INDEX)
     keys = dict(zip(tables, _each_table(tables, lambda path: _key_column(spark, path, exact_index), "reading tables")))
@@ -142,6 +150,9 @@ def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: Spar
         run = pipeline.new_run()
         new_version = publish(pipeline, run, source, progress)
         pipeline.finish(run, progress)
+        if new_version == current:  # built without them, the same content: the current version lacks them
+            new_version = None
+            unchecked.pop(current, None)
     targets.unpersist()
     tables = _all_tables(config)
     with _retention_check_off(spark):
@@ -159,6 +170,7 @@ def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: Spar
                            new_version, holding, unchecked, retired)
     report_path = join_path(config.output, "report", f"erasure-{run_id}.json")
     storage.atomic_write_bytes(to_fsspec_url(report_path), (json.dumps(asdict(report), indent=2, sort_keys=True) + "\n").encode())
+    mark_complete(config.output, run_id)
     _print_summary(report, progress)
     progress(f"report: {report_path}")
     return report

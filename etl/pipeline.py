@@ -14,7 +14,9 @@ The funnel is checked at the end: documents read = documents kept + documents re
 A run is ingest plus `run_stages` over the configured stages; `run_stages` also runs a slice of them
 from another table (etl/refresh.py builds the dataset from its cumulative table that way).
 Tables are marked with the property kiln.zone = raw | curated; with raw_zone_retention_hours set,
-raw-zone tables keep overwritten files only that long (VACUUM LITE after each run).
+raw-zone tables keep overwritten files only that long (VACUUM LITE after each run). Every table a
+step writes also carries kiln.run_id, and ``<output>/_state/run.json`` says whether the last run
+completed (etl/run_state.py).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from .config import PipelineConfig, join_path
 from .delta import read_table, set_properties, table_exists, write_table
 from .ingest import ingest, to_spark_path
 from .progress import step_progress
+from .run_state import RUN_ID_PROPERTY, mark_complete, mark_running
 from .stages.base import Stage, StageContext
 
 
@@ -120,8 +123,8 @@ class Pipeline:
     def _rejected_table(self, zone: str) -> str:
         return self.table_path("rejected" if zone == "raw" else "rejected_curated")
 
-    def _write_step(self, name: str, annotated: DataFrame, zone: str) -> None:
-        properties = {"kiln.zone": zone, "kiln.stage": name}
+    def _write_step(self, run: PipelineRun, name: str, annotated: DataFrame, zone: str) -> None:
+        properties = {"kiln.zone": zone, "kiln.stage": name, RUN_ID_PROPERTY: run.run_id}
         write_table(_kept_rows(annotated), self.table_path(name), properties=properties)
         write_table(
             _rejected_rows(annotated, name), self._rejected_table(zone),
@@ -129,10 +132,14 @@ class Pipeline:
         )
 
     def run(self, progress=print) -> PipelineRun:
+        """The whole pipeline; the output is marked incomplete until it is done."""
         run = self.new_run()
+        mark_running(self.config.output, run.run_id, "run")
         self.ingest(run, progress=progress)
         self.run_stages(run, self.stages, progress)
-        return self.finish(run, progress)
+        self.finish(run, progress)
+        mark_complete(self.config.output, run.run_id)
+        return run
 
     def new_run(self) -> PipelineRun:
         return PipelineRun(self.config, new_run_id())
@@ -143,7 +150,7 @@ class Pipeline:
         with step_progress(self.spark, "ingest", 1, len(self.stages) + 1):
             start = time.time()
             annotated = ingest(self.spark, self.config, files).persist(StorageLevel.MEMORY_AND_DISK)
-            self._write_step("ingest", annotated, self._zone(-1))
+            self._write_step(run, "ingest", annotated, self._zone(-1))
             run.steps.append(_step_counts("ingest", annotated, None, time.time() - start))
             annotated.unpersist()
             run.tables["ingest"] = self.table_path("ingest")
@@ -168,9 +175,10 @@ class Pipeline:
                 annotated = result.docs.persist(StorageLevel.MEMORY_AND_DISK)
                 if "reason" not in annotated.columns:
                     raise RuntimeError(f"stage {stage.name!r} returned documents without a 'reason' column")
-                self._write_step(stage.name, annotated, self._zone(self.stages.index(stage)))
+                self._write_step(run, stage.name, annotated, self._zone(self.stages.index(stage)))
                 for table_name, table in result.tables.items():
-                    write_table(table, join_path(self.table_path(stage.name), table_name))
+                    write_table(table, join_path(self.table_path(stage.name), table_name),
+                                properties={RUN_ID_PROPERTY: run.run_id})
                 counts = _step_counts(stage.name, annotated, totals, 0.0)
                 if result.metrics is not None:
                     counts.metrics = result.metrics(annotated)
@@ -182,6 +190,8 @@ class Pipeline:
                 if continues_funnel:
                     run.funnel_end = stage.name
             progress(_progress_line(counts))
+            if "message" in counts.metrics:  # a stage's one line for the user (shuffle_and_write: the version)
+                progress(f"[{stage.name:>14}] {counts.metrics['message']}")
 
     def finish(self, run: PipelineRun, progress=print) -> PipelineRun:
         """Check the funnel, mark and vacuum tables, write the report."""

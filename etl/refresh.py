@@ -12,6 +12,9 @@
 
 With no new file nothing is written ("nothing new"). A crash before step 5 takes the same files
 again next time: the dedup indices replay their decisions and the MERGE adds no document twice.
+An output that another command left incomplete (`etl run` or `etl erase` stopped midway; see
+etl/run_state.py) is refused: its tables may mix two runs. A publish whose content equals the
+newest dataset version's keeps that version (shuffle_and_write says "unchanged").
 The stage tables and ``rejected`` hold the latest refresh's batch (its funnel adds up on its own);
 earlier batches stay in their Delta history.
 """
@@ -31,6 +34,7 @@ from .config import PipelineConfig, join_path
 from .delta import read_table, table_exists, table_version, write_table
 from .ingest import file_modified, list_input_files, to_fsspec_url, to_spark_path
 from .pipeline import Pipeline, PipelineRun
+from .run_state import incomplete_run, mark_complete, mark_running
 from .stages.base import NoParams, Stage, StageContext, StageResult
 
 CUMULATIVE_TABLE = "cumulative"
@@ -171,7 +175,8 @@ def dataset_source(spark: SparkSession, config: PipelineConfig, stages: list[Sta
 
 
 def publish(pipeline: Pipeline, run: PipelineRun, source: str, progress=print) -> int | None:
-    """Run the dataset stages over the table `source`; the new dataset version's number."""
+    """Run the dataset stages over the table `source`; the number of the dataset version that holds
+    the result (the newest one again when its content is unchanged)."""
     _, dataset = split_stages(pipeline.stages)
     pipeline.run_stages(run, dataset, progress, source=source)
     return run.steps[-1].metrics.get("version")
@@ -196,6 +201,9 @@ def refresh(config: PipelineConfig, stages: list[Stage], spark: SparkSession | N
             progress=print) -> PipelineRun | None:
     """One refresh; None when no input file is new (then nothing is written)."""
     check_refreshable(config, stages)
+    refused = incomplete_run(config.output, "refresh")
+    if refused:
+        raise RefreshError(refused)
     from .spark import get_spark
 
     spark = spark or get_spark("kiln-refresh", config.spark_conf)
@@ -211,6 +219,7 @@ def refresh(config: PipelineConfig, stages: list[Stage], spark: SparkSession | N
         return None
 
     run = pipeline.new_run()
+    mark_running(config.output, run.run_id, "refresh")
     progress(f"refresh {run.run_id}: {len(new)} new input files (of {len(listed)})")
     pipeline.ingest(run, [(f.url, f.rel, f.source) for f in new], progress)
     pipeline.run_stages(run, [*documents, accumulate], progress)
@@ -221,6 +230,7 @@ def refresh(config: PipelineConfig, stages: list[Stage], spark: SparkSession | N
         dataset_version = publish(pipeline, run, cumulative, progress)
     pipeline.finish(run, progress)
     taken.record(new, run.run_id, version, dataset_version)
+    mark_complete(config.output, run.run_id)
     if dataset_version is None:
         progress(f"nothing new: {len(new)} new files added no document; the dataset stays as it is")
     else:

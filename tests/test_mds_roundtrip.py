@@ -19,6 +19,7 @@ from etl.__main__ import main
 from etl.config import validate_pipeline_config
 from etl.delta import read_table, write_table
 from etl.pipeline import run_pipeline
+from etl.run_state import RUN_ID_PROPERTY
 from etl.stages.base import StageContext
 from etl.stages.shuffle_write import ShuffleAndWrite, ShuffleWriteParams
 from etl.stages.tokenize import Tokenize, TokenizeParams
@@ -128,7 +129,7 @@ def test_same_seed_gives_byte_identical_shards_whatever_the_partitioning(built, 
     tokenized = Tokenize(TokenizeParams(tokenizer=built["tokenizer"], **TOKENIZE)).run(docs, ctx)
     kept = tokenized.docs.persist()  # as the pipeline does
     for name, table in tokenized.tables.items():
-        write_table(table, f"{out}/tokenize/{name}")
+        write_table(table, f"{out}/tokenize/{name}", properties={RUN_ID_PROPERTY: ctx.run_id})  # as the pipeline does
     # A crashed earlier build left v=1 without a manifest: it is skipped, never listed, never reused.
     storage.atomic_write_bytes(f"{root}/v=1/train/shard.00000.mds.zstd", b"half a shard")
     params = ShuffleWriteParams(dataset_root=root, write_tasks=3, quality_report=False, **SHUFFLE)
@@ -160,7 +161,7 @@ def test_manifest_and_report(built):
     assert manifest.token_dtype == "uint16" and manifest.vocab_size == 320 and manifest.seq_len == SEQ_LEN
     assert manifest.tokenizer_hash == load_tokenizer(built["tokenizer"]).sha256
     assert {t["path"].rsplit("/", 1)[1] for t in manifest.source_tables} == {"samples", "provenance", "buckets", "info"}
-    assert all(t["delta_version"] == 0 for t in manifest.source_tables)
+    assert all(t["delta_version"] == 1 for t in manifest.source_tables)  # written, then marked with its run id
     assert manifest.num_tokens == {s: n * SEQ_LEN for s, n in manifest.num_samples.items()}
     metrics = built["run"].steps[-1].metrics
     assert metrics["fingerprint"] == dataset_fingerprint(manifest)

@@ -11,10 +11,17 @@ then ``manifest.json``. How:
 3. Shard ``s`` holds positions ``[s * k, (s + 1) * k)``, where ``k`` is how many samples fit
    ``size_limit`` by streaming's own rolling rule (every sample has the same size), so the shards
    are byte-identical to what one ``MDSWriter`` fed in position order would write.
-4. Executors encode and write whole shards straight to the store (local path or URL); the driver
-   then writes each split's ``index.json`` (atomically, last of the split), the shuffle quality
-   report, and finally ``manifest.json``. A crashed run leaves a version folder without a
-   manifest, which readers never list and the next run skips (it writes ``v=N+1``).
+4. Executors encode and write whole shards straight to the store (local path or URL), each with
+   its sha256; the driver then writes each split's ``index.json`` (atomically, last of the split),
+   the shuffle quality report, and finally ``manifest.json``. A crashed run leaves a version
+   folder without a manifest, which readers never list and the next run skips (it writes ``v=N+1``).
+5. Publishing is idempotent: the manifest's fingerprint covers a content hash over the shards'
+   sha256s, not the Delta versions read. When it equals the newest complete version's, the folder
+   just written is removed and that version stays the dataset ("unchanged: dataset v=N"), so a
+   re-run on the same documents and params leaves training jobs resuming on the same version.
+
+The tokenize tables must come from this very run (table property ``kiln.run_id``): a dataset is
+never built from tables an earlier or a failed run left behind.
 
 Every sample has the columns ``tokens`` (``ndarray:<token_dtype>``, seq_len values), ``bucket`` and
 ``bucket_index`` (``uint32``): the key that ``<output>/tokenize/provenance`` traces to documents.
@@ -33,11 +40,15 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from shards import (
+    MANIFEST_FORMAT,
     DatasetManifest,
+    content_hash,
     dataset_fingerprint,
     encode_shard,
+    latest_version,
     merge_index,
     next_version,
+    read_manifest,
     shard_basename,
     split_path,
     storage,
@@ -48,6 +59,7 @@ from shards import (
 from shards.config import ConfigError
 from shards.mds import check_hash_names, parse_compression
 
+from ..run_state import RUN_ID_PROPERTY
 from ..tokenizer import delta_rs_table, to_fsspec_url
 from .base import Stage, StageContext, StageResult
 from .tokenize import binary_tokens
@@ -221,7 +233,7 @@ def _write_shard(spec: _WriteSpec, split: str, shard: int, samples: list[dict]) 
     blob = encode_shard(samples, spec.columns, spec.compression, spec.hashes, spec.size_limit,
                         basename=shard_basename(shard))
     storage.atomic_write_bytes(storage.join(spec.split_dirs[split], blob.basename), blob.data)
-    return split, shard, len(samples), json.dumps(blob.entry, sort_keys=True)
+    return split, shard, len(samples), json.dumps(blob.entry, sort_keys=True), hashlib.sha256(blob.data).hexdigest()
 
 
 def _write_batches(batches: Iterator[pa.RecordBatch], spec: _WriteSpec) -> Iterator[pa.RecordBatch]:
@@ -244,9 +256,9 @@ def _write_batches(batches: Iterator[pa.RecordBatch], spec: _WriteSpec) -> Itera
     if samples:
         written.append(_write_shard(spec, *key, samples))
     if written:
-        types = [pa.string(), pa.int32(), pa.int64(), pa.string()]
+        types = [pa.string(), pa.int32(), pa.int64(), pa.string(), pa.string()]
         yield pa.RecordBatch.from_arrays([pa.array(col, t) for col, t in zip(zip(*written), types)],
-                                         names=["split", "shard", "samples", "entry"])
+                                         names=["split", "shard", "samples", "entry", "sha256"])
 
 
 # --------------------------------------------------------------------------- the stage
@@ -261,6 +273,7 @@ class TokenizedInput:
 
     paths: dict[str, str]  # samples, provenance, buckets, info
     versions: dict[str, int]
+    run_ids: dict[str, str | None]  # the run that wrote each table (its kiln.run_id property)
     info: dict  # the one `info` row
     buckets: list[dict]  # the `buckets` rows
 
@@ -284,8 +297,21 @@ class TokenizedInput:
         info_rows = tables["info"].to_pyarrow_table().to_pylist()
         if len(info_rows) != 1:
             raise ValueError(f"{paths['info']} holds {len(info_rows)} rows; tokenize writes exactly one")
-        return cls(paths, {n: t.version() for n, t in tables.items()}, info_rows[0],
-                   tables["buckets"].to_pyarrow_table().to_pylist())
+        return cls(paths, {n: t.version() for n, t in tables.items()},
+                   {n: t.metadata().configuration.get(RUN_ID_PROPERTY) for n, t in tables.items()},
+                   info_rows[0], tables["buckets"].to_pyarrow_table().to_pylist())
+
+    def check_written_by(self, run_id: str) -> None:
+        """Refuse tables an earlier (or a failed) run left: a dataset from them would mix two runs."""
+        others = {name: written for name, written in self.run_ids.items() if written != run_id}
+        if others:
+            name, written = next(iter(others.items()))
+            raise ConfigError(
+                f"shuffle_and_write: the tokenize table {self.paths[name]} was written by "
+                f"{f'run {written}' if written else 'an earlier run (it records none)'}, not by this run {run_id}; "
+                "a dataset is built only from tables this run's tokenize stage wrote: put tokenize before "
+                "shuffle_and_write in the stages and re-run `python -m etl run`"
+            )
 
     def source_tables(self) -> list[dict]:
         return [{"path": self.paths[n], "delta_version": self.versions[n]} for n in ("samples", "provenance", "buckets", "info")]
@@ -321,6 +347,7 @@ class ShuffleAndWrite(Stage):
 
         p: ShuffleWriteParams = self.params
         tokenized = TokenizedInput.load(ctx.output, p.samples_table)
+        tokenized.check_written_by(ctx.run_id)
         info, splits = tokenized.info, list(tokenized.info["splits"])
         counts = {(b["split"], b["bucket"]): b["samples"] for b in tokenized.buckets}
         order = SampleOrder.from_counts(p.seed, info["num_buckets"], counts, splits)
@@ -343,32 +370,45 @@ class ShuffleAndWrite(Stage):
                                "split string, bucket int, index long, tokens binary, position long, shard int")
             .repartition(tasks, "split", "shard")
             .sortWithinPartitions("split", "shard", "position")
-            .mapInArrow(lambda batches: _write_batches(batches, spec), "split string, shard int, samples long, entry string")
+            .mapInArrow(lambda batches: _write_batches(batches, spec),
+                        "split string, shard int, samples long, entry string, sha256 string")
             .collect()
         )
+        shard_sha256 = {}
         for split in splits:
-            entries = sorted((r["shard"], r["samples"], r["entry"]) for r in written if r["split"] == split)
+            entries = sorted((r["shard"], r["samples"], r["entry"], r["sha256"]) for r in written if r["split"] == split)
             _check_shards(split, entries, order.num_samples(split), per_shard)
-            merge_index(spec.split_dirs[split], [json.loads(e) for _, _, e in entries])
+            merge_index(spec.split_dirs[split], [json.loads(e[2]) for e in entries])
+            shard_sha256[split] = [e[3] for e in entries]
 
-        manifest = _manifest(p, tokenized, order, version, columns, per_shard, ctx.run_id)
-        quality = None
-        if p.quality_report and order.num_samples(splits[0]) > 1:
-            from ..shuffle_report import write_shuffle_report
-
-            provenance = read_table(ctx.spark, tokenized.paths["provenance"], tokenized.versions["provenance"])
-            quality = write_shuffle_report(
-                provenance, splits[0], order, storage.join(version_dir, REPORT_FOLDER), window=p.report_window,
-                shard_size=per_shard, partitions=tasks, max_samples=p.report_max_samples, seed=p.seed,
-            )
-        write_manifest(root, manifest)  # last: from here on the version is complete and immutable
+        manifest = _manifest(p, tokenized, order, version, columns, per_shard, ctx.run_id,
+                             content_hash(columns, shard_sha256))
         fingerprint = dataset_fingerprint(manifest)
-        log.info("published %s (fingerprint %s)", version_dir, fingerprint)
+        newest = latest_version(root)
+        unchanged = newest is not None and dataset_fingerprint(read_manifest(version_path(root, newest))) == fingerprint
+        quality = None
+        if unchanged:  # the newest version holds this very content: it stays the dataset
+            fs, path = storage.open_fs(version_dir)
+            fs.rm(path, recursive=True)
+            version, version_dir = newest, version_path(root, newest)
+            message = f"unchanged: dataset v={version} ({version_dir}) has the same content; nothing published"
+        else:
+            if p.quality_report and order.num_samples(splits[0]) > 1:
+                from ..shuffle_report import write_shuffle_report
+
+                provenance = read_table(ctx.spark, tokenized.paths["provenance"], tokenized.versions["provenance"])
+                quality = write_shuffle_report(
+                    provenance, splits[0], order, storage.join(version_dir, REPORT_FOLDER), window=p.report_window,
+                    shard_size=per_shard, partitions=tasks, max_samples=p.report_max_samples, seed=p.seed,
+                )
+            write_manifest(root, manifest)  # last: from here on the version is complete and immutable
+            message = f"published: dataset v={version} ({version_dir})"
+        log.info("%s (fingerprint %s)", message, fingerprint)
 
         summary = {
-            "dataset": version_dir, "version": version, "fingerprint": fingerprint,
-            "num_samples": manifest.num_samples, "num_tokens": manifest.num_tokens, "shards": total_shards,
-            "samples_per_shard": per_shard, "dropped_tail_tokens": manifest.dropped_tail_tokens,
+            "dataset": version_dir, "version": version, "unchanged": unchanged, "message": message,
+            "fingerprint": fingerprint, "num_samples": manifest.num_samples, "num_tokens": manifest.num_tokens,
+            "shards": total_shards, "samples_per_shard": per_shard, "dropped_tail_tokens": manifest.dropped_tail_tokens,
         }
         if quality is not None:
             summary["shuffle_quality"] = quality
@@ -378,12 +418,13 @@ class ShuffleAndWrite(Stage):
 
 
 def _manifest(p: ShuffleWriteParams, tokenized: TokenizedInput, order: SampleOrder, version: int,
-              columns: dict, per_shard: int, run_id: str) -> DatasetManifest:
+              columns: dict, per_shard: int, run_id: str, shards_hash: str) -> DatasetManifest:
     info, splits = tokenized.info, list(tokenized.info["splits"])
     num_samples = {s: order.num_samples(s) for s in splits}
     padded = tokenized.tail_tokens("padded")
     content = {"tokenize": json.loads(info["content_params"]), "shuffle_and_write": {"seed": p.seed, "columns": columns}}
     return DatasetManifest(
+        format=MANIFEST_FORMAT, content_hash=shards_hash,
         version=version, seq_len=info["seq_len"], token_dtype=info["token_dtype"], vocab_size=info["vocab_size"],
         num_samples=num_samples, num_tokens={s: num_samples[s] * info["seq_len"] - padded[s] for s in splits},
         splits=splits, seed=p.seed, tokenizer_hash=info["tokenizer_hash"],
@@ -400,12 +441,13 @@ def _manifest(p: ShuffleWriteParams, tokenized: TokenizedInput, order: SampleOrd
     )
 
 
-def _check_shards(split: str, entries: list[tuple[int, int, str]], expected_samples: int, per_shard: int) -> None:
-    """Every shard present once, full except the last: a lost or doubled task must not publish."""
-    shard_ids = [shard for shard, _, _ in entries]
+def _check_shards(split: str, entries: list[tuple], expected_samples: int, per_shard: int) -> None:
+    """Every shard present once, full except the last: a lost or doubled task must not publish.
+    ``entries``: (shard, samples, ...) sorted by shard."""
+    shard_ids = [e[0] for e in entries]
     expected_shards = -(-expected_samples // per_shard)
     if shard_ids != list(range(expected_shards)):
         raise RuntimeError(f"split {split!r}: wrote shards {shard_ids[:10]}..., expected 0..{expected_shards - 1}")
-    sizes = [n for _, n, _ in entries]
+    sizes = [e[1] for e in entries]
     if sum(sizes) != expected_samples or any(n != per_shard for n in sizes[:-1]):
         raise RuntimeError(f"split {split!r}: shards hold {sum(sizes)} samples, expected {expected_samples}")
