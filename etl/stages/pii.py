@@ -32,6 +32,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, MapType, StringType, StructField, StructType
 
+from shards.config import ConfigError
+
 from ..worker_cache import built_once
 from .base import Stage, StageContext, StageResult
 
@@ -251,6 +253,13 @@ class Pii(Stage):
     name = "pii"
     Params = PiiParams
     handles_pii = True
+
+    def check(self, where: str, config, stage_names: list[str]) -> None:
+        """A `hash` action without its salt fails when the config is loaded, not after the stages before."""
+        try:
+            hash_salt(self.params)
+        except ValueError as err:
+            raise ConfigError(f"{where}.hash_salt_env: {err}") from None
 
     def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
         salt = hash_salt(self.params)
