@@ -159,3 +159,24 @@ def test_preflight_reports_a_vocabulary_mismatch_and_skips_its_training_steps(wo
         in checked.stdout
     assert "WARN  training steps  not run: the vocabulary check failed" in checked.stdout
     assert "WARN  throughput      not run: the vocabulary check failed" in checked.stdout
+
+
+def test_the_quickstart_config_fits_the_demo_data_and_leaves_a_checkpoint():
+    """configs/train_tiny.yaml reads what the README's ETL command writes, with an embedding for every id of
+    the demo tokenizer, and checkpoints where the README's generate, eval and export commands look."""
+    import inspect
+
+    from jobs.demo import train_tokenizer
+    from training.checkpoint import checkpoint_root
+    from training.config import load_config
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = load_config(root / "configs" / "train_tiny.yaml")
+    readme = (root / "README.md").read_text()
+    assert "python -m etl run configs/demo_pipeline.yaml --set output=out/run1" in readme
+    assert [d.path for d in cfg.data.datasets] == ["out/run1/dataset"]
+    assert cfg.model.build().vocab_size >= inspect.signature(train_tokenizer).parameters["vocab_size"].default
+    assert cfg.checkpoint.enabled and checkpoint_root(cfg) == "runs/tiny/checkpoints"
+    for command in ("training.generate runs/tiny/checkpoints", "training.eval runs/tiny/checkpoints",
+                    "training.export_hf runs/tiny/checkpoints"):
+        assert f"python -m {command}" in readme
