@@ -69,7 +69,7 @@ def _under_spark_submit() -> bool:
 # (printing its report to the child's captured output), then prints the jars the launcher resolved.
 _RESOLVE_JARS = """
 import sys
-from pyspark import SparkConf, SparkContext
+from pyspark import SparkConf
 from pyspark.java_gateway import launch_gateway
 gateway = launch_gateway(SparkConf().set("spark.jars.packages", sys.argv[1]).set("spark.jars.ivy", sys.argv[2]))
 print("resolved jars:", gateway.jvm.System.getProperty("spark.jars"))
