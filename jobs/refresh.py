@@ -1,5 +1,6 @@
 """spark-submit entry point for scheduled refreshes (docs/operations.md, examples in jobs/schedules/):
-`spark-submit --py-files kiln.whl jobs/refresh.py --config CONFIG [--set k=v]`.
+`spark-submit --packages ... --py-files dist/kiln-0.1.0.zip jobs/refresh.py --config CONFIG [--set k=v]`
+(the whole command: docs/cluster.md).
 """
 import sys
 

@@ -1,4 +1,5 @@
-"""spark-submit entry point: `spark-submit --py-files kiln.whl jobs/run_pipeline.py --config CONFIG [--set k=v]`.
+"""spark-submit entry point: `spark-submit --packages ... --py-files dist/kiln-0.1.0.zip jobs/run_pipeline.py
+--config CONFIG [--set k=v]` (the whole command: docs/cluster.md).
 
 The session comes from spark-submit (or the Databricks cluster); Kiln only adds what is missing.
 """
