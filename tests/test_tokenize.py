@@ -158,12 +158,15 @@ def test_bad_params_are_reported_with_their_key(tmp_path, tokenizer_path, spark)
         stages({"tokenizer": tokenizer_path, "val_fraction": 1.5})
     with pytest.raises(ConfigError, match=r"stages\[0\]\.params\.tokenizer: required key is missing"):
         stages({})
+    # The tokenizer and its special tokens are checked when the config is loaded, before Spark runs.
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.params\.tokenizer: no tokenizer at"):
+        stages({"tokenizer": str(tmp_path / "none")})
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.params\.pad_token: token '<pad>' is not in the tokenizer"):
+        stages({"tokenizer": tokenizer_path, "tail": "pad", "pad_token": "<pad>"})
+    # A stage built in Python, without a config, checks them when it runs.
     ctx = StageContext(spark, str(tmp_path), str(tmp_path), "r")
-    docs = docs_frame(spark, fixture_docs(1))
     with pytest.raises(ConfigError, match="tokenize.tokenizer: no tokenizer at"):
-        stages({"tokenizer": str(tmp_path / "none")})[0].run(docs, ctx)
-    with pytest.raises(ConfigError, match="tokenize.pad_token: token '<pad>' is not in the tokenizer"):
-        stages({"tokenizer": tokenizer_path, "tail": "pad", "pad_token": "<pad>"})[0].run(docs, ctx)
+        Tokenize(TokenizeParams(tokenizer=str(tmp_path / "none"))).run(docs_frame(spark, fixture_docs(1)), ctx)
 
 
 def test_padded_tails_and_provenance_agree_with_samples(spark, tokenizer_path, tmp_path):
