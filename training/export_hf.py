@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from training.consolidate import write_safetensors
-from training.hf_convert import HF_PREFIX, check_hf_expressible, shape_problems, to_hf_mpt
-from training.inference import CONFIG_NAME, WEIGHTS_NAME, open_weights
+from training.hf_convert import HF_PREFIX, to_hf_mpt
+from training.inference import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME, open_weights
 
 HF_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
@@ -37,13 +37,10 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     with open_weights(checkpoint) as weights:
         config = weights.config
-        check_hf_expressible(config)
-        problems = shape_problems({name: shape for name, (shape, _) in weights.specs.items()}, config)
-        if problems:
-            raise ValueError(f"{checkpoint}: the weights do not match its config:\n  - " + "\n  - ".join(problems))
         if weights.tokenizer is not None:
             config.check_tokenizer(weights.tokenizer.vocab_size)
-        # The HF config and the exported names come from shapes alone (meta tensors), never the weights.
+        # The HF config and the exported names come from shapes alone (meta tensors), never the weights;
+        # to_hf_mpt refuses what MptForCausalLM cannot express and weights that do not match the config.
         meta_state = {name: torch.empty(shape, dtype=dtype, device="meta")
                       for name, (shape, dtype) in weights.specs.items()}
         hf_config, hf_meta_state = to_hf_mpt(meta_state, config)
@@ -61,7 +58,7 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     if config.padded_vocab_size > config.vocab_size:  # padding rows of the embedding are never generated
         generation["suppress_tokens"] = list(range(config.vocab_size, config.padded_vocab_size))
     if tokenizer is not None:
-        tokenizer.save(out / "tokenizer.json")
+        tokenizer.save(out / TOKENIZER_NAME)
         tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": config.max_seq_len,
                             "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False}
         if tokenizer.eos_token is not None:
