@@ -331,8 +331,12 @@ class Checker:
             _, options = option_values(every[1:script])
             shipped = [f for value in options.get("--py-files", []) for f in value.split(",")
                        if not f.endswith((".zip", ".egg", ".py"))]
-            if shipped:  # Spark puts only these on the executors' Python path
-                return [f"--py-files {', '.join(shipped)}: the executors import only .zip, .egg and .py files"]
+            problems = [f"--py-files {', '.join(shipped)}: the executors import only .zip, .egg and .py files"
+                        ] if shipped else []  # Spark puts only these on the executors' Python path
+            if not any("io.delta:delta-spark" in p for p in options.get("--packages", [])) and "--jars" not in options:
+                problems.append("no Delta Lake jars: spark-submit needs --packages io.delta:delta-spark_... (or --jars)")
+            if problems:
+                return problems
             # the job scripts take `--config CONFIG` for the subcommand's positional CONFIG (submit_main)
             return (self.known_options(("spark-submit",), every[1:script])
                     + self.known_options((every[script],), [w for w in every[script + 1:] if w != "--config"])

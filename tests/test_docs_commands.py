@@ -49,7 +49,7 @@ raw, eval_path, texts = build_corpus(Path("demo_out"), n_docs=400, planted=12)
 train_tokenizer(texts, Path("demo_out"))
 Path("demo_out/takedown.txt").write_text("forum/pii-0\\n")
 """
-RUN_TIMEOUT_S = 600
+RUN_TIMEOUT_S = 900  # a hang fails; an idle 2-core machine runs each command in well under 2 minutes
 OUTPUT_LINES = 25
 CHECKER = Path(__file__).with_name("docs_commands.py")
 
@@ -77,6 +77,10 @@ def shell(command: str, cwd: Path, timeout: int = RUN_TIMEOUT_S) -> subprocess.C
         os.killpg(process.pid, signal.SIGKILL)
         output, _ = process.communicate()
         return subprocess.CompletedProcess(command, -1, output, f"timed out after {timeout} s")
+    finally:  # also when pytest-timeout or Ctrl-C interrupts the wait
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def tail(result: subprocess.CompletedProcess) -> str:
@@ -141,6 +145,7 @@ def test_every_command_is_tagged():
     assert not mistakes, "\n".join(mistakes)
 
 
+@pytest.mark.timeout(3 * RUN_TIMEOUT_S)  # the first one builds the shared output
 @pytest.mark.parametrize("command", [c for c in COMMANDS if c.kind == "run"], ids=lambda c: c.where)
 def test_run(command: DocCommand, workdir: Path, ran: dict):
     if command.filled not in ran:
@@ -162,6 +167,7 @@ def checked(workdir, ran) -> dict[tuple[str, str], list[str]]:
     return dict(zip(jobs, json.loads(result.stdout.splitlines()[-1])))
 
 
+@pytest.mark.timeout(3 * RUN_TIMEOUT_S)
 @pytest.mark.parametrize("command", CHECKED, ids=lambda c: c.where)
 def test_check(command: DocCommand, checked: dict):
     problems = checked[command.filled, command.kind]
