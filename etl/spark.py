@@ -163,6 +163,7 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
     if _under_spark_submit():
         # Connect to spark-submit's JVM first: only then does SparkConf() hold its --master and --conf values.
         SparkContext._ensure_initialized()
+        _check_delta(SparkContext._jvm)  # before the session, whose Delta extension would fail with a long trace
     else:
         check_java()
     given = SparkConf()
@@ -183,13 +184,12 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("KILN_SPARK_LOG_LEVEL", "ERROR"))
-    _check_delta(spark)
+    _check_delta(getattr(spark, "_jvm", None))  # None on Spark Connect, where the server holds the jars
     return spark
 
 
-def _check_delta(spark: SparkSession) -> None:
+def _check_delta(jvm) -> None:
     """Without Delta's jars every table read fails later with "'JavaPackage' object is not callable"."""
-    jvm = getattr(spark, "_jvm", None)  # None on Spark Connect, where the server holds the jars
     if jvm is None or isinstance(jvm.io.delta.tables.DeltaTable, JavaClass):
         return
     if _under_spark_submit():
