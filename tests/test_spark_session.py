@@ -40,7 +40,7 @@ def _etl_env(**changes: str | None) -> dict[str, str]:
     return env
 
 
-def test_missing_java_is_one_line_naming_the_fix(tmp_path):
+def test_missing_java_or_jars_is_one_line_naming_the_fix(tmp_path):
     _tiny_pipeline(tmp_path)
     no_java = tmp_path / "bin"
     no_java.mkdir()
@@ -56,6 +56,10 @@ def test_missing_java_is_one_line_naming_the_fix(tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (
         f"error: JAVA_HOME={no_java} holds no bin/java: point JAVA_HOME at a Java 17 installation")
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=_etl_env(KILN_SPARK_JARS=str(no_java)))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"error: KILN_SPARK_JARS={no_java} holds no .jar files"
     assert not (tmp_path / "out").exists()
 
 
