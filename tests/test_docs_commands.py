@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from docs_commands import KINDS, DocCommand, read_commands, words
+from docs_commands import KINDS, DocCommand, read_commands
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
