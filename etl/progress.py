@@ -60,7 +60,10 @@ class _Watcher(threading.Thread):
             now = time.monotonic()
             if not self.tty and now - last_logged < self.log_seconds:
                 continue
-            line = self.describe(now - self.started)
+            try:
+                line = self.describe(now - self.started)
+            except Exception:  # the JVM is going away (Ctrl-C, a failed step): no traceback from this thread
+                return
             if self.tty:
                 if line == shown:
                     continue
