@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# The stamp's name changes whenever pyproject.toml or constraints.txt does, so an edited pin reinstalls.
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt Makefile | cksum | cut -d' ' -f1)
+# The stamp's name changes whenever pyproject.toml does, so an edited pin reinstalls.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 # Peers we check interoperability against, installed beside (not into) our environment
 # because their own pins clash with ours; tests put this folder on sys.path.
 SIDE   := .cache/side
@@ -12,7 +12,7 @@ SIDE   := .cache/side
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt Makefile
+$(STAMP): pyproject.toml Makefile
 	@# bubblewrap isolates generated code in the HumanEval sandbox; without it that harness runs
 	@# only with --unsafe. Installed when we can (root with apt), never required.
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	  echo "note: bubblewrap not installed; code evaluation will need --unsafe"; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[etl,training,dev]" -c constraints.txt
+	$(PY) -m pip install -q -e ".[etl,training,dev]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
