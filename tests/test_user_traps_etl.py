@@ -19,7 +19,6 @@ from etl.delta import read_table
 from etl.fixtures import make_fixture
 from etl.pipeline import run_pipeline
 from shards.config import ConfigError, parse_override
-from shards.manifest import list_versions
 from tests.test_tokenize import write_fixture_tokenizer
 from training.config import load_config
 
@@ -79,16 +78,8 @@ def _variant(workdir: Path, name: str, stages: list[dict]) -> str:
 
 
 # --------------------------------------------------------------------------- relative paths
-
-def test_relative_paths_run_as_typed(workdir):
-    """Delta reads delta.`path` as a path only when it is absolute: every local path is made
-    absolute at config load, so the README's `--set output=out/run1` runs to the end."""
-    done = kiln(workdir, "run", "pipeline.yaml", "--set", "output=out/run1", "--set", "quality.max_dup_para_frac=3e-1")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "done:" in done.stdout
-    versions = list_versions(str(workdir / "out" / "run1" / "dataset"))
-    assert versions, "a dataset version is published under the working directory"
-
+# A whole run with relative paths, as typed, is in test_publish_idempotent (its first `etl run`) and
+# test_docs_commands (the README's own command); here, what the loader makes of them.
 
 def test_config_paths_are_made_absolute_and_urls_left_alone(tmp_path, monkeypatch):
     tokenizer_path = write_fixture_tokenizer(tmp_path / "tokenizer")
