@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shards.config import ConfigError, from_dict, load_yaml, parse_override, set_path
 
+from .paths import is_url, join_path, local_fs_path
 from .stages import STAGES
 from .stages.base import Stage
 
@@ -92,25 +92,6 @@ class PipelineConfig:
     @property
     def state_root(self) -> str:
         return self.state_dir or join_path(self.output, "_state")
-
-
-def join_path(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *[p.strip("/") for p in parts]])
-
-
-_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
-
-
-def is_url(path: str) -> bool:
-    """A URL (s3a://, dbfs:/, file:/...) rather than a path on this machine."""
-    return bool(_URL_SCHEME.match(path))
-
-
-def local_fs_path(path: str) -> str | None:
-    """The path on this machine that ``path`` names (a plain path or a file: URL), else None."""
-    if path.startswith("file:"):
-        return "/" + path.removeprefix("file:").lstrip("/")
-    return None if is_url(path) else path
 
 
 def spark_master() -> str:

@@ -13,7 +13,7 @@ import textwrap
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from .config import join_path
+from .paths import join_path
 from .delta import read_table, table_exists
 
 STAGE = "minhash_dedup"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
 
-from .ingest import to_spark_path
+from .paths import to_spark_path
 
 
 def write_table(

@@ -36,9 +36,9 @@ from tqdm import tqdm
 
 from shards import list_versions, read_manifest, storage, version_path
 
-from .config import PipelineConfig, join_path
+from .config import PipelineConfig
 from .delta import read_table
-from .ingest import to_fsspec_url, to_spark_path
+from .paths import join_path, to_fsspec_url, to_spark_path
 from .pipeline import Pipeline, new_run_id
 from .refresh import dataset_source, publish, split_stages
 from .run_state import incomplete_run, mark_complete, mark_running

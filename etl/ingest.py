@@ -27,6 +27,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from .config import InputSpec, PipelineConfig
+from .paths import to_fsspec_url, to_spark_path
 
 # Everything ingest emits, kept or not; `reason` null means the row is a document. The columns
 # starting with `_` say where each row came from, for the duplicate-id rule, and are dropped after it.
@@ -50,15 +51,6 @@ _ARROW_SCHEMA = pa.schema(
 )
 _ORIGIN_COLUMNS = ("_origin", "_modified", "_file", "_row")
 _GLOB_CHARS = "*?["
-
-
-def to_fsspec_url(path: str) -> str:
-    """Spark says s3a://, fsspec says s3://; same object store."""
-    return "s3://" + path[len("s3a://"):] if path.startswith("s3a://") else path
-
-
-def to_spark_path(path: str) -> str:
-    return "s3a://" + path[len("s3://"):] if path.startswith("s3://") else path
 
 
 def _glob_base(pattern: str) -> str:

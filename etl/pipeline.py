@@ -31,9 +31,10 @@ from pyspark.sql import functions as F
 
 from shards.config import to_dict
 
-from .config import PipelineConfig, join_path
+from .config import PipelineConfig
 from .delta import read_table, set_properties, table_exists, write_table
-from .ingest import ingest, to_spark_path
+from .ingest import ingest
+from .paths import join_path, to_spark_path
 from .progress import step_progress
 from .run_state import RUN_ID_PROPERTY, mark_complete, mark_running
 from .stages.base import Stage, StageContext

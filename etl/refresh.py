@@ -30,9 +30,10 @@ from pyspark.sql import functions as F
 
 from shards.config import ConfigError
 
-from .config import PipelineConfig, join_path
+from .config import PipelineConfig
 from .delta import read_table, table_exists, table_version, write_table
-from .ingest import file_modified, list_input_files, to_fsspec_url, to_spark_path
+from .ingest import file_modified, list_input_files
+from .paths import join_path, to_fsspec_url, to_spark_path
 from .pipeline import Pipeline, PipelineRun
 from .run_state import incomplete_run, mark_complete, mark_running
 from .stages.base import NoParams, Stage, StageContext, StageResult

@@ -18,6 +18,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from shards import storage
 
+from .paths import to_fsspec_url
+
 log = logging.getLogger(__name__)
 
 TOKENIZER_BASENAME = "tokenizer.json"
@@ -25,11 +27,6 @@ TOKENIZER_BASENAME = "tokenizer.json"
 DEFAULT_EOS = "<|endoftext|>"
 DEFAULT_PAD = "<|padding|>"
 DEFAULT_BOS = "<|startoftext|>"
-
-
-def to_fsspec_url(path: str) -> str:
-    """Spark says s3a://, fsspec says s3://: the same object store."""
-    return "s3://" + path[len("s3a://"):] if path.startswith("s3a://") else path
 
 
 def tokenizer_file(path: str) -> str:

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from pyspark.sql import functions as F
 
-from etl.config import join_path
+from etl.paths import join_path
 from etl.delta import read_table
 from etl.spark import get_spark
 

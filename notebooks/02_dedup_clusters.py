@@ -16,7 +16,7 @@ WIDTH = 140  # characters per line of the side-by-side views
 import matplotlib.pyplot as plt
 from pyspark.sql import functions as F
 
-from etl.config import join_path
+from etl.paths import join_path
 from etl.dedup_explain import explain, side_by_side, stage_texts
 from etl.delta import read_table
 from etl.spark import get_spark

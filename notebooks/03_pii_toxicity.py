@@ -20,9 +20,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from pyspark.sql import functions as F
 
-from etl.config import join_path
+from etl.paths import join_path
 from etl.delta import read_table
-from etl.ingest import to_fsspec_url
+from etl.paths import to_fsspec_url
 from etl.spark import get_spark
 from etl.stages.pii import ENTITIES_COLUMN
 from etl.stages.toxicity import SCORE_COLUMN, ToxicityParams

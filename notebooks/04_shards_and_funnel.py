@@ -21,9 +21,9 @@ import json
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from etl.config import join_path
+from etl.paths import join_path
 from etl.delta import read_table
-from etl.ingest import to_fsspec_url
+from etl.paths import to_fsspec_url
 from etl.spark import get_spark
 from etl.stages.shuffle_write import ShuffleWriteParams
 from etl.tokenizer import load_tokenizer

@@ -133,7 +133,7 @@ def _open_index(ctx: StageContext, path: str, params: ExactDedupParams) -> DataF
     from delta.tables import DeltaTable
 
     from ..delta import read_table, table_version
-    from ..ingest import to_spark_path
+    from ..paths import to_spark_path
 
     spark_path = to_spark_path(path)
     (
@@ -162,7 +162,7 @@ def _merge_into_index(ctx: StageContext, path: str, new_hashes: DataFrame) -> No
     """Insert hashes the index does not know; known ones keep the id they were first kept under."""
     from delta.tables import DeltaTable
 
-    from ..ingest import to_spark_path
+    from ..paths import to_spark_path
 
     (
         DeltaTable.forPath(ctx.spark, to_spark_path(path))

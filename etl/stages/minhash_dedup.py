@@ -425,7 +425,7 @@ class MinHashDedup(Stage):
         from delta.tables import DeltaTable
 
         from ..delta import read_table, table_exists
-        from ..ingest import to_spark_path
+        from ..paths import to_spark_path
 
         if not table_exists(spark, path):
             return None
@@ -446,7 +446,7 @@ class MinHashDedup(Stage):
         from delta.tables import DeltaTable
 
         from ..delta import write_table
-        from ..ingest import to_spark_path
+        from ..paths import to_spark_path
 
         batch = 0 if index is None else (index.agg(F.max("batch")).collect()[0][0] or 0) + 1
         rows = (

@@ -60,7 +60,8 @@ from shards.config import ConfigError
 from shards.mds import check_hash_names, parse_compression
 
 from ..run_state import RUN_ID_PROPERTY
-from ..tokenizer import delta_rs_table, to_fsspec_url
+from ..paths import to_fsspec_url
+from ..tokenizer import delta_rs_table
 from .base import Stage, StageContext, StageResult
 from .tokenize import binary_tokens
 
