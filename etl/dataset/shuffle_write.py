@@ -62,7 +62,7 @@ from shards.mds import check_hash_names, parse_compression
 from ..run_state import RUN_ID_PROPERTY
 from ..paths import to_fsspec_url
 from ..tokenizer import delta_rs_table
-from .base import Stage, StageContext, StageResult
+from ..stages.base import Stage, StageContext, StageResult
 from .tokenize import binary_tokens
 
 log = logging.getLogger(__name__)
@@ -395,7 +395,7 @@ class ShuffleAndWrite(Stage):
             message = f"unchanged: dataset v={version} ({version_dir}) has the same content; nothing published"
         else:
             if p.quality_report and order.num_samples(splits[0]) > 1:
-                from ..shuffle_report import write_shuffle_report
+                from .shuffle_report import write_shuffle_report
 
                 provenance = read_table(ctx.spark, tokenized.paths["provenance"], tokenized.versions["provenance"])
                 quality = write_shuffle_report(

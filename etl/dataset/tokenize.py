@@ -42,7 +42,7 @@ from shards.config import ConfigError
 
 from ..tokenizer import DEFAULT_BOS, DEFAULT_EOS, DEFAULT_PAD, LoadedTokenizer, load_tokenizer
 from ..worker_cache import built_once
-from .base import Stage, StageContext, StageResult
+from ..stages.base import Stage, StageContext, StageResult
 
 TRAIN, VAL = "train", "val"
 # Text encoded per tokenizer call: bounds memory and keeps each output batch far below Arrow's 2 GiB.
