@@ -112,7 +112,7 @@ def tokenize_tables(spark, samples: list[dict], seq_len: int, out: str) -> None:
     write_table(spark.createDataFrame([], "split string, bucket int, sample_index long, sample_offset int, doc_id string, "
                                       "source string, doc_offset int, length int, doc_tokens int, kept boolean"),
                 f"{out}/tokenize/provenance")
-    from etl.stages.tokenize import INFO_SCHEMA
+    from etl.dataset.info import INFO_SCHEMA
 
     info = ("bench", "0" * 64, 50_257, "uint16", seq_len, NUM_BUCKETS, 0, ["train"], "drop", 0, None, None,
             json.dumps({"bench": True}), "bench")
@@ -121,7 +121,7 @@ def tokenize_tables(spark, samples: list[dict], seq_len: int, out: str) -> None:
 
 def write_stage(spark, out: str, dataset_root: str, compression: str | None) -> float:
     from etl.stages.base import StageContext
-    from etl.stages.shuffle_write import ShuffleAndWrite, ShuffleWriteParams
+    from etl.dataset.shuffle_write import ShuffleAndWrite, ShuffleWriteParams
 
     docs = spark.createDataFrame([], "id string, source string, text string, content_hash string, meta map<string,string>")
     params = ShuffleWriteParams(dataset_root=dataset_root, compression=compression, quality_report=False)

@@ -113,7 +113,7 @@ def stage_only(work: str, tokenizer_file: str, cores: int) -> None:
 
     from etl.spark import get_spark
     from etl.stages.base import StageContext
-    from etl.stages.tokenize import Tokenize, TokenizeParams
+    from etl.dataset.tokenize import Tokenize, TokenizeParams
 
     spark = get_spark("tokenize-bench", {"spark.sql.shuffle.partitions": str(2 * cores)})
     docs = spark.read.parquet(f"{work}/docs")
@@ -149,7 +149,7 @@ def main() -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from etl.tokenizer import save_tokenizer, train_bpe_tokenizer
+    from etl.dataset.tokenizer import save_tokenizer, train_bpe_tokenizer
 
     work = Path(tempfile.mkdtemp(prefix="kiln-tokenize-bench-"))
     try:

@@ -37,11 +37,14 @@ from tqdm import tqdm
 from shards import list_versions, read_manifest, storage, version_path
 
 from .config import PipelineConfig
+from .dataset.publish import publish, split_stages
 from .delta import read_table
+from .funnel import new_run_id
 from .paths import join_path, to_fsspec_url, to_spark_path
-from .pipeline import Pipeline, new_run_id
-from .refresh import dataset_source, publish, split_stages
+from .pipeline import Pipeline
+from .refresh import dataset_source
 from .run_state import incomplete_run, mark_complete, mark_running
+from .spark import get_spark
 from .stages.base import Stage
 from .stages.exact_dedup import INDEX_TABLE as EXACT_INDEX
 
@@ -113,8 +116,6 @@ def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: Spar
     refused = incomplete_run(config.output, "erase")
     if refused:
         raise ErasureError(refused)
-    from .spark import get_spark
-
     spark = spark or get_spark("kiln-erase", config.spark_conf)
     run_id = new_run_id()
     tables = _all_tables(config)
@@ -133,7 +134,8 @@ def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: Spar
     found = set().union(*counts)
     not_found = [i for i in ids if i not in found] + [h for h in hashes if h not in matched_hashes]
     duplicates = _duplicates_of(spark, config, keys, targets) - found
-    root = next((s.params.root(config.output) for s in stages if s.name == "shuffle_and_write"), None)
+    _, dataset = split_stages(stages)
+    root = dataset.root(config.output) if dataset is not None else None
     complete = list_versions(root) if root else []
     holding, unchecked = _versions_holding(spark, root, complete, targets) if root else ({}, {})
     progress(f"erase {run_id}: {len(found)} documents found ({len(ids)} ids, {len(hashes)} content hashes "
@@ -145,10 +147,10 @@ def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: Spar
     new_version = None
     source = dataset_source(spark, config, stages)
     current = complete[-1] if complete else None  # nothing is published between the listing and here
-    if split_stages(stages)[1] and (source in rows or current in holding or current in unchecked):
+    if dataset is not None and (source in rows or current in holding or current in unchecked):
         pipeline = Pipeline(replace(config, report=False), stages, spark)
         run = pipeline.new_run()
-        new_version = publish(pipeline, run, source, progress)
+        new_version = publish(pipeline, run, dataset, progress, source=source)
         pipeline.finish(run, progress)
         if new_version == current:  # built without them, the same content: the current version lacks them
             new_version = None

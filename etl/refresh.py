@@ -4,10 +4,11 @@
 
 1. list the inputs' files and keep those not in ``<state_root>/refresh_files``; a file taken before
    whose size or modification time has changed is an error (see `TakenFiles.new`);
-2. ingest just those files and run the document stages (every stage before ``tokenize``) on them;
+2. ingest just those files and run the document stages on them;
    exact_dedup and minhash_dedup must be incremental, so they match against everything kept before;
 3. ``accumulate`` adds the documents they kept to ``<output>/cumulative`` (MERGE by id);
-4. ``tokenize`` + ``shuffle_and_write`` over the whole cumulative table publish a new dataset version;
+4. the dataset stages (``tokenize`` + ``shuffle_and_write``, etl/dataset) over the whole cumulative
+   table publish a new dataset version;
 5. record the files taken, only now that the version is published.
 
 With no new file nothing is written ("nothing new"). A crash before step 5 takes the same files
@@ -31,16 +32,18 @@ from pyspark.sql import functions as F
 from shards.config import ConfigError
 
 from .config import PipelineConfig
+from .dataset.publish import DATASET_STAGES, publish, split_stages
 from .delta import read_table, table_exists, table_version, write_table
+from .funnel import PipelineRun
 from .ingest import file_modified, list_input_files
 from .paths import join_path, to_fsspec_url, to_spark_path
-from .pipeline import Pipeline, PipelineRun
+from .pipeline import Pipeline
 from .run_state import incomplete_run, mark_complete, mark_running
+from .spark import get_spark
 from .stages.base import NoParams, Stage, StageContext, StageResult
 
 CUMULATIVE_TABLE = "cumulative"
 FILES_TABLE = "refresh_files"
-DATASET_STAGES = ["tokenize", "shuffle_and_write"]
 INCREMENTAL_STAGES = ("exact_dedup", "minhash_dedup")
 _FILES_SCHEMA = (
     "url string, source string, size long, modified string, run_id string, taken_at timestamp, "
@@ -159,12 +162,6 @@ class Accumulate(Stage):
         return StageResult(annotated, metrics=lambda df: {"inserted": inserted})
 
 
-def split_stages(stages: list[Stage]) -> tuple[list[Stage], list[Stage]]:
-    """(document stages, dataset stages): the dataset stages are tokenize and those after it."""
-    at = next((i for i, s in enumerate(stages) if s.name == DATASET_STAGES[0]), len(stages))
-    return stages[:at], stages[at:]
-
-
 def dataset_source(spark: SparkSession, config: PipelineConfig, stages: list[Stage]) -> str:
     """The table the dataset is built from: the refreshes' cumulative table, else the last document
     stage's table (a pipeline only ever `run`)."""
@@ -173,14 +170,6 @@ def dataset_source(spark: SparkSession, config: PipelineConfig, stages: list[Sta
         return cumulative
     documents, _ = split_stages(stages)
     return join_path(config.output, documents[-1].name if documents else "ingest")
-
-
-def publish(pipeline: Pipeline, run: PipelineRun, source: str, progress=print) -> int | None:
-    """Run the dataset stages over the table `source`; the number of the dataset version that holds
-    the result (the newest one again when its content is unchanged)."""
-    _, dataset = split_stages(pipeline.stages)
-    pipeline.run_stages(run, dataset, progress, source=source)
-    return run.steps[-1].metrics.get("version")
 
 
 def check_refreshable(config: PipelineConfig, stages: list[Stage]) -> None:
@@ -192,10 +181,11 @@ def check_refreshable(config: PipelineConfig, stages: list[Stage]) -> None:
         if stage.name in INCREMENTAL_STAGES and not stage.params.incremental:
             raise ConfigError(f"config.stages: refresh needs {stage.name} with `incremental: true`, to de-duplicate "
                               f"against every earlier refresh (set it in params, or --set {stage.name}.incremental=true)")
-    names = [s.name for s in stages]
-    if [s.name for s in split_stages(stages)[1]] != DATASET_STAGES:
+    _, dataset = split_stages(stages)
+    if dataset is None or dataset.write is None:
         raise ConfigError(f"config.stages: refresh publishes a dataset version, so the stages must end with "
-                          f"{', '.join(DATASET_STAGES)} (and have no other stage after tokenize); got {names}")
+                          f"{', '.join(DATASET_STAGES)} (and have no other stage after tokenize); "
+                          f"got {[s.name for s in stages]}")
 
 
 def refresh(config: PipelineConfig, stages: list[Stage], spark: SparkSession | None = None,
@@ -205,13 +195,11 @@ def refresh(config: PipelineConfig, stages: list[Stage], spark: SparkSession | N
     refused = incomplete_run(config.output, "refresh")
     if refused:
         raise RefreshError(refused)
-    from .spark import get_spark
-
     spark = spark or get_spark("kiln-refresh", config.spark_conf)
     documents, dataset = split_stages(stages)
     cumulative = join_path(config.output, CUMULATIVE_TABLE)
     accumulate = Accumulate(cumulative, "curated" if any(s.handles_pii for s in documents) else "raw")
-    pipeline = Pipeline(config, [*documents, accumulate, *dataset], spark)
+    pipeline = Pipeline(config, [*documents, accumulate, *dataset.stages], spark)
     taken = TakenFiles(spark, config.state_root)
     listed = list_files(config)
     new = taken.new(listed)
@@ -228,7 +216,7 @@ def refresh(config: PipelineConfig, stages: list[Stage], spark: SparkSession | N
     version = table_version(spark, cumulative) if table_exists(spark, cumulative) else None
     dataset_version = None
     if version is not None and version != taken.published_version():
-        dataset_version = publish(pipeline, run, cumulative, progress)
+        dataset_version = publish(pipeline, run, dataset, progress, source=cumulative)
     pipeline.finish(run, progress)
     taken.record(new, run.run_id, version, dataset_version)
     mark_complete(config.output, run.run_id)

@@ -25,8 +25,8 @@ from etl.paths import join_path
 from etl.delta import read_table
 from etl.paths import to_fsspec_url
 from etl.spark import get_spark
-from etl.stages.shuffle_write import ShuffleWriteParams
-from etl.tokenizer import load_tokenizer
+from etl.dataset.shuffle_write import ShuffleWriteParams
+from etl.dataset.tokenizer import load_tokenizer
 from shards import MDSReader, dataset_fingerprint, list_versions, read_manifest, split_path, storage, version_path
 from shards.config import from_dict
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from etl.stages.base import StageContext
-from etl.shuffle_report import chunk_tv, neighbour_correlation
-from etl.stages.shuffle_write import KEY_COLUMNS, ShuffleAndWrite, ShuffleWriteParams, permute, samples_per_shard
+from etl.dataset.shuffle_report import chunk_tv, neighbour_correlation
+from etl.dataset.shuffle_write import KEY_COLUMNS, ShuffleAndWrite, ShuffleWriteParams, permute, samples_per_shard
 from shards import MDSWriter, token_columns
 from shards.config import ConfigError
 from tests.test_tokenize import docs_frame, fixture_docs

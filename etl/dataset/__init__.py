@@ -5,7 +5,3 @@ kept into a dataset version. `publish` is the one entry point that `etl run`, `e
 `etl erase` share; the YAML still lists ``tokenize`` and ``shuffle_and_write`` among the stages, and
 `split_stages` separates them from the document stages.
 """
-
-# The dataset stages subclass etl.stages.base.Stage, and etl.stages registers them by name: load
-# etl.stages first, so that importing either package first finds the other one complete.
-from .. import stages  # noqa: F401  isort:skip

@@ -59,10 +59,10 @@ from shards import (
 from shards.config import ConfigError
 from shards.mds import check_hash_names, parse_compression
 
-from ..run_state import RUN_ID_PROPERTY
+from ..delta import read_table
 from ..paths import to_fsspec_url
-from ..tokenizer import delta_rs_table
 from ..stages.base import Stage, StageContext, StageResult
+from .info import TokenizeInfo
 from .tokenize import binary_tokens
 
 log = logging.getLogger(__name__)
@@ -268,61 +268,7 @@ def _table_path(output: str, path: str) -> str:
     return path if path.startswith("/") or "://" in path else storage.join(output, path)
 
 
-@dataclass(frozen=True)
-class TokenizedInput:
-    """The tokenize tables this run reads, pinned to the Delta versions it read."""
-
-    paths: dict[str, str]  # samples, provenance, buckets, info
-    versions: dict[str, int]
-    run_ids: dict[str, str | None]  # the run that wrote each table (its kiln.run_id property)
-    info: dict  # the one `info` row
-    buckets: list[dict]  # the `buckets` rows
-
-    @classmethod
-    def load(cls, output: str, samples_table: str) -> "TokenizedInput":
-        """Small tables and log versions come through delta-rs on the driver: no Spark job."""
-        from deltalake.exceptions import TableNotFoundError
-
-        samples_path = _table_path(output, samples_table)
-        folder = samples_path.rstrip("/").rsplit("/", 1)[0]
-        paths = {"samples": samples_path, **{n: f"{folder}/{n}" for n in ("provenance", "buckets", "info")}}
-        tables = {}
-        for name, path in paths.items():
-            try:
-                tables[name] = delta_rs_table(path)
-            except TableNotFoundError:
-                raise ConfigError(
-                    f"shuffle_and_write.samples_table: no Delta table {name!r} at {path}; run the tokenize "
-                    "stage before shuffle_and_write, or point samples_table at its samples table"
-                ) from None
-        info_rows = tables["info"].to_pyarrow_table().to_pylist()
-        if len(info_rows) != 1:
-            raise ValueError(f"{paths['info']} holds {len(info_rows)} rows; tokenize writes exactly one")
-        return cls(paths, {n: t.version() for n, t in tables.items()},
-                   {n: t.metadata().configuration.get(RUN_ID_PROPERTY) for n, t in tables.items()},
-                   info_rows[0], tables["buckets"].to_pyarrow_table().to_pylist())
-
-    def check_written_by(self, run_id: str) -> None:
-        """Refuse tables an earlier (or a failed) run left: a dataset from them would mix two runs."""
-        others = {name: written for name, written in self.run_ids.items() if written != run_id}
-        if others:
-            name, written = next(iter(others.items()))
-            raise ConfigError(
-                f"shuffle_and_write: the tokenize table {self.paths[name]} was written by "
-                f"{f'run {written}' if written else 'an earlier run (it records none)'}, not by this run {run_id}; "
-                "a dataset is built only from tables this run's tokenize stage wrote: put tokenize before "
-                "shuffle_and_write in the stages and re-run `python -m etl run`"
-            )
-
-    def source_tables(self) -> list[dict]:
-        return [{"path": self.paths[n], "delta_version": self.versions[n]} for n in ("samples", "provenance", "buckets", "info")]
-
-    def tail_tokens(self, action: str) -> dict[str, int]:
-        return {s: sum(b["tail_tokens"] for b in self.buckets if b["split"] == s and b["tail_action"] == action)
-                for s in self.info["splits"]}
-
-
-class ShuffleAndWrite(Stage):
+class ShuffleAndWrite(Stage[ShuffleWriteParams]):
     name = "shuffle_and_write"
     Params = ShuffleWriteParams
     path_params = ("dataset_root",)
@@ -343,29 +289,25 @@ class ShuffleAndWrite(Stage):
                 "before it in stages")
 
     def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
-        # etl.delta imports etl.config, which imports the stage table: import it when running.
-        from ..delta import read_table
-
-        p: ShuffleWriteParams = self.params
-        tokenized = TokenizedInput.load(ctx.output, p.samples_table)
-        tokenized.check_written_by(ctx.run_id)
-        info, splits = tokenized.info, list(tokenized.info["splits"])
-        counts = {(b["split"], b["bucket"]): b["samples"] for b in tokenized.buckets}
-        order = SampleOrder.from_counts(p.seed, info["num_buckets"], counts, splits)
-        columns = {**token_columns(info["vocab_size"]), **KEY_COLUMNS}
-        example = {"tokens": np.zeros(info["seq_len"], np.dtype(info["token_dtype"])), "bucket": 0, "bucket_index": 0}
+        p = self.params
+        info = TokenizeInfo.read(_table_path(ctx.output, p.samples_table))
+        info.check_written_by(ctx.run_id)
+        splits = list(info.splits)
+        order = SampleOrder.from_counts(p.seed, info.num_buckets, info.sample_counts(), splits)
+        columns = {**token_columns(info.vocab_size), **KEY_COLUMNS}
+        example = {"tokens": np.zeros(info.seq_len, np.dtype(info.token_dtype)), "bucket": 0, "bucket_index": 0}
         per_shard = samples_per_shard(columns, example, p.compression, p.hashes, p.size_limit)
 
         root = p.root(ctx.output)
         version = next_version(root)
         version_dir = version_path(root, version)
-        spec = _WriteSpec({s: split_path(version_dir, s) for s in splits}, columns, info["token_dtype"],
+        spec = _WriteSpec({s: split_path(version_dir, s) for s in splits}, columns, info.token_dtype,
                           p.compression, p.hashes, p.size_limit)
         total_shards = sum(-(-order.num_samples(s) // per_shard) for s in splits)
         tasks = p.write_tasks or max(1, min(total_shards, ctx.spark.sparkContext.defaultParallelism))
         log.info("writing %s: %d shards of up to %d samples in %d tasks", version_dir, total_shards, per_shard, tasks)
 
-        samples = read_table(ctx.spark, tokenized.paths["samples"], tokenized.versions["samples"])
+        samples = read_table(ctx.spark, info.paths["samples"], info.versions["samples"])
         written = (
             samples.mapInArrow(lambda batches: _position_batches(batches, order, per_shard),
                                "split string, bucket int, index long, tokens binary, position long, shard int")
@@ -382,7 +324,7 @@ class ShuffleAndWrite(Stage):
             merge_index(spec.split_dirs[split], [json.loads(e[2]) for e in entries])
             shard_sha256[split] = [e[3] for e in entries]
 
-        manifest = _manifest(p, tokenized, order, version, columns, per_shard, ctx.run_id,
+        manifest = _manifest(p, info, order, version, columns, per_shard, ctx.run_id,
                              content_hash(columns, shard_sha256))
         fingerprint = dataset_fingerprint(manifest)
         newest = latest_version(root)
@@ -395,9 +337,10 @@ class ShuffleAndWrite(Stage):
             message = f"unchanged: dataset v={version} ({version_dir}) has the same content; nothing published"
         else:
             if p.quality_report and order.num_samples(splits[0]) > 1:
+                # here, not at the top: it sets matplotlib's Agg backend on import
                 from .shuffle_report import write_shuffle_report
 
-                provenance = read_table(ctx.spark, tokenized.paths["provenance"], tokenized.versions["provenance"])
+                provenance = read_table(ctx.spark, info.paths["provenance"], info.versions["provenance"])
                 quality = write_shuffle_report(
                     provenance, splits[0], order, storage.join(version_dir, REPORT_FOLDER), window=p.report_window,
                     shard_size=per_shard, partitions=tasks, max_samples=p.report_max_samples, seed=p.seed,
@@ -418,26 +361,26 @@ class ShuffleAndWrite(Stage):
         return StageResult(annotated, metrics=lambda df: summary)
 
 
-def _manifest(p: ShuffleWriteParams, tokenized: TokenizedInput, order: SampleOrder, version: int,
+def _manifest(p: ShuffleWriteParams, info: TokenizeInfo, order: SampleOrder, version: int,
               columns: dict, per_shard: int, run_id: str, shards_hash: str) -> DatasetManifest:
-    info, splits = tokenized.info, list(tokenized.info["splits"])
+    splits = list(info.splits)
     num_samples = {s: order.num_samples(s) for s in splits}
-    padded = tokenized.tail_tokens("padded")
-    content = {"tokenize": json.loads(info["content_params"]), "shuffle_and_write": {"seed": p.seed, "columns": columns}}
+    padded = info.tail_tokens("padded")
+    content = {"tokenize": info.content(), "shuffle_and_write": {"seed": p.seed, "columns": columns}}
     return DatasetManifest(
         format=MANIFEST_FORMAT, content_hash=shards_hash,
-        version=version, seq_len=info["seq_len"], token_dtype=info["token_dtype"], vocab_size=info["vocab_size"],
-        num_samples=num_samples, num_tokens={s: num_samples[s] * info["seq_len"] - padded[s] for s in splits},
-        splits=splits, seed=p.seed, tokenizer_hash=info["tokenizer_hash"],
+        version=version, seq_len=info.seq_len, token_dtype=info.token_dtype, vocab_size=info.vocab_size,
+        num_samples=num_samples, num_tokens={s: num_samples[s] * info.seq_len - padded[s] for s in splits},
+        splits=splits, seed=p.seed, tokenizer_hash=info.tokenizer_hash,
         config_hash=hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest(),
-        source_tables=tokenized.source_tables(),
-        dropped_tail_tokens=sum(tokenized.tail_tokens("dropped").values()),
+        source_tables=info.source_tables(),
+        dropped_tail_tokens=sum(info.tail_tokens("dropped").values()),
         extra={
             "columns": columns, "samples_per_shard": per_shard, "size_limit": p.size_limit,
-            "compression": p.compression, "hashes": p.hashes, "tail": info["tail"], "padded_tail_tokens": padded,
-            "eos_token_id": info["eos_token_id"], "pad_token_id": info["pad_token_id"], "bos_token_id": info["bos_token_id"],
-            "tokenizer": info["tokenizer"], "tokenize_run_id": info["run_id"], "run_id": run_id,
-            "permutation": f"etl.stages.shuffle_write.permute (Feistel, {FEISTEL_ROUNDS} rounds)",
+            "compression": p.compression, "hashes": p.hashes, "tail": info.tail, "padded_tail_tokens": padded,
+            "eos_token_id": info.eos_token_id, "pad_token_id": info.pad_token_id, "bos_token_id": info.bos_token_id,
+            "tokenizer": info.tokenizer, "tokenize_run_id": info.run_id, "run_id": run_id,
+            "permutation": f"etl.dataset.shuffle_write.permute (Feistel, {FEISTEL_ROUNDS} rounds)",
         },
     )
 

@@ -20,7 +20,7 @@ and ``tokens`` (binary, little-endian ``token_dtype``) to it. Extra tables, unde
                  partial last sample) and tail_action ('dropped', 'padded', or null: no tail)
     info         one row: tokenizer URL and hash, vocab size, token dtype and these params
 
-`shuffle_and_write` reads ``samples``, ``buckets`` and ``info`` from there.
+`shuffle_and_write` reads them back as one typed `TokenizeInfo` (etl/dataset/info.py).
 """
 from __future__ import annotations
 
@@ -40,9 +40,10 @@ from pyspark.sql.types import BinaryType, IntegerType, StructField, StructType
 from shards import token_dtype_for_vocab
 from shards.config import ConfigError
 
-from ..tokenizer import DEFAULT_BOS, DEFAULT_EOS, DEFAULT_PAD, LoadedTokenizer, load_tokenizer
+from .tokenizer import DEFAULT_BOS, DEFAULT_EOS, DEFAULT_PAD, LoadedTokenizer, load_tokenizer
 from ..worker_cache import built_once
 from ..stages.base import Stage, StageContext, StageResult
+from .info import INFO_SCHEMA
 
 TRAIN, VAL = "train", "val"
 # Text encoded per tokenizer call: bounds memory and keeps each output batch far below Arrow's 2 GiB.
@@ -291,16 +292,22 @@ def _pack_batches(
 
 # --------------------------------------------------------------------------- the stage
 
-class Tokenize(Stage):
+class Tokenize(Stage[TokenizeParams]):
     name = "tokenize"
     Params = TokenizeParams
     path_params = ("tokenizer",)
 
     def check(self, where: str, config, stage_names: list[str]) -> None:
+        """The tokenizer loads and has the special tokens; only shuffle_and_write follows: the
+        dataset is built from what every document stage kept (etl.dataset.publish runs it last)."""
         load_checked_tokenizer(self.params, where)
+        later = stage_names[stage_names.index(self.name) + 1:]
+        if later not in ([], ["shuffle_and_write"]):
+            raise ConfigError(f"config.stages: only shuffle_and_write may follow tokenize, which tokenizes what "
+                              f"every document stage kept; got {stage_names}")
 
     def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
-        p: TokenizeParams = self.params
+        p = self.params
         tok, ids = load_checked_tokenizer(p)
         token_dtype = token_dtype_for_vocab(tok.vocab_size)
         spec = _EncodeSpec(tok.url, tok.sha256, token_dtype, ids)
@@ -387,13 +394,6 @@ def _buckets(placed: DataFrame, p: TokenizeParams) -> DataFrame:
         "split", "bucket", "docs", "tokens", samples.cast("long").alias("samples"), tail.alias("tail_tokens"),
         F.when(tail > 0, F.lit("padded" if p.tail == "pad" else "dropped")).alias("tail_action"),
     )
-
-
-INFO_SCHEMA = (
-    "tokenizer string, tokenizer_hash string, vocab_size long, token_dtype string, seq_len int, "
-    "num_buckets int, seed long, splits array<string>, tail string, eos_token_id long, pad_token_id long, "
-    "bos_token_id long, content_params string, run_id string"
-)
 
 
 def _info(ctx: StageContext, p: TokenizeParams, tok: LoadedTokenizer, ids: TokenIds, token_dtype: str) -> DataFrame:

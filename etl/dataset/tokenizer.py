@@ -18,7 +18,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from shards import storage
 
-from .paths import to_fsspec_url
+from ..config import InputSpec
+from ..delta import delta_rs_table
+from ..ingest import list_input_files
+from ..paths import to_fsspec_url
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +138,6 @@ def _arrow_texts(dataset, text_field: str) -> Iterator[str]:
         yield from batch.column(0).to_pylist()
 
 
-def delta_rs_table(path: str, version: int | None = None):
-    """A Delta table through delta-rs (no Spark job): for small tables and log versions on the driver."""
-    import os
-
-    from deltalake import DeltaTable
-
-    # delta-rs reads the standard AWS variables itself; a plain-http endpoint (a local S3 server) must be allowed.
-    options = {"AWS_ALLOW_HTTP": "true"} if os.environ.get("AWS_ENDPOINT_URL", "").startswith("http://") else None
-    return DeltaTable(to_fsspec_url(path), version=version, storage_options=options)
-
-
 def _delta_texts(url: str, text_field: str) -> Iterator[str]:
     yield from _arrow_texts(delta_rs_table(url).to_pyarrow_dataset(), text_field)
 
@@ -158,9 +150,6 @@ def _parquet_texts(url: str, text_field: str) -> Iterator[str]:
 
 
 def _files(url: str) -> list[str]:
-    from .config import InputSpec
-    from .ingest import list_input_files
-
     return [full for full, _ in list_input_files(InputSpec(path=url, source="tokenizer"))]
 
 
