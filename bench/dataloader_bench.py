@@ -30,7 +30,10 @@ SIDE = REPO / ".cache" / "side" / "streaming"
 KILN_LOADER = r"""
 import json, sys, time
 start = time.perf_counter()
-from training.data import BatchLayout, CacheSettings, StreamingLoader, TokenBatches, build_order, resolve_source
+from training.data.cache import CacheSettings
+from training.data.loader import StreamingLoader, TokenBatches
+from training.data.order import BatchLayout, build_order
+from training.data.sources import resolve_source
 url, cache, batch, workers = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 source = resolve_source(url, "train")
 steps = source.num_samples // batch

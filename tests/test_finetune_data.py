@@ -8,9 +8,10 @@ import random
 import pytest
 import torch
 
+from training.data.finetune import (InstructionExample, PackedInstructionDataset, pack_examples, read_instruction_jsonl,
+                                    tokenize_example)
+from training.data.sources import IGNORE_INDEX
 from training.eval.synthetic import COLOURS, OBJECTS, train_byte_bpe
-from training.finetune_data import (IGNORE_INDEX, InstructionExample, PackedInstructionDataset, pack_examples,
-                                    read_instruction_jsonl, tokenize_example)
 from training.model import MPT, MPTConfig
 
 

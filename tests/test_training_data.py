@@ -15,8 +15,10 @@ from shards.config import ConfigError
 from shards.manifest import DatasetManifest, write_manifest
 from shards.mds import MDSReader, MDSWriter, token_columns
 from training.config import check_world_size, load_config
-from training.data import (BatchLayout, CacheSettings, GlobalOrder, ShardCache, StreamingLoader, TokenBatches,
-                           as_tensors, build_order, resolve_source)
+from training.data.cache import CacheSettings, ShardCache
+from training.data.loader import StreamingLoader, TokenBatches, as_tensors
+from training.data.order import BatchLayout, GlobalOrder, build_order
+from training.data.sources import resolve_source
 
 VOCAB = 256
 
@@ -232,7 +234,8 @@ def test_config_errors_name_the_key(tmp_path, dataset):
 
 
 def test_sequence_ids_column_reaches_batches_and_masks_labels(tmp_path):
-    from training.train import IGNORE_INDEX, next_token_labels
+    from training.data.loader import next_token_labels
+    from training.data.sources import IGNORE_INDEX
 
     folder = str(tmp_path / "packed")
     with MDSWriter(folder, {"tokens": "ndarray:uint16", "sequence_ids": "ndarray:uint8"}) as writer:

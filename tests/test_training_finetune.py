@@ -22,12 +22,15 @@ import torch
 from shards.manifest import DatasetManifest, write_manifest
 from shards.mds import MDSWriter, token_columns
 from training.config import load_config
-from training.data import as_tensors
-from training.export_hf import export_hf
+from training.data.finetune import read_instruction_jsonl, tokenize_example
+from training.data.loader import as_tensors
+from training.data.sources import IGNORE_INDEX
 from training.eval.synthetic import FactsTask, train_byte_bpe
-from training.finetune_data import IGNORE_INDEX, read_instruction_jsonl, tokenize_example
-from training.inference import TextTokenizer, load_model, save_consolidated
-from training.journal import read_events
+from training.run.journal import read_events
+from training.weights.export_hf import export_hf
+from training.weights.inference import load_model
+from training.weights.layout import save_consolidated
+from training.weights.tokenizer import TextTokenizer
 
 from test_training_train import child_env
 
@@ -160,7 +163,7 @@ def test_eval_tasks_are_logged_at_every_evaluation_point(pretrained, work):
 
 def test_instruction_batches_carry_loss_on_response_tokens_only(work):
     """What the trainer's data path yields for data.instruction: labels only where a response token follows."""
-    from training.train import make_batches, resolve_sources
+    from training.data.resolve import make_batches, resolve_sources
 
     cfg = load_config(work / "finetune.yaml")
     train, held_out = resolve_sources(cfg)

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from training.data.jsonl import read_jsonl_objects
 from training.eval.code_exec import ExecResult, Sandbox
 from training.generate import GenerationConfig, cut_at_stop, generate_ids
-
-from ..jsonl import read_jsonl_objects
 
 HUMANEVAL_STOPS = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")

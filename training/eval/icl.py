@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from ..jsonl import read_jsonl_objects
+from training.data.jsonl import read_jsonl_objects
 
 TASK_TYPES = ("language_modeling", "multiple_choice", "schema")
 REQUIRED_FIELDS = {

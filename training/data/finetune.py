@@ -42,14 +42,12 @@ from tqdm import tqdm
 
 from shards.mds import TOKENS_COLUMN, MDSWriter, token_columns
 
-from .config import InstructionSpec
-from .data import LABELS_COLUMN, SEQUENCE_IDS_COLUMN, Source
-from .inference import TextTokenizer
+from ..config import InstructionSpec
+from ..weights.tokenizer import TextTokenizer
 from .jsonl import read_jsonl_objects
+from .sources import IGNORE_INDEX, LABELS_COLUMN, SEQUENCE_IDS_COLUMN, Source
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 @dataclass

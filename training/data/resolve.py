@@ -1,0 +1,83 @@
+"""A config's data as the trainer, the launcher and the planning tools see it: sources pinned to a
+version and checked against the model and the eval batches, and a rank's batches over them."""
+from __future__ import annotations
+
+import torch.distributed as dist
+
+from shards.config import ConfigError
+
+from ..config import DataSection, TrainConfig
+from ..distributed import Distributed, broadcast_from_main
+from .cache import CacheSettings, default_cache_root
+from .finetune import instruction_sources, prepare_instruction_data
+from .loader import TokenBatches
+from .order import BatchLayout, build_order
+from .sources import Source, check_sources, resolve_source
+
+
+def instruction_seq_len(cfg: TrainConfig) -> int:
+    return cfg.data.instruction.seq_len or cfg.model.build().max_seq_len
+
+
+def resolve_sources(cfg: TrainConfig, check_model: bool = True) -> tuple[list[Source], list[Source] | None]:
+    """The train (and eval) sources of the config, checked against the eval batches and, unless
+    ``check_model`` is false (pre-flight reports that check on its own), against the model."""
+    data = cfg.data
+    if data.instruction is not None:
+        train, held_out = instruction_sources(data.instruction, instruction_seq_len(cfg), data.seed)
+    else:
+        train = [resolve_source(s.path, data.train_split, s.version, s.proportion) for s in data.datasets]
+    seq_len = check_sources(train)
+    if check_model:
+        model = cfg.model.build()
+        if seq_len > model.max_seq_len:
+            raise ConfigError(f"samples hold {seq_len} tokens but the model's max_seq_len is {model.max_seq_len} "
+                              "(model.overrides.max_seq_len)")
+        for source in train:
+            if source.vocab_size is not None and source.vocab_size > model.vocab_size:
+                raise ConfigError(f"{source.path} has vocab_size {source.vocab_size} but the model's is "
+                                  f"{model.vocab_size} (model.overrides.vocab_size)")
+    evals = None
+    if cfg.eval.every_steps and cfg.has_eval_loss:
+        if data.instruction is not None:
+            evals = held_out
+        else:
+            evals = [resolve_source(s.path, data.eval_split, s.version, s.proportion) for s in data.datasets]
+        needed = cfg.eval.batches * cfg.eval_global_batch_size
+        available = sum(s.num_samples for s in evals)
+        if needed > available:
+            raise ConfigError(
+                f"eval reads eval.batches x global batch = {needed} samples but split {evals[0].split!r} "
+                f"has {available}; lower eval.batches or eval.global_batch_size"
+            )
+        if check_sources(evals) != check_sources(train):
+            raise ConfigError("the eval split's sample length differs from the train split's")
+    return train, evals
+
+
+def resolve_data(cfg: TrainConfig, d: Distributed) -> tuple[list[Source], list[Source] | None]:
+    """Rank 0 pins each dataset's version (newest complete one unless configured) for every rank,
+    so a version published while the ranks start is never half-seen. Instruction data is packed by
+    rank 0, then by the first rank of each other machine (a no-op where they share the cache folder)."""
+    result: object = None
+    if d.is_main:
+        try:
+            result = resolve_sources(cfg)
+        except (ValueError, OSError, ConfigError) as err:
+            result = ConfigError(f"data: {err}")
+    sources = broadcast_from_main(result, d)
+    if cfg.data.instruction is not None:
+        if d.local_rank == 0 and not d.is_main:
+            prepare_instruction_data(cfg.data.instruction, instruction_seq_len(cfg), cfg.data.seed)
+        dist.barrier()
+    return sources
+
+
+def make_batches(sources: list[Source], data: DataSection, global_batch: int, micro_batch: int, d: Distributed,
+                 shuffle: bool, num_micro_batches: int | None = None) -> TokenBatches:
+    """This rank's batches over ``sources``, cached and prefetched as the config's data section says."""
+    order = build_order(sources, data.seed, shuffle, data.shuffle_window_shards)
+    layout = BatchLayout(global_batch, micro_batch, d.rank, d.world_size)
+    cache = CacheSettings(data.cache_dir or default_cache_root(), int(data.cache_limit_gb * 1e9),
+                          data.download_retries, data.verify_hashes, data.prefetch_shards)
+    return TokenBatches(sources, order, layout, cache, num_micro_batches=num_micro_batches)
