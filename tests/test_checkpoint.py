@@ -1,4 +1,4 @@
-"""training.checkpoint and training.consolidate in one process (no launcher): retention, skipping a
+"""training.run.checkpoint and training.consolidate in one process (no launcher): retention, skipping a
 truncated checkpoint, refusing other data, resuming on a fresh machine from an object store, and
 consolidating a checkpoint within a memory bound."""
 from __future__ import annotations
@@ -17,13 +17,13 @@ import torch.distributed.checkpoint as dcp
 
 from shards.config import ConfigError
 from test_training_data import write_token_dataset
-from training.checkpoint import (LATEST_NAME, apply_retention, finalize, latest_complete, list_steps,
-                                 step_name)
 from training.config import load_config
-from training.consolidate import read_model_state
-from training.inference import load_model
-from training.journal import read_events
 from training.model import MPT, MPTConfig
+from training.run.checkpoint import (LATEST_NAME, apply_retention, finalize, latest_complete, list_steps,
+                                     step_name)
+from training.run.journal import read_events
+from training.weights.checkpoint_reader import read_model_state
+from training.weights.inference import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -23,7 +23,7 @@ from etl.pipeline import run_pipeline
 from shards import read_manifest
 from tests.conftest import TEST_BUCKET
 from tests.test_tokenize import fixture_docs, write_fixture_tokenizer
-from training.checkpoint import latest_complete
+from training.run.checkpoint import latest_complete
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQ_LEN = 32

@@ -28,11 +28,11 @@ import torch
 import torch.distributed as dist
 
 from test_training_data import write_token_dataset
-from training.checkpoint import latest_complete
 from training.config import WatchdogSection, load_config
-from training.consolidate import read_model_state
-from training.journal import Journal, read_events
-from training.watchdog import FaultPlan, PeersLost, Preemption, Watchdog
+from training.run.checkpoint import latest_complete
+from training.run.journal import Journal, read_events
+from training.run.watchdog import FaultPlan, PeersLost, Preemption, Watchdog
+from training.weights.checkpoint_reader import read_model_state
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS, EVERY, GLOBAL_BATCH = 12, 3, 8

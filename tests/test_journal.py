@@ -1,8 +1,8 @@
-"""training.journal: events in, training_log.md out; loss spikes and throughput changes; restart causes."""
+"""training.run.journal: events in, training_log.md out; loss spikes and throughput changes; restart causes."""
 from __future__ import annotations
 
 from training.config import JournalSection
-from training.journal import JOURNAL_NAME, LOG_NAME, Journal, RunObserver, read_events
+from training.run.journal import JOURNAL_NAME, LOG_NAME, Journal, RunObserver, read_events
 
 
 def test_events_append_per_rank_and_render_a_log(tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from etl.__main__ import main
-from etl.config import load_pipeline_config
+from etl.load_config import load_pipeline_config
 from etl.pipeline import Pipeline, run_pipeline
 from etl.run_state import read_marker
 from etl.spark import cache_dir
@@ -26,7 +26,7 @@ from shards import list_versions, read_manifest
 from shards.config import ConfigError
 from tests.test_refresh import make_corpus, write_config, write_jsonl
 from tests.test_tokenize import fixture_docs, write_fixture_tokenizer
-from training.journal import read_events
+from training.run.journal import read_events
 
 SEQ_LEN = 32
 

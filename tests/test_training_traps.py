@@ -167,7 +167,7 @@ def test_the_quickstart_config_fits_the_demo_data_and_leaves_a_checkpoint():
     import inspect
 
     from jobs.demo import train_tokenizer
-    from training.checkpoint import checkpoint_root
+    from training.run.checkpoint import checkpoint_root
     from training.config import load_config
 
     root = Path(__file__).resolve().parent.parent

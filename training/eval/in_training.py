@@ -31,9 +31,9 @@ from shards.config import ConfigError
 from training.config import TrainConfig
 from training.eval import EvalConfig, Sandbox, check_eval_config, load_eval_config, run_evals
 from training.eval.code_exec import SandboxUnavailable
-from training.inference import TextTokenizer
-from training.metrics import MetricsLogger
 from training.model import MPT, MPTConfig
+from training.run.metrics import MetricsLogger
+from training.weights.tokenizer import TextTokenizer
 
 NO_WATCHDOG_WAIT_S = 24 * 3600  # how long the other ranks wait for rank 0 when the watchdog is off
 

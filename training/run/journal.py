@@ -21,7 +21,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from .config import JournalSection
+from ..config import JournalSection
 
 JOURNAL_NAME = "journal.jsonl"
 LOG_NAME = "training_log.md"

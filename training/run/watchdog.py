@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .config import WatchdogSection
+from ..config import WatchdogSection
 from .journal import Journal
 
 HEARTBEAT_S = 0.5

@@ -40,8 +40,9 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_o
 from shards import storage
 from shards.config import ConfigError
 
-from .config import TrainConfig
-from .data import Source, StreamingLoader
+from ..config import TrainConfig
+from ..data.loader import StreamingLoader
+from ..data.sources import Source
 from .journal import Journal
 from .watchdog import FaultPlan
 

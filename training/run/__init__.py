@@ -1,0 +1,2 @@
+"""What keeps a training run going and on record: checkpoints, the hang watchdog, the journal, metrics
+and the sample ledger."""
