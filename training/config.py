@@ -65,7 +65,7 @@ class DatasetSpec:
 
 @dataclass
 class InstructionSpec:
-    """Prompt/response JSONL for instruction fine-tuning (training.finetune_data): examples are packed
+    """Prompt/response JSONL for instruction fine-tuning (training.data.finetune): examples are packed
     into rows of ``seq_len`` tokens, loss only on response tokens, packed examples kept apart. The rows
     are written once per machine as MDS under ``cache_dir`` and then streamed like any dataset."""
 
@@ -218,7 +218,7 @@ class LoggingSection:
 
 @dataclass
 class CheckpointSection:
-    """Sharded checkpoints and automatic resumption (training.checkpoint; runbook: docs/operations.md).
+    """Sharded checkpoints and automatic resumption (training.run.checkpoint; runbook: docs/operations.md).
 
     Checkpointing is on when ``every_steps`` or ``dir`` is set; then a relaunch of the same run
     (same ``name``) continues from the newest complete checkpoint in ``dir``.
@@ -249,7 +249,7 @@ class CheckpointSection:
 
 @dataclass
 class WatchdogSection:
-    """Hang detection (training.watchdog): no completed step for this long dumps every rank's stacks
+    """Hang detection (training.run.watchdog): no completed step for this long dumps every rank's stacks
     and fails the job, so the launcher can restart it. The time must cover a step plus any
     evaluation and checkpoint save that follow it."""
 
@@ -264,7 +264,7 @@ class WatchdogSection:
 
 @dataclass
 class JournalSection:
-    """What the training journal (training.journal) calls a loss spike or a throughput change."""
+    """What the training journal (training.run.journal) calls a loss spike or a throughput change."""
 
     window: int = 20  # logged steps that make the baseline
     loss_spike_factor: float = 1.5  # a loss above this x the baseline's mean is a spike

@@ -27,16 +27,15 @@ import sys
 
 from shards.config import ConfigError
 
-from .checkpoint import check_data, checkpoint_root, describe_data, latest_complete
 from .config import TrainConfig, check_world_size, load_config
+from .data.resolve import resolve_sources
+from .eval.in_training import load_tasks
+from .run.checkpoint import check_data, checkpoint_root, describe_data, latest_complete
+from .weights.init_from import inspect_and_check
 
 
 def validate(cfg: TrainConfig, nnodes: int, nproc_per_node: int) -> None:
     """Everything that can be checked before any rank starts; raises ConfigError."""
-    from .eval.in_training import load_tasks
-    from .init_from import inspect_and_check
-    from .train import resolve_sources
-
     check_world_size(cfg, nnodes * nproc_per_node, nproc_per_node)
     if cfg.logging.mlflow and importlib.util.find_spec("mlflow") is None:
         raise ConfigError("logging.mlflow is true but mlflow is not installed (pip install mlflow-skinny)")
