@@ -130,7 +130,7 @@ def text_repair_rates(texts: list[str]) -> dict:
 def run_kiln(input_config: dict, max_doc_bytes: int, work: str) -> dict:
     os.environ.setdefault("KILN_SPARK_MASTER", "local[2]")
     sys.path.insert(0, str(ROOT))
-    from etl.config import validate_pipeline_config
+    from etl.load_config import validate_pipeline_config
     from etl.pipeline import run_pipeline
     from etl.spark import get_spark
 

@@ -1,4 +1,9 @@
-"""`python -m etl COMMAND ...`: the pipeline's command line."""
+"""`python -m etl COMMAND ...`: the pipeline's command line.
+
+Each command imports what it needs when it runs: every one of them pulls in pyspark, and `run`,
+`refresh` and `erase` the whole stage table (presidio, scikit-learn...), none of which `--help` or a
+usage error should wait for, nor `train-tokenizer` the stage table.
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +15,7 @@ from shards.config import ConfigError
 
 
 def _cmd_run(args) -> int:
-    from .config import load_pipeline_config
+    from .load_config import load_pipeline_config  # local: see the module's docstring
     from .pipeline import run_pipeline
 
     config, stages = load_pipeline_config(args.config, args.set)
@@ -20,7 +25,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_refresh(args) -> int:
-    from .config import load_pipeline_config
+    from .load_config import load_pipeline_config  # local: see the module's docstring
     from .refresh import RefreshError, refresh
 
     config, stages = load_pipeline_config(args.config, args.set)
@@ -33,8 +38,8 @@ def _cmd_refresh(args) -> int:
 
 
 def _cmd_erase(args) -> int:
-    from .config import load_pipeline_config
-    from .erase import ErasureError, erase
+    from .erase import ErasureError, erase  # local: see the module's docstring
+    from .load_config import load_pipeline_config
 
     # The inputs may be gone (or be the very thing being taken down): only the outputs matter here.
     config, stages = load_pipeline_config(args.config, args.set, check_inputs=False)
@@ -47,7 +52,7 @@ def _cmd_erase(args) -> int:
 
 
 def _cmd_dedup_explain(args) -> int:
-    from .dedup_explain import NotFound, explain
+    from .dedup_explain import NotFound, explain  # local: see the module's docstring
     from .spark import get_spark
 
     try:
@@ -59,7 +64,8 @@ def _cmd_dedup_explain(args) -> int:
 
 
 def _cmd_train_tokenizer(args) -> int:
-    from .tokenizer import DEFAULT_BOS, iter_texts, save_tokenizer, train_bpe_tokenizer
+    # local: see the module's docstring
+    from .dataset.tokenizer import DEFAULT_BOS, iter_texts, save_tokenizer, train_bpe_tokenizer
 
     try:
         texts = iter_texts(args.input, args.format, args.text_field, args.max_docs)
@@ -130,7 +136,7 @@ def configure_logging(level: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
-    from .spark import SparkSetupError
+    from .spark import SparkSetupError  # local, after parsing: see the module's docstring
 
     try:
         return args.func(args)

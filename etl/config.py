@@ -9,10 +9,8 @@ stages:
   - {name: quality, params: {min_words: 50}}
   - {name: exact_dedup}
 ```
-Each stage's ``params`` are checked against that stage's own ``Params`` dataclass, so an unknown
-stage, a misspelt parameter or a wrong type is reported before Spark starts. So is everything else
-that can be known then: each stage's own inputs (`Stage.check`: a tokenizer, eval sets, the stage
-order), the inputs' files and whether the output can be written.
+Each stage's ``params`` are checked against that stage's own ``Params`` dataclass when the config is
+loaded (etl/load_config.py); this module holds the types and the checks of the config's own fields.
 
 Local paths (output, state_dir, inputs, and the stage parameters a stage lists in ``path_params``)
 are made absolute against the working directory when the config is loaded: Delta reads
@@ -28,11 +26,9 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shards.config import ConfigError, from_dict, load_yaml, parse_override, set_path
+from shards.config import ConfigError
 
 from .paths import is_url, join_path, local_fs_path
-from .stages import STAGES
-from .stages.base import Stage
 
 InputFormat = Literal["jsonl", "parquet", "text", "delta"]
 
@@ -114,80 +110,48 @@ def is_local_master(master: str) -> bool:
     return master == "local" or master.startswith("local[")
 
 
-def load_pipeline_config(path: str, overrides: list[str] = (), check_inputs: bool = True) -> tuple[PipelineConfig, list]:
-    """Load, override and validate a pipeline config; returns it with the instantiated stages."""
-    data = load_yaml(path)
-    for override in overrides:
-        _apply_override(data, override)
-    return validate_pipeline_config(data, check_inputs)
+def absolute_path(value, where: str, master: str):
+    """A local path made absolute against the working directory (see the module's docstring); a
+    list or mapping of paths, each; None and URLs as they are."""
+    if isinstance(value, list):
+        return [absolute_path(v, f"{where}[{i}]", master) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: absolute_path(v, f"{where}.{k}", master) for k, v in value.items()}
+    if value is None or is_url(value):
+        return value
+    path = os.path.expanduser(value)
+    if os.path.isabs(path):
+        return path
+    if not is_local_master(master):
+        raise ConfigError(
+            f"{where}: {path!r} is relative, but Spark's master is {master!r}, whose nodes do not share "
+            "this working directory: give an absolute path on storage every node sees, or an object-store "
+            "URL (s3a://bucket/...)")
+    return os.path.abspath(path)
 
 
-def validate_pipeline_config(data: dict, check_inputs: bool = True) -> tuple[PipelineConfig, list]:
-    """The typed config and its stages, every path made absolute and every check that needs no
-    Spark done; ``check_inputs=False`` skips checking that the inputs exist (erasure needs none)."""
-    config = from_dict(PipelineConfig, data, "config")
-    stages = []
-    for i, spec in enumerate(config.stages):
-        where = f"config.stages[{i}]"
-        if spec.name not in STAGES:
-            raise ConfigError(f"{where}.name: unknown stage {spec.name!r}; known stages: {', '.join(sorted(STAGES))}")
-        stage_cls = STAGES[spec.name]
-        params = from_dict(stage_cls.Params, spec.params, f"{where}.params")
-        stages.append(stage_cls(params))
-    names = [s.name for s in config.stages]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"config.stages: each stage may appear once, got {names}")
-    _make_paths_absolute(config, stages)
-    for i, stage in enumerate(stages):
-        stage.check(f"config.stages[{i}].params", config, names)
-    if check_inputs:
-        for i, spec in enumerate(config.inputs):
-            local = local_fs_path(spec.path)
-            if local is not None and not glob.glob(local):
-                raise ConfigError(f"config.inputs[{i}].path: no file or table matches {spec.path!r}")
-            if spec.format == "delta" and local is not None and not os.path.isdir(os.path.join(local, "_delta_log")):
-                raise ConfigError(f"config.inputs[{i}].path: {spec.path!r} is not a Delta table (no _delta_log)")
+def make_paths_absolute(config: PipelineConfig, master: str) -> None:
+    """The config's own local paths (output, state_dir, inputs), absolute."""
+    config.output = absolute_path(config.output, "config.output", master)
+    config.state_dir = absolute_path(config.state_dir, "config.state_dir", master)
+    for i, spec in enumerate(config.inputs):
+        spec.path = absolute_path(spec.path, f"config.inputs[{i}].path", master)
+
+
+def check_inputs_exist(config: PipelineConfig) -> None:
+    """Each local input matches a file, and a Delta input is a table, before Spark starts."""
+    for i, spec in enumerate(config.inputs):
+        local = local_fs_path(spec.path)
+        if local is not None and not glob.glob(local):
+            raise ConfigError(f"config.inputs[{i}].path: no file or table matches {spec.path!r}")
+        if spec.format == "delta" and local is not None and not os.path.isdir(os.path.join(local, "_delta_log")):
+            raise ConfigError(f"config.inputs[{i}].path: {spec.path!r} is not a Delta table (no _delta_log)")
+
+
+def check_outputs_writable(config: PipelineConfig) -> None:
     for key in ("output", "state_dir"):
         if getattr(config, key) is not None:
             check_writable(getattr(config, key), f"config.{key}")
-    return config, stages
-
-
-def _make_paths_absolute(config: PipelineConfig, stages: list[Stage]) -> None:
-    """Every local path of the config, absolute (see the module's docstring); the stages' raw
-    ``params`` too, so the report shows the paths the run used."""
-    master = spark_master()
-
-    def absolute(path: str, where: str) -> str:
-        if is_url(path):
-            return path
-        path = os.path.expanduser(path)
-        if os.path.isabs(path):
-            return path
-        if not is_local_master(master):
-            raise ConfigError(
-                f"{where}: {path!r} is relative, but Spark's master is {master!r}, whose nodes do not share "
-                "this working directory: give an absolute path on storage every node sees, or an object-store "
-                "URL (s3a://bucket/...)")
-        return os.path.abspath(path)
-
-    def absolute_value(value, where: str):
-        if isinstance(value, list):
-            return [absolute(v, f"{where}[{i}]") for i, v in enumerate(value)]
-        if isinstance(value, dict):
-            return {k: absolute(v, f"{where}.{k}") for k, v in value.items()}
-        return value if value is None else absolute(value, where)
-
-    config.output = absolute(config.output, "config.output")
-    config.state_dir = absolute_value(config.state_dir, "config.state_dir")
-    for i, spec in enumerate(config.inputs):
-        spec.path = absolute(spec.path, f"config.inputs[{i}].path")
-    for i, (spec, stage) in enumerate(zip(config.stages, stages)):
-        for name in stage.path_params:
-            value = absolute_value(getattr(stage.params, name), f"config.stages[{i}].params.{name}")
-            setattr(stage.params, name, value)
-            if name in spec.params:
-                spec.params[name] = value
 
 
 def check_writable(path: str, where: str) -> None:
@@ -206,17 +170,3 @@ def check_writable(path: str, where: str) -> None:
     except OSError as err:
         raise ConfigError(f"{where}: cannot write {path}: creating a folder in {existing} fails ({err.strerror})") from None
 
-
-def _apply_override(data: dict, override: str) -> None:
-    """``--set quality.min_words=10`` addresses a stage by name; other keys address the top level."""
-    parts, value = parse_override(override)
-    stage_specs = data.get("stages") or []
-    for spec in stage_specs:
-        if isinstance(spec, dict) and spec.get("name") == parts[0]:
-            if len(parts) < 2:
-                raise ConfigError(f"override {override!r}: give a parameter, e.g. {parts[0]}.name=value")
-            set_path(spec.setdefault("params", {}), parts[1:], value)
-            return
-    if parts[0] in STAGES:
-        raise ConfigError(f"override {override!r}: stage {parts[0]!r} is not in this pipeline's stages")
-    set_path(data, parts, value)

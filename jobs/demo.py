@@ -90,7 +90,7 @@ def train_tokenizer(texts: list[str], out: Path, vocab_size: int = 2048) -> Path
 
 def run_etl(raw: Path, eval_path: Path, tokenizer: Path, out: Path, spark=None, progress=print) -> Path:
     """Every stage of configs/demo_pipeline.yaml into ``out/etl``; ``spark``: an existing session."""
-    from etl.config import validate_pipeline_config
+    from etl.load_config import validate_pipeline_config
     from etl.pipeline import run_pipeline
 
     data = yaml.safe_load((ROOT / "configs" / "demo_pipeline.yaml").read_text())

@@ -119,7 +119,7 @@ def section(cls: type, title: str, seen: set) -> list[str]:
 def render(seen: set | None = None) -> str:
     """The page; ``seen`` collects every config class it covers."""
     from etl.config import PipelineConfig
-    from etl.stages import STAGES
+    from etl.load_config import STAGES
     from training.config import TrainConfig
     from training.model import MPTConfig
 

@@ -282,7 +282,7 @@ class Checker:
         positional, values = option_values(args)
         try:
             if command in ("etl run", "etl refresh", "etl erase"):
-                from etl.config import load_pipeline_config
+                from etl.load_config import load_pipeline_config
 
                 path = (values.get("--config") or positional)[0]
                 config, stages = load_pipeline_config(path, values.get("--set", []), check_inputs=command != "etl erase")

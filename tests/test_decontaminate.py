@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import xxhash
 
-from etl.config import validate_pipeline_config
 from etl.delta import read_table
+from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
 from etl.stages.base import StageContext
 from etl.stages.decontaminate import (Decontaminate, DecontaminateParams, load_eval_ngrams, match_counts,

@@ -7,7 +7,7 @@ tests/docs_commands.py and docs/architecture.md):
   it must exit 0.
 - ``check``: too long or too costly to run here (the whole demo, the whole suite, a refresh):
   ``--help`` must know every option it uses, the configs it names must load and validate through the
-  real loaders (``etl.config.load_pipeline_config``, ``training.config.load_config``), ``make -n``
+  real loaders (``etl.load_config.load_pipeline_config``, ``training.config.load_config``), ``make -n``
   must succeed for a make target and ``bash -n`` for a script.
 - ``gpu`` / ``cluster``: needs GPUs, several nodes or a real object store, and the page says why near
   the command; checked like ``check``.

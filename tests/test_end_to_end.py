@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from etl.config import validate_pipeline_config
 from etl.delta import read_table
+from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
 from shards import read_manifest
 from tests.conftest import TEST_BUCKET

@@ -7,8 +7,8 @@ import json
 import pytest
 import zstandard
 
-from etl.config import validate_pipeline_config
 from etl.delta import read_table
+from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
 
 

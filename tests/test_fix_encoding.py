@@ -7,8 +7,8 @@ import re
 import pytest
 from ftfy.badness import BADNESS_RE, MOJIBAKE_CATEGORIES, is_bad
 
-from etl.config import validate_pipeline_config
 from etl.fixtures import make_fixture, read_fixture_texts
+from etl.load_config import validate_pipeline_config
 from etl.stages.base import StageContext
 from etl.stages.fix_encoding import (
     CHANGED_COLUMN,

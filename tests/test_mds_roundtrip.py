@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from etl.__main__ import main
-from etl.config import validate_pipeline_config
 from etl.delta import read_table, write_table
+from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
 from etl.run_state import RUN_ID_PROPERTY
 from etl.stages.base import StageContext

@@ -7,7 +7,7 @@ import pytest
 
 from bench.minhash_corpus import core_scores, make_corpus, normalize as reference_normalize, shingles as reference_shingles
 from etl import minhash
-from etl.config import validate_pipeline_config
+from etl.load_config import validate_pipeline_config
 from shards.config import ConfigError
 
 EDGE_CASES = [

@@ -8,8 +8,8 @@ from pyspark.sql import functions as F
 
 from bench.minhash_corpus import core_scores, ground_truth, make_corpus
 from etl.__main__ import main as etl_main
-from etl.config import validate_pipeline_config
 from etl.delta import read_table, table_version
+from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
 from etl.stages.base import StageContext
 from etl.stages.minhash_dedup import MinHashDedup, MinHashDedupParams, connected_components

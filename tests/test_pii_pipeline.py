@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from etl.config import validate_pipeline_config
 from etl.delta import read_table, write_table
+from etl.load_config import validate_pipeline_config
 from etl.pii_eval import generate
 from etl.pipeline import run_pipeline
 from etl.tokenizer import load_tokenizer

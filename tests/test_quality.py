@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from etl.config import validate_pipeline_config
 from etl.delta import read_table
+from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
 from etl.text_stats import REASONS, SCORE_COLUMNS, QualityParams, assess, count_sentences, split_words
 from shards.config import ConfigError

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from etl.__main__ import main
-from etl.config import validate_pipeline_config
+from etl.load_config import validate_pipeline_config
 from etl.stages.base import StageContext
 from etl.stages.tokenize import (
     TokenIds,

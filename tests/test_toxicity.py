@@ -160,7 +160,7 @@ def test_huggingface_scorer_loads_a_local_or_object_store_model(tmp_path):
 
 
 def test_etl_does_not_import_torch():
-    code = "import sys, etl.config, etl.stages, etl.toxicity_scorers; print('torch' in sys.modules)"
+    code = "import sys, etl.load_config, etl.toxicity_scorers; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

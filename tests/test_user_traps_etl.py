@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from etl.config import validate_pipeline_config
 from etl.delta import read_table
 from etl.fixtures import make_fixture
+from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
 from shards.config import ConfigError, parse_override
 from tests.test_tokenize import write_fixture_tokenizer
