@@ -20,55 +20,22 @@ completed (etl/run_state.py).
 """
 from __future__ import annotations
 
-import json
 import time
-import uuid
-from dataclasses import dataclass, field
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from shards.config import to_dict
-
 from .config import PipelineConfig
+from .dataset.publish import publish, split_stages
 from .delta import read_table, set_properties, table_exists, write_table
+from .funnel import PipelineRun, StepCounts, new_run_id
 from .ingest import ingest
 from .paths import join_path, to_spark_path
 from .progress import step_progress
 from .run_state import RUN_ID_PROPERTY, mark_complete, mark_running
+from .spark import get_spark
 from .stages.base import Stage, StageContext
-
-
-@dataclass
-class StepCounts:
-    """One row of the funnel."""
-
-    stage: str
-    docs_in: int
-    docs_out: int
-    chars_in: int
-    chars_out: int
-    bytes_in: int
-    bytes_out: int
-    rejected: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    metrics: dict = field(default_factory=dict)
-
-
-@dataclass
-class PipelineRun:
-    config: PipelineConfig
-    run_id: str
-    steps: list[StepCounts] = field(default_factory=list)
-    tables: dict[str, str] = field(default_factory=dict)
-    # The last step of the chain that starts at ingest: its table and the rejected tables together
-    # hold every document read. Steps run from another table come after it (None: no ingest).
-    funnel_end: str | None = None
-
-    @property
-    def final_table(self) -> str:
-        return self.tables[self.steps[-1].stage]
 
 
 def _counts(annotated: DataFrame) -> tuple[dict[str | None, tuple[int, int, int]], dict]:
@@ -137,7 +104,10 @@ class Pipeline:
         run = self.new_run()
         mark_running(self.config.output, run.run_id, "run")
         self.ingest(run, progress=progress)
-        self.run_stages(run, self.stages, progress)
+        documents, dataset = split_stages(self.stages)
+        self.run_stages(run, documents, progress)
+        if dataset is not None:
+            publish(self, run, dataset, progress)
         self.finish(run, progress)
         mark_complete(self.config.output, run.run_id)
         return run
@@ -201,7 +171,7 @@ class Pipeline:
         if self.config.raw_zone_retention_hours is not None:
             self._vacuum_raw_zone(self.config.raw_zone_retention_hours)
         if self.config.report:
-            from .report import write_report
+            from .report import write_report  # here, not at the top: it sets matplotlib's Agg backend on import
 
             path = write_report(self.spark, run)
             progress(f"report: {path}")
@@ -243,7 +213,7 @@ class Pipeline:
         if run.funnel_end is not None:
             read = run.steps[0].docs_in
             rejected = sum(
-                self.spark.read.format("delta").load(self._rejected_table(zone)).count()
+                read_table(self.spark, self._rejected_table(zone)).count()
                 for zone in ("raw", "curated") if table_exists(self.spark, self._rejected_table(zone))
             )
             kept = read_table(self.spark, run.tables[run.funnel_end]).count()
@@ -259,22 +229,6 @@ def _progress_line(step: StepCounts) -> str:
     return f"[{step.stage:>14}] {step.docs_in:>9,} in -> {step.docs_out:>9,} kept  ({step.seconds:.1f}s)  rejected: {rejected}"
 
 
-def new_run_id() -> str:
-    """A run's id: its start time, then a random suffix so that runs started together differ."""
-    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-
-
 def run_pipeline(config: PipelineConfig, stages: list[Stage], spark: SparkSession | None = None, progress=print) -> PipelineRun:
-    from .spark import get_spark
-
     spark = spark or get_spark("kiln-etl", config.spark_conf)
     return Pipeline(config, stages, spark).run(progress)
-
-
-def funnel_json(run: PipelineRun) -> str:
-    return json.dumps(
-        {"run_id": run.run_id, "output": run.config.output, "config": to_dict(run.config),
-         "steps": [to_dict(s) for s in run.steps], "tables": run.tables},
-        indent=2, sort_keys=True,
-    )
-

@@ -15,8 +15,8 @@ from pyspark.sql import functions as F  # noqa: E402
 from pyspark.sql.types import NumericType  # noqa: E402
 
 from .delta import read_table, write_table  # noqa: E402
+from .funnel import PipelineRun, funnel_json  # noqa: E402
 from .paths import join_path, to_fsspec_url  # noqa: E402
-from .pipeline import PipelineRun, funnel_json  # noqa: E402
 
 # Rows sampled to the driver for histograms: plots need a shape, not every document.
 HISTOGRAM_SAMPLE = 50_000
