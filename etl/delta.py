@@ -1,9 +1,17 @@
-"""Writing and reading the pipeline's Delta tables, the same way everywhere."""
+"""Writing and reading the pipeline's Delta tables, the same way everywhere: through Spark, and
+through delta-rs for small tables read on the driver without a Spark job.
+
+``delta.tables`` is imported where it is used: under spark-submit's ``--packages``, Delta's Python
+module may come from its jar, which is on Python's path only once the SparkContext has started.
+"""
 from __future__ import annotations
 
+import os
+
+import deltalake
 from pyspark.sql import DataFrame, SparkSession
 
-from .paths import to_spark_path
+from .paths import to_fsspec_url, to_spark_path
 
 
 def write_table(
@@ -51,3 +59,41 @@ def table_version(spark: SparkSession, path: str) -> int:
 
     history = DeltaTable.forPath(spark, to_spark_path(path)).history(1).select("version").collect()
     return int(history[0]["version"])
+
+
+def table_properties(spark: SparkSession, path: str) -> dict[str, str]:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.forPath(spark, to_spark_path(path)).detail().select("properties").collect()[0]["properties"]
+
+
+def create_table_if_not_exists(spark: SparkSession, path: str, columns: list[tuple[str, str, bool]],
+                               properties: dict[str, str]) -> None:
+    """An empty table with ``columns`` (name, SQL type, nullable) and ``properties``, unless one is there."""
+    from delta.tables import DeltaTable
+
+    builder = DeltaTable.createIfNotExists(spark).location(to_spark_path(path))
+    for name, sql_type, nullable in columns:
+        builder = builder.addColumn(name, sql_type, nullable=nullable)
+    for key, value in properties.items():
+        builder = builder.property(key, value)
+    builder.execute()
+
+
+def insert_new_rows(spark: SparkSession, path: str, rows: DataFrame, key: str) -> None:
+    """A MERGE that only inserts: the rows whose ``key`` the table lacks; rows it has stay as they are."""
+    from delta.tables import DeltaTable
+
+    (
+        DeltaTable.forPath(spark, to_spark_path(path)).alias("t")
+        .merge(rows.alias("s"), f"t.{key} = s.{key}")
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
+def delta_rs_table(path: str, version: int | None = None) -> deltalake.DeltaTable:
+    """A Delta table through delta-rs (no Spark job): for small tables and log versions on the driver."""
+    # delta-rs reads the standard AWS variables itself; a plain-http endpoint (a local S3 server) must be allowed.
+    options = {"AWS_ALLOW_HTTP": "true"} if os.environ.get("AWS_ENDPOINT_URL", "").startswith("http://") else None
+    return deltalake.DeltaTable(to_fsspec_url(path), version=version, storage_options=options)

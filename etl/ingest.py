@@ -23,10 +23,12 @@ from typing import Iterator
 
 import fsspec
 import pyarrow as pa
+import zstandard
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from .config import InputSpec, PipelineConfig
+from .delta import read_table
 from .paths import to_fsspec_url, to_spark_path
 
 # Everything ingest emits, kept or not; `reason` null means the row is a document. The columns
@@ -112,8 +114,6 @@ def _open_decompressed(url: str):
     if url.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw)
     if url.endswith(".zst") or url.endswith(".zstd"):
-        import zstandard
-
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
     return raw
 
@@ -268,7 +268,7 @@ def _read_table(spark: SparkSession, spec: InputSpec, max_bytes: int, files: lis
     path = to_spark_path(spec.path)
     if spec.format == "delta":
         # Delta has no row numbers (files are rewritten by OPTIMIZE anyway): the row is null.
-        df = spark.read.format("delta").load(path).select(
+        df = read_table(spark, spec.path).select(
             "*", "_metadata.file_name", "_metadata.file_modification_time", F.lit(None).cast("long").alias("row_index"))
     else:
         paths = [to_spark_path(f) for f in files] if files is not None else [path]

@@ -14,7 +14,6 @@ import json
 
 from shards import storage, utc_now
 
-# Light imports only: shuffle_and_write imports this module while etl.config is still loading.
 from .paths import to_fsspec_url
 
 RUN_ID_PROPERTY = "kiln.run_id"

@@ -26,6 +26,7 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from ..delta import create_table_if_not_exists, insert_new_rows, read_table, table_properties, table_version
 from .base import Stage, StageContext, StageResult
 
 INDEX_TABLE = "exact_dedup_index"
@@ -101,14 +102,13 @@ class ExactDedup(Stage):
         if not params.incremental:
             return StageResult(annotated, tables={"kept_ids": _kept_ids(annotated)}, metrics=_metrics)
 
-        from ..delta import read_table  # not at the top: etl.delta -> etl.config -> etl.stages is a cycle
-
         # Cached before the MERGE; the pipeline reuses this very DataFrame (and unpersists it).
         annotated = annotated.persist(StorageLevel.MEMORY_AND_DISK)
         kept = annotated.filter(F.col("reason").isNull()).select(
             F.col(HASH_COLUMN).alias("text_hash"), F.col("id").alias("kept_id"), F.lit(ctx.run_id).alias("run_id")
         )
-        _merge_into_index(ctx, index_path, kept)
+        # Hashes the index already knows keep the id they were first kept under.
+        insert_new_rows(ctx.spark, index_path, kept, "text_hash")
         index_hashes = read_table(ctx.spark, index_path).count()
         return StageResult(
             annotated, tables={"kept_ids": _kept_ids(annotated)},
@@ -130,23 +130,11 @@ def _kept_ids(annotated: DataFrame) -> DataFrame:
 
 def _open_index(ctx: StageContext, path: str, params: ExactDedupParams) -> DataFrame:
     """The index as of now (pinned to its current version), created empty on the first run."""
-    from delta.tables import DeltaTable
-
-    from ..delta import read_table, table_version
-    from ..paths import to_spark_path
-
-    spark_path = to_spark_path(path)
-    (
-        DeltaTable.createIfNotExists(ctx.spark)
-        .location(spark_path)
-        .addColumn("text_hash", "STRING", nullable=False)
-        .addColumn("kept_id", "STRING", nullable=False)
-        .addColumn("run_id", "STRING")
-        .property(NORMALIZATION_PROPERTY, params.normalization())
-        .execute()
+    create_table_if_not_exists(
+        ctx.spark, path, [("text_hash", "STRING", False), ("kept_id", "STRING", False), ("run_id", "STRING", True)],
+        {NORMALIZATION_PROPERTY: params.normalization()},
     )
-    properties = DeltaTable.forPath(ctx.spark, spark_path).detail().select("properties").collect()[0]["properties"]
-    built_with = properties.get(NORMALIZATION_PROPERTY)
+    built_with = table_properties(ctx.spark, path).get(NORMALIZATION_PROPERTY)
     if built_with != params.normalization():
         raise ValueError(
             f"exact_dedup: the index at {path} was built with normalisation {built_with!r}, but this run uses "
@@ -155,21 +143,6 @@ def _open_index(ctx: StageContext, path: str, params: ExactDedupParams) -> DataF
     version = table_version(ctx.spark, path)
     return read_table(ctx.spark, path, version=version).select(
         F.col("text_hash").alias(HASH_COLUMN), F.col("kept_id").alias("_indexed_kept_id")
-    )
-
-
-def _merge_into_index(ctx: StageContext, path: str, new_hashes: DataFrame) -> None:
-    """Insert hashes the index does not know; known ones keep the id they were first kept under."""
-    from delta.tables import DeltaTable
-
-    from ..paths import to_spark_path
-
-    (
-        DeltaTable.forPath(ctx.spark, to_spark_path(path))
-        .alias("index")
-        .merge(new_hashes.alias("batch"), "index.text_hash = batch.text_hash")
-        .whenNotMatchedInsertAll()
-        .execute()
     )
 
 

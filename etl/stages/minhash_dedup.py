@@ -36,6 +36,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType
 
 from .. import minhash
+from ..delta import read_table, table_exists, write_table
+from ..paths import to_spark_path
 from .base import Stage, StageContext, StageResult
 
 REASON = "near_duplicate"
@@ -421,11 +423,7 @@ class MinHashDedup(Stage):
     # -------------------------------------------------------------- incremental index
 
     def _read_index(self, spark: SparkSession, path: str, settings: dict) -> DataFrame | None:
-        # Imported here: etl.delta -> etl.ingest -> etl.config -> etl.stages would be an import cycle.
-        from delta.tables import DeltaTable
-
-        from ..delta import read_table, table_exists
-        from ..paths import to_spark_path
+        from delta.tables import DeltaTable  # see etl/delta.py: Delta's Python module may come with its jar
 
         if not table_exists(spark, path):
             return None
@@ -443,10 +441,7 @@ class MinHashDedup(Stage):
 
     def _update_index(self, ctx: StageContext, path: str, index: DataFrame | None, new: DataFrame,
                       clustering: _Clustering, settings: dict) -> None:
-        from delta.tables import DeltaTable
-
-        from ..delta import write_table
-        from ..paths import to_spark_path
+        from delta.tables import DeltaTable  # see etl/delta.py: Delta's Python module may come with its jar
 
         batch = 0 if index is None else (index.agg(F.max("batch")).collect()[0][0] or 0) + 1
         rows = (
@@ -482,8 +477,6 @@ class MinHashDedup(Stage):
 
     def _decisions_from_index(self, spark: SparkSession, path: str, docs: DataFrame) -> DataFrame:
         """(id, cluster_id, kept_id, similarity) of this run's documents in clusters of two or more."""
-        from ..delta import read_table
-
         index = read_table(spark, path)
         sizes = index.groupBy("cluster_id").count().where(F.col("count") > 1).select("cluster_id")
         mine = index.join(docs.select("id"), "id", "left_semi").join(sizes, "cluster_id", "left_semi")
