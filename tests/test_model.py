@@ -202,6 +202,34 @@ def test_kv_cache_matches_full_forward(overrides, attn_impl):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("attn_impl", ["sdpa", "flex"])
+@pytest.mark.parametrize("overrides", [{}, dict(position="rope", n_kv_heads=2), dict(position="learned")],
+                         ids=["alibi", "rope_gqa", "learned"])
+def test_padded_rows_with_cache_equal_each_row_alone(overrides, attn_impl):
+    model = make_model(**overrides, attn_impl=attn_impl)
+    torch.manual_seed(2)
+    ids = torch.randint(0, 256, (4, 12))
+    pads = torch.zeros(4, 12, dtype=torch.bool)  # True at padding
+    pads[0, :3] = True  # left-padded prompts, as generation batches them
+    pads[1, :7] = True  # (its first chunk below is all padding)
+    pads[3, [2, 3, 7]] = True  # padding between real tokens: positions and ALiBi distances skip it too
+    with torch.no_grad():
+        # A chunk, a chunk on top of the cache, then one token at a time.
+        logits, cache = model(ids[:, :6], use_cache=True, key_padding_mask=pads[:, :6])
+        steps = [logits]
+        logits, cache = model(ids[:, 6:10], past_key_values=cache, use_cache=True, key_padding_mask=pads[:, :10])
+        steps.append(logits)
+        for t in range(10, 12):
+            logits, cache = model(ids[:, t:t + 1], past_key_values=cache, use_cache=True,
+                                  key_padding_mask=pads[:, :t + 1])
+            steps.append(logits)
+        padded = torch.cat(steps, dim=1)
+        for row in range(4):
+            real = ~pads[row]
+            alone = model(ids[row:row + 1, real])[0]
+            torch.testing.assert_close(padded[row, real], alone, atol=1e-5, rtol=1e-5)
+
+
 def test_backward_on_cpu_with_documents():
     model = make_model(n_kv_heads=2).train()
     ids, sequence_ids = packed_batch()
@@ -307,3 +335,8 @@ def test_input_errors():
         model(ids)
     with pytest.raises(ValueError, match="sequence_ids shape"):
         model(ids[:, :8], sequence_ids=torch.zeros(1, 7, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"key_padding_mask must be bool \[batch, past \+ seq\] = \[1, 8\]"):
+        model(ids[:, :8], key_padding_mask=torch.zeros(1, 7, dtype=torch.bool))
+    with pytest.raises(ValueError, match="key_padding_mask cannot be combined with sequence_ids"):
+        model(ids[:, :8], sequence_ids=torch.zeros(1, 8, dtype=torch.long),
+              key_padding_mask=torch.zeros(1, 8, dtype=torch.bool))

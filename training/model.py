@@ -9,13 +9,19 @@ elsewhere as options: RoPE or learned positions, grouped-query attention,
 QK LayerNorm, clip_qkv and a logit scale.
 
 Attention runs through one of two backends, chosen by `MPTConfig.attn_impl`:
-  * "sdpa": torch's scaled_dot_product_attention.  With no ALiBi and no
-    document mask it is plain causal attention (flash kernels on GPU);
-    otherwise an additive float bias, built once per forward, carries the
-    ALiBi slopes, the causal mask and the same-document mask.
+  * "sdpa": torch's scaled_dot_product_attention.  With no ALiBi, no
+    document mask and no padding it is plain causal attention (flash kernels
+    on GPU); otherwise an additive float bias, built once per forward,
+    carries the ALiBi slopes, the causal mask, the same-document mask and
+    the padding mask.
   * "flex": FlexAttention with a score_mod for ALiBi and a block mask for
-    causality and documents, built once per forward.  It is fast only under
-    torch.compile and has no CPU backward, so CPU training uses "sdpa".
+    causality, documents and padding, built once per forward.  It is fast
+    only under torch.compile and has no CPU backward, so CPU training uses
+    "sdpa".
+
+Generation batches prompts of different lengths by left padding: forward's
+key_padding_mask hides the pad tokens and counts each row's positions from
+its first real token, so a padded row computes what it would compute alone.
 """
 from __future__ import annotations
 
@@ -206,6 +212,15 @@ def position_ids(length: int, past: int, sequence_ids: torch.Tensor | None, devi
     return steps - doc_start
 
 
+def padded_position_ids(key_padding_mask: torch.Tensor) -> torch.Tensor:
+    """Positions [B, S] of every key of a padded batch, counting only each row's real tokens.
+
+    key_padding_mask [B, S] is True at pad tokens; a pad gets the position of the real token before it (0 for
+    left padding), which nothing reads: pads are hidden from every query but themselves.
+    """
+    return ((~key_padding_mask).long().cumsum(dim=1) - 1).clamp(min=0)
+
+
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables [B or 1, 1, T, head_dim] for rotate-half RoPE (GPT-NeoX / llm-foundry layout), fp32."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim)
@@ -248,7 +263,7 @@ class LayerNorm(nn.LayerNorm):
 class AttentionInputs:
     """What every layer's attention needs, computed once per forward."""
 
-    rope: tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin) when position == "rope"
+    rope: tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin) [B or 1, 1, T, head_dim] when position == "rope"
     sdpa_bias: torch.Tensor | None  # additive float bias [B or 1, H or 1, T, S] (-inf where masked)
     sdpa_is_causal: bool
     flex_block_mask: object | None
@@ -399,12 +414,18 @@ class MPT(nn.Module):
         sequence_ids: torch.Tensor | None = None,
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
+        key_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, KVCache]:
         """Logits [B, T, padded_vocab_size] (and the extended cache when use_cache).
 
         sequence_ids [B, T] (ints, one per packed document, contiguous runs) restricts attention to the
         same document and restarts learned / RoPE positions at each document start. past_key_values is the
         cache a previous call returned; input_ids then holds only the new tokens.
+
+        key_padding_mask [B, past + T] (bool, True at pad tokens, of the cache and of the new tokens) is for
+        padded batches (generation pads prompts on the left): no query sees a pad key (a pad query sees only
+        itself, so no row is all masked), and positions (learned, RoPE and ALiBi distances alike) count only
+        the row's real tokens, so each real token's logits are what its row would give without the pads.
         """
         cfg = self.cfg
         if input_ids.dim() != 2:
@@ -420,18 +441,28 @@ class MPT(nn.Module):
         if past_key_values is not None and len(past_key_values) != cfg.n_layers:
             raise ValueError(f"past_key_values has {len(past_key_values)} layers, the model has {cfg.n_layers}")
         past = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        if key_padding_mask is not None:
+            if sequence_ids is not None:
+                raise ValueError("key_padding_mask cannot be combined with sequence_ids (pads are not a document)")
+            if key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (batch, past + length):
+                raise ValueError(f"key_padding_mask must be bool [batch, past + seq] = [{batch}, {past + length}], "
+                                 f"got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
         if cfg.position == "learned" and past + length > cfg.max_seq_len:
             raise ValueError(
                 f"{past + length} positions exceed max_seq_len={cfg.max_seq_len} of the learned position embedding"
             )
 
         x = self.wte(input_ids)
+        key_positions = None if key_padding_mask is None else padded_position_ids(key_padding_mask)  # [B, past + T]
         positions = None
         if cfg.position in ("learned", "rope"):
-            positions = position_ids(length, past, sequence_ids, input_ids.device)
+            if key_positions is None:
+                positions = position_ids(length, past, sequence_ids, input_ids.device)
+            else:
+                positions = key_positions[:, past:]
         if cfg.position == "learned":
             x = x + self.wpe(positions)
-        inputs = self._attention_inputs(length, past, sequence_ids, positions, x)
+        inputs = self._attention_inputs(length, past, sequence_ids, positions, x, key_padding_mask, key_positions)
 
         presents: KVCache = []
         for index, block in enumerate(self.blocks):
@@ -444,18 +475,25 @@ class MPT(nn.Module):
             logits = logits * cfg.logit_scale
         return (logits, presents) if use_cache else logits
 
-    def _attention_inputs(self, length, past, sequence_ids, positions, x) -> AttentionInputs:
-        """Build the per-forward attention context (rope tables, SDPA bias or Flex block mask) once."""
+    def _attention_inputs(self, length, past, sequence_ids, positions, x, key_padding_mask=None,
+                          key_positions=None) -> AttentionInputs:
+        """Build the per-forward attention context (rope tables, SDPA bias or Flex block mask) once.
+
+        With key_padding_mask [B, S], key_positions [B, S] are padded_position_ids of it (S = past + T).
+        """
         cfg, device = self.cfg, x.device
         rope = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta) if cfg.position == "rope" else None
         alibi = cfg.position == "alibi"
         slopes = alibi_slopes(cfg.n_heads, cfg.alibi_bias_max, device) if alibi else None
+        per_row = sequence_ids is not None or key_padding_mask is not None  # the mask differs between rows
 
         if cfg.attn_impl == "flex":
             from torch.nn.attention.flex_attention import create_block_mask
 
             def mask_mod(b, h, q_idx, kv_idx):
                 causal = kv_idx <= q_idx + past
+                if key_padding_mask is not None:  # a pad key is seen only by itself
+                    return causal & (~key_padding_mask[b, kv_idx] | (kv_idx == q_idx + past))
                 if sequence_ids is None:
                     return causal
                 return causal & (sequence_ids[b, q_idx] == sequence_ids[b, kv_idx])
@@ -463,11 +501,15 @@ class MPT(nn.Module):
             def alibi_mod(score, b, h, q_idx, kv_idx):
                 return score + slopes[h] * (kv_idx - q_idx - past)
 
-            block_mask = create_block_mask(mask_mod, None if sequence_ids is None else x.shape[0], None,
-                                           length, past + length, device=device)
-            return AttentionInputs(rope, None, False, block_mask, alibi_mod if alibi else None)
+            def padded_alibi_mod(score, b, h, q_idx, kv_idx):
+                return score + slopes[h] * (key_positions[b, kv_idx] - key_positions[b, q_idx + past])
 
-        if not alibi and sequence_ids is None and (past == 0 or length == 1):
+            block_mask = create_block_mask(mask_mod, x.shape[0] if per_row else None, None,
+                                           length, past + length, device=device)
+            score_mod = (alibi_mod if key_padding_mask is None else padded_alibi_mod) if alibi else None
+            return AttentionInputs(rope, None, False, block_mask, score_mod)
+
+        if not alibi and not per_row and (past == 0 or length == 1):
             # Plain causal attention (a single new token may see the whole cache): no bias, flash kernels.
             return AttentionInputs(rope, None, past == 0 and length > 1, None, None)
         # relative[i, j] = key position - query position; <= 0 where query i may see key j.
@@ -476,6 +518,10 @@ class MPT(nn.Module):
         allowed = (relative <= 0).view(1, 1, length, past + length)
         if sequence_ids is not None:
             allowed = allowed & (sequence_ids.unsqueeze(2) == sequence_ids.unsqueeze(1)).unsqueeze(1)
+        if key_padding_mask is not None:
+            # A pad key is seen only by itself; ALiBi distances count real tokens only.
+            allowed = allowed & (~key_padding_mask.view(-1, 1, 1, past + length) | (relative == 0))  # [B, 1, T, S]
+            relative = (key_positions.unsqueeze(1) - key_positions[:, past:].unsqueeze(2)).unsqueeze(1)  # [B, 1, T, S]
         bias = slopes.view(1, -1, 1, 1) * relative if alibi else torch.zeros(1, 1, length, past + length, device=device)
         bias = bias.masked_fill(~allowed, float("-inf"))
         return AttentionInputs(rope, bias.to(self._compute_dtype(x)), False, None, None)
