@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/etl_vs_datatrove.py [--docs 100000] [--seed 1] [--work /tmp/kiln-bench-etl]
 
-Both sides read the same fixture (`etl.fixtures.make_fixture`: realistic prose with planted mojibake,
+Both sides read the same fixture (`etl.devtools.fixtures.make_fixture`: realistic prose with planted mojibake,
 duplicates, junk and bad lines; without invalid-UTF-8 lines, because datatrove's JsonlReader gives up
 on the rest of a file at the first one) and do the same work, reading JSONL and writing every result:
 
@@ -168,7 +168,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from etl.fixtures import BAD_INPUT_KINDS, make_fixture
+    from etl.devtools.fixtures import BAD_INPUT_KINDS, make_fixture
 
     ensure_datatrove()
     shutil.rmtree(args.work, ignore_errors=True)
@@ -179,7 +179,7 @@ def main() -> None:
     print(f"fixture: {truth.n_records:,} records in {len(truth.files)} files, {size / 1e6:.0f} MB compressed/plain mix, "
           f"made in {time.perf_counter() - start:.0f}s")
 
-    from etl.fixtures import read_fixture_texts
+    from etl.devtools.fixtures import read_fixture_texts
 
     sample = [text for _, text in read_fixture_texts(truth)][:5000]
     for name, rate in text_repair_rates(sample).items():

@@ -44,7 +44,7 @@ print(json.dumps({"seconds": time.perf_counter() - start}))
 
 def make_texts(n: int, seed: int = 5) -> list[str]:
     """Documents of roughly 1-4 KB: labelled PII sentences, look-alikes and filler, some toxic lines."""
-    from etl.pii_eval import FILLER, generate
+    from etl.devtools.pii_eval import FILLER, generate
 
     rng = random.Random(seed)
     pieces = [d.text for d in generate(n_per_type=max(n // 8, 10), n_lookalike_docs=n, seed=seed)]

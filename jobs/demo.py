@@ -46,7 +46,7 @@ def build_corpus(out: Path, n_docs: int = 2400, planted: int = 60) -> tuple[Path
     """The raw inputs under ``out``: a fixture of ``n_docs`` records with planted problems, plus
     ``planted`` near duplicates, ``planted`` documents with personal data and ``planted // 2`` abusive
     ones (from the fixture's clean documents), and an eval set leaked into the corpus."""
-    from etl.fixtures import make_fixture, read_fixture_texts
+    from etl.devtools.fixtures import make_fixture, read_fixture_texts
 
     raw = out / "raw"
     truth = make_fixture(n_docs=n_docs, seed=7, out_dir=str(raw / "web"))

@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 
 from etl.__main__ import main
 from etl.delta import read_table
-from etl.fixtures import make_fixture
+from etl.devtools.fixtures import make_fixture
 from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
 from shards.config import ConfigError

@@ -7,7 +7,7 @@ import re
 import pytest
 from ftfy.badness import BADNESS_RE, MOJIBAKE_CATEGORIES, is_bad
 
-from etl.fixtures import make_fixture, read_fixture_texts
+from etl.devtools.fixtures import make_fixture, read_fixture_texts
 from etl.load_config import validate_pipeline_config
 from etl.stages.base import StageContext
 from etl.stages.fix_encoding import (

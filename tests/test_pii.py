@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from etl.pii_eval import generate, score
+from etl.devtools.pii_eval import generate, score
 from etl.stages.pii import PATTERN_ENTITIES, PiiParams, PiiRedactor, _safe_error, hash_salt
 from shards.config import ConfigError, from_dict
 

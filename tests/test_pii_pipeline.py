@@ -15,8 +15,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from etl.delta import read_table, write_table
+from etl.devtools.pii_eval import generate
 from etl.load_config import validate_pipeline_config
-from etl.pii_eval import generate
 from etl.pipeline import run_pipeline
 from etl.tokenizer import load_tokenizer
 from shards import MDSReader, read_manifest
