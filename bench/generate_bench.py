@@ -1,6 +1,6 @@
 """Generation throughput: training.generate against transformers' generate on the exported model.
 
-Same weights (a random MPT of the given preset, exported with training.export_hf), same prompts, same
+Same weights (a random MPT of the given preset, exported with training.weights.export_hf), same prompts, same
 machine, same run; greedy decoding of a fixed number of new tokens (EOS ignored), batch 1 and batch 8.
 Prints new tokens per second for both and the ratio, after checking that both produce the same tokens.
 
@@ -15,10 +15,10 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
-from training.export_hf import export_hf
 from training.generate import GenerationConfig, generate_ids
-from training.inference import save_consolidated
 from training.model import MPT, MPTConfig
+from training.weights.export_hf import export_hf
+from training.weights.layout import save_consolidated
 
 
 def timed(function, device: str) -> tuple[float, object]:

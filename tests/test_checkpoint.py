@@ -162,9 +162,9 @@ def test_consolidation_reads_one_tensor_at_a_time(tmp_path):
     # whose lazy initialisation (~80 MB here) does not grow with the model.
     probe = textwrap.dedent(f"""\
         import re, sys
-        from training.consolidate import main
-        from training.hf_convert import expected_shapes
         from training.model import MPTConfig
+        from training.weights.consolidate import main
+        from training.weights.hf_convert import expected_shapes
         def status(key):
             return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
         expected_shapes(MPTConfig.preset("tiny"))

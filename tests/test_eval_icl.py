@@ -21,9 +21,9 @@ from training.eval.__main__ import main as eval_main
 from training.eval.icl import ICLTask, PromptBuilder, evaluate_icl_task, read_examples
 from training.eval.perplexity import PerplexityTask, evaluate_perplexity
 from training.eval.synthetic import FactsTask, train_byte_bpe, train_facts_model
-from training.export_hf import export_hf
-from training.inference import save_consolidated
 from training.model import MPT, MPTConfig
+from training.weights.export_hf import export_hf
+from training.weights.layout import save_consolidated
 
 ROOT = Path(__file__).resolve().parent.parent
 LMEVAL_PYTHON = ROOT / ".cache" / "venv-lmeval" / "bin" / "python"

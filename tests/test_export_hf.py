@@ -1,4 +1,4 @@
-"""training.export_hf / training.import_hf against transformers 5.15.1: same logits, same greedy
+"""training.weights.export_hf / import_hf against transformers 5.15.1: same logits, same greedy
 generations, a clear refusal of what MptForCausalLM cannot express, and the way back."""
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, MptConfig, MptForCausalLM
 
 from training.eval.synthetic import train_byte_bpe
-from training.export_hf import export_hf, main
 from training.generate import GenerationConfig, generate_ids
-from training.import_hf import import_hf
-from training.inference import load_model, save_consolidated
 from training.model import MPT, MPTConfig
+from training.weights.export_hf import export_hf, main
+from training.weights.import_hf import import_hf
+from training.weights.inference import load_model
+from training.weights.layout import save_consolidated
 
 
 @pytest.fixture(autouse=True, scope="module")

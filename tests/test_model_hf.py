@@ -1,12 +1,13 @@
-"""training.model against transformers' MptForCausalLM (pinned transformers==5.15.1), and training.hf_convert."""
+"""training.model against transformers' MptForCausalLM (pinned transformers==5.15.1), and the conversion between
+them (training.weights.hf_convert)."""
 from __future__ import annotations
 
 import pytest
 import torch
 from transformers import MptConfig, MptForCausalLM
 
-from training.hf_convert import check_hf_expressible, from_hf_mpt, hf_inexpressible, to_hf_mpt
 from training.model import MPT, MPTConfig
+from training.weights.hf_convert import check_hf_expressible, from_hf_mpt, hf_inexpressible, to_hf_mpt
 
 # Every shape MptForCausalLM can express: ALiBi, multi-head, no bias, GELU MLP (x4); clip_qkv and an untied head.
 EXPRESSIBLE = {

@@ -20,9 +20,10 @@ from safetensors.torch import load_file
 
 from shards.manifest import DatasetManifest, write_manifest
 from shards.mds import MDSWriter, token_columns
-from training.consolidate import consolidate, read_model_state
 from training.eval.synthetic import train_byte_bpe
-from training.export_hf import main as export_main
+from training.weights.checkpoint_reader import read_model_state
+from training.weights.consolidate import consolidate
+from training.weights.export_hf import main as export_main
 
 SEQ_LEN = 32
 TEXTS = ["the cat sat on the mat and looked at the dog.\n", "def add(a, b):\n    return a + b\n",
@@ -40,7 +41,7 @@ def kiln(cwd: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProce
 def write_dataset(work: Path, tokenizer_file: Path) -> int:
     """What the ETL publishes: a versioned dataset whose manifest names its tokenizer and the tokenizer's hash;
     returns the tokenizer's vocabulary size."""
-    from training.inference import TextTokenizer
+    from training.weights.tokenizer import TextTokenizer
 
     tokenizer = TextTokenizer.from_file(tokenizer_file)
     ids = np.array([i for text in TEXTS for i in tokenizer.encode(text) + [tokenizer.eos_id]], dtype=np.uint16)

@@ -1,6 +1,6 @@
 """python -m training.eval CHECKPOINT TASKS.yaml [--unsafe] [--output results.json]
 
-Evaluates a training checkpoint or a consolidated checkpoint folder (see training.inference) on the tasks
+Evaluates a training checkpoint or a consolidated checkpoint folder (see training.weights.inference) on the tasks
 of TASKS.yaml (see training.eval), prints the metrics and vibe completions, and writes everything as JSON
 with --output.
 """
@@ -16,7 +16,7 @@ import torch
 from shards.config import ConfigError
 from training.eval import load_eval_config, run_evals
 from training.eval.code_exec import SandboxUnavailable
-from training.inference import load_model
+from training.weights.inference import load_model
 
 
 def main(argv: list[str] | None = None) -> int:

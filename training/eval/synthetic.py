@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from training.inference import TextTokenizer
 from training.model import MPT, MPTConfig
+from training.weights.tokenizer import TextTokenizer
 
 EOS = "<|endoftext|>"
 OBJECTS = ["apple", "sky", "grass", "snow", "coal", "banana", "cherry", "ocean", "lemon", "rose", "leaf", "cloud",

@@ -6,8 +6,8 @@ What PATH holds decides how it is read:
                 local or on an object store: DCP reads each rank's shards of the model straight into the
                 sharded model, on any number of ranks (optimizer state, loader and RNG are not read)
   hf            a Hugging Face MPT folder (its ``config.json`` names ``model_type: mpt``), converted as
-                training.import_hf converts it
-  consolidated  ``config.json`` (an MPTConfig) + ``model.safetensors`` (training.consolidate, import_hf)
+                training.weights.import_hf converts it
+  consolidated  ``config.json`` (an MPTConfig) + ``model.safetensors`` (training.weights.consolidate, import_hf)
 
 Consolidated and Hugging Face weights are read on rank 0 only and broadcast into every rank's shards.
 Every tensor must have the shape this run's model has: the launcher checks that before any rank starts,
@@ -35,12 +35,13 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 
 from shards.config import ConfigError
 
-from .checkpoint import reader
-from .consolidate import MODEL_PREFIX, TensorReader, is_training_checkpoint, model_config, resolve_checkpoint
-from .hf_convert import config_from_hf, expected_shapes, shape_problems
-from .import_hf import read_hf_config, read_hf_mpt
-from .inference import CONFIG_NAME, WEIGHTS_NAME, read_config
-from .model import MPTConfig
+from training.model import MPTConfig
+from training.run.checkpoint import reader
+from training.weights.checkpoint_reader import (MODEL_PREFIX, TensorReader, is_training_checkpoint, model_config,
+                                                resolve_checkpoint)
+from training.weights.hf_convert import config_from_hf, expected_shapes, shape_problems
+from training.weights.import_hf import read_hf_config, read_hf_mpt
+from training.weights.layout import CONFIG_NAME, WEIGHTS_NAME, read_config
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,9 @@ attn_config may turn on RoPE, grouped-query attention or QK LayerNorm.  Settings
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -217,3 +220,14 @@ def from_hf_mpt(hf_config: dict, hf_state_dict: dict[str, torch.Tensor]) -> tupl
             raise ValueError(f"unexpected tensor {name!r} in the MPT checkpoint (expected a 'transformer.' prefix)")
     check_state_dict(state_dict, config)
     return config, state_dict
+
+
+def run_conversion(convert: Callable[[str, str], Path], source: str, out_dir: str) -> int:
+    """The import's and the export's command line: ``wrote OUT_DIR`` and status 0, or one error line and 2."""
+    try:
+        out = convert(source, out_dir)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
