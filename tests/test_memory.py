@@ -1,14 +1,14 @@
-"""training.memory: MPT-7B on 8 x 80 GB, the activation formula, sharding strategies and the CLI."""
+"""training.planning.memory: MPT-7B on 8 x 80 GB, the activation formula, sharding strategies and the CLI."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from training import memory
-from training.hardware import GIB, get_gpu
-from training.memory import MemoryRequest, estimate, layer_activation_bytes
 from training.model import MPTConfig
+from training.planning import memory
+from training.planning.hardware import GIB, get_gpu
+from training.planning.memory import MemoryRequest, estimate, layer_activation_bytes
 
 SEVEN_B = MPTConfig.preset("7b")
 EIGHTY_GB = get_gpu("a100-80gb").memory_bytes

@@ -1,4 +1,4 @@
-"""training.plan: published runs reproduced, the sizing rules, the fitted laws, MFU from docs, and the CLI."""
+"""training.planning.plan: published runs reproduced, the sizing rules, the fitted laws, MFU from docs, and the CLI."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from training import plan
-from training.hardware import get_gpu, gpu_for_device_name
-from training.plan import LAWS, PlanRequest, make_plan
+from training.planning import plan
+from training.planning.hardware import get_gpu, gpu_for_device_name
+from training.planning.plan import LAWS, PlanRequest, make_plan
 
 
 @pytest.fixture

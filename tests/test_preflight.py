@@ -1,4 +1,4 @@
-"""training.preflight: a clean config passes; each planted problem is flagged with its reason."""
+"""training.planning.preflight: a clean config passes; each planted problem is flagged with its reason."""
 from __future__ import annotations
 
 import json
@@ -15,8 +15,8 @@ import yaml
 
 from shards.manifest import DatasetManifest, write_manifest
 from shards.mds import MDSWriter, token_columns
-from training import preflight
-from training.preflight import PreflightOptions, run_preflight
+from training.planning import preflight
+from training.planning.preflight import PreflightOptions, run_preflight
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB, SEQ_LEN, SAMPLES = 64, 32, 200

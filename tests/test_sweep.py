@@ -1,4 +1,4 @@
-"""training.sweep: the power-law fit on known exponents, and a real sweep of four tiny models on CPU."""
+"""training.planning.sweep: the power-law fit on known exponents, and a real sweep of four tiny models on CPU."""
 from __future__ import annotations
 
 import argparse
@@ -11,9 +11,9 @@ import yaml
 
 from shards.manifest import DatasetManifest, write_manifest
 from shards.mds import MDSWriter, token_columns
-from training import sweep
 from training.model import MPTConfig
-from training.sweep import compute_frontier, fit_power_law, parse_budget, parse_size
+from training.planning import sweep
+from training.planning.sweep import compute_frontier, fit_power_law, parse_budget, parse_size
 
 VOCAB, SEQ_LEN = 64, 32
 
