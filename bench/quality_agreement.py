@@ -3,7 +3,7 @@
 Builds a corpus of varied documents (prose from the Python standard library's docstrings plus
 planted junk: short documents, symbol spam, bullet lists, ellipsis lines, repeated lines and
 paragraphs, lorem ipsum, javascript, curly brackets, cookie notices, number tables, ...), runs our
-``etl.text_stats.assess`` here and datatrove's GopherRepetitionFilter -> GopherQualityFilter ->
+``etl.text.quality_rules.assess`` here and datatrove's GopherRepetitionFilter -> GopherQualityFilter ->
 C4QualityFilter (FineWeb's order) in datatrove's own venv (scripts/side_install_datatrove.sh), at
 the same thresholds, and compares the decisions, the rules that fired and the texts C4 left.
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from etl.text_stats import QualityParams, assess  # noqa: E402
+from etl.text.quality_rules import QualityParams, assess  # noqa: E402
 
 DATATROVE_PYTHON = ROOT / ".cache" / "venv-datatrove" / "bin" / "python"
 

@@ -12,7 +12,8 @@ import pytest
 from etl.delta import read_table
 from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
-from etl.text_stats import REASONS, SCORE_COLUMNS, QualityParams, assess, count_sentences, split_words
+from etl.text.quality_rules import REASONS, SCORE_COLUMNS, QualityParams, assess
+from etl.text.words import count_sentences, split_words
 from shards.config import ConfigError
 
 # English prose that passes every rule at datatrove's defaults: > 50 words, 5+ sentences, stop words.

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from bench.quality_agreement import DATATROVE_PYTHON, compare, make_corpus, run_datatrove, run_ours
-from etl.text_stats import QualityParams
+from etl.text.quality_rules import QualityParams
 
 
 @pytest.fixture(scope="module")
