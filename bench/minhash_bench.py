@@ -5,7 +5,7 @@
 
 `quality` builds the planted corpus (bench/minhash_corpus.py), its exact ground truth, then runs on
 the same corpus and machine:
-  * signatures only, one core each: etl.minhash vs datasketch (MinHash.update_batch per document,
+  * signatures only, one core each: etl.text.minhash vs datasketch (MinHash.update_batch per document,
     shingles built in Python with the same normalisation);
   * the whole job: the minhash_dedup Spark stage (local[2]) vs datasketch (MinHash + MinHashLSH
     insert/query + union-find, one process) vs datatrove 0.10.1's four-step MinHash pipeline
@@ -35,7 +35,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from bench.minhash_corpus import components, core_scores, ground_truth, make_corpus, shingles  # noqa: E402
-from etl import minhash  # noqa: E402
+from etl.text import minhash  # noqa: E402
 
 DATATROVE_PYTHON = ROOT / ".cache" / "venv-datatrove" / "bin" / "python"
 NUM_PERM = 128
@@ -52,7 +52,7 @@ def _spark(cores: int = 2):
 
 
 def signatures_ours(texts: list[str], batch: int = 10_000) -> tuple[float, float]:
-    """(docs per wall second, docs per CPU second) of etl.minhash on one thread."""
+    """(docs per wall second, docs per CPU second) of etl.text.minhash on one thread."""
     hasher = minhash.MinHasher(NUM_PERM, 1)
     spec = minhash.ShingleSpec()
     hasher.signatures_of_texts(pa.array(texts[:batch]), spec)  # warm the process (allocator, caches)

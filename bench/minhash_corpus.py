@@ -9,7 +9,7 @@ insertions or deletions at rates from 0.5% to 5%, mixed edits, paragraph reorder
 copies, and near misses (8% of words replaced, or half the paragraphs swapped for new text) that
 mostly fall below the thresholds. Whether a pair is a duplicate is not taken from the plan but
 computed: the ground truth is the connected components of the pairs whose exact Jaccard similarity
-of word 5-gram sets (after the same normalisation as etl.minhash, written here independently in
+of word 5-gram sets (after the same normalisation as etl.text.minhash, written here independently in
 plain Python) reaches the threshold, found with an exact prefix-filter similarity join.
 
 ``python bench/minhash_corpus.py --docs 20000 --out corpus.parquet`` writes one; the tests and

@@ -1,4 +1,4 @@
-"""etl.minhash (numpy only): normalisation, shingles, signatures and banding against plain-Python references."""
+"""etl.text.minhash (numpy only): normalisation, shingles, signatures and banding against plain-Python references."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,8 @@ import pyarrow as pa
 import pytest
 
 from bench.minhash_corpus import core_scores, make_corpus, normalize as reference_normalize, shingles as reference_shingles
-from etl import minhash
 from etl.load_config import validate_pipeline_config
+from etl.text import minhash
 from shards.config import ConfigError
 
 EDGE_CASES = [

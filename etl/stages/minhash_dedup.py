@@ -35,9 +35,9 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType
 
-from .. import minhash
 from ..delta import read_table, table_exists, write_table
 from ..paths import to_spark_path
+from ..text import minhash
 from .base import Stage, StageContext, StageResult
 
 REASON = "near_duplicate"
