@@ -107,7 +107,7 @@ def best_of(name: str, n: int, repeats: int, loop, spark) -> tuple[tuple[float, 
 def loop_pii(texts: list[str]) -> float:
     from presidio_anonymizer import AnonymizerEngine
 
-    from etl.pii_recognizers import resolve_overlaps
+    from etl.text.pii_recognizers import resolve_overlaps
     from etl.stages.pii import PiiParams, PiiRedactor
 
     redactor = PiiRedactor(PiiParams(), None)
@@ -124,14 +124,14 @@ def loop_pii(texts: list[str]) -> float:
 
 
 def loop_toxicity(texts: list[str]) -> float:
-    from etl.toxicity_scorers import WordListScorer
+    from etl.text.toxicity_scorers import WordListScorer
 
     scorer = WordListScorer.with_lists()
     return timed(lambda: [scorer.score([t], ["en"]) for t in texts])
 
 
 def loop_profanity_check(texts: list[str]) -> float:
-    from etl.toxicity_scorers import ProfanityCheckScorer
+    from etl.text.toxicity_scorers import ProfanityCheckScorer
 
     scorer = ProfanityCheckScorer()
     return timed(lambda: scorer.score(texts, ["en"] * len(texts)))

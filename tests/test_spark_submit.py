@@ -105,7 +105,7 @@ def test_spark_submit_without_delta_is_one_line_naming_the_fix(submit_dir, clust
 
 def test_zip_for_py_files_carries_the_word_lists(submit_dir, cluster_python):
     """The toxicity stage's built-in lists load from the zip (package data read with importlib.resources)."""
-    code = ("import etl; from etl.toxicity_scorers import WordListScorer; "
+    code = ("import etl; from etl.text.toxicity_scorers import WordListScorer; "
             "print(etl.__file__); print(sorted(WordListScorer.with_lists().lists))")
     done = subprocess.run([cluster_python, "-c", code], cwd=submit_dir, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": "dist/kiln-0.1.0.zip"})

@@ -17,7 +17,7 @@ import pytest
 
 from etl.stages.base import StageContext
 from etl.stages.toxicity import Toxicity, ToxicityParams
-from etl.toxicity_scorers import HuggingFaceScorer, ProfanityCheckScorer, WordList, WordListScorer
+from etl.text.toxicity_scorers import HuggingFaceScorer, ProfanityCheckScorer, WordList, WordListScorer
 from shards.config import ConfigError, from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,7 +160,7 @@ def test_huggingface_scorer_loads_a_local_or_object_store_model(tmp_path):
 
 
 def test_etl_does_not_import_torch():
-    code = "import sys, etl.load_config, etl.toxicity_scorers; print('torch' in sys.modules)"
+    code = "import sys, etl.load_config, etl.text.toxicity_scorers; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

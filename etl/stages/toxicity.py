@@ -1,6 +1,6 @@
 """toxicity: score every document for toxicity, keep the score as a column, filter by threshold or band.
 
-The scorer is built once per Python worker (see `etl.toxicity_scorers`):
+The scorer is built once per Python worker (see `etl.text.toxicity_scorers`):
 
     wordlist         (default) weighted per-language word and phrase lists shipped in etl/data/toxicity;
                      the list is chosen by the document's ``language`` column (from the `language`
@@ -15,17 +15,19 @@ Documents scoring at or above ``max_score`` are rejected as ``toxic``; below ``m
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Literal
 
 import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import FloatType, StringType, StructField, StructType
+from pyspark.sql.types import FloatType
 
 from shards.config import ConfigError
 
+from ..text import toxicity_scorers as scorers
 from ..worker_cache import built_once
-from .base import Stage, StageContext, StageResult
+from .base import BatchVerdicts, DocumentStage, StageContext, StageResult
 
 SCORE_COLUMN = "toxicity"
 
@@ -68,9 +70,7 @@ class ToxicityParams:
             raise ValueError("batch_size and max_length must be positive")
 
 
-def build_scorer(params: ToxicityParams):
-    from .. import toxicity_scorers as scorers
-
+def build_scorer(params: ToxicityParams) -> scorers.ToxicityScorer:
     if params.scorer == "wordlist":
         return scorers.WordListScorer.with_lists(params.wordlists, params.default_language)
     if params.scorer == "profanity_check":
@@ -78,42 +78,38 @@ def build_scorer(params: ToxicityParams):
     return scorers.HuggingFaceScorer(params.model_path, params.model_label, params.max_length, params.batch_size)
 
 
-def _scorer(params: ToxicityParams):
+def _scorer(params: ToxicityParams) -> scorers.ToxicityScorer:
     """One scorer per Python worker and configuration, reused across batches and tasks."""
     return built_once(("toxicity", repr(sorted(asdict(params).items()))), lambda: build_scorer(params))
 
 
-def _score_batches(params: ToxicityParams, has_language: bool):
-    def run(batches):
-        scorer = _scorer(params)
-        for batch in batches:
-            texts = batch.column("text").to_pylist()
-            if has_language:
-                languages = [lang or params.default_language for lang in batch.column(params.language_column).to_pylist()]
-            else:
-                languages = [params.default_language] * len(texts)
-            scores = scorer.score(texts, languages)
-            reasons, details = [], []
-            for score in scores:
-                if params.max_score is not None and score >= params.max_score:
-                    reasons.append("toxic")
-                    details.append(f"score {score:.3f} >= max_score {params.max_score}")
-                elif params.min_score is not None and score < params.min_score:
-                    reasons.append("below_min_toxicity")
-                    details.append(f"score {score:.3f} < min_score {params.min_score}")
-                else:
-                    reasons.append(None)
-                    details.append(None)
-            columns = batch.columns + [pa.array(scores, pa.float32()), pa.array(reasons, pa.string()), pa.array(details, pa.string())]
-            yield pa.RecordBatch.from_arrays(columns, names=batch.schema.names + [SCORE_COLUMN, "reason", "detail"])
-
-    return run
+def _score_batch(params: ToxicityParams, has_language: bool, batch: pa.RecordBatch) -> BatchVerdicts:
+    texts = batch.column("text").to_pylist()
+    if has_language:
+        languages = [lang or params.default_language for lang in batch.column(params.language_column).to_pylist()]
+    else:
+        languages = [params.default_language] * len(texts)
+    scores = _scorer(params).score(texts, languages)
+    reasons, details = [], []
+    for score in scores:
+        if params.max_score is not None and score >= params.max_score:
+            reasons.append("toxic")
+            details.append(f"score {score:.3f} >= max_score {params.max_score}")
+        elif params.min_score is not None and score < params.min_score:
+            reasons.append("below_min_toxicity")
+            details.append(f"score {score:.3f} < min_score {params.min_score}")
+        else:
+            reasons.append(None)
+            details.append(None)
+    return BatchVerdicts(reasons, details, {SCORE_COLUMN: scores})
 
 
-class Toxicity(Stage):
+class Toxicity(DocumentStage[ToxicityParams]):
     name = "toxicity"
     Params = ToxicityParams
     path_params = ("wordlists", "model_path")
+    columns = {SCORE_COLUMN: FloatType()}
+    replaces = (SCORE_COLUMN,)  # a rerun on already-scored documents replaces the score
 
     def check(self, where: str, config, stage_names: list[str]) -> None:
         """A missing or malformed word list fails here, when the config is loaded, with its path."""
@@ -124,13 +120,8 @@ class Toxicity(Stage):
                 raise ConfigError(f"{where}.wordlists: {err}") from None
 
     def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
-        docs = docs.drop(SCORE_COLUMN) if SCORE_COLUMN in docs.columns else docs
-        schema = StructType(
-            docs.schema.fields
-            + [StructField(SCORE_COLUMN, FloatType()), StructField("reason", StringType()), StructField("detail", StringType())]
-        )
         has_language = self.params.language_column in docs.columns
-        scored = docs.mapInArrow(_score_batches(self.params, has_language), schema)
+        scored = self.annotate(docs, partial(_score_batch, self.params, has_language))
         return StageResult(scored, metrics=_metrics)
 
 
