@@ -44,7 +44,7 @@ def test_look_alikes_alone_are_not_flagged(default_redactor):
 
 
 def test_analysis_needs_no_network_and_no_spacy_model(monkeypatch):
-    from etl import pii_recognizers
+    from etl.text import pii_recognizers
 
     attempts = []
 

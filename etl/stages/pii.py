@@ -1,7 +1,7 @@
 """pii: find personal data and secrets with presidio and redact, mask or hash them, or drop the document.
 
 Runs presidio-analyzer inside Spark: each Python worker builds one AnalyzerEngine (pattern
-recognisers, no model, no network; see `etl.pii_recognizers`) and one AnonymizerEngine, and reuses
+recognisers, no model, no network; see `etl.text.pii_recognizers`) and one AnonymizerEngine, and reuses
 them for every Arrow batch it gets. Per entity type the config picks an action:
 
     redact   the value becomes a placeholder, ``<EMAIL>``
@@ -22,57 +22,25 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import traceback
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Literal
 
 import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import IntegerType, MapType, StringType, StructField, StructType
+from pyspark.sql.types import IntegerType, MapType, StringType
 
 from shards.config import ConfigError
 
+from ..text.pii_entities import NER_ENTITIES, PATTERN_ENTITIES, CustomRecognizer
 from ..worker_cache import built_once
-from .base import Stage, StageContext, StageResult
+from .base import BatchVerdicts, DocumentStage, StageContext, StageResult
 
 Action = Literal["redact", "mask", "hash", "drop"]
-PATTERN_ENTITIES = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "US_SSN", "CREDENTIAL_URL", "SECRET")
-NER_ENTITIES = ("PERSON", "LOCATION", "ORGANIZATION")  # need a spaCy NER model
 ENTITIES_COLUMN = "pii_entities"
 MIN_SALT_LENGTH = 16
-
-
-@dataclass
-class CustomRecognizer:
-    """An extra recogniser declared in the YAML: regular expressions plus optional context words.
-
-    A match scores ``score``; a context word among the five words before it adds 0.35. With a score
-    below the stage's ``score_threshold`` only matches that have a context word nearby are flagged.
-    Patterns use the `regex` module's syntax (as presidio does) and ignore case unless ``case_sensitive``.
-    """
-
-    entity: str  # the type name it reports, e.g. EMPLOYEE_ID (actions are keyed by it)
-    patterns: list[str]  # regular expressions, any of which matches
-    context: list[str] = field(default_factory=list)  # words that raise a nearby match's score
-    score: float = 0.6  # a bare match's score
-    case_sensitive: bool = False  # patterns ignore case unless true
-
-    def __post_init__(self):
-        import regex
-
-        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", self.entity):
-            raise ValueError(f"entity must be UPPER_SNAKE_CASE (it becomes the placeholder <{self.entity}>), got {self.entity!r}")
-        if not self.patterns:
-            raise ValueError(f"recognizer {self.entity}: give at least one pattern")
-        for pattern in self.patterns:
-            try:
-                regex.compile(pattern)
-            except regex.error as err:
-                raise ValueError(f"recognizer {self.entity}: invalid regular expression {pattern!r}: {err}") from None
-        if not 0.0 < self.score <= 1.0:
-            raise ValueError(f"recognizer {self.entity}: score must be in (0, 1], got {self.score}")
 
 
 @dataclass
@@ -133,11 +101,12 @@ class PiiRedactor:
     """presidio analysis plus the configured action per entity type, for one configuration."""
 
     def __init__(self, params: PiiParams, salt: bytes | None):
+        # presidio and spaCy take seconds to import: only the workers that redact load them.
         from presidio_analyzer import BatchAnalyzerEngine
         from presidio_anonymizer import AnonymizerEngine
         from presidio_anonymizer.entities import OperatorConfig
 
-        from ..pii_recognizers import build_analyzer
+        from ..text.pii_recognizers import build_analyzer
 
         self.params = params
         analyzer = build_analyzer(
@@ -159,7 +128,7 @@ class PiiRedactor:
 
     def find(self, texts: list[str]) -> list[list]:
         """presidio's matches per text, overlaps resolved: the spans the stage acts on."""
-        from ..pii_recognizers import resolve_overlaps
+        from ..text.pii_recognizers import resolve_overlaps  # presidio, loaded with the analyzer (see __init__)
 
         found = self.batch_analyzer.analyze_iterator(texts, language="en", batch_size=64, entities=self.params.entity_types)
         return [resolve_overlaps(results) for results in found]
@@ -209,29 +178,14 @@ def _safe_error(doc_ids: list[str], err: Exception) -> RuntimeError:
     )
 
 
-def _redact_batches(params: PiiParams, salt: bytes | None):
-    """mapInArrow body: text redacted; `pii_entities`, `reason`, `detail` added."""
-
-    def redact(batches):
-        redactor = _redactor(params, salt)
-        for batch in batches:
-            text_index = batch.schema.get_field_index("text")
-            texts = [t or "" for t in batch.column(text_index).to_pylist()]
-            try:
-                processed = redactor.process(texts)
-            except Exception as err:  # noqa: BLE001 - re-raised without the message, see _safe_error
-                raise _safe_error(batch.column("id").to_pylist(), err) from None
-            new_texts, counts, reasons, details = (list(x) for x in zip(*processed)) if processed else ([], [], [], [])
-            columns = batch.columns
-            columns[text_index] = pa.array(new_texts, type=batch.schema.field(text_index).type)
-            columns += [
-                pa.array([list(c.items()) for c in counts], pa.map_(pa.string(), pa.int32())),
-                pa.array(reasons, pa.string()),
-                pa.array(details, pa.string()),
-            ]
-            yield pa.RecordBatch.from_arrays(columns, names=batch.schema.names + [ENTITIES_COLUMN, "reason", "detail"])
-
-    return redact
+def _redact_batch(params: PiiParams, salt: bytes | None, batch: pa.RecordBatch) -> BatchVerdicts:
+    texts = [t or "" for t in batch.column("text").to_pylist()]
+    try:
+        processed = _redactor(params, salt).process(texts)
+    except Exception as err:  # noqa: BLE001 - re-raised without the message, see _safe_error
+        raise _safe_error(batch.column("id").to_pylist(), err) from None
+    new_texts, counts, reasons, details = (list(x) for x in zip(*processed)) if processed else ([], [], [], [])
+    return BatchVerdicts(reasons, details, {ENTITIES_COLUMN: [list(c.items()) for c in counts]}, texts=new_texts)
 
 
 def hash_salt(params: PiiParams) -> bytes | None:
@@ -249,10 +203,11 @@ def hash_salt(params: PiiParams) -> bytes | None:
     return salt.encode("utf-8")
 
 
-class Pii(Stage):
+class Pii(DocumentStage[PiiParams]):
     name = "pii"
     Params = PiiParams
     handles_pii = True
+    columns = {ENTITIES_COLUMN: MapType(StringType(), IntegerType())}
 
     def check(self, where: str, config, stage_names: list[str]) -> None:
         """A `hash` action without its salt fails when the config is loaded, not after the stages before."""
@@ -262,21 +217,8 @@ class Pii(Stage):
             raise ConfigError(f"{where}.hash_salt_env: {err}") from None
 
     def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
-        salt = hash_salt(self.params)
-        schema = StructType(
-            docs.schema.fields
-            + [
-                StructField(ENTITIES_COLUMN, MapType(StringType(), IntegerType())),
-                StructField("reason", StringType()),
-                StructField("detail", StringType()),
-            ]
-        )
-        redacted = docs.mapInArrow(_redact_batches(self.params, salt), schema)
-        redacted = redacted.withColumn(
-            "content_hash",
-            F.when(F.size(ENTITIES_COLUMN) > 0, F.sha1(F.encode("text", "UTF-8"))).otherwise(F.col("content_hash")),
-        )
-        return StageResult(redacted, metrics=lambda annotated: pii_metrics(annotated, self.params))
+        redacted = self.annotate(docs, partial(_redact_batch, self.params, hash_salt(self.params)))
+        return StageResult(redacted, metrics=partial(pii_metrics, params=self.params))
 
 
 def pii_metrics(annotated: DataFrame, params: PiiParams) -> dict:

@@ -31,7 +31,7 @@ from presidio_analyzer.predefined_recognizers import (
     UsSsnRecognizer,
 )
 
-from .stages.pii import NER_ENTITIES, CustomRecognizer
+from .pii_entities import NER_ENTITIES, CustomRecognizer
 
 LANGUAGE = "en"  # recognisers' context words are English; the patterns themselves are language-free
 # Case matters for key formats (AKIA..., ghp_...): our own patterns do not use presidio's default IGNORECASE.
