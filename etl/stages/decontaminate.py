@@ -20,6 +20,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -27,11 +28,11 @@ import pyarrow as pa
 import xxhash
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import IntegerType, StringType, StructField, StructType
+from pyspark.sql.types import IntegerType, StringType
 
 from shards.config import ConfigError
 
-from .base import Stage, StageContext, StageResult
+from .base import BatchVerdicts, DocumentStage, StageContext, StageResult
 
 NGRAMS_COLUMN = "contamination_ngrams"
 SOURCE_COLUMN = "contamination_source"
@@ -147,58 +148,47 @@ def match_counts(text: str | None, eval_ngrams: EvalNgrams, n: int) -> tuple[int
     return hits, (int(eval_ngrams.sources[slots[found.argmax()]]) if hits else None)
 
 
-def _annotate(params: DecontaminateParams, broadcast):
-    def annotate(batches):
-        eval_ngrams: EvalNgrams = broadcast.value
-        for batch in batches:
-            counts, sources, reasons, details = [], [], [], []
-            for text in batch.column(batch.schema.get_field_index("text")).to_pylist():
-                hits, source = match_counts(text, eval_ngrams, params.ngram)
-                label = None if source is None else eval_ngrams.labels[source]
-                contaminated = hits >= params.min_matches
-                counts.append(hits)
-                sources.append(label)
-                reasons.append("contaminated" if contaminated and params.mode == "remove" else None)
-                details.append(f"{hits} shared {params.ngram}-grams, first with {label}" if contaminated else None)
-            names = batch.schema.names + [NGRAMS_COLUMN, SOURCE_COLUMN, "reason", "detail"]
-            columns = batch.columns + [pa.array(counts, pa.int32()), pa.array(sources, pa.string()),
-                                       pa.array(reasons, pa.string()), pa.array(details, pa.string())]
-            yield pa.RecordBatch.from_arrays(columns, names=names)
-
-    return annotate
+def _match_batch(params: DecontaminateParams, broadcast, batch: pa.RecordBatch) -> BatchVerdicts:
+    eval_ngrams: EvalNgrams = broadcast.value
+    counts, sources, reasons, details = [], [], [], []
+    for text in batch.column("text").to_pylist():
+        hits, source = match_counts(text, eval_ngrams, params.ngram)
+        label = None if source is None else eval_ngrams.labels[source]
+        contaminated = hits >= params.min_matches
+        counts.append(hits)
+        sources.append(label)
+        reasons.append("contaminated" if contaminated and params.mode == "remove" else None)
+        details.append(f"{hits} shared {params.ngram}-grams, first with {label}" if contaminated else None)
+    return BatchVerdicts(reasons, details, {NGRAMS_COLUMN: counts, SOURCE_COLUMN: sources})
 
 
-class Decontaminate(Stage):
+def _metrics(params: DecontaminateParams, eval_ngrams: EvalNgrams, annotated: DataFrame) -> dict:
+    flagged = annotated.filter(F.col(NGRAMS_COLUMN) >= params.min_matches)
+    per_file = {row["file"]: row["n"] for row in flagged.groupBy(
+        F.substring_index(SOURCE_COLUMN, ":", 1).alias("file")).agg(F.count("*").alias("n")).collect()}
+    return {
+        "mode": params.mode,
+        "ngram": params.ngram,
+        "eval_ngrams": int(len(eval_ngrams.hashes)),
+        "eval_records": eval_ngrams.records,
+        "eval_records_too_short": eval_ngrams.too_short,
+        "docs_contaminated": int(sum(per_file.values())),
+        "docs_contaminated_by_eval_file": {name: int(per_file.get(name, 0)) for name in eval_ngrams.records},
+    }
+
+
+class Decontaminate(DocumentStage[DecontaminateParams]):
     name = "decontaminate"
     Params = DecontaminateParams
     path_params = ("eval_paths",)
+    columns = {NGRAMS_COLUMN: IntegerType(), SOURCE_COLUMN: StringType()}
+    replaces = ("reason", "detail")  # an annotated table's verdicts give way to this stage's
 
     def check(self, where: str, config, stage_names: list[str]) -> None:
         check_eval_paths(self.params.eval_paths, f"{where}.eval_paths")
 
     def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
-        params: DecontaminateParams = self.params
-        eval_ngrams = load_eval_ngrams(params.eval_paths, params.ngram)
+        eval_ngrams = load_eval_ngrams(self.params.eval_paths, self.params.ngram)
         broadcast = ctx.spark.sparkContext.broadcast(eval_ngrams)
-        input_fields = [f for f in docs.schema.fields if f.name not in ("reason", "detail")]
-        schema = StructType(input_fields + [
-            StructField(NGRAMS_COLUMN, IntegerType()), StructField(SOURCE_COLUMN, StringType()),
-            StructField("reason", StringType()), StructField("detail", StringType()),
-        ])
-        annotated = docs.select([f.name for f in input_fields]).mapInArrow(_annotate(params, broadcast), schema)
-
-        def metrics(result: DataFrame) -> dict:
-            flagged = result.filter(F.col(NGRAMS_COLUMN) >= params.min_matches)
-            per_file = {row["file"]: row["n"] for row in flagged.groupBy(
-                F.substring_index(SOURCE_COLUMN, ":", 1).alias("file")).agg(F.count("*").alias("n")).collect()}
-            return {
-                "mode": params.mode,
-                "ngram": params.ngram,
-                "eval_ngrams": int(len(eval_ngrams.hashes)),
-                "eval_records": eval_ngrams.records,
-                "eval_records_too_short": eval_ngrams.too_short,
-                "docs_contaminated": int(sum(per_file.values())),
-                "docs_contaminated_by_eval_file": {name: int(per_file.get(name, 0)) for name in eval_ngrams.records},
-            }
-
-        return StageResult(annotated, metrics=metrics)
+        annotated = self.annotate(docs, partial(_match_batch, self.params, broadcast))
+        return StageResult(annotated, metrics=partial(_metrics, self.params, eval_ngrams))

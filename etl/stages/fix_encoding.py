@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 
 import ftfy
 import pyarrow as pa
@@ -29,9 +29,9 @@ from ftfy.badness import is_bad
 from ftfy.chardata import CONTROL_CHARS
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import BooleanType, StringType, StructField, StructType
+from pyspark.sql.types import BooleanType
 
-from .base import Stage, StageContext, StageResult
+from .base import BatchVerdicts, DocumentStage, StageContext, StageResult
 
 CHANGED_COLUMN = "fix_encoding_changed"
 
@@ -185,49 +185,26 @@ def _repair_document(original: str | None, repair: TextRepair, params: FixEncodi
     return fixed, None, None
 
 
-def _fix_batches(params: FixEncodingParams):
-    """mapInArrow body: the batch with `text` repaired and `fix_encoding_changed`, `reason`, `detail` added."""
-
-    def fix(batches):
-        repair = _repair(params.unescape_html)
-        for batch in batches:
-            text_index = batch.schema.get_field_index("text")
-            originals = batch.column(text_index).to_pylist()
-            results = [_repair_document(text, repair, params) for text in originals]
-            texts = [text for text, _, _ in results]
-            columns = batch.columns
-            columns[text_index] = pa.array(texts, type=batch.schema.field(text_index).type)
-            columns += [
-                pa.array([new != old for new, old in zip(texts, originals)], pa.bool_()),
-                pa.array([reason for _, reason, _ in results], pa.string()),
-                pa.array([detail for _, _, detail in results], pa.string()),
-            ]
-            names = batch.schema.names + [CHANGED_COLUMN, "reason", "detail"]
-            yield pa.RecordBatch.from_arrays(columns, names=names)
-
-    return fix
+def _fix_batch(params: FixEncodingParams, batch: pa.RecordBatch) -> BatchVerdicts:
+    repair = _repair(params.unescape_html)
+    originals = batch.column("text").to_pylist()
+    results = [_repair_document(text, repair, params) for text in originals]
+    texts = [text for text, _, _ in results]
+    return BatchVerdicts(
+        reasons=[reason for _, reason, _ in results],
+        details=[detail for _, _, detail in results],
+        columns={CHANGED_COLUMN: [new != old for new, old in zip(texts, originals)]},
+        texts=texts,
+    )
 
 
-class FixEncoding(Stage):
+class FixEncoding(DocumentStage[FixEncodingParams]):
     name = "fix_encoding"
     Params = FixEncodingParams
+    columns = {CHANGED_COLUMN: BooleanType()}
 
     def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
-        schema = StructType(
-            docs.schema.fields
-            + [
-                StructField(CHANGED_COLUMN, BooleanType()),
-                StructField("reason", StringType()),
-                StructField("detail", StringType()),
-            ]
-        )
-        fixed = docs.mapInArrow(_fix_batches(self.params), schema)
-        # content_hash stays the sha1 of the text it sits next to.
-        fixed = fixed.withColumn(
-            "content_hash",
-            F.when(F.col(CHANGED_COLUMN), F.sha1(F.encode("text", "UTF-8"))).otherwise(F.col("content_hash")),
-        )
-        return StageResult(fixed, metrics=_metrics)
+        return StageResult(self.annotate(docs, partial(_fix_batch, self.params)), metrics=_metrics)
 
 
 def _metrics(annotated: DataFrame) -> dict:

@@ -10,15 +10,15 @@ document: the opening of a page says as much about its language as the whole of 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 
 import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import FloatType, StringType, StructField, StructType
+from pyspark.sql.types import FloatType, StringType
 
 from ..worker_cache import built_once
-from .base import Stage, StageContext, StageResult
+from .base import BatchVerdicts, DocumentStage, StageContext, StageResult
 
 LANGUAGE_COLUMN = "language"
 SCORE_COLUMN = "language_score"
@@ -83,45 +83,26 @@ def identify(texts: list[str], params: LanguageParams) -> list[tuple[str, float]
     return out
 
 
-def _identify_batches(params: LanguageParams):
+def _identify_batch(params: LanguageParams, batch: pa.RecordBatch) -> BatchVerdicts:
+    found = identify(batch.column("text").to_pylist(), params)
     allowed = set(params.allowed)
-
-    def run(batches):
-        for batch in batches:
-            found = identify(batch.column("text").to_pylist(), params)
-            reasons, details = [], []
-            for language, probability in found:
-                rejected = bool(allowed) and language not in allowed
-                reasons.append(None if not rejected else "language_undetermined" if language == UNDETERMINED else "language")
-                details.append(f"{language} ({probability:.2f})" if rejected else None)
-            columns = batch.columns + [
-                pa.array([lang for lang, _ in found], pa.string()),
-                pa.array([p for _, p in found], pa.float32()),
-                pa.array(reasons, pa.string()),
-                pa.array(details, pa.string()),
-            ]
-            yield pa.RecordBatch.from_arrays(columns, names=batch.schema.names + [LANGUAGE_COLUMN, SCORE_COLUMN, "reason", "detail"])
-
-    return run
+    reasons, details = [], []
+    for language, probability in found:
+        rejected = bool(allowed) and language not in allowed
+        reasons.append(None if not rejected else "language_undetermined" if language == UNDETERMINED else "language")
+        details.append(f"{language} ({probability:.2f})" if rejected else None)
+    columns = {LANGUAGE_COLUMN: [lang for lang, _ in found], SCORE_COLUMN: [p for _, p in found]}
+    return BatchVerdicts(reasons, details, columns)
 
 
-class Language(Stage):
+class Language(DocumentStage[LanguageParams]):
     name = "language"
     Params = LanguageParams
+    columns = {LANGUAGE_COLUMN: StringType(), SCORE_COLUMN: FloatType()}
+    replaces = (LANGUAGE_COLUMN, SCORE_COLUMN)  # a rerun on already-identified documents replaces them
 
     def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
-        existing = [c for c in (LANGUAGE_COLUMN, SCORE_COLUMN) if c in docs.columns]
-        docs = docs.drop(*existing)  # a rerun on already-identified documents replaces the columns
-        schema = StructType(
-            docs.schema.fields
-            + [
-                StructField(LANGUAGE_COLUMN, StringType()),
-                StructField(SCORE_COLUMN, FloatType()),
-                StructField("reason", StringType()),
-                StructField("detail", StringType()),
-            ]
-        )
-        return StageResult(docs.mapInArrow(_identify_batches(self.params), schema), metrics=_metrics)
+        return StageResult(self.annotate(docs, partial(_identify_batch, self.params)), metrics=_metrics)
 
 
 def _metrics(annotated: DataFrame) -> dict:
