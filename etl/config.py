@@ -26,6 +26,9 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pyspark import SparkConf, SparkContext
+from pyspark.sql import SparkSession
+
 from shards.config import ConfigError
 
 from .paths import is_url, join_path, local_fs_path
@@ -93,9 +96,6 @@ class PipelineConfig:
 def spark_master() -> str:
     """The master of the job's Spark session, known before the session starts: the active session's,
     spark-submit's (its JVM is already running), else KILN_SPARK_MASTER, else local."""
-    from pyspark import SparkConf, SparkContext
-    from pyspark.sql import SparkSession
-
     active = SparkSession.getActiveSession()
     if active is not None:
         return active.sparkContext.master
