@@ -5,9 +5,9 @@ import json
 
 import pytest
 
+from training.hardware import GIB, get_gpu
 from training.model import MPTConfig
 from training.planning import memory
-from training.planning.hardware import GIB, get_gpu
 from training.planning.memory import MemoryRequest, estimate, layer_activation_bytes
 
 SEVEN_B = MPTConfig.preset("7b")

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from training.hardware import get_gpu, gpu_for_device_name
 from training.planning import plan
-from training.planning.hardware import get_gpu, gpu_for_device_name
 from training.planning.plan import LAWS, PlanRequest, make_plan
 
 

@@ -27,10 +27,10 @@ from training.data.loader import as_tensors
 from training.data.sources import IGNORE_INDEX
 from training.eval.synthetic import FactsTask, train_byte_bpe
 from training.run.journal import read_events
+from training.tokenizer import TextTokenizer
 from training.weights.export_hf import export_hf
 from training.weights.inference import load_model
 from training.weights.layout import save_consolidated
-from training.weights.tokenizer import TextTokenizer
 
 from test_training_train import child_env
 

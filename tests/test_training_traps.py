@@ -41,7 +41,7 @@ def kiln(cwd: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProce
 def write_dataset(work: Path, tokenizer_file: Path) -> int:
     """What the ETL publishes: a versioned dataset whose manifest names its tokenizer and the tokenizer's hash;
     returns the tokenizer's vocabulary size."""
-    from training.weights.tokenizer import TextTokenizer
+    from training.tokenizer import TextTokenizer
 
     tokenizer = TextTokenizer.from_file(tokenizer_file)
     ids = np.array([i for text in TEXTS for i in tokenizer.encode(text) + [tokenizer.eos_id]], dtype=np.uint16)

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from shards.mds import TOKENS_COLUMN, MDSWriter, token_columns
 
 from ..config import InstructionSpec
-from ..weights.tokenizer import TextTokenizer
+from ..tokenizer import TextTokenizer
 from .jsonl import read_jsonl_objects
 from .sources import IGNORE_INDEX, LABELS_COLUMN, SEQUENCE_IDS_COLUMN, Source
 

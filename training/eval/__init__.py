@@ -107,7 +107,7 @@ def run_evals(model, tokenizer, tasks_config: EvalConfig | dict | str | Path, st
 
     Returns {"step", "metrics": {"eval/<kind>/<label>/<metric>": float}, "vibe": [{"prompt", "completion",
     "finish_reason"}], "details": {...}} (details: per-problem code results, sandbox isolation, seconds).
-    `tokenizer` (training.weights.tokenizer.TextTokenizer) is needed by every task but perplexity. `sandbox` lets a
+    `tokenizer` (training.tokenizer.TextTokenizer) is needed by every task but perplexity. `sandbox` lets a
     trainer reuse one Sandbox across evaluation points.
     """
     config = load_eval_config(tasks_config)

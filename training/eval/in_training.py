@@ -33,7 +33,7 @@ from training.eval import EvalConfig, Sandbox, check_eval_config, load_eval_conf
 from training.eval.code_exec import SandboxUnavailable
 from training.model import MPT, MPTConfig
 from training.run.metrics import MetricsLogger
-from training.weights.tokenizer import TextTokenizer
+from training.tokenizer import TextTokenizer
 
 NO_WATCHDOG_WAIT_S = 24 * 3600  # how long the other ranks wait for rank 0 when the watchdog is off
 

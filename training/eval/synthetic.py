@@ -16,7 +16,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from training.model import MPT, MPTConfig
-from training.weights.tokenizer import TextTokenizer
+from training.tokenizer import TextTokenizer
 
 EOS = "<|endoftext|>"
 OBJECTS = ["apple", "sky", "grass", "snow", "coal", "banana", "cherry", "ocean", "lemon", "rose", "leaf", "cloud",

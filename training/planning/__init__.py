@@ -1,6 +1,5 @@
 """Planning a run before it starts: what it costs, whether it fits, what loss it reaches, whether it is ready.
 
-    hardware   the accelerators' dense bf16 peaks and memory (also the trainer's MFU denominator)
     plan       tokens, FLOPs, GPU-days, dollars and days (python -m training.plan)
     memory     per-GPU memory and the largest micro-batch (python -m training.memory)
     sweep      small runs, a fitted power law, an extrapolation (python -m training.sweep)

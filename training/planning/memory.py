@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from training.config import load_config
+from training.hardware import GIB, get_gpu
 from training.model import PRESETS, MPTConfig
-from training.planning.hardware import GIB, get_gpu
 
 SHARDINGS = ("full", "hybrid", "ddp")
 PRECISIONS = ("bf16", "fp32")
@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--attention", choices=("flash", "eager"), default="flash")
     parser.add_argument("--document-masks", action="store_true", help="per-sample attention bias (sdpa only)")
-    parser.add_argument("--gpu", default="h100-sxm", help="GPU type from training.planning.hardware (sets the memory)")
+    parser.add_argument("--gpu", default="h100-sxm", help="GPU type from training.hardware (sets the memory)")
     parser.add_argument("--memory-gib", type=float, help="GPU memory in GiB (instead of the GPU's)")
     parser.add_argument("--reserve", type=float, default=DEFAULT_RESERVE, help="fraction of memory kept free")
     parser.add_argument("--json", action="store_true")

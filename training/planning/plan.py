@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.hardware import GPU, get_gpu
 from training.model import PRESETS, MPTConfig
-from training.planning.hardware import GPU, get_gpu
 
 TOKENS_PER_PARAM = 20.0
 DEFAULT_MFU = 0.40
@@ -104,7 +104,7 @@ def measured_mfu(gpu: GPU, path: Path = BENCHMARKS_PATH) -> tuple[float, str] | 
     """The project's measured MFU for `gpu` from docs/benchmarks.md, with where it came from.
 
     The format (documented in docs/planning.md) is a Markdown table row whose first cell is
-    ``mfu``, second a GPU name from training.planning.hardware, third the MFU as a fraction, and any
+    ``mfu``, second a GPU name from training.hardware, third the MFU as a fraction, and any
     further cells free text: ``| mfu | h100-sxm | 0.43 | MPT-1B, 8 GPUs, run abc |``. The last
     row for the GPU wins. Rows naming GPUs this table does not know are ignored.
     """
@@ -421,8 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN, help="sequence length for attention FLOPs")
     parser.add_argument("--law", choices=sorted(LAWS), help="size with a fitted loss law instead of tokens/param")
     parser.add_argument("--tokens-per-param", type=float, default=TOKENS_PER_PARAM)
-    parser.add_argument("--gpu", default="h100-sxm",
-                        help="GPU type (training.planning.hardware.GPUS), e.g. h100, a100-40gb")
+    parser.add_argument("--gpu", default="h100-sxm", help="GPU type (training.hardware.GPUS), e.g. h100, a100-40gb")
     parser.add_argument("--num-gpus", type=int, default=8, help="GPUs for the wall-clock estimate")
     parser.add_argument("--price", type=float, dest="price_per_gpu_hour", help="dollars per GPU-hour")
     parser.add_argument("--mfu", type=float, help="model FLOPs utilisation (default: measured in docs/benchmarks.md, "

@@ -55,9 +55,9 @@ from training.data.loader import next_token_labels
 from training.data.resolve import resolve_sources
 from training.data.sources import IGNORE_INDEX, SEQUENCE_IDS_COLUMN, check_sources
 from training.distributed import build_model, grad_norm_and_clip, init_distributed
+from training.hardware import GIB, gpu_for_device_name
 from training.model import MPT
 from training.optim import build_optimizer
-from training.planning.hardware import GIB, gpu_for_device_name
 from training.planning.memory import OPTIMIZER_STATE_BYTES, MemoryRequest, estimate
 from training.run import checkpoint
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..config import LoggingSection
-from ..planning.hardware import gpu_for_device_name
+from ..hardware import gpu_for_device_name
 
 
 def peak_flops(device: torch.device, configured: float | None) -> float | None:

@@ -1,7 +1,6 @@
 """Model weights on disk: reading training checkpoints, the consolidated folder, and Hugging Face MPT.
 
-    tokenizer          TextTokenizer, the tokenizer.json that goes with the weights
-    layout             the consolidated folder (config.json, model.safetensors, tokenizer.json) and its writer
+    layout             the consolidated folder (config.json, model.safetensors, tokenizer.json), written and read
     checkpoint_reader  a sharded training checkpoint's model weights, one tensor at a time
     consolidate        a training checkpoint -> a consolidated folder (python -m training.consolidate)
     inference          load_model and open_weights: either kind of checkpoint, for generation and evaluation

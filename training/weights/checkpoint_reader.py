@@ -22,8 +22,8 @@ from shards.manifest import version_path
 from training.config import ModelSection
 from training.model import MPTConfig
 from training.run.checkpoint import LATEST_NAME, MANIFEST_NAME, incomplete_reason, latest_complete, read_manifest
+from training.tokenizer import TextTokenizer
 from training.weights.hf_convert import shape_problems
-from training.weights.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 MODEL_PREFIX = "model."

@@ -17,11 +17,11 @@ import torch
 from safetensors import safe_open
 
 from training.model import MPT, MPTConfig
+from training.tokenizer import TextTokenizer
 from training.weights.checkpoint_reader import (is_training_checkpoint, model_tensors, recorded_tokenizer,
                                                 resolve_checkpoint)
 from training.weights.hf_convert import check_state_dict
 from training.weights.layout import SAFETENSORS_DTYPES, TOKENIZER_NAME, WEIGHTS_NAME, read_config
-from training.weights.tokenizer import TextTokenizer
 
 
 @dataclass

@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import save_file
 
 from training.model import MPT, MPTConfig
+from training.tokenizer import TextTokenizer
 from training.weights.hf_convert import check_state_dict
-from training.weights.tokenizer import TextTokenizer
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

@@ -1,4 +1,4 @@
-"""The tokenizer that goes with a model's weights (tokenizer.json), as generation and evaluation use it."""
+"""The tokenizer that goes with a model (its tokenizer.json), as instruction data, generation and evaluation use it."""
 from __future__ import annotations
 
 from pathlib import Path
