@@ -124,8 +124,8 @@ def train_model(dataset: Path) -> Path:
 def export_and_evaluate(run_dir: Path, tokenizer: Path, dataset: Path) -> Path:
     from shards.manifest import resolve_version, split_path
     from training.eval import run_evals
-    from training.consolidate import consolidate
-    from training.inference import load_model
+    from training.weights.consolidate import consolidate
+    from training.weights.inference import load_model
 
     # The newest complete sharded checkpoint, gathered tensor by tensor into one safetensors file.
     model_dir = consolidate(str(OUT / "checkpoints"), OUT / "model", tokenizer=tokenizer)
