@@ -12,7 +12,7 @@ from typing import Protocol
 
 from ..funnel import PipelineRun
 from ..stages.base import Stage
-from .shuffle_write import ShuffleAndWrite
+from .shuffle_write import ShuffleAndWrite, ShuffleWriteParams
 from .tokenize import Tokenize
 
 # The stages that make the dataset, in their order.
@@ -24,7 +24,7 @@ class DatasetSpec:
     """The dataset part of a pipeline: tokenize, then shuffle and write (None: only the tokenize tables)."""
 
     tokenize: Tokenize
-    write: ShuffleAndWrite | None
+    write: Stage[ShuffleWriteParams] | None  # the stage after tokenize: shuffle_and_write
 
     @property
     def stages(self) -> list[Stage]:
@@ -36,15 +36,16 @@ class DatasetSpec:
 
 
 def split_stages(stages: list[Stage]) -> tuple[list[Stage], DatasetSpec | None]:
-    """(the document stages in order, the dataset part: None when nothing is tokenized)."""
-    documents = [s for s in stages if not isinstance(s, (Tokenize, ShuffleAndWrite))]
-    tokenize = next((s for s in stages if isinstance(s, Tokenize)), None)
-    write = next((s for s in stages if isinstance(s, ShuffleAndWrite)), None)
-    if tokenize is None:
-        if write is not None:
-            raise ValueError("shuffle_and_write publishes the tables tokenize writes: a pipeline with it needs tokenize")
+    """(the document stages: those before tokenize; the dataset part: tokenize and the stage after
+    it, None when nothing is tokenized). Tokenize.check keeps any other stage from following it."""
+    at = next((i for i, s in enumerate(stages) if isinstance(s, Tokenize)), len(stages))
+    documents, dataset = stages[:at], stages[at:]
+    if any(isinstance(s, ShuffleAndWrite) for s in documents) or len(dataset) > 2:
+        raise ValueError(f"the dataset stages must come last, tokenize then shuffle_and_write; got {[s.name for s in stages]}")
+    if not dataset:
         return documents, None
-    return documents, DatasetSpec(tokenize, write)
+    tokenize, *write = dataset
+    return documents, DatasetSpec(tokenize, write[0] if write else None)
 
 
 class StepRunner(Protocol):
