@@ -1,12 +1,12 @@
 """Autoregressive sampling from an MPT with a KV cache: greedy, temperature, top-k, top-p, stop sequences.
 
-Prompts of different lengths share a batch by left padding. `MPT.forward` has no padding mask for
-cached decoding, so padded batches run the model's own blocks here with an attention bias that hides
+Prompts of different lengths share a batch by left padding. `MPT.forward(key_padding_mask=...)` hides
 the pad keys and gives every row its own positions (row i's first real token is position 0): each row
 then computes exactly what it would compute alone, so batched generation equals unbatched generation.
-Batches without padding (one prompt, or prompts of one length) go through `MPT.forward` itself, which
-is what a sharded (FSDP) model needs. Without the cache every step recomputes the whole sequence through
-`MPT.forward(sequence_ids=...)` (pads are their own document), the independent path the tests compare with.
+Batches without padding (one prompt, or prompts of one length) pass no mask. Every step goes through
+`MPT.forward`, which is what a sharded (FSDP) model needs. Without the cache every step recomputes the
+whole sequence through `MPT.forward(sequence_ids=...)` (pads are their own document), the independent
+path the tests compare with.
 
 Sampling is reproducible per row: row i of a call draws from a generator seeded with `seed + i`.
 
@@ -19,9 +19,8 @@ import sys
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from training.model import MPT, AttentionInputs, KVCache, alibi_slopes, rope_cos_sin
+from training.model import MPT
 
 
 @dataclass
@@ -87,61 +86,6 @@ def next_tokens(logits: torch.Tensor, config: GenerationConfig, generators: list
     return torch.cat([torch.multinomial(probs[row], 1, generator=gen) for row, gen in enumerate(generators)])
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Forward passes
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
-
-
-def forward_padded(model: MPT, input_ids: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor,
-                   past: KVCache | None) -> tuple[torch.Tensor, KVCache]:
-    """MPT's forward for a left-padded batch: (logits [B, T, V], extended cache).
-
-    positions [B, T]: each new token's position in its own row; key_valid [B, past + T]: False at pad tokens
-    (of the cache and of the new tokens). A pad query sees only itself, so no row of the bias is all -inf.
-    """
-    cfg = model.cfg
-    if cfg.attn_impl != "sdpa":
-        raise ValueError(f"padded generation needs attn_impl='sdpa', the model has {cfg.attn_impl!r} "
-                         "(load_model uses sdpa by default)")
-    batch, length = input_ids.shape
-    past_len = 0 if past is None else past[0][0].shape[2]
-    device = input_ids.device
-    x = model.wte(input_ids)
-    if cfg.position == "learned":
-        x = x + model.wpe(positions)
-    rope = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta) if cfg.position == "rope" else None
-
-    query_index = torch.arange(past_len, past_len + length, device=device)
-    key_index = torch.arange(past_len + length, device=device)
-    causal = key_index.view(1, -1) <= query_index.view(-1, 1)  # [T, S]
-    itself = key_index.view(1, -1) == query_index.view(-1, 1)
-    allowed = causal & (key_valid.unsqueeze(1) | itself)  # [B, T, S]
-    if cfg.position == "alibi":
-        # The key's distance behind the query, counted in real tokens only: the same as without padding.
-        real_before = key_valid.long().cumsum(dim=1)  # [B, S]
-        relative = (real_before.unsqueeze(1) - real_before[:, past_len:].unsqueeze(2)).float()  # [B, T, S]
-        bias = alibi_slopes(cfg.n_heads, cfg.alibi_bias_max, device).view(1, -1, 1, 1) * relative.unsqueeze(1)
-    else:
-        bias = torch.zeros(batch, 1, length, past_len + length, device=device)
-    bias = bias.masked_fill(~allowed.unsqueeze(1), float("-inf")).to(_compute_dtype(x))
-    inputs = AttentionInputs(rope=rope, sdpa_bias=bias, sdpa_is_causal=False, flex_block_mask=None,
-                             flex_score_mod=None)
-    presents: KVCache = []
-    for index, block in enumerate(model.blocks):
-        x, present = block(x, inputs, None if past is None else past[index])
-        presents.append(present)
-    x = model.norm_f(x)
-    logits = F.linear(x, model.wte.weight) if cfg.tie_embeddings else model.lm_head(x)
-    if cfg.logit_scale is not None:
-        logits = logits * cfg.logit_scale
-    return logits, presents
-
-
 class _Rows:
     """Per-row bookkeeping of one batch: new tokens, stop checks, finish reasons."""
 
@@ -192,24 +136,16 @@ def _generate_batch(model: MPT, prompts: list[list[int]], config: GenerationConf
             valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
         return rows
 
-    positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
-    if padded:
-        logits, cache = forward_padded(model, ids, positions, valid, None)
-    else:
-        logits, cache = model(ids, use_cache=True)
-    last_position = positions[:, -1:]
+    pads = ~valid if padded else None  # [B, cache + new tokens]: True at the left padding
+    logits, cache = model(ids, use_cache=True, key_padding_mask=pads)
     for _ in range(config.max_new_tokens):
         chosen = next_tokens(logits[:, -1, :vocab].float(), config, generators)
         rows.add(chosen)
         if rows.all_done:
             break
-        step = chosen.unsqueeze(1)
-        last_position = last_position + 1
         if padded:
-            valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
-            logits, cache = forward_padded(model, step, last_position, valid, cache)
-        else:
-            logits, cache = model(step, past_key_values=cache, use_cache=True)
+            pads = torch.cat([pads, torch.zeros_like(pads[:, :1])], dim=1)
+        logits, cache = model(chosen.unsqueeze(1), past_key_values=cache, use_cache=True, key_padding_mask=pads)
     return rows
 
 

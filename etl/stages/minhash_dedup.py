@@ -2,7 +2,7 @@
 
 How a run goes (every step a Spark job; nothing per document or per pair reaches the driver):
 
-1. signatures and band hashes per document, vectorised over Arrow batches (``etl.minhash``);
+1. signatures and band hashes per document, vectorised over Arrow batches (``etl.text.minhash``);
 2. candidate pairs: every document sharing a (band, band hash) bucket is linked to the bucket's
    smallest id (a star, so a bucket costs work linear in its size, however much boilerplate);
 3. verification (optional): a pair stays only when its estimated (signature) or exact (shingle)
