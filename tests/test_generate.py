@@ -1,5 +1,5 @@
 """training.generate: KV-cache generation equals recomputing everything, batched equals unbatched,
-and the sampling controls, stop sequences and CLI behave; training.inference checkpoints round-trip."""
+and the sampling controls, stop sequences and CLI behave; consolidated checkpoints (training.weights) round-trip."""
 from __future__ import annotations
 
 import pytest
@@ -7,8 +7,9 @@ import torch
 
 from training.eval.synthetic import train_byte_bpe
 from training.generate import GenerationConfig, cut_at_stop, generate, generate_ids, main, next_tokens
-from training.inference import load_model, save_consolidated
 from training.model import MPT, MPTConfig
+from training.weights.inference import load_model
+from training.weights.layout import save_consolidated
 
 SHAPES = {
     "alibi": {},

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from training.model import MPT
+from training.weights.inference import load_model
 
 
 @dataclass
@@ -222,8 +223,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     args = parser.parse_args(argv)
-
-    from training.inference import load_model
 
     prompts = list(args.prompt)
     if args.prompts_file:
