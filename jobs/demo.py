@@ -82,7 +82,7 @@ def build_corpus(out: Path, n_docs: int = 2400, planted: int = 60) -> tuple[Path
 
 
 def train_tokenizer(texts: list[str], out: Path, vocab_size: int = 2048) -> Path:
-    from etl.tokenizer import save_tokenizer, train_bpe_tokenizer
+    from etl.dataset.tokenizer import save_tokenizer, train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer(texts, vocab_size=vocab_size)
     return Path(save_tokenizer(tokenizer, str(out / "tokenizer")))

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 from etl.__main__ import main
 from etl.delta import read_table, set_properties, write_table
 from etl.erase import RETENTION_CHECK, ErasureError, _retention_check_off, _vacuum
-from etl.load_config import load_pipeline_config
 from etl.refresh import refresh
-from etl.tokenizer import load_tokenizer
+from etl.dataset.tokenizer import load_tokenizer
+from etl.load_config import load_pipeline_config
 from shards import MDSReader, list_versions, version_path
 from tests.test_refresh import dataset_ids, ids_of, make_corpus, write_config, write_jsonl
 

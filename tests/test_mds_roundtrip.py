@@ -17,13 +17,13 @@ import pytest
 
 from etl.__main__ import main
 from etl.delta import read_table, write_table
-from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
 from etl.run_state import RUN_ID_PROPERTY
 from etl.stages.base import StageContext
-from etl.stages.shuffle_write import ShuffleAndWrite, ShuffleWriteParams
-from etl.stages.tokenize import Tokenize, TokenizeParams
-from etl.tokenizer import load_tokenizer
+from etl.dataset.shuffle_write import ShuffleAndWrite, ShuffleWriteParams
+from etl.dataset.tokenize import Tokenize, TokenizeParams
+from etl.dataset.tokenizer import load_tokenizer
+from etl.load_config import validate_pipeline_config
 from shards import MDSReader, MDSWriter, dataset_fingerprint, latest_version, list_versions, read_manifest, storage
 from tests.test_tokenize import fixture_docs, write_fixture_tokenizer
 

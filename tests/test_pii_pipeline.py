@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
+from etl.dataset.tokenizer import load_tokenizer
 from etl.delta import read_table, write_table
 from etl.devtools.pii_eval import generate
 from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
-from etl.tokenizer import load_tokenizer
 from shards import MDSReader, read_manifest
 from tests.test_tokenize import write_fixture_tokenizer
 

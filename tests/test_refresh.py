@@ -12,9 +12,9 @@ import yaml
 
 from etl.__main__ import main
 from etl.delta import read_table, table_version
-from etl.load_config import load_pipeline_config, validate_pipeline_config
 from etl.refresh import check_refreshable, refresh
-from etl.tokenizer import save_tokenizer, train_bpe_tokenizer
+from etl.dataset.tokenizer import save_tokenizer, train_bpe_tokenizer
+from etl.load_config import load_pipeline_config, validate_pipeline_config
 from shards import MDSReader, list_versions, read_manifest, version_path
 from shards.config import ConfigError
 

@@ -11,9 +11,8 @@ import pyarrow as pa
 import pytest
 
 from etl.__main__ import main
-from etl.load_config import validate_pipeline_config
 from etl.stages.base import StageContext
-from etl.stages.tokenize import (
+from etl.dataset.tokenize import (
     TokenIds,
     Tokenize,
     TokenizeParams,
@@ -22,7 +21,8 @@ from etl.stages.tokenize import (
     binary_tokens,
     encode_texts,
 )
-from etl.tokenizer import DEFAULT_BOS, load_tokenizer, save_tokenizer, train_bpe_tokenizer
+from etl.dataset.tokenizer import DEFAULT_BOS, load_tokenizer, save_tokenizer, train_bpe_tokenizer
+from etl.load_config import validate_pipeline_config
 from shards.config import ConfigError
 
 WORDS = {
