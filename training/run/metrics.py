@@ -21,7 +21,7 @@ from ..hardware import gpu_for_device_name
 
 
 def peak_flops(device: torch.device, configured: float | None) -> float | None:
-    """FLOP/s of one device for MFU: the configured value, a known GPU's (training.planning.hardware, the
+    """FLOP/s of one device for MFU: the configured value, a known GPU's (training.hardware, the
     table the planners use too), or None (CPU, unknown GPU)."""
     if configured is not None:
         return configured

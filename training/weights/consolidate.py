@@ -15,6 +15,7 @@ next is read. Optimizer state is never read.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -70,12 +71,30 @@ def consolidate(url: str, out_dir: str | Path, tokenizer: str | Path | None = No
     return out
 
 
+def return_freed_tensors_to_the_os() -> None:
+    """Serve every allocation over 1 MiB with its own mmap, given back to the OS when freed.
+
+    glibc raises its mmap threshold each time a large block is freed (up to 32 MiB); tensors of a few
+    MiB then come from the heap, whose freed space stays in the process, and peak memory grows with the
+    model. Measured with a 17 MB largest tensor: peak RSS grew by 55 MB (200 MB model) and 69 MB (400 MB)
+    with glibc's default, by 53 MB for both with a fixed threshold (setting it stops the adjustment).
+    Only the command does this, since it changes the allocator of the whole process.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to set
+        return
+    m_mmap_threshold = -3  # from glibc's malloc.h
+    libc.mallopt(m_mmap_threshold, 1 << 20)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.consolidate", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a checkpoint folder (step-N) or a checkpoint root (newest complete)")
     parser.add_argument("out_dir", help="the consolidated folder to write")
     parser.add_argument("--tokenizer", help="a tokenizer.json to copy beside the weights")
     args = parser.parse_args(argv)
+    return_freed_tensors_to_the_os()
     try:
         out = consolidate(args.checkpoint, args.out_dir, args.tokenizer)
     except (FileNotFoundError, ValueError) as err:
