@@ -9,7 +9,7 @@ the same thresholds, and compares the decisions, the rules that fired and the te
 
     .venv/bin/python bench/quality_agreement.py [--docs 2400] [--seed 0] [--show 20]
 
-tests/test_quality_agreement.py uses the same functions and asserts the agreement.
+tests/etl/test_quality_agreement.py uses the same functions and asserts the agreement.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
 
 Every key of the pipeline YAML (each stage's params included) and of the training YAML is listed
 with its type, default and the comment written beside it in the source, so the reference cannot
-drift from the code: tests/test_config_reference.py runs --check.
+drift from the code: tests/system/test_config_reference.py runs --check.
 """
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def render(seen: set | None = None) -> str:
         "# Config reference",
         "",
         "Generated from the config dataclasses by `scripts/config_reference.py`; do not edit by hand",
-        "(`tests/test_config_reference.py` fails when this page is out of date). Every key is checked,",
+        "(`tests/system/test_config_reference.py` fails when this page is out of date). Every key is checked,",
         "name and type, when a file is loaded: an unknown key or a wrong type stops the job before any",
         "work, naming the key. Numbers such as `3e-4` are floats (YAML 1.2's rule), in files and in",
         "overrides alike.",

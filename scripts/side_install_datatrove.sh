@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install datatrove 0.10.1 into its own virtualenv, .cache/venv-datatrove, for the quality stage's
-# agreement test (tests/test_quality_agreement.py) and bench/quality_agreement.py.
+# agreement test (tests/etl/test_quality_agreement.py) and bench/quality_agreement.py.
 #
 # datatrove's own pins (huggingface_hub 2.x, fsspec 2026, numpy 2.4, ...) clash with .venv's, so it
 # gets a separate venv made from the same base interpreter as .venv; .venv is never touched.

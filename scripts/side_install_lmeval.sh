@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install EleutherAI's lm-evaluation-harness 0.4.13 into its own virtualenv, .cache/venv-lmeval, for
-# the ICL agreement test (tests/test_eval_icl.py) and bench/generate_bench.py's reference numbers.
+# the ICL agreement test (tests/training/test_eval_icl.py) and bench/generate_bench.py's reference numbers.
 #
 # lm-eval runs the exported Hugging Face model with the torch, transformers and tokenizers of .venv:
 # a .pth file puts .venv's site-packages after the venv's own, so only what .venv lacks is installed

@@ -42,7 +42,7 @@ _CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _LINE_START_MOJIBAKE_RE = re.compile("\n[\u00c3\u00c2] ")
 _NON_ASCII_RE = re.compile("[^\x00-\x7f]+")
 # Every pattern of ftfy's badness regex needs a non-ASCII character and spans at most this many
-# characters (tests/test_fix_encoding.py checks both against the installed ftfy).
+# characters (tests/etl/test_fix_encoding.py checks both against the installed ftfy).
 MOJIBAKE_REACH = 7
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from shards.config import ConfigError
-from test_training_data import write_token_dataset
+from test_data import write_token_dataset
 from training.config import load_config
 from training.model import MPT, MPTConfig
 from training.run.checkpoint import (LATEST_NAME, apply_retention, finalize, latest_complete, list_steps,
@@ -25,7 +25,7 @@ from training.run.journal import read_events
 from training.weights.checkpoint_reader import read_model_state
 from training.weights.inference import load_model
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IVY_LINES = (":: resolving dependencies", "Ivy Default Cache", ":: retrieving ::", "confs: [default]")
 
 

@@ -18,7 +18,7 @@ from shards.mds import MDSWriter, token_columns
 from training.planning import preflight
 from training.planning.preflight import PreflightOptions, run_preflight
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VOCAB, SEQ_LEN, SAMPLES = 64, 32, 200
 
 

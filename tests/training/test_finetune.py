@@ -32,7 +32,7 @@ from training.weights.export_hf import export_hf
 from training.weights.inference import load_model
 from training.weights.layout import save_consolidated
 
-from test_training_train import child_env
+from test_train import child_env
 
 SEQ_LEN, VOCAB = 48, 384
 PRETRAIN_STEPS, FINETUNE_STEPS = 30, 24

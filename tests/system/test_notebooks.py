@@ -14,7 +14,7 @@ import pytest
 from jobs.demo import build_corpus, run_etl, train_tokenizer
 from notebooks.run import HEADER, NotebookError, main, run_notebook
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").glob("*.py") if p.read_text().startswith(HEADER))
 # Values the demo plants in its PII documents (jobs/demo.py PII_LINES): none may reach notebook 3's output.
 RAW_PII = ("@example.com", "415 555", "4111 1111 1111 1111", "DE89 3704")

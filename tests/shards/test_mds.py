@@ -30,7 +30,7 @@ from shards import (
     token_dtype_for_vocab,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 ALL_COLUMNS = {
     "b": "bytes", "s": "str", "i": "int",

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from test_training_data import write_token_dataset
+from test_data import write_token_dataset
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STEPS = 24
 
 

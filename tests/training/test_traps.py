@@ -171,7 +171,7 @@ def test_the_quickstart_config_fits_the_demo_data_and_leaves_a_checkpoint():
     from training.run.checkpoint import checkpoint_root
     from training.config import load_config
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     cfg = load_config(root / "configs" / "train_tiny.yaml")
     readme = (root / "README.md").read_text()
     assert "python -m etl run configs/demo_pipeline.yaml --set output=out/run1" in readme

@@ -25,9 +25,9 @@ from etl.dataset.tokenize import Tokenize, TokenizeParams
 from etl.dataset.tokenizer import load_tokenizer
 from etl.load_config import validate_pipeline_config
 from shards import MDSReader, MDSWriter, dataset_fingerprint, latest_version, list_versions, read_manifest, storage
-from tests.test_tokenize import fixture_docs, write_fixture_tokenizer
+from tests.etl.test_tokenize import fixture_docs, write_fixture_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIDE = REPO / ".cache" / "side" / "streaming"
 SEQ_LEN = 48
 TOKENIZE = {"seq_len": SEQ_LEN, "num_buckets": 4, "val_fraction": 0.15, "seed": 3}

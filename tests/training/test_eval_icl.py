@@ -25,9 +25,9 @@ from training.model import MPT, MPTConfig
 from training.weights.export_hf import export_hf
 from training.weights.layout import save_consolidated
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LMEVAL_PYTHON = ROOT / ".cache" / "venv-lmeval" / "bin" / "python"
-HUMANEVAL = Path(__file__).parent / "data" / "humaneval_mini.jsonl"
+HUMANEVAL = Path(__file__).resolve().parents[1] / "data" / "humaneval_mini.jsonl"
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -20,7 +20,7 @@ from etl.stages.toxicity import Toxicity, ToxicityParams
 from etl.text.toxicity_scorers import HuggingFaceScorer, ProfanityCheckScorer, WordList, WordListScorer
 from shards.config import ConfigError, from_dict
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LABELLED = ROOT / "tests" / "data" / "toxicity_labelled.jsonl"
 
 

@@ -21,7 +21,7 @@ from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
 from shards.config import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 STAGES = [{"name": "fix_encoding"}, {"name": "quality"}, {"name": "exact_dedup"}]
 

@@ -27,14 +27,14 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from test_training_data import write_token_dataset
+from test_data import write_token_dataset
 from training.config import WatchdogSection, load_config
 from training.run.checkpoint import latest_complete
 from training.run.journal import Journal, read_events
 from training.run.watchdog import FaultPlan, PeersLost, Preemption, Watchdog
 from training.weights.checkpoint_reader import read_model_state
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STEPS, EVERY, GLOBAL_BATCH = 12, 3, 8
 KILLS = "kill_at_step=4@1,kill_during_save=6,kill_at_step=10@0"
 

@@ -193,7 +193,7 @@ def words(command: str) -> tuple[list[str], list[str]]:
     return required, every
 
 
-# --- Checking a command without running it: `python tests/docs_commands.py` in the working directory
+# --- Checking a command without running it: `python tests/system/docs_commands.py` in the working directory
 # reads [[command, kind], ...] (filled in) as JSON on stdin and prints each one's problems as a JSON list
 # of lists. One process checks them all, so torch, pyspark and the stages are imported once.
 
@@ -349,7 +349,7 @@ class Checker:
             return self.known_options((program, every[1]), every[2:])
         if program == "export":
             return [] if re.fullmatch(r"[A-Za-z_]\w*=\S*", " ".join(every[1:])) else ["not a `export NAME=value`"]
-        return [f"no check for {program!r}: tag it run, or teach tests/docs_commands.py to check it"]
+        return [f"no check for {program!r}: tag it run, or teach tests/system/docs_commands.py to check it"]
 
     @staticmethod
     def succeeds(argv: list[str]) -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 from training.eval.code_exec import UID_SPAN, Sandbox, SandboxConfig, SandboxUnavailable
 from training.eval.humaneval import build_program, pass_at_k, read_problems, score_completions
 
-DATA = Path(__file__).parent / "data" / "humaneval_mini.jsonl"
+DATA = Path(__file__).resolve().parents[1] / "data" / "humaneval_mini.jsonl"
 LIMITS = dict(timeout_s=4.0, cpu_s=4, memory_mb=512, max_processes=16, workers=4)
 
 

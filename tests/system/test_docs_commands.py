@@ -1,7 +1,7 @@
 """Docs as tests: every shell command in README.md and docs/**/*.md works as a newcomer types it.
 
 Each command carries a tag (an HTML comment on the line before its fenced block; the syntax is in
-tests/docs_commands.py and docs/architecture.md):
+tests/system/docs_commands.py and docs/architecture.md):
 
 - ``run``: run exactly as written, placeholders filled in from the page's table, in a subprocess;
   it must exit 0.
@@ -33,7 +33,7 @@ import pytest
 
 from docs_commands import KINDS, DocCommand, read_commands
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 COMMANDS = read_commands(ROOT)
 CHECKED = [c for c in COMMANDS if c.kind in ("check", "gpu", "cluster")]

@@ -22,10 +22,10 @@ from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
 from shards import read_manifest
 from tests.conftest import TEST_BUCKET
-from tests.test_tokenize import fixture_docs, write_fixture_tokenizer
+from tests.etl.test_tokenize import fixture_docs, write_fixture_tokenizer
 from training.run.checkpoint import latest_complete
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SEQ_LEN = 32
 STEPS = 40
 
