@@ -27,10 +27,16 @@ def s3_server():
         yield server
 
 
+@pytest.fixture(scope="session")
+def s3_bucket(s3_server) -> str:
+    """The test bucket on the S3 server, for a test that builds its own paths in it."""
+    return TEST_BUCKET
+
+
 @pytest.fixture
-def s3_prefix(s3_server) -> str:
+def s3_prefix(s3_bucket) -> str:
     """A fresh s3:// folder in the test bucket (use s3a:// for the same place in Spark)."""
-    return f"s3://{TEST_BUCKET}/{uuid.uuid4().hex[:12]}"
+    return f"s3://{s3_bucket}/{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="session")

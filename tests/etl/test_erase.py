@@ -20,7 +20,7 @@ from etl.refresh import refresh
 from etl.dataset.tokenizer import load_tokenizer
 from etl.load_config import load_pipeline_config
 from shards import MDSReader, list_versions, version_path
-from tests.etl.test_refresh import dataset_ids, ids_of, make_corpus, write_config, write_jsonl
+from tests.etl.corpus import dataset_ids, ids_of, make_corpus, write_config, write_jsonl
 
 MARKERS = ("zqxmarkerone", "zqxmarkertwo", "zqxmarkerthree")
 

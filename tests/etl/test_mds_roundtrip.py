@@ -25,7 +25,7 @@ from etl.dataset.tokenize import Tokenize, TokenizeParams
 from etl.dataset.tokenizer import load_tokenizer
 from etl.load_config import validate_pipeline_config
 from shards import MDSReader, MDSWriter, dataset_fingerprint, latest_version, list_versions, read_manifest, storage
-from tests.etl.test_tokenize import fixture_docs, write_fixture_tokenizer
+from tests.etl.corpus import fixture_docs, write_fixture_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 SIDE = REPO / ".cache" / "side" / "streaming"

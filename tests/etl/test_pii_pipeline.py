@@ -20,7 +20,7 @@ from etl.devtools.pii_eval import generate
 from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
 from shards import MDSReader, read_manifest
-from tests.etl.test_tokenize import write_fixture_tokenizer
+from tests.etl.corpus import write_fixture_tokenizer
 
 SALT_ENV = "KILN_TEST_PII_SALT"
 REPEATED_EMAIL = "ann.lee@example.org"

@@ -24,8 +24,7 @@ from etl.spark import cache_dir
 from etl.stages.base import Stage
 from shards import list_versions, read_manifest
 from shards.config import ConfigError
-from tests.etl.test_refresh import make_corpus, write_config, write_jsonl
-from tests.etl.test_tokenize import fixture_docs, write_fixture_tokenizer
+from tests.etl.corpus import fixture_docs, make_corpus, write_config, write_fixture_tokenizer, write_jsonl
 from training.run.journal import read_events
 
 SEQ_LEN = 32

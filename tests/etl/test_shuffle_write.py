@@ -9,7 +9,7 @@ from etl.dataset.shuffle_report import chunk_tv, neighbour_correlation
 from etl.dataset.shuffle_write import KEY_COLUMNS, ShuffleAndWrite, ShuffleWriteParams, permute, samples_per_shard
 from shards import MDSWriter, token_columns
 from shards.config import ConfigError
-from tests.etl.test_tokenize import docs_frame, fixture_docs
+from tests.etl.corpus import docs_frame, fixture_docs
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 4099])

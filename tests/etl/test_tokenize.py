@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 
 import numpy as np
 import pyarrow as pa
@@ -21,38 +20,10 @@ from etl.dataset.tokenize import (
     binary_tokens,
     encode_texts,
 )
-from etl.dataset.tokenizer import DEFAULT_BOS, load_tokenizer, save_tokenizer, train_bpe_tokenizer
+from etl.dataset.tokenizer import DEFAULT_BOS, load_tokenizer, save_tokenizer
 from etl.load_config import validate_pipeline_config
 from shards.config import ConfigError
-
-WORDS = {
-    "web": "click here home page news today free online best new video login search share".split(),
-    "books": "the old captain said that night she walked slowly across the quiet river valley".split(),
-    "code": "def return import class self value list dict none true false for in while".split(),
-}
-
-
-def fixture_docs(per_source: int = 60, seed: int = 0) -> list[dict]:
-    """Small deterministic documents of three sources with different words and lengths."""
-    rng = random.Random(seed)
-    lengths = {"web": (3, 120), "books": (150, 700), "code": (20, 300)}
-    docs = []
-    for source, words in WORDS.items():
-        for i in range(per_source):
-            text = " ".join(rng.choice(words) for _ in range(rng.randint(*lengths[source])))
-            docs.append({"id": f"{source}/{i}", "source": source, "text": text})
-    return docs
-
-
-def write_fixture_tokenizer(folder) -> str:
-    tokenizer = train_bpe_tokenizer((d["text"] for d in fixture_docs()), vocab_size=320)
-    return save_tokenizer(tokenizer, str(folder))
-
-
-def docs_frame(spark, docs: list[dict], partitions: int = 2):
-    rows = [(d["id"], d["source"], d["text"], hashlib.sha1(d["text"].encode()).hexdigest(), {}) for d in docs]
-    schema = "id string, source string, text string, content_hash string, meta map<string,string>"
-    return spark.createDataFrame(rows, schema).repartition(partitions)
+from tests.etl.corpus import docs_frame, fixture_docs, write_fixture_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from etl.devtools.fixtures import make_fixture
 from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
 from shards.config import ConfigError, parse_override
-from tests.etl.test_tokenize import write_fixture_tokenizer
+from tests.etl.corpus import write_fixture_tokenizer
 from training.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from shards import MDSReader, MDSWriter, merge_index, read_index
-from tests.shards.test_mds import ALL_COLUMNS, assert_same_samples, make_sample
+from tests.shards.samples import ALL_COLUMNS, assert_same_samples, make_sample
 
 REPO = Path(__file__).resolve().parents[2]
 SIDE = REPO / ".cache" / "side" / "streaming"

@@ -21,8 +21,7 @@ from etl.delta import read_table
 from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
 from shards import read_manifest
-from tests.conftest import TEST_BUCKET
-from tests.etl.test_tokenize import fixture_docs, write_fixture_tokenizer
+from tests.etl.corpus import fixture_docs, write_fixture_tokenizer
 from training.run.checkpoint import latest_complete
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,10 +30,10 @@ STEPS = 40
 
 
 @pytest.fixture(scope="module")
-def etl_run(spark, s3_server, tmp_path_factory):
+def etl_run(spark, s3_bucket, tmp_path_factory):
     """A pipeline run from local files into the S3 server; returns the paths involved."""
     work = tmp_path_factory.mktemp("e2e")
-    bucket = f"{TEST_BUCKET}/e2e-{uuid.uuid4().hex[:8]}"
+    bucket = f"{s3_bucket}/e2e-{uuid.uuid4().hex[:8]}"
     docs = fixture_docs(60)
     (work / "in").mkdir()
     with open(work / "in" / "docs.jsonl", "w") as handle:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -27,23 +26,16 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from test_data import write_token_dataset
+from tests.training.datasets import write_token_dataset
+from tests.training.subprocess_env import child_env
 from training.config import WatchdogSection, load_config
 from training.run.checkpoint import latest_complete
 from training.run.journal import Journal, read_events
 from training.run.watchdog import FaultPlan, PeersLost, Preemption, Watchdog
 from training.weights.checkpoint_reader import read_model_state
 
-ROOT = Path(__file__).resolve().parents[2]
 STEPS, EVERY, GLOBAL_BATCH = 12, 3, 8
 KILLS = "kill_at_step=4@1,kill_during_save=6,kill_at_step=10@0"
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               **extra)
-    env.pop("AWS_ENDPOINT_URL", None)
-    return env
 
 
 class Launch:

@@ -21,6 +21,7 @@ import torch
 
 from shards.manifest import DatasetManifest, write_manifest
 from shards.mds import MDSWriter, token_columns
+from tests.training.subprocess_env import child_env
 from training.config import load_config
 from training.data.finetune import read_instruction_jsonl, tokenize_example
 from training.data.loader import as_tensors
@@ -31,8 +32,6 @@ from training.tokenizer import TextTokenizer
 from training.weights.export_hf import export_hf
 from training.weights.inference import load_model
 from training.weights.layout import save_consolidated
-
-from test_train import child_env
 
 SEQ_LEN, VOCAB = 48, 384
 PRETRAIN_STEPS, FINETUNE_STEPS = 30, 24

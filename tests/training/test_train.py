@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -17,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from test_data import write_token_dataset
+from tests.training.datasets import write_token_dataset
+from tests.training.subprocess_env import child_env
 
-ROOT = Path(__file__).resolve().parents[2]
 STEPS = 24
 
 
@@ -27,12 +26,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    env.pop("AWS_ENDPOINT_URL", None)
-    return env
 
 
 def launch_cmd(config: Path, *args: str) -> list[str]:
