@@ -72,6 +72,14 @@ def manifest(path: Path, root: Path) -> dict:
     return strip(json.loads(text))
 
 
+def differences(old, new, at: str = "") -> list[str]:
+    """The key paths at which two JSON values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [path for key in sorted(old.keys() | new.keys())
+                for path in differences(old.get(key), new.get(key), f"{at}.{key}" if at else key)]
+    return [] if old == new else [at or "(the whole value)"]
+
+
 def plain_files(root: Path, tables: set[str]) -> set[str]:
     inside_table = [root / name for name in tables]
     return {str(path.relative_to(root)) for path in root.rglob("*")
@@ -92,8 +100,9 @@ def compare(old_root: Path, new_root: Path) -> list[str]:
     for name in sorted(old_files & new_files):
         old, new = old_root / name, new_root / name
         if old.name == "manifest.json":
-            if manifest(old, old_root) != manifest(new, new_root):
-                problems.append(f"{name}: the manifests differ")
+            differing = differences(manifest(old, old_root), manifest(new, new_root))
+            if differing:
+                problems.append(f"{name}: the manifests differ at {', '.join(differing)}")
         elif old.read_bytes() != new.read_bytes():
             problems.append(f"{name}: the bytes differ")
     print(f"{len(old_tables & new_tables)} Delta tables and {len(old_files & new_files)} files compared")
