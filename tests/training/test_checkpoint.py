@@ -28,15 +28,6 @@ from training.weights.inference import load_model
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Runs in this process are compared bit for bit: one intra-op thread, as in the launched ranks."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_config(folder: Path, data: str, **sections: str) -> Path:
     path = folder / "train.yaml"
     path.write_text(textwrap.dedent(f"""\

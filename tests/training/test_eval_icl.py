@@ -30,15 +30,6 @@ LMEVAL_PYTHON = ROOT / ".cache" / "venv-lmeval" / "bin" / "python"
 HUMANEVAL = Path(__file__).resolve().parents[1] / "data" / "humaneval_mini.jsonl"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread than on two busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def facts(tmp_path_factory):
     """The synthetic facts task files and a tiny model trained on them (~20 s of CPU)."""

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from shards.manifest import DatasetManifest, write_manifest
 from shards.mds import MDSWriter, token_columns
@@ -35,14 +34,6 @@ from training.weights.layout import save_consolidated
 
 SEQ_LEN, VOCAB = 48, 384
 PRETRAIN_STEPS, FINETUNE_STEPS = 30, 24
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on two busy cores are slower than one
-    yield
-    torch.set_num_threads(threads)
 
 
 def question(obj: str) -> str:

@@ -109,17 +109,12 @@ def test_fine_tuning_lowers_held_out_response_loss(setup):
     loader = torch.utils.data.DataLoader(train, batch_size=8, shuffle=True, collate_fn=collate,
                                          generator=torch.Generator().manual_seed(0))
     model.train()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on two busy cores are slower than one
-    try:
-        for _ in range(6):
-            for batch in loader:
-                loss = batch_loss(model, batch)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
+    for _ in range(6):
+        for batch in loader:
+            loss = batch_loss(model, batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
     with torch.no_grad():
         after = float(batch_loss(model.eval(), held_out_batch))
     assert after < 0.6 * before, (before, after)

@@ -19,15 +19,6 @@ SHAPES = {
 PROMPT_LENGTHS = (5, 1, 9, 3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread than on two busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(seed: int = 0, **options) -> MPT:
     torch.manual_seed(seed)
     return MPT(MPTConfig.preset("tiny", **options)).eval()

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from shards.manifest import DatasetManifest, write_manifest
@@ -57,15 +56,6 @@ def tiny_config(tmp_path, dataset: str, **changes) -> str:
     return str(path)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models train several times faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_fit_recovers_a_known_exponent():
     params = np.geomspace(1e5, 1e8, 6)
     exact = fit_power_law(params, 1.7 + 400.0 * params**-0.34)
@@ -93,7 +83,7 @@ def test_frontier_budgets_and_sizes():
         parse_size("d_model")
 
 
-def test_sweep_of_four_tiny_models_fits_and_plots(tmp_path, one_thread, capsys):
+def test_sweep_of_four_tiny_models_fits_and_plots(tmp_path, capsys):
     dataset = write_markov_dataset(str(tmp_path / "data"), {"train": 600, "val": 32})
     config = tiny_config(tmp_path, dataset)
     sizes = ["d_model=16,n_layers=1,n_heads=2", "d_model=32,n_heads=2", "d_model=64", "d_model=128"]
