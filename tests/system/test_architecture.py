@@ -20,37 +20,43 @@ def test_package_rule_and_no_cycles():
     assert "BROKEN" not in result.stdout and "KEPT" in result.stdout
 
 
-def _local_kiln_imports(path: Path) -> list[tuple[int, str]]:
-    """(line, source) of every import of Kiln's own modules inside a function of ``path``."""
-    source = path.read_text()
-    lines = source.splitlines()
+def _local_imports(func: ast.AST) -> list[ast.stmt]:
+    """The import statements inside ``func``, nested blocks included, in line order."""
+    return sorted((node for node in ast.walk(func) if isinstance(node, (ast.Import, ast.ImportFrom))),
+                  key=lambda node: node.lineno)
+
+
+def _is_kiln(node: ast.stmt) -> bool:
+    if isinstance(node, ast.ImportFrom):
+        return node.level > 0 or (node.module or "").split(".")[0] in KILN
+    return any(alias.name.split(".")[0] in KILN for alias in node.names)
+
+
+def unexplained_local_imports(path: Path) -> list[str]:
+    """Functions of ``path`` importing Kiln's own modules with no comment among their local imports (on an
+    import line, or on the line above the first): a function's imports are one block with one reason."""
+    lines = path.read_text().splitlines()
     found = []
-    for func in ast.walk(ast.parse(source)):
+    for func in ast.walk(ast.parse("\n".join(lines))):
         if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
-        for node in ast.walk(func):
-            if isinstance(node, ast.ImportFrom):
-                names = [node.module or ""] if node.level == 0 else ["etl"]  # relative: always Kiln's own
-            elif isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            else:
-                continue
-            if any(name.split(".")[0] in KILN for name in names):
-                found.append((node.lineno, lines[node.lineno - 1]))
+        imports = _local_imports(func)
+        kiln = [node for node in imports if _is_kiln(node)]
+        if not kiln:
+            continue
+        first = imports[0].lineno
+        commented = [lines[n - 1] for node in imports for n in range(node.lineno, node.end_lineno + 1)]
+        commented.append(lines[first - 2] if first > 1 else "")
+        if not any("#" in line for line in commented):
+            found += [f"{path.relative_to(ROOT)}:{node.lineno}: {lines[node.lineno - 1].strip()}" for node in kiln]
     return found
 
 
 def test_function_local_imports_of_kiln_say_why():
     """A function-local import of Kiln's own code hides a dependency; one is allowed only where a heavy
-    optional dependency justifies it, and a comment on the line (or the line above) says so."""
-    unexplained = []
-    for package in KILN:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            lines = path.read_text().splitlines()
-            for lineno, line in _local_kiln_imports(path):
-                above = lines[lineno - 2].strip() if lineno > 1 else ""
-                if "#" not in line and not above.startswith("#"):
-                    unexplained.append(f"{path.relative_to(ROOT)}:{lineno}: {line.strip()}")
+    optional dependency justifies it, and a comment among the function's imports says so."""
+    unexplained = [line for package in KILN for path in sorted((ROOT / package).rglob("*.py"))
+                   for line in unexplained_local_imports(path)]
     assert not unexplained, "function-local imports of Kiln's own modules without a reason:\n" + "\n".join(unexplained)
 
 

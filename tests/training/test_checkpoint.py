@@ -16,7 +16,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from shards.config import ConfigError
-from tests.training.datasets import write_token_dataset
+from tests.training.token_datasets import write_token_dataset
 from training.config import load_config
 from training.model import MPT, MPTConfig
 from training.run.checkpoint import (LATEST_NAME, apply_retention, finalize, latest_complete, list_steps,

@@ -13,7 +13,7 @@ import torch
 
 from shards.config import ConfigError
 from shards.mds import MDSReader, MDSWriter
-from tests.training.datasets import pattern_tokens, write_token_dataset
+from tests.training.token_datasets import pattern_tokens, write_token_dataset
 from training.config import check_world_size, load_config
 from training.data.cache import CacheSettings, ShardCache
 from training.data.loader import StreamingLoader, TokenBatches, as_tensors

@@ -26,7 +26,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tests.training.datasets import write_token_dataset
+from tests.training.token_datasets import write_token_dataset
 from tests.training.subprocess_env import child_env
 from training.config import WatchdogSection, load_config
 from training.run.checkpoint import latest_complete

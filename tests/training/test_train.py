@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.datasets import write_token_dataset
+from tests.training.token_datasets import write_token_dataset
 from tests.training.subprocess_env import child_env
 
 STEPS = 24
