@@ -80,16 +80,37 @@ def create_table_if_not_exists(spark: SparkSession, path: str, columns: list[tup
     builder.execute()
 
 
-def insert_new_rows(spark: SparkSession, path: str, rows: DataFrame, key: str) -> None:
-    """A MERGE that only inserts: the rows whose ``key`` the table lacks; rows it has stay as they are."""
+def append_rows(df: DataFrame, path: str) -> None:
+    """Append to a Delta table (creating it): for logs of what happened, never for data a rerun rewrites."""
+    df.write.format("delta").mode("append").save(to_spark_path(path))
+
+
+def merge_into(spark: SparkSession, path: str, source: DataFrame, key: str):
+    """A MERGE of ``source`` (aliased ``s``) into the table (aliased ``t``) on equal ``key``: the builder,
+    for the caller to add its clauses and ``execute()``."""
     from delta.tables import DeltaTable
 
-    (
-        DeltaTable.forPath(spark, to_spark_path(path)).alias("t")
-        .merge(rows.alias("s"), f"t.{key} = s.{key}")
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+    return DeltaTable.forPath(spark, to_spark_path(path)).alias("t").merge(source.alias("s"), f"t.`{key}` = s.`{key}`")
+
+
+def insert_new_rows(spark: SparkSession, path: str, rows: DataFrame, key: str, evolve_schema: bool = False) -> None:
+    """A MERGE that only inserts: the rows whose ``key`` the table lacks; rows it has stay as they are.
+    ``evolve_schema``: columns the table lacks are added to it."""
+    merge = merge_into(spark, path, rows, key)
+    if evolve_schema:
+        merge = merge.withSchemaEvolution()
+    merge.whenNotMatchedInsertAll().execute()
+
+
+def delete_rows(spark: SparkSession, path: str, key: str, targets: DataFrame) -> None:
+    """Delete the rows whose ``key`` is one of ``targets.id``, and rewrite the files that held them."""
+    from delta.tables import DeltaTable
+
+    # A MERGE rather than DELETE ... IN (...): the ids never enter the table's log.
+    DeltaTable.forPath(spark, to_spark_path(path)).alias("t").merge(
+        targets.alias("e"), f"t.`{key}` = e.id").whenMatchedDelete().execute()
+    # Deletion vectors (on by default on Databricks) only mark rows deleted: rewrite those files.
+    spark.sql(f"REORG TABLE delta.`{to_spark_path(path)}` APPLY (PURGE)").collect()
 
 
 def delta_rs_table(path: str, version: int | None = None) -> deltalake.DeltaTable:

@@ -38,7 +38,7 @@ from shards import list_versions, read_manifest, storage, version_path
 
 from .config import PipelineConfig
 from .dataset.publish import publish, split_stages
-from .delta import read_table
+from .delta import delete_rows, read_table
 from .funnel import new_run_id
 from .paths import join_path, to_fsspec_url, to_spark_path
 from .pipeline import Pipeline
@@ -142,7 +142,7 @@ def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: Spar
              f"requested); {len(not_found)} not found (never there, or erased before)")
 
     # 2. delete, 3. publish a version without them, 4. vacuum
-    _each_table(list(rows), lambda path: _delete_rows(spark, path, keys[path], targets), "deleting rows")
+    _each_table(list(rows), lambda path: delete_rows(spark, path, keys[path], targets), "deleting rows")
     progress(f"deleted {sum(rows.values()):,} rows from {len(rows)} tables")
     new_version = None
     source = dataset_source(spark, config, stages)
@@ -250,16 +250,6 @@ def _versions_holding(spark: SparkSession, root: str, complete: list[int],
         if count:
             holding[version] = count
     return holding, unchecked
-
-
-def _delete_rows(spark: SparkSession, path: str, key: str, targets: DataFrame) -> None:
-    from delta.tables import DeltaTable
-
-    # A MERGE rather than DELETE ... IN (...): the ids never enter the table's log.
-    DeltaTable.forPath(spark, to_spark_path(path)).alias("t").merge(
-        targets.alias("e"), f"t.`{key}` = e.id").whenMatchedDelete().execute()
-    # Deletion vectors (on by default on Databricks) only mark rows deleted: rewrite those files.
-    spark.sql(f"REORG TABLE delta.`{to_spark_path(path)}` APPLY (PURGE)").collect()
 
 
 @contextmanager

@@ -33,10 +33,10 @@ from shards.config import ConfigError
 
 from .config import PipelineConfig
 from .dataset.publish import DATASET_STAGES, publish, split_stages
-from .delta import read_table, table_exists, table_version, write_table
+from .delta import append_rows, insert_new_rows, read_table, table_exists, table_version, write_table
 from .funnel import PipelineRun
 from .ingest import file_modified, list_input_files
-from .paths import join_path, to_fsspec_url, to_spark_path
+from .paths import join_path, to_fsspec_url
 from .pipeline import Pipeline
 from .run_state import incomplete_run, mark_complete, mark_running
 from .spark import get_spark
@@ -111,7 +111,7 @@ class TakenFiles:
     def record(self, files: list[InputFile], run_id: str, cumulative_version: int | None, dataset_version: int | None) -> None:
         now = datetime.datetime.now(datetime.timezone.utc)
         rows = [(f.url, f.source, f.size, f.modified, run_id, now, cumulative_version, dataset_version) for f in files]
-        self.spark.createDataFrame(rows, _FILES_SCHEMA).write.format("delta").mode("append").save(to_spark_path(self.path))
+        append_rows(self.spark.createDataFrame(rows, _FILES_SCHEMA), self.path)
 
 
 class Accumulate(Stage):
@@ -150,15 +150,7 @@ class Accumulate(Stage):
         if inserted and not exists:
             write_table(new, self.path, properties={"kiln.zone": self.zone, "kiln.stage": CUMULATIVE_TABLE})
         elif inserted:
-            from delta.tables import DeltaTable
-
-            (
-                DeltaTable.forPath(spark, to_spark_path(self.path)).alias("t")
-                .merge(new.alias("s"), "t.id = s.id")
-                .withSchemaEvolution()
-                .whenNotMatchedInsertAll()
-                .execute()
-            )
+            insert_new_rows(spark, self.path, new, "id", evolve_schema=True)
         return StageResult(annotated, metrics=lambda df: {"inserted": inserted})
 
 

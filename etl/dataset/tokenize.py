@@ -40,10 +40,10 @@ from pyspark.sql.types import BinaryType, IntegerType, StructField, StructType
 from shards import token_dtype_for_vocab
 from shards.config import ConfigError
 
-from .tokenizer import DEFAULT_BOS, DEFAULT_EOS, DEFAULT_PAD, LoadedTokenizer, load_tokenizer
-from ..worker_cache import built_once
 from ..stages.base import Stage, StageContext, StageResult
+from ..worker_cache import built_once
 from .info import INFO_SCHEMA
+from .tokenizer import DEFAULT_EOS, DEFAULT_PAD, LoadedTokenizer, load_tokenizer
 
 TRAIN, VAL = "train", "val"
 # Text encoded per tokenizer call: bounds memory and keeps each output batch far below Arrow's 2 GiB.

@@ -25,7 +25,7 @@ re-running a batch changes nothing.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
@@ -35,8 +35,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType
 
-from ..delta import read_table, table_exists, write_table
-from ..paths import to_spark_path
+from ..delta import merge_into, read_table, table_exists, table_properties, write_table
 from ..text import minhash
 from .base import Stage, StageContext, StageResult
 
@@ -423,12 +422,10 @@ class MinHashDedup(Stage):
     # -------------------------------------------------------------- incremental index
 
     def _read_index(self, spark: SparkSession, path: str, settings: dict) -> DataFrame | None:
-        from delta.tables import DeltaTable  # see etl/delta.py: Delta's Python module may come with its jar
-
         if not table_exists(spark, path):
             return None
 
-        stored = DeltaTable.forPath(spark, to_spark_path(path)).detail().select("properties").collect()[0][0]
+        stored = table_properties(spark, path)
         recorded = json.loads(stored.get(_FINGERPRINT_PROPERTY, "{}"))
         if recorded != settings:
             changed = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
@@ -441,8 +438,6 @@ class MinHashDedup(Stage):
 
     def _update_index(self, ctx: StageContext, path: str, index: DataFrame | None, new: DataFrame,
                       clustering: _Clustering, settings: dict) -> None:
-        from delta.tables import DeltaTable  # see etl/delta.py: Delta's Python module may come with its jar
-
         batch = 0 if index is None else (index.agg(F.max("batch")).collect()[0][0] or 0) + 1
         rows = (
             new.join(clustering.decisions, "id", "left")
@@ -468,8 +463,7 @@ class MinHashDedup(Stage):
             relabeled.withColumn("_relabel", F.lit(True)), allowMissingColumns=True
         )
         (
-            DeltaTable.forPath(ctx.spark, to_spark_path(path)).alias("t")
-            .merge(source.alias("s"), "t.id = s.id")
+            merge_into(ctx.spark, path, source, "id")
             .whenMatchedUpdate(condition="s._relabel", set={"cluster_id": "s.cluster_id"})
             .whenNotMatchedInsert(condition="NOT s._relabel", values={c: f"s.{c}" for c in new_rows.columns})
             .execute()

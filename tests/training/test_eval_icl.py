@@ -20,7 +20,7 @@ from training.eval import run_evals
 from training.eval.__main__ import main as eval_main
 from training.eval.icl import ICLTask, PromptBuilder, evaluate_icl_task, read_examples
 from training.eval.perplexity import PerplexityTask, evaluate_perplexity
-from training.eval.synthetic import FactsTask, train_byte_bpe, train_facts_model
+from training.eval.synthetic import FactsTask, train_facts_model
 from training.model import MPT, MPTConfig
 from training.weights.export_hf import export_hf
 from training.weights.layout import save_consolidated
