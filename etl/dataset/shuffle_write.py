@@ -20,6 +20,9 @@ then ``manifest.json``. How:
    just written is removed and that version stays the dataset ("unchanged: dataset v=N"), so a
    re-run on the same documents and params leaves training jobs resuming on the same version.
 
+As a step of the pipeline its input is tokenize's documents; it returns them without their tokens, so
+its table ``<output>/shuffle_and_write`` lists the documents the dataset holds, with split and token count.
+
 The tokenize tables must come from this very run (table property ``kiln.run_id``): a dataset is
 never built from tables an earlier or a failed run left behind.
 
