@@ -192,7 +192,7 @@ def cut_at_stop(text: str, stop_sequences: list[str]) -> str:
 
 
 def generate(model: MPT, tokenizer, prompts: list[str], config: GenerationConfig) -> list[Generation]:
-    """Continue each text prompt; `tokenizer` is a training.inference.TextTokenizer."""
+    """Continue each text prompt; `tokenizer` is a training.tokenizer.TextTokenizer."""
     encoded = [tokenizer.encode(prompt) for prompt in prompts]
     for prompt, ids in zip(prompts, encoded):
         if not ids:

@@ -25,8 +25,7 @@ from pyspark.sql.types import DataType, StringType, StructField, StructType
 if TYPE_CHECKING:
     from ..config import PipelineConfig
 
-# Columns every document has from ingest on; stages may add columns of their own.
-DOC_COLUMNS = ("id", "source", "text", "content_hash", "meta")
+# What a stage's verdict adds to every document: why it is removed (null: kept), and a detail.
 VERDICT_COLUMNS = ("reason", "detail")
 
 P = TypeVar("P")

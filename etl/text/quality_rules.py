@@ -7,7 +7,7 @@ splitting the text again, happens here in one pass: the text is split into words
 (``etl.text.words``), and line, paragraph and n-gram statistics come from that one split.
 
 ``QualityParams`` lives here, not beside the stage: the rules read it, and the stage
-(``etl.stages.quality``) imports the rules, so it beside the stage would make a circle.
+(``etl.stages.quality``) imports the rules, so defining it in the stage's module would make a circle.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""training.run.checkpoint and training.consolidate in one process (no launcher): retention, skipping a
+"""training.run.checkpoint and training.weights.consolidate in one process (no launcher): retention, skipping a
 truncated checkpoint, refusing other data, resuming on a fresh machine from an object store, and
 consolidating a checkpoint within a memory bound."""
 from __future__ import annotations

@@ -37,7 +37,6 @@ TOKENS_PER_PARAM = 20.0
 DEFAULT_MFU = 0.40
 DEFAULT_SEQ_LEN = 2048  # MPT's pre-training context; the presets' max_seq_len may be a later stage's
 BENCHMARKS_PATH = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"  # the repository's docs/
-SECONDS_PER_DAY = 86400.0
 
 
 @dataclass(frozen=True)
