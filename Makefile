@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml Makefile
 	  echo "note: bubblewrap not installed; code evaluation will need --unsafe"; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[etl,training,dev]"
+	@# compat: the checkout itself goes on sys.path, so Kiln's packages win over a folder of the same name in
+	@# the working directory (an output root holds etl/); setuptools' default finder loses to such a folder.
+	$(PY) -m pip install -q -e ".[etl,training,dev]" --config-settings editable_mode=compat
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -77,6 +77,16 @@ def _variant(workdir: Path, name: str, stages: list[dict]) -> str:
     return name
 
 
+def test_commands_run_from_a_folder_holding_an_output_named_etl(tmp_path):
+    """An output root holds etl/ (make demo's demo_out/ does); a command typed from there still runs
+    Kiln's own package, not that folder (with setuptools' default editable install it did not)."""
+    (tmp_path / "etl" / "dataset" / "v=1").mkdir(parents=True)
+    (tmp_path / "training" / "run").mkdir(parents=True)
+    assert_config_error(kiln(tmp_path, "erase", "missing.yaml", "--ids", "ids.txt"), "")
+    done = kiln(tmp_path, "--help", module="training.consolidate")
+    assert done.returncode == 0, done.stderr
+
+
 # --------------------------------------------------------------------------- relative paths
 # A whole run with relative paths, as typed, is in test_publish_idempotent (its first `etl run`) and
 # test_docs_commands (the README's own command); here, what the loader makes of them.
