@@ -4,8 +4,12 @@ Every run gets
   * resource limits, set with setrlimit in the child before it executes anything: CPU seconds, address
     space (memory), number of processes (a fork bomb stops there), file size, open files, no core dumps;
   * its own session and process group, killed as a whole at the wall-clock timeout;
-  * when this process is root: a fresh unprivileged user id per run (never root, which the kernel exempts
-    from the process limit), so it can touch nothing that only root may, and its leftovers are swept;
+  * when this process is root: an unprivileged user id of its own (never root, which the kernel exempts
+    from the process limit), so it can touch nothing that only root may, and its leftovers are swept.
+    The uid is leased machine-wide: an exclusive flock on its file in UID_LEASE_DIR, held from before the
+    run until its sweep is done, so evaluations running side by side on one machine never share a uid and
+    no sweep kills another run's program. The kernel drops a lease when its holder dies; a uid taken over
+    from a dead holder is swept before it is used;
   * OS isolation when the machine allows it ("bwrap", bubblewrap): new user, network, PID, IPC and UTS
     namespaces (no network at all, no view of host processes, everything dies with the run), the whole
     file system read-only, a private empty /tmp, and only its own directory writable.
@@ -15,8 +19,10 @@ reports the level it got in `Sandbox.isolation`.
 """
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
+import random
 import resource
 import shutil
 import signal
@@ -25,12 +31,14 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Iterator, Literal
 
 OUTPUT_LIMIT = 8192  # characters of stdout / stderr kept per run
 SWEEP_WAIT_S = 10.0  # how long the processes a run left behind may take to die
-UID_SPAN = 4096  # as root, runs cycle through this many uids from sandbox_uid_base
+UID_SPAN = 4096  # as root, runs lease uids among this many from sandbox_uid_base
+UID_LEASE_DIR = "/run/kiln-sandbox-uids"  # one lock file per uid; every evaluation on the machine shares it
 
 
 class SandboxUnavailable(RuntimeError):
@@ -49,7 +57,7 @@ class SandboxConfig:
     max_open_files: int = 64
     workers: int = 2  # runs at once
     python: str | None = None  # interpreter for the code; default: the first that works inside the sandbox
-    # When this process is root, each run gets its own uid (and gid) from base .. base + UID_SPAN - 1.
+    # When this process is root, each run leases its own uid (and gid) from base .. base + UID_SPAN - 1.
     sandbox_uid_base: int = 1_900_000_000
 
     def __post_init__(self):
@@ -95,7 +103,8 @@ class Sandbox:
     def __init__(self, config: SandboxConfig | None = None):
         self.config = config or SandboxConfig()
         self.as_root = os.geteuid() == 0
-        self._run_count = itertools.count()
+        # Where this Sandbox starts looking for a free uid: a random place, so processes seldom race for one.
+        self._uid_cursor = itertools.count(random.SystemRandom().randrange(UID_SPAN))
         self.isolation, self.python, self.isolation_note = self._choose_isolation()
         if self.isolation == "none" and not self.config.unsafe:
             raise SandboxUnavailable(
@@ -121,7 +130,37 @@ class Sandbox:
     # ---- internals
 
     def _run(self, program: str, python: str, isolation: str) -> ExecResult:
-        uid = self.config.sandbox_uid_base + next(self._run_count) % UID_SPAN if self.as_root else os.getuid()
+        if not self.as_root:
+            return self._run_as(os.getuid(), program, python, isolation)
+        with self._leased_uid() as uid:
+            return self._run_as(uid, program, python, isolation)
+
+    @contextmanager
+    def _leased_uid(self) -> Iterator[int]:
+        """A sandbox uid that no other run on this machine holds, swept of any process left by a dead
+        holder before the block and of the run's own leftovers after it; released when the block ends."""
+        os.makedirs(UID_LEASE_DIR, mode=0o700, exist_ok=True)
+        for _ in range(UID_SPAN):
+            uid = self.config.sandbox_uid_base + next(self._uid_cursor) % UID_SPAN
+            lease = os.open(os.path.join(UID_LEASE_DIR, str(uid)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(lease, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another run (of this process or another) holds it
+                os.close(lease)
+                continue
+            try:
+                self._sweep(uid)
+                yield uid
+            finally:
+                try:
+                    self._sweep(uid)
+                finally:
+                    os.close(lease)  # releases the flock
+            return
+        raise RuntimeError(f"all {UID_SPAN} sandbox uids from {self.config.sandbox_uid_base} are leased "
+                           f"(lock files in {UID_LEASE_DIR})")
+
+    def _run_as(self, uid: int, program: str, python: str, isolation: str) -> ExecResult:
         workdir = tempfile.mkdtemp(prefix="kiln-sandbox-")
         try:
             path = os.path.join(workdir, "program.py")
@@ -136,8 +175,6 @@ class Sandbox:
                 command = self._bwrap(workdir) + command
             return self._execute(command, workdir, uid)
         finally:
-            if self.as_root:
-                self._sweep(uid)
             shutil.rmtree(workdir, ignore_errors=True)
 
     @staticmethod
@@ -209,7 +246,11 @@ class Sandbox:
             pass
 
     def _sweep(self, uid: int) -> None:
-        """Kill every process left running as the sandbox uid (one that escaped its process group)."""
+        """Kill every process left running as the sandbox uid (one that escaped its process group); only the
+        holder of the uid's lease calls this, so whatever runs as that uid is its own run's (or a dead one's)."""
+        if _user_process_count(uid, include_zombies=False) == 0:  # the usual case: nothing to start `kill` for
+            return
+
         def become() -> None:
             os.setgroups([])
             os.setgid(uid)
