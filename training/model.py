@@ -81,6 +81,10 @@ class MPTConfig:
     layer_norm_eps: float = 1e-5  # added to the variance in every LayerNorm
     low_precision_layernorm: bool = True  # LayerNorm in the activations' dtype under autocast (bf16)
     attn_impl: Literal["sdpa", "flex"] = "sdpa"  # flex: FlexAttention (GPU); sdpa: scaled_dot_product_attention
+    # Pre-training: attention and loss stay inside each document packed into a sample. The loader derives
+    # sequence_ids from the dataset's EOS token (its manifest's extra.eos_token_id); a token after an EOS starts
+    # a new document. A training-time choice: exported models have it off (inference sees one text per row).
+    attn_uses_sequence_id: bool = False
     # Init: None means MPT's kaiming_normal_(fan_in, relu); a float means normal(0, init_std).
     init_std: float | None = None
     emb_init_std: float | None = None  # None: the embeddings use the same init as the Linears
@@ -185,6 +189,49 @@ class MPTConfig:
         the attention scores and weighted sum (QK^T and AV), forward plus backward, for a full causal row.
         """
         return 6 * self.num_params() + 12 * self.n_layers * self.d_model * seq_len
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The SDPA path's attention bias and the device's memory
+
+# The SDPA bias may take at most this share of the device's memory: weights, optimizer state and activations
+# need the rest.
+SDPA_BIAS_MEMORY_FRACTION = 0.5
+
+
+def sdpa_bias_bytes(cfg: MPTConfig, micro_batch: int, seq_len: int, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Bytes the SDPA path's attention bias takes in a training forward of micro_batch x seq_len tokens.
+
+    0 where attention is plain causal (no ALiBi, no documents: no bias, flash kernels). Otherwise the bias
+    [B or 1, H or 1, T, T] in the compute dtype `dtype` (B rows with attn_uses_sequence_id, H heads with ALiBi),
+    held from the forward to the end of the backward, plus the temporaries that build it: the int64 distances
+    [T, T], one head's float32 ALiBi term [T, T] and the bool masks (at most three of [B or 1, T, T]).
+    Quadratic in seq_len: about 300 GB for 32 ALiBi heads at 64k tokens in bf16.
+    """
+    alibi, per_row = cfg.position == "alibi", cfg.attn_uses_sequence_id
+    if not (alibi or per_row):
+        return 0
+    rows, heads, cells = (micro_batch if per_row else 1), (cfg.n_heads if alibi else 1), seq_len * seq_len
+    held = rows * heads * cells * dtype.itemsize
+    temporaries = cells * (8 + 4) + 3 * rows * cells
+    return held + temporaries
+
+
+def check_sdpa_fits(cfg: MPTConfig, micro_batch: int, seq_len: int, device_memory: int,
+                    dtype: torch.dtype = torch.bfloat16) -> None:
+    """Refuse attn_impl='sdpa' where its attention bias (sdpa_bias_bytes) would take more than
+    SDPA_BIAS_MEMORY_FRACTION of `device_memory` bytes; FlexAttention builds no such tensor."""
+    needed = sdpa_bias_bytes(cfg, micro_batch, seq_len, dtype)
+    allowed = SDPA_BIAS_MEMORY_FRACTION * device_memory
+    if cfg.attn_impl != "sdpa" or needed <= allowed:
+        return
+    longest = math.isqrt(int(allowed // sdpa_bias_bytes(cfg, micro_batch, 1, dtype)))
+    raise ValueError(
+        f"attn_impl='sdpa' at seq_len={seq_len} builds an attention bias of {needed / 2**30:.1f} GiB "
+        f"(micro batch {micro_batch}, {dtype}), more than {SDPA_BIAS_MEMORY_FRACTION:.0%} of the device's "
+        f"{device_memory / 2**30:.0f} GiB; it fits up to about {longest} tokens. Use FlexAttention "
+        "(attn_impl='flex'; in a training YAML model.overrides.attn_impl: flex), which builds no bias tensor"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -522,9 +569,15 @@ class MPT(nn.Module):
             # A pad key is seen only by itself; ALiBi distances count real tokens only.
             allowed = allowed & (~key_padding_mask.view(-1, 1, 1, past + length) | (relative == 0))  # [B, 1, T, S]
             relative = (key_positions.unsqueeze(1) - key_positions[:, past:].unsqueeze(2)).unsqueeze(1)  # [B, 1, T, S]
-        bias = slopes.view(1, -1, 1, 1) * relative if alibi else torch.zeros(1, 1, length, past + length, device=device)
-        bias = bias.masked_fill(~allowed, float("-inf"))
-        return AttentionInputs(rope, bias.to(self._compute_dtype(x)), False, None, None)
+        # The bias is made at its final size in the compute dtype and filled one head at a time, so no float32
+        # tensor of [H, T, S] exists even briefly (sdpa_bias_bytes counts what does).
+        shape = (allowed.shape[0], cfg.n_heads if alibi else 1, length, past + length)
+        bias = torch.zeros(shape, dtype=self._compute_dtype(x), device=device)
+        if alibi:
+            relative = relative.view(-1, length, past + length)  # [1 or B, T, S]
+            for head in range(cfg.n_heads):
+                bias[:, head] = slopes[head] * relative
+        return AttentionInputs(rope, bias.masked_fill_(~allowed, float("-inf")), False, None, None)
 
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
         """The dtype queries will have: the autocast dtype when autocast is on, else the activations'."""

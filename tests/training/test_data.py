@@ -1,6 +1,7 @@
 """The streaming loader: global order, rank slicing, resume, mixing, the shard cache, config checks."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -222,3 +223,35 @@ def test_sequence_ids_column_reaches_batches_and_masks_labels(tmp_path):
     row, tokens = labels[0].tolist(), batch["input_ids"][0].tolist()
     x = IGNORE_INDEX
     assert row == [tokens[1], tokens[2], x, tokens[4], x, x]  # no label across a document boundary or at the end
+
+
+def test_document_ids_come_from_each_datasets_eos(tmp_path):
+    """model.attn_uses_sequence_id over shards without the column: a token after an EOS starts a new document,
+    with each dataset's own EOS id; a dataset with neither an EOS id nor the column is refused."""
+    from training.data.loader import document_ids
+    from training.data.sources import with_document_ids
+
+    tokens = np.array([[5, 0, 0, 7, 8, 0], [0, 3, 9, 9, 9, 9]], np.uint16)
+    assert document_ids(tokens, np.array([0, 9])).tolist() == [[0, 0, 1, 2, 2, 2], [0, 0, 0, 1, 2, 3]]
+    assert document_ids(tokens, np.array([0, 9])).dtype == np.uint8
+
+    sources = []
+    for name, eos in (("a", 0), ("b", 9)):
+        root = tmp_path / name
+        write_token_dataset(str(root), {"train": 8}, seq_len=6)
+        manifest = root / "v=1" / "manifest.json"
+        data = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps({**data, "extra": {"eos_token_id": eos}}))
+        sources.append(resolve_source(str(root), "train", proportion=0.5))
+    assert [s.eos_token_id for s in sources] == [0, 9] and not sources[0].document_ids
+    assert "sequence_ids" not in next(iter(make_batches(sources, 8, 8, 0, 1)))
+    batch = next(iter(make_batches(with_document_ids(sources), 8, 8, 0, 1)))
+    eos = np.where(batch["sample_ids"] < 8, 0, 9)  # sample ids number dataset a's samples first
+    assert np.array_equal(batch["sequence_ids"], document_ids(batch["input_ids"], eos))
+    assert batch["sequence_ids"].max() > 0
+
+    plain = str(tmp_path / "plain")
+    with MDSWriter(plain, {"tokens": "ndarray:uint16"}) as writer:
+        writer.write({"tokens": pattern_tokens(0, 6)})
+    with pytest.raises(ValueError, match="no 'sequence_ids' column and no EOS token id"):
+        with_document_ids([resolve_source(plain, "train")])

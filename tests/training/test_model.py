@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from training.model import MPT, MPTConfig
+from training.hardware import get_gpu
+from training.model import MPT, MPTConfig, check_sdpa_fits, sdpa_bias_bytes
 
 # Eager FlexAttention on CPU warns that it is unfused; that is what these tests want.
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
@@ -340,3 +341,51 @@ def test_input_errors():
     with pytest.raises(ValueError, match="key_padding_mask cannot be combined with sequence_ids"):
         model(ids[:, :8], sequence_ids=torch.zeros(1, 8, dtype=torch.long),
               key_padding_mask=torch.zeros(1, 8, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The SDPA path's attention bias
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(attn_uses_sequence_id=True), dict(position="rope"),
+                                       dict(position="rope", attn_uses_sequence_id=True)],
+                         ids=["alibi", "alibi_documents", "rope", "rope_documents"])
+def test_sdpa_bias_bytes_counts_the_bias_the_model_builds(overrides, monkeypatch):
+    model = make_model(**overrides)
+    batch, length = 3, 40
+    ids, sequence_ids = torch.randint(0, 256, (batch, length)), torch.arange(length).div(7, rounding_mode="floor")
+    masks = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(*args, attn_mask=None, **kwargs):
+        masks.append(attn_mask)
+        return sdpa(*args, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    with torch.no_grad():
+        model(ids, sequence_ids=sequence_ids.expand(batch, -1) if model.cfg.attn_uses_sequence_id else None)
+    counted = sdpa_bias_bytes(model.cfg, batch, length, torch.float32)
+    if masks[0] is None:  # plain causal attention builds no bias
+        assert counted == 0
+        return
+    assert all(mask is masks[0] for mask in masks)  # one bias for every layer
+    held = masks[0].numel() * masks[0].element_size()
+    # The bias itself, plus temporaries that are not larger than a few bool/float copies of [B, T, T].
+    assert held < counted <= held + 15 * batch * length * length
+    assert sdpa_bias_bytes(model.cfg, batch, 2 * length, torch.float32) == 4 * counted
+
+
+def test_sdpa_past_what_the_device_holds_is_refused_with_advice():
+    h100 = get_gpu("h100").memory_bytes
+    seven_b = MPTConfig.preset("7b", max_seq_len=65536)
+    assert sdpa_bias_bytes(seven_b, 1, 65536) > 256e9  # one bf16 [1, 32, 64k, 64k] ALiBi bias
+    with pytest.raises(ValueError, match=r"(?s)attn_impl='sdpa' at seq_len=65536.*fits up to about \d+ tokens.*"
+                                         r"Use FlexAttention \(attn_impl='flex'"):
+        check_sdpa_fits(seven_b, 1, 65536, h100)
+    check_sdpa_fits(seven_b, 1, 8192, h100)
+    check_sdpa_fits(MPTConfig.preset("7b", max_seq_len=65536, attn_impl="flex"), 1, 65536, h100)
+    check_sdpa_fits(MPTConfig.preset("7b", max_seq_len=65536, position="rope"), 1, 65536, h100)  # no bias at all
+    documents = MPTConfig.preset("7b", attn_uses_sequence_id=True)  # one bias per row of the micro-batch
+    check_sdpa_fits(seven_b, 8, 16384, h100)
+    with pytest.raises(ValueError, match=r"at seq_len=16384 .*\(micro batch 8"):
+        check_sdpa_fits(documents, 8, 16384, h100)

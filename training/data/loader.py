@@ -23,7 +23,8 @@ from .sources import IGNORE_INDEX, LABELS_COLUMN, SEQUENCE_IDS_COLUMN, Source
 class TokenBatches(IterableDataset):
     """This rank's micro-batches from ``start`` on, as dicts of numpy arrays (``as_tensors`` makes
     them LongTensors): ``input_ids`` [B, T] in the shards' token dtype; ``sequence_ids`` and
-    ``labels`` [B, T] when the shards have those columns; ``positions`` and ``sample_ids`` [B]
+    ``labels`` [B, T] when the shards have those columns (``sequence_ids`` also when the sources ask for
+    ``document_ids``: derived from the EOS tokens); ``positions`` and ``sample_ids`` [B]
     (places in the global order, and which samples those were). ``num_micro_batches`` None streams
     forever (epochs wrap around).
 
@@ -73,6 +74,9 @@ class TokenBatches(IterableDataset):
                 raise ValueError(f"some datasets have a {column!r} column and others not: they cannot mix")
             if present.pop():
                 self._optional.append(column)
+        # model.attn_uses_sequence_id over shards without the column: the ids come from each dataset's EOS token.
+        derive = SEQUENCE_IDS_COLUMN not in self._optional and any(s.document_ids for s in self.sources)
+        self._eos = np.array([s.eos_token_id for s in self.sources], np.int64) if derive else None
 
     def remote_shards(self, micro: int) -> list[tuple[int, int]]:
         """The remote ``(dataset, shard)`` pairs that micro-batch ``micro`` reads."""
@@ -94,6 +98,8 @@ class TokenBatches(IterableDataset):
         batch = {"input_ids": np.stack([r[TOKENS_COLUMN] for r in rows])}
         for column in self._optional:
             batch[column] = np.stack([r[column] for r in rows])
+        if self._eos is not None:
+            batch[SEQUENCE_IDS_COLUMN] = document_ids(batch["input_ids"], self._eos[datasets])
         batch["positions"] = np.arange(begin, end, dtype=np.int64)
         batch["sample_ids"] = self.order.sample_ids(datasets, samples)
         return batch
@@ -113,6 +119,14 @@ class TokenBatches(IterableDataset):
         finally:
             if prefetcher is not None:
                 prefetcher.close()
+
+
+def document_ids(tokens: np.ndarray, eos: np.ndarray) -> np.ndarray:
+    """sequence_ids [B, T] of packed rows: 0 from each row's first token, one more after every EOS (an EOS
+    ends its own document; ``eos[b]`` is row b's EOS id). The smallest unsigned dtype that holds T."""
+    starts = np.zeros(tokens.shape, np.min_scalar_type(tokens.shape[1]))
+    starts[:, 1:] = tokens[:, :-1] == eos[:, None]
+    return np.cumsum(starts, axis=1, dtype=starts.dtype)
 
 
 class _Prefetcher:

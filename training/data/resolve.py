@@ -2,17 +2,21 @@
 version and checked against the model and the eval batches, and a rank's batches over them."""
 from __future__ import annotations
 
+import os
+
+import torch
 import torch.distributed as dist
 
 from shards.config import ConfigError
 
-from ..config import DataSection, TrainConfig
-from ..distributed import Distributed, broadcast_from_main
+from ..config import DataSection, ParallelSection, TrainConfig
+from ..distributed import Distributed, broadcast_from_main, compute_dtype
+from ..model import check_sdpa_fits
 from .cache import CacheSettings, default_cache_root
 from .finetune import instruction_sources, prepare_instruction_data
 from .loader import TokenBatches
 from .order import BatchLayout, build_order
-from .sources import Source, check_sources, resolve_source
+from .sources import Source, check_sources, resolve_source, with_document_ids
 
 
 def instruction_seq_len(cfg: TrainConfig) -> int:
@@ -21,15 +25,19 @@ def instruction_seq_len(cfg: TrainConfig) -> int:
 
 def resolve_sources(cfg: TrainConfig, check_model: bool = True) -> tuple[list[Source], list[Source] | None]:
     """The train (and eval) sources of the config, checked against the eval batches and, unless
-    ``check_model`` is false (pre-flight reports that check on its own), against the model."""
+    ``check_model`` is false (pre-flight reports that check on its own), against the model: sample length,
+    vocabulary, and the SDPA attention bias against the training device's memory. With
+    ``model.attn_uses_sequence_id`` they are read with one sequence id per document (``with_document_ids``)."""
     data = cfg.data
     if data.instruction is not None:
         train, held_out = instruction_sources(data.instruction, instruction_seq_len(cfg), data.seed)
     else:
         train = [resolve_source(s.path, data.train_split, s.version, s.proportion) for s in data.datasets]
     seq_len = check_sources(train)
+    model = cfg.model.build()
+    if model.attn_uses_sequence_id:
+        train = with_document_ids(train)
     if check_model:
-        model = cfg.model.build()
         if seq_len > model.max_seq_len:
             raise ConfigError(f"samples hold {seq_len} tokens but the model's max_seq_len is {model.max_seq_len} "
                               "(model.overrides.max_seq_len)")
@@ -37,6 +45,13 @@ def resolve_sources(cfg: TrainConfig, check_model: bool = True) -> tuple[list[So
             if source.vocab_size is not None and source.vocab_size > model.vocab_size:
                 raise ConfigError(f"{source.path} has vocab_size {source.vocab_size} but the model's is "
                                   f"{model.vocab_size} (model.overrides.vocab_size)")
+        device = training_device(cfg.parallel)
+        if device is not None:
+            try:
+                check_sdpa_fits(model, cfg.train.micro_batch_size, seq_len, device_memory(device),
+                                compute_dtype(cfg.parallel, device))
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
     evals = None
     if cfg.eval.every_steps and cfg.has_eval_loss:
         if data.instruction is not None:
@@ -52,7 +67,24 @@ def resolve_sources(cfg: TrainConfig, check_model: bool = True) -> tuple[list[So
             )
         if check_sources(evals) != check_sources(train):
             raise ConfigError("the eval split's sample length differs from the train split's")
+        if model.attn_uses_sequence_id:
+            evals = with_document_ids(evals)
     return train, evals
+
+
+def training_device(par: ParallelSection) -> torch.device | None:
+    """The kind of device the ranks will train on, as training.distributed picks it; None when the config
+    asks for CUDA and this machine has none (a launcher on a CPU node: rank 0 checks again)."""
+    if par.device == "cuda" or (par.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", 0) if torch.cuda.is_available() else None
+    return torch.device("cpu")
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory of one such device: the GPU's, or this machine's RAM for CPU training."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def resolve_data(cfg: TrainConfig, d: Distributed) -> tuple[list[Source], list[Source] | None]:

@@ -6,6 +6,7 @@ folder without versions.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from shards import storage
@@ -31,6 +32,9 @@ class Source:
     seq_len: int
     vocab_size: int | None
     proportion: float = 1.0
+    eos_token_id: int | None = None  # the token that ends each document (the manifest's extra.eos_token_id)
+    # Derive sequence_ids from eos_token_id when the shards have none (model.attn_uses_sequence_id).
+    document_ids: bool = False
 
     def describe(self) -> dict:
         return {"path": self.path, "split": self.split, "version": self.version, "fingerprint": self.fingerprint,
@@ -55,7 +59,20 @@ def resolve_source(path: str, split: str, version: int | None = None, proportion
     if manifest.num_samples[split] == 0:
         raise ValueError(f"{version_dir}: split {split!r} holds no samples")
     return Source(path, split, split_path(version_dir, split), manifest.version, dataset_fingerprint(manifest),
-                  manifest.num_samples[split], manifest.seq_len, manifest.vocab_size, proportion)
+                  manifest.num_samples[split], manifest.seq_len, manifest.vocab_size, proportion,
+                  manifest.extra.get("eos_token_id"))
+
+
+def with_document_ids(sources: list[Source]) -> list[Source]:
+    """The sources, read with one sequence id per document (model.attn_uses_sequence_id): a ``sequence_ids``
+    column where the shards have one, else derived from the EOS token the ETL ended each document with."""
+    for s in sources:
+        if s.eos_token_id is None and SEQUENCE_IDS_COLUMN not in MDSReader(s.url).columns:
+            raise ValueError(
+                f"model.attn_uses_sequence_id: {s.path} has no {SEQUENCE_IDS_COLUMN!r} column and no EOS token id "
+                "(its manifest's extra.eos_token_id, written by the ETL), so its documents cannot be told apart"
+            )
+    return [dataclasses.replace(s, document_ids=True) for s in sources]
 
 
 def check_sources(sources: list[Source]) -> int:
