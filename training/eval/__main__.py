@@ -1,6 +1,8 @@
-"""python -m training.eval CHECKPOINT TASKS.yaml [--unsafe] [--output results.json]
-python -m training.eval humaneval [SAMPLES.jsonl | --canonical] [--problems PATH] [--k 1 10] [--output F]
+"""python -m training.eval CHECKPOINT TASKS.yaml [--unsafe] [--output results.json] [--step N]
+python -m training.eval humaneval [SAMPLES.jsonl | --canonical] [--problems PATH] [--k 1 10] [--workers N]
+    [--timeout-s S] [--unsafe] [--output F]
 python -m training.eval gauntlet --suite SUITE.yaml CHECKPOINT_OR_RESULTS... [--output-dir DIR]
+    [--mlflow-uri URI] [--experiment NAME] [--no-mlflow] [--unsafe]
 
 The first form evaluates a training checkpoint or a consolidated checkpoint folder (see
 training.weights.inference) on the tasks of TASKS.yaml (see training.eval), prints the metrics and vibe
@@ -54,8 +56,9 @@ def _load(checkpoint: str, args: argparse.Namespace):
 
 
 def evaluate_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.eval", description=__doc__.split("\n\n")[1],
-                                     epilog="Also: python -m training.eval humaneval --help, "
+    parser = argparse.ArgumentParser(prog="python -m training.eval", description="\n\n".join(__doc__.split("\n\n")[:2]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="More: python -m training.eval humaneval --help, "
                                             "python -m training.eval gauntlet --help")
     parser.add_argument("checkpoint", help="a training checkpoint (step-N folder, or a checkpoint root: its newest "
                                            "complete step) or a consolidated folder")
