@@ -4,13 +4,17 @@ Values follow the real formats (numbering plans, Luhn and mod-97 check digits, k
 many spellings, embedded in ordinary sentences; look-alikes that must not be flagged (version
 numbers, dates, order and tracking numbers, ISBNs, DOIs, prices...) are mixed in. The tests hold
 the recognisers to recall >= 0.95 and precision >= 0.90 per type; the benchmark reuses the
-documents. Everything is generated from a seed, so a failure is reproducible.
+documents. A second set holds phone numbers spelled by python-phonenumbers' own formatters (US ones
+under area codes not assigned today) and look-alikes by kind (dates, versions, order numbers, ISBNs,
+bad-Luhn card numbers, prices, times), for phone recall and what must stay. Everything is generated from a seed, so a failure is reproducible.
 """
 from __future__ import annotations
 
 import random
 import string
 from dataclasses import dataclass
+
+import phonenumbers
 
 FILLER = [
     "The quarterly review went better than anyone expected.",
@@ -354,3 +358,137 @@ def score(docs: list[LabelledDoc], predictions: list[list[tuple[str, int, int]]]
         }
         for entity, s in sorted(stats.items())
     }
+
+
+# Phone numbers made with python-phonenumbers' own formatters (not the recogniser's code), in sentences
+# with and without a phone word, and look-alikes of each kind that must stay.
+PHONE_REGIONS = ("US", "GB", "DE", "FR", "IN")
+PHONE_CONTEXT_TEMPLATES = ["Call me on {v} after six.", "Phone: {v}", "Tel. {v}", "Mobile {v} (any time).",
+                           "Fax: {v}", "You can ring {v} on weekdays."]
+PHONE_PLAIN_TEMPLATES = ["Write this down: {v}.", "Ask Maria at {v} about the keys.", "{v} is the one to use now.",
+                         "Her details are on the card ({v}).", "The front desk, {v}, opens at nine."]
+LOOKALIKE_KIND_TEMPLATES = ["The file says {v} and nothing else.", "Noted: {v}.", "See {v} in the appendix.",
+                            "It was {v}, as far as I remember."]
+
+
+def unassigned_us_area_codes() -> list[str]:
+    """NANP area codes (N = 2-9, not N11) under which phonenumbers knows no valid number today."""
+
+    def assigned(area: str) -> bool:
+        return any(phonenumbers.is_valid_number(phonenumbers.parse(f"+1{area}{exchange}1234"))
+                   for exchange in ("201", "234", "555", "642", "785", "918"))
+
+    return [f"{n}{d1}{d2}" for n in range(2, 10) for d1 in range(10) for d2 in range(10)
+            if not (d1 == 1 and d2 == 1) and not assigned(f"{n}{d1}{d2}")]
+
+
+def _random_valid_number(region: str, rng: random.Random):
+    lengths = phonenumbers.PhoneMetadata.metadata_for_region(region).general_desc.possible_length
+    wanted = {phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.MOBILE,
+              phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}
+    code = phonenumbers.country_code_for_region(region)
+    while True:
+        nsn = str(rng.randint(1, 9)) + _digits(rng, rng.choice(lengths) - 1)
+        number = phonenumbers.parse(f"+{code}{nsn}")
+        if phonenumbers.is_valid_number(number) and phonenumbers.number_type(number) in wanted:
+            return number
+
+
+def phone_spellings(region: str, rng: random.Random, us_area_codes: list[str]) -> list[str]:
+    """One random number of `region` in the spellings people use: phonenumbers' national, international
+    and E.164 formats, the international one with spaces only, and for Indian mobiles the 5-5 grouping.
+    US numbers get an area code no number is assigned under today."""
+    formats = phonenumbers.PhoneNumberFormat
+    if region == "US":
+        number = phonenumbers.parse(f"+1{rng.choice(us_area_codes)}{rng.randint(2, 9)}{_digits(rng, 6)}")
+    else:
+        number = _random_valid_number(region, rng)
+    international = phonenumbers.format_number(number, formats.INTERNATIONAL)
+    spellings = [phonenumbers.format_number(number, formats.NATIONAL), international,
+                 phonenumbers.format_number(number, formats.E164), international.replace("-", " ")]
+    nsn = phonenumbers.national_significant_number(number)
+    if region == "IN" and phonenumbers.number_type(number) == phonenumbers.PhoneNumberType.MOBILE:
+        spellings += [f"+91 {nsn[:5]} {nsn[5:]}", f"0{nsn[:5]} {nsn[5:]}"]
+    return spellings
+
+
+def phone_recall_set(n_per_region: int = 60, seed: int = 17) -> list[LabelledDoc]:
+    """Documents each holding one phone number (see `phone_spellings`), half after a phone word."""
+    rng = random.Random(seed)
+    area_codes = unassigned_us_area_codes()
+    docs = []
+    for region in PHONE_REGIONS:
+        for i in range(n_per_region):
+            value = rng.choice(phone_spellings(region, rng, area_codes))
+            template = rng.choice(PHONE_CONTEXT_TEMPLATES if i % 2 else PHONE_PLAIN_TEMPLATES)
+            docs.append(_compose_one(rng, template, value, "PHONE"))
+    return docs
+
+
+def _isbn13(rng: random.Random) -> str:
+    body = "978" + _digits(rng, 9)
+    check = (10 - sum(int(c) * (3 if i % 2 else 1) for i, c in enumerate(body)) % 10) % 10
+    return rng.choice([f"{body[:3]}-{body[3]}-{body[4:7]}-{body[7:]}-{check}", body + str(check)])
+
+
+def _isbn10(rng: random.Random) -> str:
+    body = _digits(rng, 9)
+    check = sum((10 - i) * int(c) for i, c in enumerate(body)) * 10 % 11
+    check_char = "X" if check == 10 else str(check)
+    return rng.choice([f"{body[0]}-{body[1:4]}-{body[4:]}-{check_char}", body + check_char])
+
+
+def _bad_luhn_card(rng: random.Random) -> str:
+    good = luhn_complete(rng.choice(["4", "51", "55", "6011"]), 16, rng)
+    number = good[:-1] + str((int(good[-1]) + rng.randint(1, 9)) % 10)
+    return rng.choice([" ", "-", ""]).join(number[i:i + 4] for i in range(0, 16, 4))
+
+
+LOOKALIKE_KINDS = {
+    "date": lambda rng: rng.choice([
+        f"{rng.randint(1990, 2030)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+        f"{rng.randint(1, 28):02d}/{rng.randint(1, 12):02d}/{rng.randint(1990, 2030)}",
+        f"{rng.randint(1, 28):02d}.{rng.randint(1, 12):02d}.{rng.randint(1990, 2030)}",
+        f"{rng.randint(1, 28):02d}-{rng.randint(1, 12):02d}-{rng.randint(1990, 2030)}",
+        f"{rng.randint(1990, 2030)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}",
+        f"{rng.randint(1990, 2030)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} {rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}",
+    ]),
+    "version": lambda rng: rng.choice([
+        f"{rng.randint(0, 20)}.{rng.randint(0, 40)}.{rng.randint(0, 300)}",
+        f"v{rng.randint(0, 9)}.{rng.randint(0, 99)}.{rng.randint(0, 99)}-rc.{rng.randint(1, 5)}",
+        f"10.0.{rng.randint(10240, 26100)}.{rng.randint(1, 9999)}",
+        f"{rng.randint(90, 140)}.0.{rng.randint(4000, 7999)}.{rng.randint(1, 300)}",
+        f"{rng.randint(1, 9)}.{rng.randint(0, 9)}.{rng.randint(0, 9)}.{rng.randint(1000, 99999)}",
+    ]),
+    "order number": lambda rng: rng.choice([
+        f"#{_digits(rng, 3)}-{_digits(rng, 7)}-{_digits(rng, 7)}", f"{_digits(rng, 3)}-{_digits(rng, 7)}-{_digits(rng, 7)}",
+        f"ORD-{rng.randint(2019, 2030)}-{_digits(rng, 6)}", f"PO-{_digits(rng, 10)}",
+        f"{_digits(rng, 2)}-{_digits(rng, 5)}-{_digits(rng, 5)}", f"order #{_digits(rng, 8)}",
+    ]),
+    "ISBN": lambda rng: rng.choice(["", "ISBN ", "ISBN-13: ", "ISBN-10 "]) + rng.choice([_isbn13, _isbn10])(rng),
+    "bad-Luhn card number": _bad_luhn_card,
+    "price": lambda rng: rng.choice([
+        f"${rng.randint(1, 999)},{_digits(rng, 3)}.{_digits(rng, 2)}", f"€{rng.randint(1, 999)}.{_digits(rng, 3)},{_digits(rng, 2)}",
+        f"{rng.randint(1, 999)}.{_digits(rng, 3)},{_digits(rng, 2)} €", f"£{rng.randint(1, 99)},{_digits(rng, 3)}",
+        f"USD {rng.randint(1, 99)},{_digits(rng, 3)},{_digits(rng, 3)}.{_digits(rng, 2)}",
+    ]),
+    "time": lambda rng: rng.choice([
+        f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}", f"{rng.randint(1, 12)}:{rng.randint(0, 59):02d} pm",
+        f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}",
+        f"{rng.randint(8, 11)}:{rng.randint(0, 59):02d}-{rng.randint(12, 20)}:{rng.randint(0, 59):02d}",
+    ]),
+}
+
+
+def lookalike_set(n_per_kind: int = 60, seed: int = 19) -> dict[str, list[LabelledDoc]]:
+    """Per look-alike kind, documents each holding one; `spans` marks the look-alike (type LOOKALIKE)."""
+    rng = random.Random(seed)
+    return {kind: [_compose_one(rng, rng.choice(LOOKALIKE_KIND_TEMPLATES), make(rng), "LOOKALIKE")
+                   for _ in range(n_per_kind)] for kind, make in LOOKALIKE_KINDS.items()}
+
+
+def _compose_one(rng: random.Random, template: str, value: str, label: str) -> LabelledDoc:
+    before = " ".join(rng.sample(FILLER, 2)) + " "
+    head, tail = template.split("{v}")
+    start = len(before) + len(head)
+    return LabelledDoc(before + head + value + tail + " " + rng.choice(FILLER), [(label, start, start + len(value))])

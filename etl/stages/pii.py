@@ -35,6 +35,7 @@ from pyspark.sql.types import IntegerType, MapType, StringType
 from shards.config import ConfigError
 
 from ..text.pii_entities import NER_ENTITIES, PATTERN_ENTITIES, CustomRecognizer
+from ..text.pii_prefilter import PiiPrefilter
 from ..worker_cache import built_once
 from .base import BatchVerdicts, DocumentStage, StageContext, StageResult
 
@@ -63,6 +64,9 @@ class PiiParams:
     recognizers: list[CustomRecognizer] = field(default_factory=list)
     # Environment variable holding the salt of the `hash` action (at least 16 characters).
     hash_salt_env: str = "KILN_PII_SALT"
+    # Skip presidio for documents no enabled pattern recogniser can match in (a cheap regex pass, same
+    # output; etl/text/pii_prefilter.py). Off by itself when NER entities are enabled.
+    prefilter: bool = True
 
     def __post_init__(self):
         custom = {r.entity for r in self.recognizers}
@@ -125,13 +129,22 @@ class PiiRedactor:
                 config = OperatorConfig("replace", {"new_value": f"<{entity}>"})
             self.operators[entity] = config
         self.dropping = {e for e in params.entity_types if params.action(e) == "drop"}
+        ner = any(e in NER_ENTITIES for e in params.entities)
+        self.prefilter = PiiPrefilter(params.entities, params.recognizers) if params.prefilter and not ner else None
 
     def find(self, texts: list[str]) -> list[list]:
-        """presidio's matches per text, overlaps resolved: the spans the stage acts on."""
+        """presidio's matches per text, overlaps resolved: the spans the stage acts on. Texts the
+        pre-filter rules out get none without presidio (it would find none in them)."""
         from ..text.pii_recognizers import resolve_overlaps  # presidio, loaded with the analyzer (see __init__)
 
-        found = self.batch_analyzer.analyze_iterator(texts, language="en", batch_size=64, entities=self.params.entity_types)
-        return [resolve_overlaps(results) for results in found]
+        candidates = [i for i, text in enumerate(texts) if self.prefilter is None or self.prefilter.might_hold(text)]
+        found: list[list] = [[] for _ in texts]
+        analysed = self.batch_analyzer.analyze_iterator(
+            [texts[i] for i in candidates], language="en", batch_size=64, entities=self.params.entity_types
+        )
+        for i, results in zip(candidates, analysed):
+            found[i] = resolve_overlaps(results)
+        return found
 
     def process(self, texts: list[str]) -> list[tuple[str, dict[str, int], str | None, str | None]]:
         """(new text, entity counts, reason, detail) per text."""

@@ -8,6 +8,7 @@ public-suffix snapshot, never the live list.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
@@ -15,11 +16,12 @@ from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
+import phonenumbers
 import regex
 import spacy
 import tldextract
 from spacy.lang.en.stop_words import STOP_WORDS
-from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry, RecognizerResult
+from presidio_analyzer import AnalyzerEngine, EntityRecognizer, Pattern, PatternRecognizer, RecognizerRegistry, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngine, SpacyNlpEngine
 from presidio_analyzer.predefined_recognizers import (
     CreditCardRecognizer,
@@ -32,6 +34,7 @@ from presidio_analyzer.predefined_recognizers import (
 )
 
 from .pii_entities import NER_ENTITIES, CustomRecognizer
+from .pii_prefilter import SEVEN_DIGITS
 
 LANGUAGE = "en"  # recognisers' context words are English; the patterns themselves are language-free
 # Case matters for key formats (AKIA..., ghp_...): our own patterns do not use presidio's default IGNORECASE.
@@ -52,10 +55,6 @@ class OfflineEmailRecognizer(EmailRecognizer):
 
     def validate_result(self, pattern_text: str) -> bool:
         return offline_domain_extractor()(pattern_text).fqdn != ""
-
-
-# A phone number has at least seven digits, optionally split by one separator each.
-_SEVEN_DIGITS = re.compile(r"\d(?:[\s().\-/]{0,2}\d){6}")
 
 
 def preceded_by(text: str, start: int, words: frozenset[str], window: int = 3) -> bool:
@@ -83,29 +82,90 @@ _GLUE_BEFORE = re.compile(r"[A-Za-z0-9][-./_]$")
 
 
 class FastPhoneRecognizer(PhoneRecognizer):
-    """presidio's phone recogniser (python-phonenumbers, one pass per region), stricter and faster.
+    """presidio's phone recogniser (python-phonenumbers, one pass per region), toward recall and faster.
 
-    Digit groups must be grouped as the country writes them (phonenumbers' STRICT_GROUPING, not
-    presidio's VALID): dates, dotted versions and order numbers that happen to be valid digit
-    strings are not phone numbers. A number right after a word that names another kind of number
-    ("ISBN 0306406152", "SSN 497032148") or glued to other characters is not taken either. Texts
-    without a run of seven digits are skipped: most prose has none, and the region passes dominate the cost.
+    A candidate phonenumbers finds (any number of a possible length for the region, assigned or not)
+    is a phone number when it is written like one:
+
+    - a valid number whose digit groups are those phonenumbers formats it with, some perhaps run
+      together (phonenumbers' STRICT_GROUPING, less its one-block case): ``650 2530000``;
+    - any possible number (an area code not assigned today, a new mobile range) written exactly in
+      the groups phonenumbers formats it with, or in a usual grouping of its country (Indian mobiles
+      5-5): ``(338) 782-2033``, ``338.782.2033``, ``+91 73945 84898``;
+    - any possible number written with its country code: ``+1 955 285 3279``, ``+19552853279``;
+    - any possible number right after a phone word ("call", "tel", "mobile", ...): ``Call 3387822033``.
+
+    Dates, dotted versions, order numbers and ISBNs are not grouped as any country writes phone
+    numbers, and a bare block of digits (``20150901``, ``9638189150``) is a phone number only after
+    a phone word or a ``+``. A number right after a word that names another kind of number ("ISBN 0306406152",
+    "SSN 497032148") or glued to other characters is not taken either. Texts without a run of seven
+    digits are skipped: most prose has none, and the region passes dominate the cost.
     """
 
     NOT_A_PHONE = frozenset({"isbn", "issn", "order", "invoice", "tracking", "serial", "sku", "part", "model",
                              "patent", "ticket", "case", "doi", "version", "build", "ssn", "security", "passport"})
-
-    def __init__(self, **kwargs):
-        super().__init__(leniency=2, **kwargs)
+    PHONE_WORDS = frozenset({"phone", "telephone", "tel", "call", "mobile", "cell", "cellphone", "fax", "ring",
+                             "dial", "whatsapp", "hotline", "mob", "ph", "handy", "telefon", "portable", "téléphone"})
+    # Groupings people use beyond phonenumbers' own formats, by region: national significant
+    # numbers' digit-group lengths.
+    USUAL_GROUPS = {"IN": {(5, 5)}}
+    MIN_DIGITS = 7  # national significant digits; shorter numbers are extensions, codes and counts
 
     def analyze(self, text, entities, nlp_artifacts=None):
-        if not _SEVEN_DIGITS.search(text):
+        if not SEVEN_DIGITS.search(text):
             return []
-        results = super().analyze(text, entities, nlp_artifacts)
-        return [
-            r for r in results
-            if not preceded_by(text, r.start, self.NOT_A_PHONE) and not part_of_longer_token(text, r.start, r.end)
-        ]
+        results = []
+        for region in self.supported_regions:
+            for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.POSSIBLE):
+                if self._written_as_phone(text, match):
+                    results.append(self._get_recognizer_result(match, text, region, nlp_artifacts))
+        return EntityRecognizer.remove_duplicates(results)
+
+    def _written_as_phone(self, text: str, match) -> bool:
+        if preceded_by(text, match.start, self.NOT_A_PHONE) or part_of_longer_token(text, match.start, match.end):
+            return False
+        number = match.number
+        nsn = phonenumbers.national_significant_number(number)
+        written = _digit_groups(match.raw_string, nsn)
+        if written is None:
+            return False
+        formats = {_digit_groups(phonenumbers.format_number(number, f), nsn)
+                   for f in (phonenumbers.PhoneNumberFormat.NATIONAL, phonenumbers.PhoneNumberFormat.INTERNATIONAL)}
+        if len(written) > 1 and phonenumbers.is_valid_number(number) and any(_coarser(written, f) for f in formats if f):
+            return True
+        if match.raw_string.lstrip("(").startswith("+"):
+            return True
+        if len(nsn) < self.MIN_DIGITS:
+            return False
+        region = phonenumbers.region_code_for_country_code(number.country_code)
+        return (
+            (len(written) > 1 and (written in formats or written in self.USUAL_GROUPS.get(region, ())))
+            or preceded_by(text, match.start, self.PHONE_WORDS)
+        )
+
+
+def _digit_groups(written: str, nsn: str) -> tuple[int, ...] | None:
+    """Lengths of the digit groups of the national significant number `nsn` as `written` spells it
+    (country code and national prefix left out); None when `written` does not end in its digits."""
+    ascii_digits = phonenumbers.normalize_digits_only(written, keep_non_digits=True)
+    groups = [len(g) for g in re.findall(r"[0-9]+", ascii_digits)]
+    digits = "".join(re.findall(r"[0-9]", ascii_digits))
+    if not digits.endswith(nsn):
+        return None
+    skip = len(digits) - len(nsn)
+    while skip:
+        cut = min(skip, groups[0])
+        groups[0] -= cut
+        skip -= cut
+        if not groups[0]:
+            groups.pop(0)
+    return tuple(groups)
+
+
+def _coarser(written: tuple[int, ...], formatted: tuple[int, ...]) -> bool:
+    """Whether `written` is `formatted` with some neighbouring groups run together."""
+    ends = set(itertools.accumulate(formatted))
+    return all(end in ends for end in itertools.accumulate(written))
 
 
 class VersionAwareIpRecognizer(IpRecognizer):
