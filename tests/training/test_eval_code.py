@@ -3,15 +3,18 @@ completions (fork bomb, endless loop, huge allocation, network, deleting files) 
 failures, and leave the host as it was. Runs at every isolation level this machine allows."""
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import socket
+import subprocess
+import sys
 from math import comb
 from pathlib import Path
 
 import pytest
 
-from training.eval.code_exec import UID_SPAN, Sandbox, SandboxConfig, SandboxUnavailable
+from training.eval.code_exec import UID_LEASE_DIR, UID_SPAN, Sandbox, SandboxConfig, SandboxUnavailable
 from training.eval.humaneval import build_program, pass_at_k, read_problems, score_completions
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "humaneval_mini.jsonl"
@@ -70,7 +73,23 @@ def test_refuses_to_run_without_isolation_unless_unsafe():
         Sandbox(SandboxConfig(isolation="none"))
 
 
+def _leased_elsewhere(uid: int) -> bool:
+    """Whether another evaluation on this machine holds the uid now (its processes are its own)."""
+    try:
+        lease = os.open(os.path.join(UID_LEASE_DIR, str(uid)), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(lease, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(lease)
+
+
 def _host_processes_of_sandbox_uids(base: int) -> list[str]:
+    """Live processes of sandbox uids that no run holds: what a run left behind."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -79,7 +98,7 @@ def _host_processes_of_sandbox_uids(base: int) -> list[str]:
                 state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
             except (FileNotFoundError, ProcessLookupError):
                 continue
-            if base <= uid < base + UID_SPAN and state != "Z":
+            if base <= uid < base + UID_SPAN and state != "Z" and not _leased_elsewhere(uid):
                 found.append(entry)
     return found
 
@@ -125,3 +144,27 @@ def test_hostile_completions_are_contained(level, tmp_path):
         assert _host_processes_of_sandbox_uids(box.config.sandbox_uid_base) == []
     # The host can still start processes and run code after the fork bomb.
     assert box.run(build_program(read_problems(DATA)[0], read_problems(DATA)[0].canonical_solution)).passed
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sandbox uids are leased only when the evaluator is root")
+def test_a_run_never_takes_a_uid_another_process_holds(tmp_path):
+    """Another process holds the lease of every sandbox uid but one: every run here gets that one."""
+    base = SandboxConfig().sandbox_uid_base
+    free = base + 123
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, os, sys
+leases = []
+for uid in range({base}, {base + UID_SPAN}):
+    if uid != {free}:
+        leases.append(os.open(os.path.join({UID_LEASE_DIR!r}, str(uid)), os.O_RDWR | os.O_CREAT, 0o600))
+        fcntl.flock(leases[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("holding", flush=True)
+sys.stdin.read()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        box = Sandbox(SandboxConfig(unsafe=True, **LIMITS))
+        runs = box.run_many(["import os\nprint(os.stat('program.py').st_uid)\n"] * 3)
+        assert [r.stdout.strip() for r in runs] == [str(free)] * 3, runs
+    finally:
+        holder.communicate("")

