@@ -1,10 +1,10 @@
 """Evaluation: perplexity on validation shards, in-context-learning tasks, HumanEval-style code
 generation run in a sandbox, and vibe checks.
 
-Standalone: `python -m training.eval CHECKPOINT TASKS.yaml` (also `... humaneval` to score written completions
-and `... gauntlet` for the category report across checkpoints, training.eval.gauntlet). During training: `run_evals(model,
-tokenizer, tasks_config, step)`, whose "metrics" the trainer logs to its trackers and whose "vibe"
-completions it logs as text.
+Standalone: `python -m training.eval CHECKPOINT TASKS.yaml` (also `... humaneval` to score written
+completions and `... gauntlet` for the category report across checkpoints, training.eval.gauntlet). During
+training: `run_evals(model, tokenizer, tasks_config, step)`, whose "metrics" the trainer logs to its trackers
+and whose "vibe" completions it logs as text.
 
 TASKS.yaml (every section optional; relative paths are relative to the YAML file):
 

@@ -186,7 +186,8 @@ def _html(suite_path: str, points: list[dict]) -> str:
         + "".join(f"<td>{value:.4f}</td>" for value in flat_metrics(point).values()) + "</tr>"
         for point in points)
     raw = "".join(
-        f"<tr><td>{html.escape(name)}</td><td>{html.escape(entry['category'])}</td><td>{entry['random_baseline']:g}</td>"
+        f"<tr><td>{html.escape(name)}</td><td>{html.escape(entry['category'])}</td>"
+        f"<td>{entry['random_baseline']:g}</td>"
         + "".join(f"<td>{point['benchmarks'][name]['score']:.4f}</td>" for point in points) + "</tr>"
         for name, entry in points[0]["benchmarks"].items())
     raw_header = "".join(f"<th>step {point['step']}</th>" for point in points)
