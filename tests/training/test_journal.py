@@ -1,8 +1,8 @@
-"""training.run.journal: events in, training_log.md out; loss spikes and throughput changes; restart causes."""
+"""training.run.journal: events in, training_log.md out; loss spikes, throughput changes, band verdicts; restart causes."""
 from __future__ import annotations
 
 from training.config import JournalSection
-from training.run.journal import JOURNAL_NAME, LOG_NAME, Journal, RunObserver, read_events
+from training.run.journal import JOURNAL_NAME, LOG_NAME, Journal, RunObserver, blocking_save_seconds, read_events
 
 
 def test_events_append_per_rank_and_render_a_log(tmp_path):
@@ -55,3 +55,21 @@ def test_observer_reports_a_loss_spike_and_a_lasting_throughput_change(tmp_path)
     changes = [e for e in events if e["event"] == "throughput"]
     assert len(changes) == 1 and changes[0]["tokens_per_s"] == 600.0 and changes[0]["change"] < -0.3
     assert "throughput -40%" in (tmp_path / LOG_NAME).read_text()
+
+
+def test_band_verdicts_and_a_gate_stop_are_summarised_and_blocking_saves_read_back(tmp_path):
+    journal = Journal(tmp_path, rank=0, attempt=0)
+    for step, verdict, loss, behind in ((4, "on track", 3.9, 0), (6, "behind", 4.6, 1), (8, "behind", 4.7, 2)):
+        journal.record("band", step=step, verdict=verdict, loss=loss, expected=4.0, low=3.8, high=4.2, behind=behind)
+    journal.record("checkpoint", step=8, name="step-00000008", url="ck", reason="gate", bytes=1e6, seconds=2.0,
+                   blocking_seconds=2.0, removed=[])
+    journal.record("gate_stop", step=8, reason="train loss behind the expected band for 2 evaluations in a row")
+    log = (tmp_path / LOG_NAME).read_text()
+    assert "against the expected loss band: 1 on track, 2 behind, 0 ahead; **stopped by the loss gate**" in log
+    assert "loss 4.7000 behind (band 3.8000-4.2000, expected 4.0000); behind 2 in a row" in log
+    assert "**stopped by the loss gate**: train loss behind" in log
+    events = read_events(tmp_path / JOURNAL_NAME)
+    assert blocking_save_seconds(events) == 2.0  # no periodic save: every save counts
+    events.append({"event": "checkpoint", "reason": "periodic", "seconds": 9.0, "blocking_seconds": 0.5})
+    events.append({"event": "checkpoint", "reason": "periodic", "seconds": 7.0})  # an older journal: seconds
+    assert blocking_save_seconds(events) == 3.75 and blocking_save_seconds([]) is None

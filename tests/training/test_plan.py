@@ -1,20 +1,28 @@
-"""training.planning.plan: published runs reproduced, the sizing rules, the fitted laws, MFU from docs, and the CLI."""
+"""training.planning.plan: published runs reproduced, the sizing rules, the fitted laws, the measured-MFU table
+(package data), failures and the Young/Daly checkpoint interval against hand computations, and the CLI."""
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
+import tomllib
+from pathlib import Path
 
 import pytest
 
 from training.hardware import get_gpu, gpu_for_device_name
+from training.model import MPTConfig
 from training.planning import plan
-from training.planning.plan import LAWS, PlanRequest, make_plan
+from training.planning.plan import LAWS, MFU_TABLE, PlanRequest, make_plan
+from training.run.journal import Journal
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def no_benchmarks(tmp_path):
-    """A benchmarks file that does not exist, so the default MFU applies whatever docs/ holds."""
-    return tmp_path / "benchmarks.md"
+    """A measured-MFU table that does not exist, so the default MFU applies whatever the package holds."""
+    return tmp_path / "measured_mfu.csv"
 
 
 def test_30b_on_600b_tokens_matches_the_seed_estimate(no_benchmarks):
@@ -85,21 +93,59 @@ def test_inference_aware_view_prefers_a_smaller_model_trained_longer(no_benchmar
     assert quiet.inference[2].params == pytest.approx(quiet.inference[1].params, rel=1e-3)
 
 
-def test_measured_mfu_is_read_from_the_documented_row(tmp_path):
-    bench = tmp_path / "benchmarks.md"
-    bench.write_text(
-        "| metric | gpu | value | notes |\n|---|---|---|---|\n"
-        "| mfu | a100-80gb | 0.51 | other GPU |\n"
-        "| mfu | H100 | 0.38 | MPT-1B, first try |\n"
-        "| mfu | h100-sxm | 0.45 | MPT-1B, 8 GPUs |\n"
-    )
-    result = make_plan(PlanRequest(params=1e9, gpu="h100"), bench)
-    assert result.mfu == 0.45 and "line 5" in result.mfu_source
-    assert make_plan(PlanRequest(params=1e9, gpu="h100", mfu=0.3), bench).mfu == 0.3
-    assert make_plan(PlanRequest(params=1e9, gpu="b200"), bench).mfu == plan.DEFAULT_MFU
-    bench.write_text("| mfu | h100 | 45 | a percentage by mistake |\n")
+def test_measured_mfu_is_read_from_the_table(tmp_path):
+    table = tmp_path / "measured_mfu.csv"
+    table.write_text("gpu,mfu,notes\na100-80gb,0.51,other GPU\nH100,0.38,\"MPT-1B, first try\"\n"
+                     "h100-sxm,0.45,\"MPT-1B, 8 GPUs\"\n")
+    result = make_plan(PlanRequest(params=1e9, gpu="h100"), table)
+    assert result.mfu == 0.45 and "measured_mfu.csv line 4" in result.mfu_source
+    assert make_plan(PlanRequest(params=1e9, gpu="h100", mfu=0.3), table).mfu == 0.3
+    assert make_plan(PlanRequest(params=1e9, gpu="b200"), table).mfu == plan.DEFAULT_MFU
+    table.write_text("gpu,mfu,notes\nh100,45,a percentage by mistake\n")
     with pytest.raises(ValueError, match="fraction"):
-        make_plan(PlanRequest(params=1e9, gpu="h100"), bench)
+        make_plan(PlanRequest(params=1e9, gpu="h100"), table)
+
+
+def test_the_measured_mfu_table_ships_with_the_package():
+    """Read through importlib.resources, and named in pyproject's package data, so an installed wheel has it."""
+    assert MFU_TABLE.is_file() and MFU_TABLE.read_text().splitlines()[0] == "gpu,mfu,notes"
+    plan.read_mfu_table()  # the packaged rows parse
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["training"]
+    assert any(fnmatch.fnmatch("planning/data/measured_mfu.csv", pattern) for pattern in patterns)
+
+
+def test_failures_interval_and_lost_cost_of_30b_on_600b_tokens_by_hand(no_benchmarks):
+    """The seed's case on 512 H100s at MFU 0.40, $7/GPU-hour, a 60 s blocking save, 1 failure per 1,000 GPU-days."""
+    request = PlanRequest(model="30b", tokens=600e9, gpu="h100", num_gpus=512, mfu=0.40, price_per_gpu_hour=7.0,
+                          save_seconds=60.0, global_batch=1024)
+    result = make_plan(request, no_benchmarks)
+    gpu_hours = MPTConfig.preset("30b", max_seq_len=2048).flops_per_token(2048) * 600e9 / (989.5e12 * 0.40) / 3600
+    assert result.gpu_hours == pytest.approx(gpu_hours)
+    f = result.failures
+    assert f.expected_failures == pytest.approx(gpu_hours / 24 / 1000)  # about 3.3
+    assert f.job_mtbf_hours == pytest.approx(1000 * 24 / 512)  # 46.875 h
+    assert f.interval_minutes == pytest.approx(75.0)  # sqrt(2 x 60 s x 168,750 s) = 4,500 s
+    wall_seconds = gpu_hours * 3600 / 512
+    assert f.interval_steps == round(4500 / (wall_seconds / (600e9 / (1024 * 2048))))
+    lost_wall_hours = f.expected_failures * (25 + 37.5) / 60 + wall_seconds / 4500 * 60 / 3600
+    assert f.lost_gpu_hours == pytest.approx(lost_wall_hours * 512)
+    assert f.lost_cost == pytest.approx(lost_wall_hours * 512 * 7.0)
+    assert 3.2 < f.expected_failures < 3.4 and 2_500 < f.lost_gpu_hours < 3_000
+
+
+def test_save_time_is_read_from_an_earlier_runs_journal(tmp_path, no_benchmarks):
+    """Only the blocking part of asynchronous saves counts; periodic saves, when there are any."""
+    journal = Journal(tmp_path, rank=0, attempt=0)
+    for step, blocking, seconds, reason in ((10, 2.0, 30.0, "periodic"), (20, 4.0, 31.0, "periodic"),
+                                            (30, 3.0, 29.0, "periodic"), (40, 90.0, 90.0, "final")):
+        journal.record("checkpoint", step=step, name=f"step-{step}", url="x", reason=reason, bytes=1,
+                       seconds=seconds, blocking_seconds=blocking, removed=[])
+    result = make_plan(PlanRequest(params=1e9, save_journal=tmp_path), no_benchmarks)
+    assert result.failures.save_seconds == 3.0 and "median blocking save" in result.failures.save_source
+    with pytest.raises(ValueError, match="no journal.jsonl"):
+        make_plan(PlanRequest(params=1e9, save_journal=tmp_path / "elsewhere"), no_benchmarks)
+    estimated = make_plan(PlanRequest(params=1e9), no_benchmarks).failures
+    assert estimated.save_seconds == pytest.approx(12e9 / 5e9) and "estimated" in estimated.save_source
 
 
 def test_gpu_table():
@@ -116,10 +162,15 @@ def test_gpu_table():
 
 
 def test_cli_table_and_json(capsys, no_benchmarks):
-    args = ["--model", "30b", "--tokens", "600B", "--gpu", "h100", "--price", "7", "--benchmarks", str(no_benchmarks)]
+    args = ["--model", "30b", "--tokens", "600B", "--gpu", "h100", "--price", "7", "--mfu-table", str(no_benchmarks)]
     assert plan.main(args) == 0
     table = capsys.readouterr().out
     assert "GPU-days" in table and "assumed default" in table and "$" in table
+    assert plan.main(args + ["--mfu", "0.4", "--num-gpus", "512", "--save-seconds", "60"]) == 0
+    lines = {line[:22].strip(): line[22:].strip() for line in capsys.readouterr().out.splitlines()}
+    assert lines["expected failures"].startswith("3.3 (1 per 1,000 GPU-days")
+    assert lines["checkpoint interval"].startswith("75.0 min") and "Young/Daly" in lines["checkpoint interval"]
+    assert lines["lost to failures"].startswith("2,") and "GPU-hours, $" in lines["lost to failures"]
     assert plan.main(args + ["--json", "--inference-tokens", "1T"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert math.isclose(data["gpu_days"], data["gpu_hours"] / 24)

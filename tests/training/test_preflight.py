@@ -64,7 +64,9 @@ def test_a_sound_config_passes_and_measures_throughput(setup, capsys):
     checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
     assert code == 0
     assert checks["trackers"]["status"] == "WARN"  # this config turns MLflow off
-    assert all(c["status"] == "PASS" for name, c in checks.items() if name != "trackers"), checks
+    assert checks["checkpoint interval"]["status"] == "WARN"  # ...and saves no periodic checkpoint
+    assert "checkpoint.every_steps is 0" in checks["checkpoint interval"]["reason"]
+    assert all(c["status"] == "PASS" for name, c in checks.items() if name not in ("trackers", "checkpoint interval"))
     assert "->" in checks["training steps"]["reason"] and "tokens/s" in checks["throughput"]["reason"]
     assert not (folder / "runs").exists()  # the checkpoint probe leaves nothing behind
 
@@ -138,3 +140,17 @@ def test_read_only_checkpoint_folder_fails(setup, capsys):
     line = next(line for line in printed.splitlines() if line.startswith("FAIL  checkpoints"))
     assert "cannot save and load a checkpoint" in line and "Permission denied" in line
     assert list(read_only.iterdir()) == []
+
+
+def test_checkpoint_interval_is_judged_against_young_daly(setup):
+    """A 60 s save and 1 failure per 1,000 GPU-days give one rank a job MTBF of 24,000 h: an interval of
+    sqrt(2 x 60 x 86.4e6) s, about 28 h, far more than every 5 steps of a tiny model."""
+    folder, dataset = setup
+    config = write_config(folder, dataset, checkpoint={"every_steps": 5})
+    options = PreflightOptions(steps=3, on_call="x", save_seconds=60.0)
+    interval = by_name(run_preflight(config, [], options))["checkpoint interval"]
+    assert interval.status == "WARN" and "checkpoint.every_steps=5 is outside [0.5x, 2x]" in interval.reason
+    assert "Young/Daly: sqrt(2 x 60.0 s save (given) x 24,000.0 h job MTBF) = 1,697.1 min" in interval.reason
+    assert preflight.interval_verdict(100, 100.0) == preflight.interval_verdict(51, 100.0) == "PASS"
+    assert preflight.interval_verdict(199, 100.0) == "PASS" and preflight.interval_verdict(201, 100.0) == "WARN"
+    assert preflight.interval_verdict(49, 100.0) == "WARN" and preflight.interval_verdict(0, 100.0) == "WARN"

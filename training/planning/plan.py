@@ -10,8 +10,13 @@ allocation that minimises a fitted loss law L(N, D) = E + A/N^alpha + B/D^beta.
 
 Training FLOPs are 6ND plus, when the model's shape is known, the attention term 12 * layers *
 d_model * seq_len per token (llm-foundry's MFU formula, `MPTConfig.flops_per_token`). GPU time
-is FLOPs / (peak * MFU). The MFU defaults to the project's measured value when docs/benchmarks.md
-has a row ``| mfu | <gpu> | <fraction> |`` for the GPU, else 0.40; the output says which.
+is FLOPs / (peak * MFU). The MFU defaults to the project's measured value when the table that ships
+with the package (training/planning/data/measured_mfu.csv) has a row for the GPU, else 0.40; the
+output says which.
+
+Failures: at a rate per GPU-day (default 1 per 1,000 GPU-days) the run expects GPU-days / 1,000
+failures; checkpoints every sqrt(2 x save time x job MTBF) (Young 1974, Daly 2006) minimise the
+time lost to them, and the plan prices what is still lost (restarts, redone work, blocking saves).
 
 With --inference-tokens the plan adds the inference-aware view of Sardana et al. 2024, "Beyond
 Chinchilla-Optimal": at the planned model's loss, the model that minimises training plus
@@ -20,10 +25,12 @@ inference FLOPs (inference costs 2N FLOPs per token) is smaller and trained on m
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import importlib.resources
+import io
 import json
 import math
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +39,16 @@ import numpy as np
 
 from training.hardware import GPU, get_gpu
 from training.model import PRESETS, MPTConfig
+from training.run.journal import JOURNAL_NAME, blocking_save_seconds, read_events
 
 TOKENS_PER_PARAM = 20.0
+FAILURES_PER_1000_GPU_DAYS = 1.0  # the seed's rate for large GPU clusters
+RESTART_MINUTES = 25.0  # the seed's 20-30 minutes to notice a failure, reschedule, and reload a checkpoint
+CHECKPOINT_BYTES_PER_PARAM = 12  # fp32 weights + AdamW's two fp32 moments
+CHECKPOINT_WRITE_GB_S = 5.0  # assumed aggregate write rate, only when no save time is given or journaled
 DEFAULT_MFU = 0.40
 DEFAULT_SEQ_LEN = 2048  # MPT's pre-training context; the presets' max_seq_len may be a later stage's
-BENCHMARKS_PATH = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"  # the repository's docs/
+MFU_TABLE = importlib.resources.files("training.planning") / "data" / "measured_mfu.csv"  # package data
 
 
 @dataclass(frozen=True)
@@ -99,45 +111,55 @@ LAWS = {
 # ------------------------------------------------------------------------------------------ MFU
 
 
-def measured_mfu(gpu: GPU, path: Path = BENCHMARKS_PATH) -> tuple[float, str] | None:
-    """The project's measured MFU for `gpu` from docs/benchmarks.md, with where it came from.
+def read_mfu_table(path: Path | None = None) -> tuple[list[dict], str]:
+    """The measured-MFU rows (CSV: gpu, mfu, notes) and a name for messages: `path`, else the table that
+    ships inside the package (training/planning/data/measured_mfu.csv), so an installed wheel has it too."""
+    if path is None:
+        text, name = MFU_TABLE.read_text(), "measured_mfu.csv"
+    else:
+        if not path.exists():
+            return [], path.name
+        text, name = path.read_text(), path.name
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if rows and not {"gpu", "mfu"} <= set(rows[0]):
+        raise ValueError(f"{name}: the header must name the columns gpu, mfu (and notes), got {list(rows[0])}")
+    return rows, name
 
-    The format (documented in docs/planning.md) is a Markdown table row whose first cell is
-    ``mfu``, second a GPU name from training.hardware, third the MFU as a fraction, and any
-    further cells free text: ``| mfu | h100-sxm | 0.43 | MPT-1B, 8 GPUs, run abc |``. The last
-    row for the GPU wins. Rows naming GPUs this table does not know are ignored.
+
+def measured_mfu(gpu: GPU, path: Path | None = None) -> tuple[float, str] | None:
+    """The project's measured MFU for `gpu`, with where it came from.
+
+    The table (documented in docs/planning.md) is a CSV with a header ``gpu,mfu,notes``: a GPU name
+    from training.hardware, the MFU as a fraction, and free text. The last row for the GPU wins.
+    Rows naming GPUs the hardware table does not know are ignored.
     """
-    if not path.exists():
-        return None
+    rows, name = read_mfu_table(path)
     found = None
-    row = re.compile(r"^\s*\|\s*mfu\s*\|\s*([^|]+?)\s*\|\s*([^|]+?)\s*\|", re.IGNORECASE)
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        match = row.match(line)
-        if not match:
-            continue
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
         try:
-            row_gpu = get_gpu(match.group(1))
+            row_gpu = get_gpu(row["gpu"].strip())
         except ValueError:
             continue
         if row_gpu.name != gpu.name:
             continue
         try:
-            value = float(match.group(2))
-        except ValueError:
-            raise ValueError(f"{path}:{number}: MFU {match.group(2)!r} is not a number") from None
+            value = float(row["mfu"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}:{number}: MFU {row['mfu']!r} is not a number") from None
         if not 0 < value <= 1:
-            raise ValueError(f"{path}:{number}: MFU {value} must be a fraction in (0, 1]")
-        found = (value, f"measured, {path.name} line {number}")
+            raise ValueError(f"{name}:{number}: MFU {value} must be a fraction in (0, 1]")
+        found = (value, f"measured, {name} line {number}")
     return found
 
 
-def resolve_mfu(gpu: GPU, mfu: float | None, path: Path = BENCHMARKS_PATH) -> tuple[float, str]:
+def resolve_mfu(gpu: GPU, mfu: float | None, path: Path | None = None) -> tuple[float, str]:
     """The MFU to plan with and a few words saying where it came from."""
     if mfu is not None:
         if not 0 < mfu <= 1:
             raise ValueError(f"--mfu must be a fraction in (0, 1], got {mfu}")
         return mfu, "given"
-    return measured_mfu(gpu, path) or (DEFAULT_MFU, f"assumed default: no '| mfu | {gpu.name} |' row in {path.name}")
+    name = path.name if path is not None else "measured_mfu.csv"
+    return measured_mfu(gpu, path) or (DEFAULT_MFU, f"assumed default: no {gpu.name} row in {name}")
 
 
 # ------------------------------------------------------------------------------------------ the plan
@@ -160,6 +182,11 @@ class PlanRequest:
     tokens_per_param: float = TOKENS_PER_PARAM
     inference_tokens: float | None = None
     inference_mfu: float | None = None  # default: the training MFU
+    failure_rate: float = FAILURES_PER_1000_GPU_DAYS  # failures per 1,000 GPU-days
+    save_seconds: float | None = None  # blocking time of one checkpoint save; None: save_journal, else estimated
+    save_journal: Path | None = None  # an earlier run's journal.jsonl (or its run folder)
+    restart_minutes: float = RESTART_MINUTES  # after each failure, before training goes on
+    global_batch: int | None = None  # samples per step: the interval in steps too
 
 
 @dataclass
@@ -178,6 +205,89 @@ class Allocation:
     @property
     def tokens_per_param(self) -> float:
         return self.tokens / self.params
+
+
+@dataclass
+class FailurePlan:
+    """Failures expected over the run, the Young/Daly checkpoint interval, and what failures still cost.
+
+    First order (Young 1974; Daly 2006): failures arrive at random (exponential, MTBF of the job =
+    GPU MTBF / GPUs); each costs the restart time plus, on average, half an interval of redone work;
+    every save blocks training for its blocking time. Failures during restarts, saves or redone work
+    are not counted (they are second order while interval and save are much shorter than the MTBF).
+    """
+
+    expected_failures: float  # GPU-days x failure rate / 1,000
+    gpu_mtbf_hours: float
+    job_mtbf_hours: float  # GPU MTBF / number of GPUs
+    save_seconds: float  # blocking part of one save
+    save_source: str
+    interval_minutes: float  # sqrt(2 x save x job MTBF)
+    interval_steps: int | None  # with --global-batch
+    lost_hours_per_failure: float  # wall clock: restart + half an interval
+    saves: float  # saves over the run at the interval
+    lost_wall_hours: float  # failures x lost per failure + saves x save time
+    lost_gpu_hours: float
+    lost_cost: float | None
+
+
+def young_daly_interval(save_seconds: float, job_mtbf_seconds: float) -> float:
+    """The checkpoint interval (seconds) that minimises expected lost time: sqrt(2 x save x MTBF) (Young 1974).
+    Daly 2006 refines it to sqrt(2 delta M) - delta for delta << M; the difference is one save time."""
+    return math.sqrt(2 * save_seconds * job_mtbf_seconds)
+
+
+def job_mtbf_seconds(failure_rate: float, num_gpus: int) -> float:
+    """The whole job's mean time between failures: one GPU's (1,000 / rate GPU-days) over the GPUs."""
+    if not failure_rate > 0:
+        raise ValueError(f"--failure-rate must be positive, got {failure_rate}")
+    return 1000 / failure_rate * 24 * 3600 / num_gpus
+
+
+def save_time(save_seconds: float | None, save_journal: Path | None, params: float) -> tuple[float, str]:
+    """Blocking seconds of one save, and where it came from: given, the median of an earlier run's
+    journaled saves (their blocking part), or estimated from the checkpoint's size."""
+    if save_seconds is not None:
+        if not save_seconds > 0:
+            raise ValueError(f"--save-seconds must be positive, got {save_seconds}")
+        return save_seconds, "given"
+    if save_journal is not None:
+        path = save_journal / JOURNAL_NAME if save_journal.is_dir() else save_journal
+        if not path.exists():
+            raise ValueError(f"--save-journal {save_journal}: no {JOURNAL_NAME} there")
+        seconds = blocking_save_seconds(read_events(path))
+        if seconds is None:
+            raise ValueError(f"--save-journal {path}: it records no checkpoint saves")
+        return seconds, f"median blocking save in {path}"
+    size = params * CHECKPOINT_BYTES_PER_PARAM
+    return (size / (CHECKPOINT_WRITE_GB_S * 1e9),
+            f"estimated: {size / 1e9:,.0f} GB at {CHECKPOINT_WRITE_GB_S:g} GB/s (give --save-seconds or --save-journal)")
+
+
+def failure_plan(request: PlanRequest, params: float, tokens: float, gpu_hours: float) -> FailurePlan:
+    """Expected failures, the Young/Daly interval and the expected lost GPU-hours and dollars (FailurePlan)."""
+    if request.restart_minutes < 0:
+        raise ValueError(f"--restart-minutes must be >= 0, got {request.restart_minutes}")
+    save, source = save_time(request.save_seconds, request.save_journal, params)
+    job_mtbf_hours = job_mtbf_seconds(request.failure_rate, request.num_gpus) / 3600
+    gpu_mtbf_hours = job_mtbf_hours * request.num_gpus
+    interval = young_daly_interval(save, job_mtbf_hours * 3600)
+    wall_hours = gpu_hours / request.num_gpus
+    interval_steps = None
+    if request.global_batch is not None:
+        if request.global_batch < 1:
+            raise ValueError(f"--global-batch must be >= 1, got {request.global_batch}")
+        step_seconds = wall_hours * 3600 / (tokens / (request.global_batch * request.seq_len))
+        interval_steps = max(1, round(interval / step_seconds))
+    failures = gpu_hours / gpu_mtbf_hours
+    per_failure = request.restart_minutes / 60 + interval / 2 / 3600
+    saves = wall_hours * 3600 / interval
+    lost_wall = failures * per_failure + saves * save / 3600
+    lost_gpu_hours = lost_wall * request.num_gpus
+    price = request.price_per_gpu_hour
+    return FailurePlan(failures, gpu_mtbf_hours, job_mtbf_hours, save, source, interval / 60, interval_steps,
+                       per_failure, saves, lost_wall, lost_gpu_hours,
+                       lost_gpu_hours * price if price is not None else None)
 
 
 @dataclass
@@ -200,6 +310,7 @@ class Plan:
     predicted_loss: float | None
     loss_law: str | None
     inference: list[Allocation]  # planned, Chinchilla-optimal, inference-optimal (with inference_tokens)
+    failures: FailurePlan
 
     @property
     def gpu_days(self) -> float:
@@ -214,10 +325,10 @@ class Plan:
         return data
 
 
-def make_plan(request: PlanRequest, benchmarks: Path = BENCHMARKS_PATH) -> Plan:
+def make_plan(request: PlanRequest, mfu_table: Path | None = None) -> Plan:
     """Fill in the missing quantities, then turn FLOPs into GPU time, money and wall-clock days."""
     gpu = get_gpu(request.gpu)
-    mfu, mfu_source = resolve_mfu(gpu, request.mfu, benchmarks)
+    mfu, mfu_source = resolve_mfu(gpu, request.mfu, mfu_table)
     if request.num_gpus < 1:
         raise ValueError(f"--num-gpus must be >= 1, got {request.num_gpus}")
     if request.seq_len < 1:
@@ -247,6 +358,7 @@ def make_plan(request: PlanRequest, benchmarks: Path = BENCHMARKS_PATH) -> Plan:
         training_flops=training_flops, gpu_hours=gpu_hours, cost=cost,
         wall_clock_days=gpu_hours / 24 / request.num_gpus,
         predicted_loss=loss_law.loss(params, tokens), loss_law=loss_law.name, inference=inference,
+        failures=failure_plan(request, params, tokens, gpu_hours),
     )
 
 
@@ -389,6 +501,17 @@ def format_plan(plan: Plan) -> str:
         ("wall clock", f"{plan.wall_clock_days:,.1f} days on {req.num_gpus} GPUs"),
         ("predicted loss", f"{plan.predicted_loss:.3f} ({plan.loss_law} law; its data, not ours: compare only)"),
     ]
+    f = plan.failures
+    steps = f" = {f.interval_steps:,} steps" if f.interval_steps is not None else " (give --global-batch for steps)"
+    rows += [
+        ("expected failures", f"{f.expected_failures:.1f} (1 per {1000 / req.failure_rate:,.0f} GPU-days; "
+                              f"job MTBF {f.job_mtbf_hours:,.1f} h on {req.num_gpus} GPUs)"),
+        ("checkpoint save", f"{f.save_seconds:,.1f} s blocking ({f.save_source})"),
+        ("checkpoint interval", f"{f.interval_minutes:,.1f} min{steps}: sqrt(2 x save x job MTBF), Young/Daly"),
+        ("lost to failures", f"{f.lost_gpu_hours:,.0f} GPU-hours, {_money(f.lost_cost)} "
+                             f"({f.lost_hours_per_failure * 60:,.0f} min per failure: {req.restart_minutes:g} restart"
+                             f" + half an interval; plus {f.saves:,.0f} saves)"),
+    ]
     width = max(len(key) for key, _ in rows)
     lines = [f"{key:<{width}}  {value}" for key, value in rows]
     if plan.inference:
@@ -423,11 +546,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu", default="h100-sxm", help="GPU type (training.hardware.GPUS), e.g. h100, a100-40gb")
     parser.add_argument("--num-gpus", type=int, default=8, help="GPUs for the wall-clock estimate")
     parser.add_argument("--price", type=float, dest="price_per_gpu_hour", help="dollars per GPU-hour")
-    parser.add_argument("--mfu", type=float, help="model FLOPs utilisation (default: measured in docs/benchmarks.md, "
+    parser.add_argument("--mfu", type=float, help="model FLOPs utilisation (default: measured_mfu.csv's row, "
                                                   f"else {DEFAULT_MFU})")
     parser.add_argument("--inference-tokens", type=parse_count, help="tokens the model will serve (Sardana et al.)")
     parser.add_argument("--inference-mfu", type=float, help="MFU while serving (default: the training MFU)")
-    parser.add_argument("--benchmarks", type=Path, default=BENCHMARKS_PATH, help="where measured MFU rows live")
+    parser.add_argument("--mfu-table", type=Path, help="a measured-MFU CSV (gpu,mfu,notes) instead of the packaged one")
+    failures = parser.add_argument_group("failures and checkpoints")
+    failures.add_argument("--failure-rate", type=float, default=FAILURES_PER_1000_GPU_DAYS,
+                          help="failures per 1,000 GPU-days (default %(default)g)")
+    failures.add_argument("--save-seconds", type=float, help="blocking time of one checkpoint save (default: "
+                                                             "--save-journal's, else estimated from the size)")
+    failures.add_argument("--save-journal", type=Path, help="an earlier run's journal.jsonl (or run folder): "
+                                                            "its checkpoint saves' blocking time")
+    failures.add_argument("--restart-minutes", type=float, default=RESTART_MINUTES,
+                          help="detect, reschedule and reload after a failure (default %(default)g)")
+    failures.add_argument("--global-batch", type=int, help="samples per step, to give the interval in steps")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
@@ -437,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     fields = {f.name for f in dataclasses.fields(PlanRequest)}
     request = PlanRequest(**{k: v for k, v in vars(args).items() if k in fields})
     try:
-        plan = make_plan(request, benchmarks=args.benchmarks)
+        plan = make_plan(request, mfu_table=args.mfu_table)
     except ValueError as err:
         print(f"training.plan: {err}", file=sys.stderr)
         return 2

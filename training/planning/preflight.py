@@ -21,6 +21,9 @@ Each item is PASS, WARN or FAIL with its reason; the exit status is 1 when any i
   training steps  a few optimizer steps on one repeated micro-batch, on this machine's device, lower the loss
                   (not run when the data or vocabulary check failed)
   throughput      the steps' speed, scaled linearly to the planned ranks: time, GPU-hours and cost to finish
+  checkpoint      checkpoint.every_steps within [0.5x, 2x] the Young/Daly interval sqrt(2 x save x job MTBF),
+  interval        from the blocking save time (--save-seconds, this run's journal, or estimated from the size)
+                  and the failure rate (--failure-rate per 1,000 GPU-days); WARN outside
 """
 from __future__ import annotations
 
@@ -59,7 +62,9 @@ from training.hardware import GIB, gpu_for_device_name
 from training.model import MPT
 from training.optim import build_optimizer
 from training.planning.memory import OPTIMIZER_STATE_BYTES, MemoryRequest, estimate
+from training.planning.plan import FAILURES_PER_1000_GPU_DAYS, job_mtbf_seconds, save_time, young_daly_interval
 from training.run import checkpoint
+from training.run.journal import JOURNAL_NAME, blocking_save_seconds, read_events
 
 Status = Literal["PASS", "WARN", "FAIL"]
 ON_CALL_ENV = "KILN_ON_CALL"
@@ -82,6 +87,8 @@ class PreflightOptions:
     price_per_gpu_hour: float | None = None
     on_call: str | None = None  # default: $KILN_ON_CALL
     allow_repeat: bool = False
+    failure_rate: float = FAILURES_PER_1000_GPU_DAYS  # failures per 1,000 GPU-days
+    save_seconds: float | None = None  # blocking time of one save; default: this run's journal, else estimated
 
     @property
     def world_size(self) -> int:
@@ -429,6 +436,38 @@ def check_throughput(ctx: Context) -> Check:
     return Check("throughput", "PASS", "; ".join(parts))
 
 
+INTERVAL_TOLERANCE = 2.0  # checkpoint.every_steps may be up to 2x off the optimum either way
+
+
+def interval_verdict(every_steps: int, optimal_steps: float) -> Status:
+    """PASS when every_steps is within [0.5x, 2x] the optimal interval, else WARN (also when it is 0)."""
+    if every_steps and optimal_steps / INTERVAL_TOLERANCE <= every_steps <= optimal_steps * INTERVAL_TOLERANCE:
+        return "PASS"
+    return "WARN"
+
+
+def check_checkpoint_interval(ctx: Context) -> Check:
+    """checkpoint.every_steps against the Young/Daly interval on the planned ranks (training.planning.plan)."""
+    cfg, options = ctx.cfg, ctx.options
+    if ctx.step_seconds is None:
+        return Check("checkpoint interval", "WARN", "not measured: the training steps did not run")
+    step_seconds = ctx.step_seconds * cfg.train.global_batch_size / (cfg.train.micro_batch_size * options.world_size)
+    journal = Path(cfg.output_dir) / cfg.name / JOURNAL_NAME if cfg.name else None
+    earlier = journal if journal is not None and blocking_save_seconds(read_events(journal)) is not None else None
+    save, source = save_time(options.save_seconds, earlier, cfg.model.build().num_params())
+    mtbf = job_mtbf_seconds(options.failure_rate, options.world_size)
+    interval = young_daly_interval(save, mtbf)
+    optimal = interval / step_seconds
+    every = cfg.checkpoint.every_steps
+    basis = (f"Young/Daly: sqrt(2 x {save:,.1f} s save ({source}) x {mtbf / 3600:,.1f} h job MTBF) = "
+             f"{interval / 60:,.1f} min = {optimal:,.0f} steps of {step_seconds:.3g} s")
+    status = interval_verdict(every, optimal)
+    if not every:
+        return Check("checkpoint interval", "WARN", f"checkpoint.every_steps is 0 (no periodic checkpoint); {basis}")
+    where = "within" if status == "PASS" else "outside"
+    return Check("checkpoint interval", status, f"checkpoint.every_steps={every} is {where} [0.5x, 2x] of {basis}")
+
+
 # ------------------------------------------------------------------------------------------ the checklist
 
 
@@ -465,6 +504,7 @@ def run_preflight(config: str, overrides: list[str], options: PreflightOptions) 
         # Token ids past the model's embedding would fail the steps with an IndexError, not a finding.
         run(check_training_steps, "training steps", needs=("data", "vocabulary"))
         run(check_throughput, "throughput", needs=("data", "vocabulary"))
+        run(check_checkpoint_interval, "checkpoint interval", needs=("data", "vocabulary"))
     else:
         results.append(Check("training steps", "WARN", "skipped (--steps 0)"))
     return results
@@ -490,6 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--price", type=float, dest="price_per_gpu_hour", help="dollars per GPU-hour")
     parser.add_argument("--on-call", help=f"who answers when the run breaks (default: ${ON_CALL_ENV})")
     parser.add_argument("--allow-repeat", action="store_true", help="reading data more than once is a WARN")
+    parser.add_argument("--failure-rate", type=float, default=FAILURES_PER_1000_GPU_DAYS,
+                        help="failures per 1,000 GPU-days, for the checkpoint interval (default %(default)g)")
+    parser.add_argument("--save-seconds", type=float, help="blocking time of one checkpoint save (default: this "
+                                                           "run's journal, else estimated from the size)")
     parser.add_argument("--json", action="store_true")
     return parser
 
@@ -501,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     options = PreflightOptions(args.nnodes, args.nproc_per_node, args.steps, args.verify_shards,
-                               args.price_per_gpu_hour, args.on_call, args.allow_repeat)
+                               args.price_per_gpu_hour, args.on_call, args.allow_repeat, args.failure_rate,
+                               args.save_seconds)
     checks = run_preflight(args.config, args.overrides, options)
     print(json.dumps([asdict(c) for c in checks], indent=2) if args.json else format_checks(checks))
     return 1 if any(c.status == "FAIL" for c in checks) else 0

@@ -218,7 +218,7 @@ class Checkpointer:
         self.rank, self.world_size = rank, world_size
         self.journal, self.faults, self.seq_len = journal, faults, seq_len
         self.last_saved_step: int | None = None
-        self._pending: tuple[Future, str, dict, float] | None = None
+        self._pending: tuple[Future, str, dict, float, float] | None = None
         # Its own gloo group: DCP's planning collectives run on CPU, and a background save must not
         # interleave with the training loop's collectives on the default group.
         self.group = dist.new_group(backend="gloo") if self.section.enabled and dist.is_initialized() else None
@@ -297,10 +297,10 @@ class Checkpointer:
         started = time.perf_counter()
         if self.section.async_save and reason == "periodic":
             future = dcp.async_save(to_save, storage_writer=writer(url), process_group=self.group)
-            self._pending = (future, url, manifest, started)
+            self._pending = (future, url, manifest, started, time.perf_counter() - started)
         else:
             dcp.save(to_save, storage_writer=writer(url), process_group=self.group)
-            self._finish(url, manifest, started)
+            self._finish(url, manifest, started, time.perf_counter() - started)
         self.last_saved_step = state.step
 
     def poll(self) -> None:
@@ -311,10 +311,10 @@ class Checkpointer:
     def close(self) -> None:
         """Wait for a background save and finalize it."""
         if self._pending is not None:
-            future, url, manifest, started = self._pending
+            future, url, manifest, started, blocking = self._pending
             self._pending = None
             future.result()
-            self._finish(url, manifest, started)
+            self._finish(url, manifest, started, blocking)
 
     def release(self) -> None:
         """Destroy the checkpoint process group (when no save is in flight). A gloo group left to the
@@ -324,9 +324,10 @@ class Checkpointer:
             dist.destroy_process_group(self.group)
             self.group = None
 
-    def _finish(self, url: str, manifest: dict, started: float) -> None:
+    def _finish(self, url: str, manifest: dict, started: float, blocking: float) -> None:
         """Rank 0, once DCP has every rank's files (its coordinator wrote .metadata last): manifest,
-        pointer, retention, journal."""
+        pointer, retention, journal. ``blocking``: the seconds training waited (all of a synchronous
+        save, the staging of an asynchronous one), which the planners' checkpoint interval needs."""
         if self.rank != 0:
             return
         self.faults.during_save(manifest["step"])
@@ -334,6 +335,7 @@ class Checkpointer:
         removed = apply_retention(self.root, self.section.keep_last, self.section.keep_every)
         self.journal.record("checkpoint", step=manifest["step"], name=step_name(manifest["step"]), url=url,
                             reason=manifest["reason"], bytes=size, seconds=round(time.perf_counter() - started, 2),
+                            blocking_seconds=round(blocking, 3),
                             removed=[step_name(s) for s in removed])
 
 

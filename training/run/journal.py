@@ -4,7 +4,11 @@ A run's numbers go to metrics.jsonl; the journal holds the story around them, on
 ``start``, ``init_from`` (the weights a new run started from), ``resume`` (from which checkpoint and
 step), ``checkpoint`` (saved), ``failure`` (which rank and why), ``restart`` (the launcher started
 the ranks again, and the cause as far as it is known), ``preempted`` (a signal, and whether a
-checkpoint was saved), ``loss_spike``, ``throughput`` (a lasting change in tokens/s) and ``finish``.
+checkpoint was saved), ``loss_spike``, ``throughput`` (a lasting change in tokens/s), ``band`` (at an
+evaluation point: the loss on track, behind or ahead of the expected band, training.run.gate),
+``gate_stop`` (the gate stopped the run) and ``finish``. A ``checkpoint`` event carries the save's
+``seconds`` and its ``blocking_seconds`` (what training waited; less for an asynchronous save), which
+``python -m training.plan --save-journal`` reads.
 Every event carries the time, the restart attempt (torchrun's TORCHELASTIC_RESTART_COUNT) and the
 rank that wrote it.
 
@@ -25,6 +29,7 @@ from ..config import JournalSection
 
 JOURNAL_NAME = "journal.jsonl"
 LOG_NAME = "training_log.md"
+BAND_VERDICTS = ("on track", "behind", "ahead")  # a ``band`` event's verdict
 
 
 def utc_now() -> str:
@@ -49,6 +54,16 @@ def read_events(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return events
+
+
+def blocking_save_seconds(events: list[dict]) -> float | None:
+    """The median time training waited for one checkpoint save, over a journal's periodic saves (all saves
+    when it has no periodic one); journals from before ``blocking_seconds`` was recorded give ``seconds``."""
+    saves = [e for e in events if e["event"] == "checkpoint"]
+    periodic = [e for e in saves if e.get("reason") == "periodic"] or saves
+    if not periodic:
+        return None
+    return statistics.median(e.get("blocking_seconds", e["seconds"]) for e in periodic)
 
 
 class Journal:
@@ -164,6 +179,11 @@ def _describe(event: dict) -> str:
     if kind == "throughput":
         return (f"throughput {event['change']:+.0%}: {event['before']:,.0f} -> {event['tokens_per_s']:,.0f} "
                 f"tokens/s")
+    if kind == "band":
+        return (f"loss {event['loss']:.4f} {event['verdict']} (band {event['low']:.4f}-{event['high']:.4f}, "
+                f"expected {event['expected']:.4f})" + (f"; behind {event['behind']} in a row" if event['behind'] else ""))
+    if kind == "gate_stop":
+        return f"**stopped by the loss gate**: {event['reason']}"
     if kind == "finish":
         return f"finished: {event['status']}"
     return json.dumps({k: v for k, v in event.items() if k not in ("time", "event", "attempt", "rank", "step")})
@@ -172,7 +192,8 @@ def _describe(event: dict) -> str:
 def render_markdown(events: list[dict], run_name: str) -> str:
     """The journal as a page: a summary of failures, restarts and checkpoints, then every event in order."""
     count = {kind: sum(e["event"] == kind for e in events)
-             for kind in ("failure", "restart", "checkpoint", "loss_spike", "preempted")}
+             for kind in ("failure", "restart", "checkpoint", "loss_spike", "preempted", "gate_stop")}
+    verdicts = [e["verdict"] for e in events if e["event"] == "band"]
     resumes = [e for e in events if e["event"] == "resume"]
     last_step = max((e["step"] for e in events if isinstance(e.get("step"), int)), default=0)
     first, latest = (events[0]["time"], events[-1]["time"]) if events else ("-", "-")
@@ -184,6 +205,8 @@ def render_markdown(events: list[dict], run_name: str) -> str:
         f"- failures: {count['failure']}, restarts by the launcher: {count['restart']}, "
         f"resumptions: {len(resumes)}, preemptions: {count['preempted']}",
         f"- checkpoints saved: {count['checkpoint']}, loss spikes: {count['loss_spike']}",
+        *([f"- against the expected loss band: {', '.join(f'{verdicts.count(v)} {v}' for v in BAND_VERDICTS)}"
+           + ("; **stopped by the loss gate**" if count["gate_stop"] else "")] if verdicts else []),
         "",
         "| time (UTC) | attempt | step | event |",
         "| --- | --- | --- | --- |",
