@@ -17,6 +17,12 @@ tokenizer, and a sandbox for code tasks).
 With ``--max-restarts N``, ranks that fail are started again (up to N times) and resume from the
 newest complete checkpoint by themselves. SIGTERM or SIGINT to this process is passed to the ranks,
 which save a checkpoint when every rank is alive and exit; relaunching the same command resumes.
+
+A run the loss gate stops (``gate.stop_after``, training.run.gate) is not restarted: its ranks save a
+checkpoint and exit 0, leaving the reason in a file this launcher named (torchrun restarts any rank
+that exits non-zero), and the launcher exits with status 3 (GATE_EXIT_CODE), saying so.
+
+Exit status: 0 finished, 1 failed, 2 bad config, 3 stopped by the loss gate, 128+N stopped by signal N.
 """
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ import argparse
 import importlib.util
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 from shards.config import ConfigError
 
@@ -31,6 +39,7 @@ from .config import TrainConfig, check_world_size, load_config
 from .data.resolve import resolve_sources
 from .eval.in_training import load_tasks
 from .run.checkpoint import check_data, checkpoint_root, describe_data, latest_complete
+from .run.gate import GATE_EXIT_CODE, STOP_FILE_ENV, LossBand
 from .weights.init_from import inspect_and_check
 
 
@@ -50,6 +59,8 @@ def validate(cfg: TrainConfig, nnodes: int, nproc_per_node: int) -> None:
         inspect_and_check(cfg.init_from, model)
     if cfg.eval.tasks is not None:
         load_tasks(cfg, model)
+    if cfg.gate.band is not None:
+        LossBand.load(cfg.gate.band, cfg.train.max_steps)
     if cfg.checkpoint.enabled:
         found = latest_complete(checkpoint_root(cfg))
         if found is not None:
@@ -103,8 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     # read the previous attempt's gloo/NCCL addresses and hang or fail to connect (pytorch#135712).
     # Rank 0 hosts a fresh store per attempt instead.
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    gate_file = Path(tempfile.mkdtemp(prefix="kiln-gate-")) / "stopped"
+    os.environ[STOP_FILE_ENV] = str(gate_file)
     try:
         run(get_args_parser().parse_args(torchrun_args(args)))
+        if gate_file.exists():
+            print(f"stopped by the loss gate, after a checkpoint: {gate_file.read_text().strip()}. Not restarted: "
+                  f"a run behind its expected loss band needs a person to decide (see the run's training_log.md); "
+                  f"exit status {GATE_EXIT_CODE}", file=sys.stderr)
+            return GATE_EXIT_CODE
     except ChildFailedError as err:
         print(f"training failed: {err}", file=sys.stderr)
         return 1
@@ -112,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped by {err.sigval.name}: the ranks saved a checkpoint if all were alive (see the run's "
               "training_log.md); run the same command again to resume", file=sys.stderr)
         return 128 + err.sigval
+    finally:
+        gate_file.unlink(missing_ok=True)
+        gate_file.parent.rmdir()
     return 0
 
 

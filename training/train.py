@@ -34,6 +34,7 @@ from .eval.in_training import TaskEvaluator
 from .model import MPT
 from .optim import build_optimizer, lr_multiplier, set_lr
 from .run.checkpoint import Checkpointer, describe_data
+from .run.gate import BehindBand, LossGate, exit_status
 from .run.journal import Journal, RunObserver
 from .run.ledger import SampleLedger
 from .run.metrics import MetricsLogger, memory_gb, peak_flops
@@ -165,6 +166,8 @@ def train(cfg: TrainConfig) -> dict:
         tokens_per_step = cfg.train.global_batch_size * seq_len
         last: dict = {}
         observer = RunObserver(cfg.journal, journal)
+        gate = LossGate(cfg.gate, cfg.train.max_steps, cfg.logging.every_steps, journal) if cfg.gate.band else None
+        behind = None  # the gate's reason to stop, once it has one
         preemption = Preemption(watchdog, cfg.checkpoint.alive_check_s, d.world_size)
         preemption.install()
         cleanup.callback(preemption.restore)
@@ -209,6 +212,8 @@ def train(cfg: TrainConfig) -> dict:
                     metrics.advance(step, last["loss"], lr, tokens_per_s)
                     if d.is_main:
                         observer.observe(step, last["loss"], tokens_per_s)
+                        if gate is not None:
+                            gate.observe(step, last["loss"])
                     interval_start, interval_steps = time.perf_counter(), 0
                 if cfg.eval.every_steps and (step % cfg.eval.every_steps == 0 or is_last):
                     evaluated = {}
@@ -218,13 +223,20 @@ def train(cfg: TrainConfig) -> dict:
                         evaluated.update(task_evals.run(model, step))
                     last.update(evaluated)
                     metrics.log(step, evaluated, echo=True)
+                    if gate is not None:  # rank 0 judges; every rank learns whether to stop
+                        behind = from_main(gate.judge(step) if d.is_main else None)
                     interval_start = time.perf_counter()  # evaluation time is not training throughput
                 stop = preemption.should_stop()
-                if stop or is_last or checkpointer.due(step):
-                    checkpointer.save(state, model, optimizer,
-                                      "preemption" if stop else "final" if is_last else "periodic")
+                if stop or behind or is_last or checkpointer.due(step):
+                    checkpointer.save(state, model, optimizer, "preemption" if stop else "final" if is_last
+                                      else "gate" if behind else "periodic")
                 checkpointer.poll()
                 watchdog.step_done(step)
+                if behind and not is_last:
+                    stopped = True
+                    if d.is_main:
+                        journal.record("gate_stop", step=step, reason=behind)
+                    break
                 if stop:
                     stopped = True
                     if d.is_main:
@@ -243,6 +255,8 @@ def train(cfg: TrainConfig) -> dict:
     if d.is_main:
         print(f"run {run_dir.name}: step {state.step}, loss {last.get('loss', float('nan')):.4f}; outputs in {run_dir}",
               file=sys.stderr)
+    if stopped and behind:
+        raise BehindBand(behind)
     return last if d.is_main else {}
 
 
@@ -260,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     except PeersLost as err:
         print(f"stopping without a checkpoint: {err}", file=sys.stderr)
         return 128 + signal.Signals[err.signal_name]
+    except BehindBand as err:
+        print(f"stopped by the loss gate after a checkpoint: {err}", file=sys.stderr)
+        return exit_status(str(err))
     return 0
 
 

@@ -19,6 +19,13 @@ without embeddings) and evaluated at the target size; the loss-against-compute l
 to the runs on the compute frontier (those no cheaper run beats). The fits and runs are written
 to ``sweep.json`` and drawn in ``scaling.png`` in the sweep folder; a finished run is reused when
 the sweep is run again.
+
+With ``--band band.json`` the sweep also exports the expected loss band of the planned run (the
+target, at one budget) for ``gate.band`` (training.run.gate). A law fitted on final losses alone
+would overstate how fast a longer cosine run improves mid-run, so the band at fraction f of the
+schedule comes from the runs' train-loss curves at the same fraction f: L_f(N) = E_f + A_f / N^alpha_f
+is fitted per fraction and evaluated at the target size; the half-width is z times the fit's
+residual standard deviation, sqrt(RSS / (runs - 3)), floored at its median over the fractions.
 """
 from __future__ import annotations
 
@@ -39,9 +46,12 @@ from training.data.resolve import resolve_sources
 from training.data.sources import check_sources
 from training.model import PRESETS, MPTConfig
 from training.planning.plan import DEFAULT_SEQ_LEN, TOKENS_PER_PARAM, parse_count
+from training.run.gate import LossBand, smoothed_loss, window_steps
 from training.train import train
 
 MIN_POINTS = 3  # a power law with an offset has three parameters
+BAND_FRACTIONS = [round(f, 2) for f in np.arange(0.10, 1.0001, 0.05)]  # where the band is fitted
+BAND_Z = 2.0  # the band's half-width in residual standard deviations (about 95% of a normal scatter)
 
 
 # ------------------------------------------------------------------------------------------ fitting
@@ -224,11 +234,20 @@ def _scaled_schedule(base, steps: int) -> list[str]:
     return out
 
 
+def _records(metrics_path: Path) -> list[dict]:
+    if not metrics_path.exists():
+        return []
+    return [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+
+
+def loss_curve(metrics_path: Path) -> list[tuple[int, float]]:
+    """A run's logged train losses as (step, loss)."""
+    return [(r["step"], r["loss"]) for r in _records(metrics_path) if r.get("loss") is not None]
+
+
 def final_loss(metrics_path: Path, steps: int) -> tuple[float, str] | None:
     """The finished run's loss (last eval loss, else mean train loss over the last tenth of logged steps)."""
-    if not metrics_path.exists():
-        return None
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    records = _records(metrics_path)
     if not records or max(r["step"] for r in records) < steps:
         return None
     evals = [r["eval_loss"] for r in records if r.get("eval_loss") is not None]
@@ -274,6 +293,7 @@ class SweepResult:
     by_params: dict[str, dict]  # budget label -> {"fit": PowerLaw, "target_loss": float}
     by_compute: dict | None  # {"fit": PowerLaw, "target_loss": float, "frontier": [run names]}
     notes: list[str]
+    band: LossBand | None = None
 
     def to_dict(self) -> dict:
         def law(entry: dict) -> dict:
@@ -285,6 +305,7 @@ class SweepResult:
             "by_params": {label: law(entry) for label, entry in self.by_params.items()},
             "by_compute": law(self.by_compute) if self.by_compute else None,
             "notes": self.notes,
+            "band": asdict(self.band) if self.band else None,
         }
 
 
@@ -313,6 +334,47 @@ def fit_sweep(runs: list[SweepRun], budgets: list[Budget], target: MPTConfig, ta
     except ValueError as err:
         notes.append(f"no L(C) fit on the {len(frontier)}-run compute frontier: {err}")
     return SweepResult(runs, target_params, target_flops, tokens, by_params, by_compute, notes)
+
+
+@dataclass(frozen=True)
+class BandRequest:
+    """Which band to export: the target at one budget, for a planned run of ``steps`` steps."""
+
+    path: Path
+    budget: str  # the budget label whose runs the band is fitted on
+    steps: int | None  # the planned run's train.max_steps; None: the budget's tokens at the sweep's batch
+    z: float = BAND_Z
+
+
+def fit_band(runs: list[SweepRun], runs_dir: Path, log_every: int, target_params: int, steps: int,
+             z: float, source: dict) -> tuple[LossBand, list[str]]:
+    """The expected train loss per schedule fraction at the target size, and the fractions left out (notes).
+
+    Each run's loss at fraction f is its logged train loss averaged over the trailing window the gate
+    uses (training.run.gate.window_steps) at step f x its steps; a law is fitted per fraction."""
+    curves = {run.name: loss_curve(runs_dir / run.name / "metrics.jsonl") for run in runs}
+    fitted, notes = [], []  # (fraction, expected loss at the target, residual std)
+    for f in BAND_FRACTIONS:
+        losses = [smoothed_loss(curves[run.name], max(1, round(f * run.steps)), window_steps(run.steps, log_every))
+                  for run in runs]
+        if any(loss is None for loss in losses):
+            notes.append(f"band: no logged loss near {f:.0%} of some runs' schedules (logging.every_steps)")
+            continue
+        try:
+            fit = fit_power_law([run.params for run in runs], losses)
+        except ValueError as err:
+            notes.append(f"band: no fit at {f:.0%} of the schedule: {err}")
+            continue
+        fitted.append((f, float(fit.predict(target_params)), math.sqrt(fit.rss / max(1, fit.points - MIN_POINTS))))
+    if not fitted:
+        raise RuntimeError("no loss band: " + "; ".join(notes))
+    # With few runs a fraction's residuals have one or two degrees of freedom and can be near zero by
+    # chance: the median residual std over the schedule is the floor of each fraction's.
+    floor = float(np.median([std for _, _, std in fitted]))
+    widths = [z * max(std, floor) for _, _, std in fitted]
+    return LossBand(max_steps=steps, fractions=[f for f, _, _ in fitted], expected=[e for _, e, _ in fitted],
+                    low=[e - w for (_, e, _), w in zip(fitted, widths)],
+                    high=[e + w for (_, e, _), w in zip(fitted, widths)], z=z, source=source), notes
 
 
 def plot_sweep(result: SweepResult, path: Path) -> None:
@@ -370,23 +432,43 @@ def format_result(result: SweepResult) -> str:
         fit = result.by_compute["fit"]
         lines.append(f"frontier: L(C) = {fit.E:.3f} + {fit.A:.4g} / C^{fit.alpha:.4f}  ->  "
                      f"{result.by_compute['target_loss']:.3f} at the target compute")
+    if result.band:
+        band = result.band
+        lines.append(f"loss band over {band.max_steps} steps (+-{band.z:g} residual std): " + ", ".join(
+            f"{f:.0%} {low:.3f}-{high:.3f}" for f, low, high in
+            zip(band.fractions, band.low, band.high) if round(f * 100) % 25 == 0))
     lines += [f"note: {note}" for note in result.notes]
     return "\n".join(lines)
 
 
 def run_sweep(config: str, overrides: list[str], sizes: list[dict], budgets: list[Budget], out: Path,
               target: MPTConfig, target_tokens: float | None = None, target_seq_len: int = DEFAULT_SEQ_LEN,
-              nproc_per_node: int | None = None, name: str = "sweep") -> SweepResult:
-    """Plan the grid, train what is not finished, fit, and write sweep.json and scaling.png under `out`."""
+              nproc_per_node: int | None = None, name: str = "sweep", band: BandRequest | None = None) -> SweepResult:
+    """Plan the grid, train what is not finished, fit, and write sweep.json and scaling.png under `out`
+    (and the loss band, when asked for)."""
     if len(sizes) < MIN_POINTS:
         raise ConfigError(f"a sweep needs at least {MIN_POINTS} sizes to fit E + A/N^alpha, got {len(sizes)}")
     if len({b.label for b in budgets}) != len(budgets):
         raise ConfigError(f"budgets repeat: {[b.label for b in budgets]}")
+    if band is not None and band.budget not in {b.label for b in budgets}:
+        raise ConfigError(f"--band-budget {band.budget!r} is not one of the budgets {[b.label for b in budgets]}")
     runs_dir = out / "runs"
     runs = plan_runs(config, overrides, sizes, budgets, name, runs_dir.resolve())
     for run in runs:
         execute(run, config, runs_dir, nproc_per_node)
     result = fit_sweep(runs, budgets, target, target_tokens, target_seq_len)
+    if band is not None:
+        base = load_config(config, overrides)
+        budget = next(b for b in budgets if b.label == band.budget)
+        steps = band.steps or max(1, math.ceil(budget.tokens_for(result.target_params) /
+                                               (base.train.global_batch_size * _sample_length(base))))
+        column = [run for run in runs if run.budget == band.budget]
+        source = {"sweep": str(out), "budget": band.budget, "target_params": result.target_params,
+                  "runs": [run.name for run in column]}
+        result.band, notes = fit_band(column, runs_dir, base.logging.every_steps, result.target_params, steps,
+                                      band.z, source)
+        result.notes += notes
+        result.band.write(band.path)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     plot_sweep(result, out / "scaling.png")
@@ -403,13 +485,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget", type=parse_budget, action="append", default=[],
                         help="tokens per run: a count (2M) or tokens per parameter (20x); repeatable; default 20x")
     parser.add_argument("--target-model", choices=sorted(PRESETS), default="7b", help="the size to extrapolate to")
+    parser.add_argument("--target-size", type=parse_size, help="the target as MPTConfig fields over the config's "
+                                                               "model instead of a preset, e.g. d_model=96")
     parser.add_argument("--target-tokens", type=parse_count, help="the target's training tokens (default 20/param)")
     parser.add_argument("--target-seq-len", type=int, default=DEFAULT_SEQ_LEN, help="the target's sequence length")
     parser.add_argument("--out", type=Path, help="sweep folder (default: <output_dir>/<name>)")
     parser.add_argument("--name", default="sweep", help="sweep name, the prefix of its run names")
     parser.add_argument("--nproc-per-node", type=int, help="launch each run with training.launch on this many ranks "
                                                            "(default: train in this process)")
+    band = parser.add_argument_group("the expected loss band of the planned run (for gate.band)")
+    band.add_argument("--band", type=Path, help="write the target's loss band per step to this JSON file")
+    band.add_argument("--band-budget", help="the budget the planned run follows (default: the first --budget)")
+    band.add_argument("--band-steps", type=int, help="the planned run's train.max_steps (default: the budget's "
+                                                     "tokens for the target at this config's batch and length)")
+    band.add_argument("--band-z", type=float, default=BAND_Z, help="half-width in residual std (default %(default)g)")
     return parser
+
+
+def _target(args: argparse.Namespace) -> MPTConfig:
+    """--target-size over the config's model, else the --target-model preset."""
+    if args.target_size is None:
+        return MPTConfig.preset(args.target_model)
+    model = load_config(args.config, args.overrides).model
+    try:
+        return MPTConfig.preset(model.preset, **{**model.overrides, **args.target_size})
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"--target-size {args.target_size}: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,14 +518,19 @@ def main(argv: list[str] | None = None) -> int:
     budgets = args.budget or [parse_budget("20x")]
     try:
         out = args.out or Path(load_config(args.config, args.overrides).output_dir) / args.name
-        target = MPTConfig.preset(args.target_model)
+        target = _target(args)
+        band = None
+        if args.band is not None:
+            if (args.band_steps is not None and args.band_steps < 1) or not args.band_z > 0:
+                raise ConfigError("--band-steps must be >= 1 and --band-z positive")
+            band = BandRequest(args.band, args.band_budget or budgets[0].label, args.band_steps, args.band_z)
         result = run_sweep(args.config, args.overrides, args.size, budgets, out, target, args.target_tokens,
-                           args.target_seq_len, args.nproc_per_node, args.name)
+                           args.target_seq_len, args.nproc_per_node, args.name, band)
     except (ConfigError, RuntimeError, subprocess.CalledProcessError) as err:
         print(f"training.sweep: {err}", file=sys.stderr)
         return 2
     print(format_result(result))
-    print(f"\nwrote {out / 'sweep.json'} and {out / 'scaling.png'}")
+    print(f"\nwrote {out / 'sweep.json'} and {out / 'scaling.png'}" + (f" and {args.band}" if args.band else ""))
     return 0
 
 
