@@ -61,10 +61,10 @@ def work(tmp_path_factory) -> Path:
         output_dir: {work / "runs"}
         model: {{preset: tiny, overrides: {{max_seq_len: {SEQ_LEN}, attn_uses_sequence_id: true}}}}
         data: {{datasets: [{{path: {work / "docs"}}}], shuffle_window_shards: 2, num_workers: 1}}
-        train: {{max_steps: 6, global_batch_size: 4, micro_batch_size: 2}}
+        train: {{max_steps: 2, global_batch_size: 4, micro_batch_size: 2}}
         optimizer: {{lr: 1.0e-2}}
-        eval: {{every_steps: 3, batches: 1}}
-        checkpoint: {{every_steps: 6}}
+        eval: {{every_steps: 2, batches: 1}}
+        checkpoint: {{every_steps: 2}}
         parallel: {{device: cpu}}
         logging: {{progress_bar: false, mlflow: false, plot: false}}
         """))

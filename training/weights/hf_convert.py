@@ -112,7 +112,7 @@ def to_hf_mpt(model_or_state_dict: MPT | dict[str, torch.Tensor], config: MPTCon
             "qk_ln": False,
             "softmax_scale": None,
             "prefix_lm": False,
-            "attn_uses_sequence_id": False,
+            "attn_uses_sequence_id": False,  # a training-time choice (MPTConfig.attn_uses_sequence_id): off here
             "attn_pdrop": 0,  # transformers 5 types it as int
         },
         "resid_pdrop": 0.0,
