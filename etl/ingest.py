@@ -1,7 +1,7 @@
 """Ingest: raw inputs -> one documents DataFrame with stable ids, plus rejected rows with reasons.
 
-Files (JSONL plain/.gz/.zst, one-document-per-file text) are read by Python tasks, one task per
-file, so that each malformed line, invalid UTF-8 sequence or empty document becomes a rejected row
+Files (JSONL plain/.gz/.zst, one-document-per-file text, WARC/WET web archives) are read by Python
+tasks, one task per file, so that each malformed line, invalid UTF-8 sequence or empty document becomes a rejected row
 with its reason instead of being dropped or killing the job. Parquet and Delta inputs are read by
 Spark's own readers. Ids are ``<source>/<input id>`` when the input has ids, else
 ``<source>/<relative file>:<row>``: both are the same on every rerun, whatever the partitioning.
@@ -11,6 +11,11 @@ last, then (same time) the one in the last path in sorted order, then the last r
 (a Delta input, which has no row numbers, breaks a tie by text). Every other copy is rejected as
 ``duplicate_id``, its ``detail`` naming where the kept copy and itself are. The rule is the same
 on every rerun of the same files, however Spark partitions them.
+
+Web archives (``etl.web.warc``) give one row per record: a page's extracted text, a rejected record
+(not HTML, truncated, undecodable), or a skipped one (``warcinfo``, ``request``, ``metadata``: not
+documents), which ``split_skipped`` takes out and counts. A URL crawled more than once keeps its
+newest crawl (latest ``WARC-Date``, then the duplicate-id order); the others are ``duplicate_url``.
 """
 from __future__ import annotations
 
@@ -30,12 +35,13 @@ from pyspark.sql import functions as F
 from .config import InputSpec, PipelineConfig
 from .delta import read_table
 from .paths import to_fsspec_url, to_spark_path
+from .web.warc import read_records
 
 # Everything ingest emits, kept or not; `reason` null means the row is a document. The columns
 # starting with `_` say where each row came from, for the duplicate-id rule, and are dropped after it.
 INGEST_SCHEMA = (
     "id string, source string, text string, meta map<string,string>, reason string, detail string, "
-    "_origin string, _modified long, _file string, _row long"
+    "_origin string, _modified long, _file string, _row long, _crawled long"
 )
 _ARROW_SCHEMA = pa.schema(
     [
@@ -49,9 +55,13 @@ _ARROW_SCHEMA = pa.schema(
         ("_modified", pa.int64()),  # the file's modification time, microseconds since the epoch
         ("_file", pa.string()),  # the file's path relative to its input
         ("_row", pa.int64()),  # the row within the file
+        ("_crawled", pa.int64()),  # a web page's crawl date (WARC-Date, microseconds); null for other inputs
     ]
 )
-_ORIGIN_COLUMNS = ("_origin", "_modified", "_file", "_row")
+_ORIGIN_COLUMNS = ("_origin", "_modified", "_file", "_row", "_crawled")
+# A web archive's record that is not a document; split_skipped counts these rows and drops them.
+SKIPPED = "skipped_record"
+_FILE_FORMATS = ("jsonl", "text", "warc", "wet")
 _GLOB_CHARS = "*?["
 
 
@@ -128,9 +138,9 @@ class _Rows:
     def start_file(self, source: str, rel: str, modified: int) -> None:
         self.source, self.rel, self.modified = source, rel, modified
 
-    def add(self, row, doc_id, source, text, meta=None, reason=None, detail=None):
+    def add(self, row, doc_id, source, text, meta=None, reason=None, detail=None, crawled=None):
         origin = f"{self.source}/{self.rel}:{row}"
-        values = (doc_id, source, text, meta, reason, detail, origin, self.modified, self.rel, row)
+        values = (doc_id, source, text, meta, reason, detail, origin, self.modified, self.rel, row, crawled)
         for name, value in zip(_ARROW_SCHEMA.names, values):
             self.cols[name].append(value)
 
@@ -228,6 +238,20 @@ def _text_file_rows(url: str, rel: str, spec: InputSpec, max_bytes: int, rows: _
     rows.add(0, doc_id, spec.source, text, None, reason, detail)
 
 
+def _web_rows(url: str, rel: str, spec: InputSpec, max_bytes: int, rows: _Rows) -> Iterator[pa.RecordBatch]:
+    """One row per record of a WARC or WET file (etl.web.warc says which records are documents)."""
+    with fsspec.open(url, "rb") as handle:
+        for record in read_records(handle, spec.extractor):
+            doc_id = f"{spec.source}/{rel}:{record.index}"
+            if record.skipped:
+                rows.add(record.index, doc_id, spec.source, None, None, SKIPPED, record.skipped)
+            else:
+                reason, detail = (record.reason, record.detail) if record.reason else _check_text(record.text, max_bytes)
+                rows.add(record.index, doc_id, spec.source, record.text, record.meta, reason, detail, record.crawled)
+            if len(rows) >= 2048:
+                yield rows.batch()
+
+
 def _read_files_task(specs: dict[str, InputSpec], max_bytes: int):
     """mapInArrow body: each input row names one file; yields its documents and rejects."""
 
@@ -240,6 +264,8 @@ def _read_files_task(specs: dict[str, InputSpec], max_bytes: int):
                     rows.start_file(source, rel, _modified_micros(url))
                     if spec.format == "jsonl":
                         yield from _jsonl_rows(url, rel, spec, max_bytes, rows)
+                    elif spec.format in ("warc", "wet"):
+                        yield from _web_rows(url, rel, spec, max_bytes, rows)
                     else:
                         _text_file_rows(url, rel, spec, max_bytes, rows)
                 except (OSError, EOFError, ValueError) as err:
@@ -303,14 +329,14 @@ def _read_table(spark: SparkSession, spec: InputSpec, max_bytes: int, files: lis
         doc_id.alias("id"), F.lit(spec.source).alias("source"), text.alias("text"), meta.alias("meta"),
         reason.alias("reason"), detail.cast("string").alias("detail"), origin.alias("_origin"),
         F.unix_micros("file_modification_time").alias("_modified"), F.col("file_name").alias("_file"),
-        F.col("row_index").alias("_row"),
+        F.col("row_index").alias("_row"), F.lit(None).cast("long").alias("_crawled"),
     )
 
 
 def ingest(spark: SparkSession, config: PipelineConfig, files: list[tuple[str, str, str]] | None = None) -> DataFrame:
     """All inputs as one annotated DataFrame (INGEST_SCHEMA plus content_hash); with `files`
     ((url, relative path, source) of file inputs), only those files."""
-    file_specs = [s for s in config.inputs if s.format in ("jsonl", "text")]
+    file_specs = [s for s in config.inputs if s.format in _FILE_FORMATS]
     if files is None:
         parts = [_read_table(spark, s, config.max_doc_bytes) for s in config.inputs if s.format in ("parquet", "delta")]
         listing = [(url, rel, spec.source) for spec in file_specs for url, rel in list_input_files(spec)]
@@ -327,7 +353,10 @@ def ingest(spark: SparkSession, config: PipelineConfig, files: list[tuple[str, s
     docs = parts[0]
     for part in parts[1:]:
         docs = docs.unionByName(part)
-    return _reject_duplicate_ids(docs).withColumn("content_hash", F.sha1(F.encode(F.col("text"), "UTF-8")))
+    docs = _reject_duplicate_ids(docs)
+    if any(s.format in ("warc", "wet") for s in config.inputs):
+        docs = _reject_duplicate_urls(docs)
+    return docs.drop(*_ORIGIN_COLUMNS).withColumn("content_hash", F.sha1(F.encode(F.col("text"), "UTF-8")))
 
 
 def _reject_duplicate_ids(docs: DataFrame) -> DataFrame:
@@ -339,7 +368,36 @@ def _reject_duplicate_ids(docs: DataFrame) -> DataFrame:
     detail = F.concat(F.lit("kept the newest copy, at "), F.first("_origin").over(newest_first),
                       F.lit("; this copy is at "), F.col("_origin"))
     return docs.select(
-        *[c for c in docs.columns if c not in ("reason", "detail", *_ORIGIN_COLUMNS)],
+        *[c for c in docs.columns if c not in ("reason", "detail")],
         F.when(duplicate, F.lit("duplicate_id")).otherwise(F.col("reason")).alias("reason"),
         F.when(duplicate, detail).otherwise(F.col("detail")).alias("detail"),
     )
+
+
+def _reject_duplicate_urls(docs: DataFrame) -> DataFrame:
+    """Web pages only: of the documents with one URL, the newest crawl stays; the others become
+    `duplicate_url`, their detail naming both crawls. Ties fall back to the duplicate-id order."""
+    web = F.col("_crawled").isNotNull() & F.col("meta")["url"].isNotNull()
+    url = F.when(web, F.col("meta")["url"])
+    # Other rows each get a key of their own, so no partition gathers them all.
+    newest_first = Window.partitionBy(F.coalesce(url, F.concat(F.lit("\0"), F.col("_origin")))).orderBy(
+        F.col("reason").isNotNull(), F.col("_crawled").desc(), F.col("_modified").desc(), F.col("_file").desc(),
+        F.col("_row").desc())
+    date = F.coalesce(F.col("meta")["crawl_date"], F.lit("?"))
+    duplicate = F.col("reason").isNull() & web & (F.row_number().over(newest_first) > 1)
+    detail = F.concat(F.lit("kept the newest crawl, "), F.first(date).over(newest_first), F.lit(" at "),
+                      F.first("_origin").over(newest_first), F.lit("; this crawl is "), date, F.lit(" at "),
+                      F.col("_origin"))
+    return docs.select(
+        *[c for c in docs.columns if c not in ("reason", "detail")],
+        F.when(duplicate, F.lit("duplicate_url")).otherwise(F.col("reason")).alias("reason"),
+        F.when(duplicate, detail).otherwise(F.col("detail")).alias("detail"),
+    )
+
+
+def split_skipped(annotated: DataFrame) -> tuple[DataFrame, dict[str, int]]:
+    """The rows that are documents (kept or rejected), and how many web-archive records of each type
+    were skipped as not documents (for the funnel's metrics; none for other inputs)."""
+    skipped = annotated.filter(F.col("reason") == SKIPPED).groupBy("detail").count().collect()
+    counts = {f"skipped_{row['detail']}_records": row["count"] for row in sorted(skipped, key=lambda r: r["detail"])}
+    return annotated.filter(F.col("reason").isNull() | (F.col("reason") != SKIPPED)), counts
