@@ -1,11 +1,13 @@
-"""Agreement and speed of the `quality` stage's heuristics against datatrove 0.10.1.
+"""Agreement and speed of the `quality` stage's heuristics, and of `c4_badwords`, against datatrove 0.10.1.
 
 Builds a corpus of varied documents (prose from the Python standard library's docstrings plus
 planted junk: short documents, symbol spam, bullet lists, ellipsis lines, repeated lines and
 paragraphs, lorem ipsum, javascript, curly brackets, cookie notices, number tables, ...), runs our
 ``etl.text.quality_rules.assess`` here and datatrove's GopherRepetitionFilter -> GopherQualityFilter ->
 C4QualityFilter (FineWeb's order) in datatrove's own venv (scripts/side_install_datatrove.sh), at
-the same thresholds, and compares the decisions, the rules that fired and the texts C4 left.
+the same thresholds, and compares the decisions, the rules that fired and the texts C4 left; then
+FineWebQualityFilter (alone, and after the other three) and C4BadWordsFilter (on a corpus of prose
+with planted words of LDNOOBW's lists, in many languages) the same way.
 
     .venv/bin/python bench/quality_agreement.py [--docs 2400] [--seed 0] [--show 20]
 
@@ -30,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from etl.text.badwords import BUILTIN_LISTS, builtin_languages, find_bad_word, load_lists  # noqa: E402
 from etl.text.quality_rules import QualityParams, assess  # noqa: E402
 
 DATATROVE_PYTHON = ROOT / ".cache" / "venv-datatrove" / "bin" / "python"
@@ -56,6 +59,11 @@ DATATROVE_REASONS = {
     "lorem_ipsum": "quality:c4_lorem_ipsum",
     "curly_bracket": "quality:c4_curly_bracket",
     "too_few_sentences": "quality:c4_few_sentences",
+    "line_punct_ratio": "quality:fineweb_line_punct",
+    "short_line_ratio": "quality:fineweb_short_lines",
+    "char_dup_ratio": "quality:fineweb_dup_line_chars",
+    "list_ratio": "quality:fineweb_list_like",
+    "document_removed_with_badwords": "c4_badwords",
 }
 
 # Runs in datatrove's venv: JSON lines in, one JSON line per document out, then the CPU seconds
@@ -64,7 +72,11 @@ _DATATROVE_RUNNER = r"""
 import json, sys, time
 from datatrove.data import Document
 from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
+from datatrove.pipeline.filters import C4BadWordsFilter, FineWebQualityFilter
+from datatrove.pipeline.filters import c4_filters
 kwargs = json.loads(sys.argv[1])
+# The bad-words lists: Kiln's copies (the same commits datatrove downloads), as nothing is downloaded here.
+c4_filters.cached_asset_path_or_download = lambda url, **_: f"{kwargs['badwords_dir']}/{url.rsplit('/', 1)[1]}.txt"
 filters = []
 if kwargs["gopher_repetition"] is not None:
     filters.append(GopherRepetitionFilter(**kwargs["gopher_repetition"]))
@@ -72,7 +84,11 @@ if kwargs["gopher_quality"] is not None:
     filters.append(GopherQualityFilter(**kwargs["gopher_quality"]))
 if kwargs["c4"] is not None:
     filters.append(C4QualityFilter(**kwargs["c4"]))
-docs = [Document(text=d["text"], id=d["id"]) for d in map(json.loads, sys.stdin)]
+if kwargs["fineweb"] is not None:
+    filters.append(FineWebQualityFilter(**kwargs["fineweb"]))
+if kwargs["badwords"] is not None:
+    filters.append(C4BadWordsFilter(**kwargs["badwords"]))
+docs = [Document(text=d["text"], id=d["id"], metadata=d.get("metadata", {})) for d in map(json.loads, sys.stdin)]
 reasons = []
 start = time.process_time()
 for doc in docs:
@@ -117,10 +133,21 @@ def datatrove_kwargs(p: QualityParams) -> dict:
         "filter_javascript": bool(p.c4_javascript), "filter_curly_bracket": bool(p.c4_curly_bracket),
         "filter_policy": bool(p.c4_policy),
     }
+    fineweb = {
+        # datatrove cannot switch one rule off: a disabled one gets a limit no text reaches.
+        "line_punct_thr": off(p.fineweb_min_line_punct_frac, -1.0),
+        "line_punct_exclude_zero": p.fineweb_line_punct_exclude_zero, "stop_chars": p.fineweb_stop_chars,
+        "short_line_thr": off(p.fineweb_max_short_line_frac, 2.0), "short_line_length": p.fineweb_short_line_len,
+        "char_duplicates_ratio": off(p.fineweb_max_dup_line_char_frac, 2.0),
+        "new_line_ratio": off(p.fineweb_max_newline_word_ratio, 1e18),
+    }
     return {
         "gopher_repetition": repetition if p.gopher_repetition else None,
         "gopher_quality": quality if p.gopher_quality else None,
         "c4": c4 if p.c4 else None,
+        "fineweb": fineweb if p.fineweb else None,
+        "badwords": None,
+        "badwords_dir": str(BUILTIN_LISTS),
     }
 
 
@@ -319,6 +346,29 @@ KINDS = ["prose", "prose", "prose", "wrapped", "short", "hashes", "ellipsis_word
          "tokenizer_stress", "code", "few_sentences", "line_endings", "unicode", "menu"]
 
 
+def _list_like(rng: random.Random, src: Sources) -> str:
+    """Lists as web pages hold them: items of a few words, spaced by blank lines, some with links."""
+    items = []
+    for _ in range(rng.randint(4, 30)):
+        words = rng.choice(src.prose).split()[: rng.randint(2, 9)]
+        item = " ".join(words).rstrip(".,;:")
+        if rng.random() < 0.3:
+            item += f" https://example.org/{rng.choice(_NOUNS)}/{rng.choice(_NOUNS)}-{rng.randint(1, 999)}.html"
+        items.append(rng.choice(["", "- ", "• ", f"{len(items) + 1}. "]) + item + rng.choice([".", "", "!", ":"]))
+    parts = items + _prose(rng, src, rng.randint(0, 2))
+    return rng.choice(["\n", "\n\n", "\n\n\n", "\n \n"]).join(parts)
+
+
+def make_fineweb_corpus(n_docs: int = 2400, seed: int = 0, sources: Sources | None = None) -> list[dict]:
+    """``make_corpus`` with one document in ten replaced by a list-like one (FineWeb's list rule)."""
+    src = sources or stdlib_sources()
+    rng = random.Random(seed + 1)
+    docs = make_corpus(n_docs, seed, src)
+    for i in range(0, n_docs, 10):
+        docs[i] = {"id": f"list_like-{i}", "kind": "list_like", "text": _list_like(rng, src)}
+    return docs
+
+
 def make_corpus(n_docs: int = 2400, seed: int = 0, sources: Sources | None = None) -> list[dict]:
     """``n_docs`` documents of every kind in turn: [{"id", "kind", "text"}]."""
     src = sources or stdlib_sources()
@@ -348,14 +398,21 @@ def run_ours(docs: list[dict], params: QualityParams) -> tuple[dict[str, Outcome
     return {d["id"]: Outcome(v.reason, v.text) for d, v in zip(docs, verdicts)}, seconds
 
 
-def run_datatrove(docs: list[dict], params: QualityParams, python: Path = DATATROVE_PYTHON,
+def run_datatrove(docs: list[dict], params: QualityParams | None, python: Path = DATATROVE_PYTHON,
                   timeout: float = 600) -> tuple[dict[str, Outcome], float]:
-    """datatrove's filters on ``docs`` in its own venv; reasons translated to ours."""
+    """datatrove's filters on ``docs`` in its own venv; reasons translated to ours. ``params`` None:
+    C4BadWordsFilter alone (each document's ``language``, if any, in its metadata)."""
     if not python.exists():
         raise FileNotFoundError(f"{python} is missing: run scripts/side_install_datatrove.sh")
-    stdin = "".join(json.dumps({"id": d["id"], "text": d["text"]}) + "\n" for d in docs)
+    if params is None:
+        kwargs = {**{k: None for k in ("gopher_repetition", "gopher_quality", "c4", "fineweb")},
+                  "badwords": {"fail_on_missing_language": False, "default_language": "en"},
+                  "badwords_dir": str(BUILTIN_LISTS)}
+    else:
+        kwargs = datatrove_kwargs(params)
+    stdin = "".join(json.dumps({"id": d["id"], "text": d["text"], "metadata": _metadata(d)}) + "\n" for d in docs)
     proc = subprocess.run(
-        [str(python), "-c", _DATATROVE_RUNNER, json.dumps(datatrove_kwargs(params))],
+        [str(python), "-c", _DATATROVE_RUNNER, json.dumps(kwargs)],
         input=stdin, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "PYTHONPATH": "", "LOGURU_LEVEL": "ERROR"},
     )
@@ -367,6 +424,54 @@ def run_datatrove(docs: list[dict], params: QualityParams, python: Path = DATATR
         reason = row["reason"]
         results[row["id"]] = Outcome(None if reason is None else DATATROVE_REASONS.get(reason, reason), row["text"])
     return results, last["seconds"]
+
+
+def _metadata(doc: dict) -> dict:
+    """datatrove reads the language from the metadata; a document without one has no key."""
+    return {"language": doc["language"]} if doc.get("language") else {}
+
+
+# --------------------------------------------------------------------------------------------
+# C4's bad words: prose with planted words of the lists, in many languages
+# --------------------------------------------------------------------------------------------
+
+def make_badwords_corpus(n_docs: int = 1000, seed: int = 0, sources: Sources | None = None) -> list[dict]:
+    """Documents in every list's language (plus ``und`` and none): clean prose, or prose with a listed
+    word planted as a whole word, inside a longer word, upper-cased, between punctuation, or a
+    word of another language's list. [{"id", "kind", "language", "text"}]"""
+    src = sources or stdlib_sources()
+    rng = random.Random(seed)
+    languages = builtin_languages() + ["und", None]
+    words = {lang: sorted({line.strip() for line in (BUILTIN_LISTS / f"{lang}.txt").read_text("utf-8").splitlines()}
+                          - {""}) for lang in builtin_languages()}
+    kinds = ["clean", "whole", "whole", "inside", "upper", "punct", "other_language", "start_end"]
+    docs = []
+    for i in range(n_docs):
+        language = languages[i % len(languages)]
+        kind = kinds[(i // len(languages)) % len(kinds)]
+        text = _join(rng, _prose(rng, src, rng.randint(1, 4)))
+        pool = words.get(language or "en") or words["en"]
+        word = rng.choice(pool)
+        if kind == "other_language":
+            word = rng.choice(words[rng.choice(builtin_languages())])
+        plant = {"clean": None, "whole": f" {word} ", "inside": f" x{word}y ", "upper": f" {word.upper()} ",
+                 "punct": f"({word}),", "other_language": f" {word} ", "start_end": None}[kind]
+        if plant is not None:
+            cut = rng.randint(0, len(text))
+            text = text[:cut] + plant + text[cut:]
+        elif kind == "start_end":
+            text = word + " " + text + " " + word
+        docs.append({"id": f"badwords-{kind}-{i}", "kind": kind, "language": language, "text": text})
+    return docs
+
+
+def run_ours_badwords(docs: list[dict], default_language: str = "en") -> tuple[dict[str, Outcome], float]:
+    """The c4_badwords stage's judgement of each document (its `_judge_batch`, without Spark)."""
+    lists = load_lists()
+    start = time.process_time()
+    found = [find_bad_word(lists, d["text"], d.get("language") or default_language) for d in docs]
+    seconds = time.process_time() - start
+    return {d["id"]: Outcome("c4_badwords" if f else None, d["text"]) for d, f in zip(docs, found)}, seconds
 
 
 @dataclass
@@ -422,6 +527,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="corpus copies for timing (warm caches count)")
     args = parser.parse_args()
 
+    for title, (ours, theirs) in _new_rule_agreements(args.docs, args.seed).items():
+        print(f"{title}: same decision {ours.same_decision}/{ours.n_docs} = {ours.decision_rate:.2%}, "
+              f"same reason {ours.same_reason}/{ours.n_docs} = {ours.reason_rate:.2%}, kept {theirs}")
+        for doc, a, b in ours.disagreements[: args.show]:
+            print(f"  --- {doc['id']}: ours {a.reason} / datatrove {b.reason}: {doc['text'][:200]!r}")
     docs = make_corpus(args.docs, args.seed)
     params = QualityParams()
     timed = docs * args.repeat
@@ -448,6 +558,23 @@ def main() -> None:
         print(f"\n--- {doc['id']}: ours {a.reason} / datatrove {b.reason}"
               + (" (kept texts differ)" if a.reason is None and b.reason is None else ""))
         print(repr(doc["text"][:400]))
+
+
+def _new_rule_agreements(n_docs: int, seed: int) -> dict[str, tuple[Agreement, int]]:
+    """FineWeb's rules (alone, and after Gopher and C4) and C4's bad words against datatrove."""
+    docs = make_fineweb_corpus(n_docs, seed)
+    out = {}
+    for title, params in [("FineWeb alone", QualityParams(gopher_repetition=False, gopher_quality=False, c4=False,
+                                                           fineweb=True)),
+                          ("Gopher + C4 + FineWeb", QualityParams(fineweb=True))]:
+        ours, _ = run_ours(docs, params)
+        theirs, _ = run_datatrove(docs, params)
+        out[title] = (compare(docs, ours, theirs), sum(o.reason is None for o in ours.values()))
+    badwords = make_badwords_corpus(n_docs, seed)
+    ours, _ = run_ours_badwords(badwords)
+    theirs, _ = run_datatrove(badwords, None)
+    out["C4 bad words"] = (compare(badwords, ours, theirs), sum(o.reason is None for o in ours.values()))
+    return out
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Gopher and C4 quality rules for one document, in plain Python (no Spark).
+"""Gopher, C4 and FineWeb quality rules for one document, in plain Python (no Spark).
 
 The rules and their defaults are those of datatrove 0.10.1's ``GopherRepetitionFilter``,
-``GopherQualityFilter`` and ``C4QualityFilter``, applied in that order (FineWeb's order), so a
-document gets the reason of the first rule that fires. What datatrove does in three filters, each
+``GopherQualityFilter``, ``C4QualityFilter`` and ``FineWebQualityFilter`` (the last off unless
+asked for), applied in that order (FineWeb's order), so a document gets the reason of the first
+rule that fires; FineWeb's rules see the text C4's line filtering left, as in datatrove. What datatrove does in three filters, each
 splitting the text again, happens here in one pass: the text is split into words once
 (``etl.text.words``), and line, paragraph and n-gram statistics come from that one split.
 
@@ -24,6 +25,23 @@ _C4_LINE_ENDS = (".", "?", "!", '"', "'")
 _POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 _PARAGRAPH_BREAK = re.compile(r"\n{2,}")
 _LINE_BREAK = re.compile(r"\n+")
+# Sentence-ending marks of every script: datatrove's TERMINAL_PUNCTUATION (FineWeb's stop_chars default).
+TERMINAL_PUNCTUATION = tuple(
+    "!.?\u0589\u061d\u061e\u061f\u06d4\u0700\u0701\u0702\u07f9\u0837\u0839\u083d\u083e\u0964\u0965"
+    "\u104a\u104b\u1362\u1367\u1368\u166e\u1735\u1736\u17d4\u17d5\u17d6\u17d9\u17da\u1803\u1809\u1944"
+    "\u1945\u1aa8\u1aa9\u1aaa\u1aab\u1b5a\u1b5b\u1b5e\u1b5f\u1b7d\u1b7e\u1c3b\u1c3c\u1c7e\u1c7f\u203c"
+    "\u203d\u2047\u2048\u2049\u2e2e\u2e3c\u2e53\u2e54\u3002\ua4ff\ua60e\ua60f\ua6f3\ua6f7\ua876\ua877"
+    "\ua8ce\ua8cf\ua92f\ua9c8\ua9c9\uaa5d\uaa5e\uaa5f\uaaf0\uaaf1\uabeb\ufe52\ufe56\ufe57\uff01\uff0e"
+    "\uff1f\uff61\U00010a56\U00010a57\U00010f55\U00010f56\U00010f57\U00010f58\U00010f59\U00010f86"
+    "\U00010f87\U00010f88\U00010f89\U00011047\U00011048\U000110be\U000110bf\U000110c0\U000110c1"
+    "\U00011141\U00011142\U00011143\U000111c5\U000111c6\U000111cd\U000111de\U000111df\U00011238"
+    "\U00011239\U0001123b\U0001123c\U000112a9\U0001144b\U0001144c\U000115c2\U000115c3\U000115c9"
+    "\U000115ca\U000115cb\U000115cc\U000115cd\U000115ce\U000115cf\U000115d0\U000115d1\U000115d2"
+    "\U000115d3\U000115d4\U000115d5\U000115d6\U000115d7\U00011641\U00011642\U0001173c\U0001173d"
+    "\U0001173e\U00011944\U00011946\U00011a42\U00011a43\U00011a9b\U00011a9c\U00011c41\U00011c42"
+    "\U00011ef7\U00011ef8\U00011f43\U00011f44\U00016a6e\U00016a6f\U00016af5\U00016b37\U00016b38"
+    "\U00016b44\U00016e98\U0001bc9f\U0001da88"
+)
 
 
 @dataclass
@@ -80,6 +98,16 @@ class QualityParams:
     c4_policy: bool | None = True  # drop cookie / terms-of-use / privacy-policy lines
     c4_min_sentences: int | None = 5
 
+    # FineWeb (datatrove's FineWebQualityFilter), on the text C4 left; off unless turned on.
+    fineweb: bool = False
+    fineweb_min_line_punct_frac: float | None = 0.12  # lines ending in a stop character / non-blank lines
+    fineweb_line_punct_exclude_zero: bool = False  # true: a text with no such line passes that rule
+    fineweb_stop_chars: list[str] | None = None  # the line endings that count; null: TERMINAL_PUNCTUATION
+    fineweb_max_short_line_frac: float | None = 0.67  # lines of at most fineweb_short_line_len characters
+    fineweb_short_line_len: int = 30  # characters
+    fineweb_max_dup_line_char_frac: float | None = 0.01  # characters in repeated lines / characters but newlines
+    fineweb_max_newline_word_ratio: float | None = 0.3  # newlines per word (punctuation included): list-like texts
+
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
@@ -95,6 +123,8 @@ class QualityParams:
                 raise ValueError(f"{low} ({a}) is greater than {high} ({b})")
         if not all(isinstance(w, str) and w for w in self.stop_words):
             raise ValueError(f"stop_words must be non-empty strings, got {self.stop_words!r}")
+        if self.fineweb_stop_chars is not None and not all(isinstance(c, str) and c for c in self.fineweb_stop_chars):
+            raise ValueError(f"fineweb_stop_chars must be non-empty strings, got {self.fineweb_stop_chars!r}")
 
     def top_ngram_limits(self) -> list[tuple[int, float]]:
         return [(n, t) for n, t in ((n, getattr(self, f"max_top_{n}gram_char_frac")) for n in (2, 3, 4)) if t is not None]
@@ -126,6 +156,10 @@ REASONS = {
     "quality:c4_curly_bracket": "a kept line contains '{'",
     "quality:c4_few_sentences": "fewer sentences than c4_min_sentences in the kept lines",
     "quality:c4_no_lines_left": "line filtering left no text (only when c4_min_sentences is null or 0)",
+    "quality:fineweb_line_punct": "too few lines end in terminal punctuation",
+    "quality:fineweb_short_lines": "too many lines are short",
+    "quality:fineweb_dup_line_chars": "repeated lines hold too many characters",
+    "quality:fineweb_list_like": "too many newlines per word: a list, not prose",
 }
 
 # Per-document scores, kept as columns (the report draws their histograms).
@@ -290,6 +324,8 @@ def assess(text: str | None, params: QualityParams) -> Verdict:
             text = new_text
             if reason is None and not text:
                 reason, detail = "quality:c4_no_lines_left", f"lines_dropped={lines_dropped}"
+    if reason is None and params.fineweb:
+        reason, detail = _fineweb_rule(params, text)
     return Verdict(reason, detail, text, stats.scores(lines_dropped))
 
 
@@ -384,3 +420,28 @@ def _c4_rule(p: QualityParams, text: str) -> tuple[str | None, str | None, str, 
     if p.c4_min_sentences is not None and sentences < p.c4_min_sentences:
         return "quality:c4_few_sentences", _under("sentences", sentences, p.c4_min_sentences), text, dropped
     return None, None, "\n".join(kept).strip(), dropped
+
+
+def _fineweb_rule(p: QualityParams, text: str) -> tuple[str | None, str | None]:
+    """FineWeb's four rules, on non-blank lines split at "\n" (unstripped, as datatrove leaves them)."""
+    lines = [line for line in text.split("\n") if line.strip()]
+    if not lines:
+        return "quality:empty", "no non-blank line"
+    if p.fineweb_min_line_punct_frac is not None:
+        ends = tuple(p.fineweb_stop_chars) if p.fineweb_stop_chars is not None else TERMINAL_PUNCTUATION
+        frac = sum(1 for line in lines if line.endswith(ends)) / len(lines)
+        if frac < p.fineweb_min_line_punct_frac and not (frac == 0 and p.fineweb_line_punct_exclude_zero):
+            return "quality:fineweb_line_punct", _under("line_punct_frac", frac, p.fineweb_min_line_punct_frac)
+    if p.fineweb_max_short_line_frac is not None:
+        frac = sum(1 for line in lines if len(line) <= p.fineweb_short_line_len) / len(lines)
+        if frac > p.fineweb_max_short_line_frac:
+            return "quality:fineweb_short_lines", _over("short_line_frac", frac, p.fineweb_max_short_line_frac)
+    if p.fineweb_max_dup_line_char_frac is not None:
+        frac = _duplicates(lines)[1] / (len(text) - text.count("\n"))
+        if frac > p.fineweb_max_dup_line_char_frac:
+            return "quality:fineweb_dup_line_chars", _over("dup_line_char_frac", frac, p.fineweb_max_dup_line_char_frac)
+    if p.fineweb_max_newline_word_ratio is not None:
+        ratio = text.count("\n") / len(scan(text)[0])
+        if ratio > p.fineweb_max_newline_word_ratio:
+            return "quality:fineweb_list_like", _over("newlines_per_word", ratio, p.fineweb_max_newline_word_ratio)
+    return None, None

@@ -1,5 +1,6 @@
 """quality agrees with datatrove 0.10.1's GopherRepetitionFilter -> GopherQualityFilter ->
-C4QualityFilter on a varied corpus: same decisions, same rules, same text after C4's line filtering.
+C4QualityFilter (-> FineWebQualityFilter) on a varied corpus: same decisions, same rules, same text
+after C4's line filtering; c4_badwords agrees with its C4BadWordsFilter.
 
 datatrove runs in its own venv (scripts/side_install_datatrove.sh, which `make test` runs first).
 Under CI the venv must be there; locally the test is skipped when it is missing.
@@ -10,17 +11,22 @@ import os
 
 import pytest
 
-from bench.quality_agreement import DATATROVE_PYTHON, compare, make_corpus, run_datatrove, run_ours
+from bench.quality_agreement import (DATATROVE_PYTHON, compare, make_badwords_corpus, make_corpus, make_fineweb_corpus,
+                                     run_datatrove, run_ours, run_ours_badwords)
 from etl.text.quality_rules import QualityParams
 
 
 @pytest.fixture(scope="module")
-def corpus():
+def datatrove():
     if not DATATROVE_PYTHON.exists():
         message = f"{DATATROVE_PYTHON} is missing: run scripts/side_install_datatrove.sh"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def corpus(datatrove):
     return make_corpus(2000, seed=0)
 
 
@@ -57,3 +63,35 @@ def test_agrees_with_datatrove_at_other_thresholds(corpus):
         c4_min_words_per_line=None,
     )
     _check(corpus[:400], params)
+
+
+def _rates(agreement):
+    assert agreement.decision_rate >= 0.97, _summary(agreement)
+    assert agreement.reason_rate >= 0.97, _summary(agreement)
+
+
+def test_fineweb_rules_agree_with_datatrove(datatrove):
+    """FineWebQualityFilter at its defaults, alone (every rule fires) and after Gopher and C4."""
+    docs = make_fineweb_corpus(1000, seed=0)
+    alone = QualityParams(gopher_repetition=False, gopher_quality=False, c4=False, fineweb=True)
+    ours, _ = run_ours(docs, alone)
+    theirs, _ = run_datatrove(docs, alone)
+    _rates(compare(docs, ours, theirs))
+    reasons = {outcome.reason for outcome in ours.values()}
+    assert {f"quality:fineweb_{r}" for r in ("line_punct", "short_lines", "dup_line_chars", "list_like")} <= reasons
+    chain = QualityParams(fineweb=True, fineweb_max_short_line_frac=0.5, fineweb_line_punct_exclude_zero=True)
+    ours, _ = run_ours(docs[:400], chain)
+    theirs, _ = run_datatrove(docs[:400], chain)
+    agreement = compare(docs[:400], ours, theirs)
+    _rates(agreement)
+    assert agreement.kept_text_rate >= 0.97
+
+
+def test_c4_badwords_agrees_with_datatrove(datatrove):
+    """C4BadWordsFilter with every list, on prose with planted words in each list's language."""
+    docs = make_badwords_corpus(1000, seed=0)
+    ours, _ = run_ours_badwords(docs)
+    theirs, _ = run_datatrove(docs, None)
+    _rates(compare(docs, ours, theirs))
+    kept = sum(outcome.reason is None for outcome in ours.values())
+    assert 0.2 * len(docs) < kept < 0.8 * len(docs)
