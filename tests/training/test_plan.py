@@ -133,7 +133,7 @@ def test_failures_interval_and_lost_cost_of_30b_on_600b_tokens_by_hand(no_benchm
     assert 3.2 < f.expected_failures < 3.4 and 2_500 < f.lost_gpu_hours < 3_000
 
 
-def test_save_time_is_read_from_an_earlier_runs_journal(tmp_path, no_benchmarks):
+def test_save_time_is_read_from_an_earlier_runs_journal(tmp_path, no_benchmarks, capsys):
     """Only the blocking part of asynchronous saves counts; periodic saves, when there are any."""
     journal = Journal(tmp_path, rank=0, attempt=0)
     for step, blocking, seconds, reason in ((10, 2.0, 30.0, "periodic"), (20, 4.0, 31.0, "periodic"),
@@ -144,6 +144,9 @@ def test_save_time_is_read_from_an_earlier_runs_journal(tmp_path, no_benchmarks)
     assert result.failures.save_seconds == 3.0 and "median blocking save" in result.failures.save_source
     with pytest.raises(ValueError, match="no journal.jsonl"):
         make_plan(PlanRequest(params=1e9, save_journal=tmp_path / "elsewhere"), no_benchmarks)
+    assert plan.main(["--params", "1B", "--json", "--save-journal", str(tmp_path),
+                      "--mfu-table", str(no_benchmarks)]) == 0
+    assert json.loads(capsys.readouterr().out)["failures"]["save_seconds"] == 3.0
     estimated = make_plan(PlanRequest(params=1e9), no_benchmarks).failures
     assert estimated.save_seconds == pytest.approx(12e9 / 5e9) and "estimated" in estimated.save_source
 

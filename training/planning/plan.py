@@ -574,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"training.plan: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
+    print(json.dumps(plan.to_dict(), indent=2, default=str) if args.json else format_plan(plan))  # str: paths
     return 0
 
 
