@@ -174,17 +174,20 @@ def test_a_normal_run_stays_on_track_and_a_broken_one_ends_far_behind(swept):
 
 
 def test_the_gate_stops_a_broken_launch_after_a_checkpoint_and_launch_does_not_restart_it(swept):
-    """Through the documented command, from the run's folder with relative paths, allowed 2 restarts."""
+    """Through the documented command on 2 ranks (rank 0 judges, both stop), from the run's folder with relative
+    paths, allowed 2 restarts."""
     folder, _, _, _ = swept
     overrides = [o.replace(f"{folder}/", "") for o in planned_run(folder, "gated", "optimizer.lr=1e-6",
-                                                                  "gate.stop_after=2", "checkpoint.every_steps=100")]
-    child = subprocess.run([sys.executable, "-m", "training.launch", "train.yaml", *overrides, "--max-restarts", "2"],
-                           cwd=folder, env=child_env(), capture_output=True, text=True, timeout=300)
+                                                                  "gate.stop_after=2", "checkpoint.every_steps=100",
+                                                                  "train.micro_batch_size=8")]
+    child = subprocess.run([sys.executable, "-m", "training.launch", "train.yaml", *overrides, "--max-restarts", "2",
+                            "--nproc-per-node", "2"], cwd=folder, env=child_env(), capture_output=True, text=True,
+                           timeout=300)
     assert child.returncode == GATE_EXIT_CODE, child.stderr[-4000:]
     assert "stopped by the loss gate, after a checkpoint" in child.stderr and "Not restarted" in child.stderr
     events = read_events(folder / "runs" / "gated" / "journal.jsonl")
     kinds = [e["event"] for e in events]
-    assert "restart" not in kinds and {e["attempt"] for e in events} == {0}
+    assert "restart" not in kinds and {e["attempt"] for e in events} == {0} and events[0]["world_size"] == 2
     # Judged from step 4 (10% of 24 steps): behind at steps 4 and 6, so stopped at 6, the second evaluation.
     assert [(e["step"], e["verdict"]) for e in events if e["event"] == "band"] == [(4, "behind"), (6, "behind")]
     [saved] = [e for e in events if e["event"] == "checkpoint"]
