@@ -130,7 +130,8 @@ class PiiRedactor:
             self.operators[entity] = config
         self.dropping = {e for e in params.entity_types if params.action(e) == "drop"}
         ner = any(e in NER_ENTITIES for e in params.entities)
-        self.prefilter = PiiPrefilter(params.entities, params.recognizers) if params.prefilter and not ner else None
+        recognizers = analyzer.registry.recognizers
+        self.prefilter = PiiPrefilter.for_recognizers(recognizers) if params.prefilter and not ner else None
 
     def find(self, texts: list[str]) -> list[list]:
         """presidio's matches per text, overlaps resolved: the spans the stage acts on. Texts the

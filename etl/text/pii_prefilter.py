@@ -3,17 +3,19 @@
 Most documents hold no personal data, yet presidio's analysis (every recogniser's regexes, the
 phone region passes, the context words) costs milliseconds per document whatever it finds. A
 recogniser can only report a span its own pattern matched: context words raise the score of a
-match, they never create one. So each recogniser has a *necessary* condition, read off its own
-patterns, that every one of its matches contains; a document in which no enabled recogniser's
-condition holds is one presidio would leave unchanged, and it skips presidio.
+match, they never create one. So a document in which no enabled recogniser's pattern matches is
+one presidio would leave unchanged, and it skips presidio.
 
-Each condition is a part of the recogniser's pattern, or looser: regexes run by the same `regex`
-engine with the same case handling (so the same characters count as digits, letters and word
-characters on both sides), plain substrings for case-sensitive literals, and for case-insensitive
-words a substring test on the lower-cased text after mapping the few non-ASCII characters that
-`regex` matches to ASCII letters under IGNORECASE (tests/etl/test_pii_prefilter.py checks that table
-against every code point). Custom recognisers' condition is their own patterns. spaCy NER finds
-names anywhere, so with NER entities enabled there is no pre-filter (see `etl.stages.pii`).
+Two steps per recogniser. First a cheap *necessary* condition (`NEEDS`), read off its patterns:
+every match contains it. Only where it holds, the recogniser's own compiled patterns (taken from the
+recogniser objects, with their flags) confirm that one of them matches somewhere. Both use the
+`regex` engine presidio uses, with the same case handling, so the same characters count as digits,
+letters and word characters; case-insensitive words are a substring of the lower-cased text after mapping the few non-ASCII characters that `regex`
+matches to ASCII letters under IGNORECASE (tests/etl/test_pii_prefilter.py checks that table against
+every code point). The phone recogniser is not a pattern recogniser: its own gate (`SEVEN_DIGITS`,
+which it applies itself) is its condition. Custom recognisers have no cheap condition: their own
+patterns decide. spaCy NER finds names anywhere, so with NER entities enabled there is no
+pre-filter (see `etl.stages.pii`).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 import regex
 
-from .pii_entities import NER_ENTITIES, CustomRecognizer
+from .pii_entities import NER_ENTITIES
 
 # A phone number has at least seven digits, split by at most two separators each. The phone recogniser
 # (FastPhoneRecognizer) returns nothing for a text without such a run; card numbers (13+ digits, one
@@ -35,69 +37,92 @@ _TO_ASCII = str.maketrans({"\u212a": "k", "\u017f": "s", "\u0130": "i", "\u0131"
 
 @dataclass(frozen=True)
 class Need:
-    """What every match of a recogniser contains: a regex match, a substring, or a substring of the
+    """What every match of a recogniser contains: a match of one of `regexes`, or one of `words` in the
     lower-cased text (for patterns matched case-insensitively)."""
 
     regexes: tuple[str, ...] = ()
-    substrings: tuple[str, ...] = ()
     words: tuple[str, ...] = ()  # lower-case ASCII
 
 
 def _spell(*parts: str | tuple[str, ...]) -> tuple[str, ...]:
-    """Every string made of one choice per part: ("gh", ("p", "o"), "_") -> ("ghp_", "gho_")."""
+    """Every string made of one choice per part: ("api", ("", "_"), "key") -> ("apikey", "api_key")."""
     out = [""]
     for part in parts:
         out = [o + p for o in out for p in ((part,) if isinstance(part, str) else part)]
     return tuple(out)
 
 
-# The built-in recognisers' needs (their patterns: etl.text.pii_recognizers and presidio's predefined ones).
+# The cheap conditions of the built-in recognisers (etl.text.pii_recognizers, on presidio's predefined
+# ones), by class. A recogniser not listed (KnownSecretRecognizer, whose prefixed patterns are as quick
+# as any condition; custom ones) is decided by its own patterns alone.
 NEEDS = {
     # presidio's pattern: a local part ending in one of [!#$%&'*+\-/=?^_`{|}~\w], `@`, then \w+.
-    "EMAIL": Need(regexes=(r"\S@\w",)),
-    "PHONE": Need(regexes=(SEVEN_DIGITS.pattern,)),
-    "CREDIT_CARD": Need(regexes=(SEVEN_DIGITS.pattern,)),
-    "US_SSN": Need(regexes=(SEVEN_DIGITS.pattern,)),
+    "OfflineEmailRecognizer": Need(regexes=(r"\S@\w",)),
+    "FastPhoneRecognizer": Need(regexes=(SEVEN_DIGITS.pattern,)),  # its own gate
+    "CardRecognizer": Need(regexes=(SEVEN_DIGITS.pattern,)),
+    "SsnRecognizer": Need(regexes=(SEVEN_DIGITS.pattern,)),
     # presidio's IBAN pattern starts [A-Z]{2}[0-9]{2}, matched case-sensitively.
-    "IBAN": Need(regexes=(r"[A-Z]{2}[0-9]{2}",)),
-    # IPv4, alone or inside presidio's IPv6 forms: four dotted groups of 1-3 digits. Every other IPv6
-    # form holds `::` or is the full eight groups (`h:h:`): either way a colon, then a colon or 1-4 hex digits and a colon.
-    "IP_ADDRESS": Need(regexes=(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}", r"(?i):(?::|[0-9a-f]{1,4}:)")),
-    "CREDENTIAL_URL": Need(regexes=(r"://[^\s:/@]+:[^\s@/]+@",)),
-    # KnownSecretRecognizer's case-sensitive prefixes, and the names AssignedSecretRecognizer's
-    # case-insensitive look-behind requires (auth_token and access_token hold `token`, passw(or)d `passw`).
-    "SECRET": Need(
-        substrings=("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "github_pat_", "glpat-", "AIza", "sk-", "eyJ", "-----BEGIN ")
-        + _spell("gh", tuple("pousr"), "_") + _spell("xox", tuple("abposr"), "-")
-        + _spell(("r", "s"), "k_", ("live", "test"), "_"),
-        words=_spell("api", ("", "_", "-"), "key") + _spell("access", ("", "_", "-"), "key")
-        + ("apikey", "secret", "token", "bearer", "passw", "pwd"),
-    ),
+    "IbanRecognizer": Need(regexes=(r"[A-Z]{2}[0-9]{2}",)),
+    # IPv4, alone or inside presidio's IPv6 forms: four dotted groups of 1-3 digits, so `.` 1-3 digits `.`
+    # and a digit. Every other IPv6 form holds `::` or is the full eight groups (`h:h:`): either way a
+    # colon, then a colon or 1-4 hex digits and a colon.
+    "VersionAwareIpRecognizer": Need(regexes=(r"\.\d{1,3}\.\d", r"(?i):(?::|[0-9a-f]{1,4}:)")),
+    "CredentialUrlRecognizer": Need(regexes=(r"://[^\s:/@]+:[^\s@/]+@",)),
+    # The names its case-insensitive look-behind requires (auth_token and access_token hold `token`,
+    # passw(or)d `passw`).
+    "AssignedSecretRecognizer": Need(words=_spell("api", ("", "_", "-"), "key") + _spell("access", ("", "_", "-"), "key")
+                                     + ("apikey", "secret", "token", "bearer", "passw", "pwd")),
 }
 
 
 class PiiPrefilter:
-    """One cheap pass over a text: can any enabled recogniser match in it?"""
+    """One cheap pass over a text: can any enabled recogniser match in it?
 
-    def __init__(self, entities: list[str], custom: list[CustomRecognizer] = ()):
-        ner = [e for e in entities if e in NER_ENTITIES]
-        if ner:
-            raise ValueError(f"no pre-filter for NER entities {ner}: a name can be anywhere")
-        needs = [NEEDS[e] for e in entities]
-        self.substrings = tuple(sorted({s for n in needs for s in n.substrings}))
-        self.words = tuple(sorted({w for n in needs for w in n.words}))
-        self.regexes = [regex.compile(r) for r in sorted({r for n in needs for r in n.regexes})]
-        # The custom recognisers' own patterns, compiled as etl.text.pii_recognizers compiles them.
-        self.regexes += [
-            regex.compile(p, regex.DOTALL | regex.MULTILINE | (0 if spec.case_sensitive else regex.IGNORECASE))
-            for spec in custom for p in spec.patterns
-        ]
+    ``checks``: per recogniser, its cheap condition (None: none) and its own compiled patterns (None:
+    the condition is the recogniser's own gate, as for phones).
+    """
+
+    def __init__(self, checks: list[tuple[Need | None, list[regex.Pattern] | None]]):
+        if any(need is None and patterns is None for need, patterns in checks):
+            raise ValueError("a recogniser with neither a condition nor patterns cannot be pre-filtered")
+        # Recognisers sharing a condition (phone, card and SSN; the two secret recognisers) test it once.
+        by_need: dict[Need | None, list] = {}
+        for need, patterns in checks:
+            by_need.setdefault(need, []).append(patterns)
+        self.groups = [(need, _compiled(need), None if any(p is None for p in group) else [p for ps in group for p in ps])
+                       for need, group in by_need.items()]
+
+    @classmethod
+    def for_recognizers(cls, recognizers: list) -> PiiPrefilter:
+        """The pre-filter of presidio recognisers (``etl.text.pii_recognizers.build_analyzer``'s registry)."""
+        checks = []
+        for recognizer in recognizers:
+            entities = recognizer.supported_entities
+            if any(e in NER_ENTITIES for e in entities):
+                raise ValueError(f"no pre-filter for NER entities {entities}: a name can be anywhere")
+            patterns = getattr(recognizer, "patterns", None)
+            compiled = None if patterns is None else [regex.compile(p.regex, flags=recognizer.global_regex_flags)
+                                                     for p in patterns]
+            checks.append((NEEDS.get(type(recognizer).__name__), compiled))
+        return cls(checks)
 
     def might_hold(self, text: str) -> bool:
-        if any(s in text for s in self.substrings):
-            return True
-        if self.words:
-            folded = (text if text.isascii() else text.translate(_TO_ASCII)).lower()
-            if any(w in folded for w in self.words):
+        folded = None
+        for need, need_regexes, patterns in self.groups:
+            if need is not None:
+                held = False
+                if need.words:
+                    if folded is None:
+                        folded = (text if text.isascii() else text.translate(_TO_ASCII)).lower()
+                    held = any(w in folded for w in need.words)
+                if not held:
+                    held = any(r.search(text) for r in need_regexes)
+                if not held:
+                    continue
+            if patterns is None or any(p.search(text) for p in patterns):
                 return True
-        return any(pattern.search(text) for pattern in self.regexes)
+        return False
+
+
+def _compiled(need: Need | None) -> list[regex.Pattern]:
+    return [] if need is None else [regex.compile(r) for r in need.regexes]

@@ -27,8 +27,8 @@ def _both_ways(texts: list[str], salt: bytes | None = None, **params) -> tuple[l
     return outputs[0], outputs[1]
 
 
-def _skipped(texts: list[str], **params) -> int:
-    prefilter = PiiPrefilter(from_dict(PiiParams, params, "pii").entities)
+def _skipped(texts: list[str]) -> int:
+    prefilter = PiiRedactor(PiiParams(), None).prefilter
     return sum(not prefilter.might_hold(t) for t in texts)
 
 
@@ -73,8 +73,10 @@ def test_a_custom_recognizer_is_prefiltered_by_its_own_patterns():
 def test_prefilter_is_on_by_default_and_off_for_ner_or_when_configured():
     assert PiiRedactor(from_dict(PiiParams, {}, "pii"), None).prefilter is not None
     assert PiiRedactor(from_dict(PiiParams, {"prefilter": False}, "pii"), None).prefilter is None
+    from presidio_analyzer.predefined_recognizers import SpacyRecognizer
+
     with pytest.raises(ValueError, match="NER"):
-        PiiPrefilter(["EMAIL", "PERSON"])
+        PiiPrefilter.for_recognizers([SpacyRecognizer(supported_entities=["PERSON"])])
 
 
 def test_case_folding_table_covers_every_code_point():
