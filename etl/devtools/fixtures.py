@@ -341,3 +341,43 @@ def read_fixture_texts(truth: FixtureTruth) -> Iterator[tuple[str, str]]:
                     continue
                 if isinstance(record.get("text"), str) and record["text"].strip():
                     yield f"{truth.source}/{record['id']}", record["text"]
+
+
+@dataclass
+class WarcTruth:
+    """What ingest must do with the demo's WARC file; ids are pipeline ids."""
+
+    path: str
+    pages: list[str] = field(default_factory=list)  # HTML pages that become documents (boilerplate removed)
+    rejected: dict[str, str] = field(default_factory=dict)  # id -> ingest's reason
+    skipped: dict[str, int] = field(default_factory=dict)  # record type -> how many (not documents)
+
+
+def make_warc_fixture(out_dir: str, n_pages: int = 16, source: str = "crawl") -> WarcTruth:
+    """One gzipped WARC file of a small crawl, the same on every machine with this Python: ``n_pages``
+    pydoc pages wrapped in boilerplate (``etl.devtools.web_pages``), each with its request record,
+    plus a PDF, a truncated page, a page crawled twice (the older copy is a ``duplicate_url``) and
+    warcinfo and metadata records."""
+    from .web_pages import http_response, make_pages, page_records, warc_record, write_warc
+
+    pages = make_pages(n_pages + 1)
+    records = [warc_record("warcinfo", b"software: kiln demo crawl\r\nformat: WARC File Format 1.0\r\n")]
+    records += page_records(pages[:n_pages])
+    special = [
+        ("not_html", warc_record("response", http_response(b"%PDF-1.4\n1 0 obj <<>> endobj\n%%EOF\n", "application/pdf"),
+                                 "https://docs.example.org/manual.pdf")),
+        ("truncated_record", warc_record("response", http_response(pages[n_pages].html.encode()[:3000]),
+                                         pages[n_pages].url, headers={"WARC-Truncated": "length"})),
+        ("duplicate_url", warc_record("response", http_response(pages[0].html.encode()), pages[0].url,
+                                      "2024-04-01T12:00:00Z", seq=1)),
+    ]
+    records += [record for _, record in special]
+    records.append(warc_record("metadata", b"fetchTimeMs: 42\r\n", pages[0].url))
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "crawl-00000.warc.gz")
+    write_warc(path, records)
+    truth = WarcTruth(path, skipped={"warcinfo": 1, "request": n_pages, "metadata": 1})
+    truth.pages = [f"{source}/crawl-00000.warc.gz:{2 + 2 * i}" for i in range(n_pages)]
+    first_special = 1 + 2 * n_pages
+    truth.rejected = {f"{source}/crawl-00000.warc.gz:{first_special + i}": reason for i, (reason, _) in enumerate(special)}
+    return truth
