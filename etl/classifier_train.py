@@ -40,7 +40,7 @@ class TrainSettings:
     model: Literal["hashed", "fasttext"] = "hashed"  # the kind of model (the module's docstring)
     ngrams: int = 2  # word n-grams up to this length
     features: int = 2 ** 20  # hash buckets (hashed: weights; fasttext: its n-gram buckets)
-    epochs: int = 10  # fasttext passes over the data (the hashed model stops when its loss settles)
+    epochs: int = 25  # fasttext passes over the data (the hashed model stops when its loss settles)
     dim: int = 32  # fasttext vector size
     validation_fraction: float = 0.1  # rows held out of training to measure the model on
     seed: int = 0  # the row split's and the training's
@@ -120,8 +120,10 @@ def _train_fasttext(rows: list[tuple[str, int]], settings: TrainSettings):
             handle.write(f"{FASTTEXT_PREFIX}{'hq' if label else 'lq'} {' '.join(text.split())}\n")
     try:
         return fasttext.train_supervised(input=handle.name, wordNgrams=settings.ngrams, bucket=settings.features,
-                                         dim=settings.dim, epoch=settings.epochs, lr=0.5, seed=settings.seed,
+                                         dim=settings.dim, epoch=settings.epochs, lr=0.1, seed=settings.seed,
                                          thread=1, verbose=0)
+    except RuntimeError as err:  # fastText's "Encountered NaN.": its SGD diverged
+        raise ValueError(f"fastText training failed ({err}): try fewer --epochs, or more documents") from None
     finally:
         os.unlink(handle.name)
 

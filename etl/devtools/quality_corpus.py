@@ -13,11 +13,18 @@ Web-like documents (label 0), generated, since no web crawl ships with Python:
 Every document names its source, so a classifier can be trained on some sources and measured on
 others (``HELD_OUT``): a split by source, not by row, as a new crawl brings sources never seen.
 Deterministic for a seed and a set of installed package versions.
+
+    python -m etl.devtools.quality_corpus FOLDER [--docs-per-source 40]
+
+writes FOLDER/reference.jsonl and FOLDER/web.jsonl (the training sources) and FOLDER/held_out.jsonl
+(the held-out sources, both labels), each line ``{"text", "label", "source"}``.
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib.util
+import json
 import os
 import random
 import re
@@ -196,3 +203,28 @@ def build(docs_per_source: int = 40, seed: int = 0) -> list[dict]:
 def split_by_source(records: list[dict]) -> tuple[list[dict], list[dict]]:
     """(training records, held-out records): the held-out sources are ``HELD_OUT``."""
     return [r for r in records if r["source"] not in HELD_OUT], [r for r in records if r["source"] in HELD_OUT]
+
+
+def write_files(folder: str, docs_per_source: int = 40, seed: int = 0) -> dict[str, str]:
+    """The corpus as JSONL files in ``folder``: reference.jsonl and web.jsonl (training sources, by
+    label) and held_out.jsonl (the held-out sources); returns their paths by name."""
+    train, held_out = split_by_source(build(docs_per_source, seed))
+    parts = {"reference": [r for r in train if r["label"]], "web": [r for r in train if not r["label"]],
+             "held_out": held_out}
+    os.makedirs(folder, exist_ok=True)
+    paths = {}
+    for name, rows in parts.items():
+        paths[name] = os.path.join(folder, f"{name}.jsonl")
+        with open(paths[name], "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in rows)
+    return paths
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="write the quality classifier corpus (reference, web, held_out) as JSONL")
+    parser.add_argument("folder")
+    parser.add_argument("--docs-per-source", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    written = write_files(args.folder, args.docs_per_source, args.seed)
+    print("wrote " + ", ".join(written.values()))

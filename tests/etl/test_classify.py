@@ -22,6 +22,7 @@ from etl.stages.classify import SCORE_COLUMN, Classify, ClassifyParams
 from etl.text.classifiers import FastTextClassifier, HashedLinearClassifier, local_copy
 from shards.config import ConfigError, from_dict
 
+ROOT = Path(__file__).resolve().parents[2]
 DOC_SCHEMA = "id string, source string, text string, content_hash string, meta map<string,string>"
 
 
@@ -29,11 +30,7 @@ DOC_SCHEMA = "id string, source string, text string, content_hash string, meta m
 def corpus(tmp_path_factory) -> Path:
     """A fresh working folder with the training files (reference, web) and the held-out documents."""
     work = tmp_path_factory.mktemp("classify")
-    train, held_out = quality_corpus.split_by_source(quality_corpus.build(docs_per_source=30))
-    for name, rows in (("reference.jsonl", [r for r in train if r["label"]]),
-                       ("web.jsonl", [r for r in train if not r["label"]]), ("held_out.jsonl", held_out)):
-        with open(work / name, "w") as handle:
-            handle.writelines(json.dumps(r) + "\n" for r in rows)
+    quality_corpus.write_files(str(work), docs_per_source=30)
     return work
 
 
@@ -114,7 +111,9 @@ def test_fasttext_model_from_an_object_store_in_spark(spark, models, held_out, s
     local = FastTextClassifier(str(models["fasttext"])).score([r["text"] for r in held_out])
     scores = [out[f"d{i}"][SCORE_COLUMN] for i in range(len(held_out))]
     assert scores == pytest.approx(local, abs=1e-6)
-    assert roc_auc([r["label"] for r in held_out], scores) >= 0.97
+    auc = roc_auc([r["label"] for r in held_out], scores)
+    print(f"\nheld-out sources, ROC AUC: fastText (train-classifier --model fasttext) {auc:.4f}")
+    assert auc >= 0.97
     assert {r["reason"] for r in out.values()} == {None, "classify:dclm<0.5"}
 
 
@@ -197,3 +196,24 @@ def test_train_classifier_reports_bad_input(corpus):
                            "--negative", "web.jsonl", "--out", "models/quality.bin"], cwd=corpus,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "a hashed model is a .npz file" in proc.stderr
+
+
+def test_pipeline_report_and_notebook_show_the_scores(spark, corpus, models, tmp_path, monkeypatch, capsys):
+    """A run with the stage (relative paths, as in a config file): the funnel counts the reason, and the
+    notebook prints the documents on either side of the threshold."""
+    from etl.pipeline import run_pipeline
+    from notebooks.run import run_notebook
+
+    monkeypatch.chdir(corpus)
+    config, stages = validate_pipeline_config({
+        "output": "out", "inputs": [{"path": "held_out.jsonl", "source": "web"}],
+        "stages": [{"name": "classify", "params": {"model_path": "models/quality.npz", "model_type": "kiln",
+                                                   "keep_top_fraction": 0.5}}]})
+    run = run_pipeline(config, stages, spark, progress=lambda line: None)
+    step = run.steps[-1]
+    threshold = step.metrics["threshold"]
+    assert list(step.rejected) == [f"classify:quality<{threshold:.4g}"] and step.docs_out >= step.docs_in // 2
+    run_notebook(ROOT / "notebooks" / "06_classify.py", {"OUTPUT": str(corpus / "out")}, tmp_path)
+    printed = capsys.readouterr().out
+    assert f"threshold {threshold:.4g} keeps" in printed and "--- removed, highest scores" in printed
+    assert list(tmp_path.glob("*.png"))
