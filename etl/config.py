@@ -62,6 +62,35 @@ class StageSpec:
 
 
 @dataclass
+class ReportConfig:
+    """The run report (``<output>/report/report.html`` and its JSON twin ``report.json``): what it shows and when it warns."""
+
+    enabled: bool = True  # write the report; `report: false` in the YAML is short for `report: {enabled: false}`
+    # Warn when one stage removes more than this share of the documents it was given (0.9: nine in ten).
+    max_stage_removal: float = 0.5
+    # Warn when the published dataset version's tokens differ from the previous version's by more than this share.
+    max_token_change: float = 0.3
+    examples_per_reason: int = 3  # example documents shown per rejection reason (PII redacted, truncated)
+    example_chars: int = 400  # characters shown of each example document
+    # Documents per stage whose scores are read to the driver for the histograms: a shape needs no more.
+    histogram_sample: int = 20_000
+    dedup_clusters: int = 8  # largest near-duplicate clusters listed
+    dedup_pairs: int = 3  # near-duplicate pairs shown side by side (the least similar first: the borderline ones)
+    # Log the funnel, warnings and stage metrics to MLflow at this tracking URI (e.g. file:./mlruns,
+    # http://mlflow:5000, databricks); null: no MLflow.
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = "kiln-etl"  # the MLflow experiment the runs are logged under
+
+    def __post_init__(self):
+        for name in ("max_stage_removal", "max_token_change"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"report.{name} is a share between 0 and 1, got {getattr(self, name)!r}")
+        for name in ("examples_per_reason", "example_chars", "histogram_sample", "dedup_clusters", "dedup_pairs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"report.{name} must not be negative, got {getattr(self, name)!r}")
+
+
+@dataclass
 class PipelineConfig:
     output: str  # root of every table, the report and (by default) the dataset; local (relative: to the working directory) or s3a://
     inputs: list[InputSpec]  # read and unioned by ingest
@@ -70,7 +99,8 @@ class PipelineConfig:
     max_doc_bytes: int = 1_000_000
     # Incremental runs keep state (processed files, dedup indices) here; default <output>/_state.
     state_dir: str | None = None
-    report: bool = True  # write the funnel report (JSON, Delta, HTML with plots) under <output>/report
+    # The run report under <output>/report (HTML, JSON, the funnel in Delta): true, false, or its settings.
+    report: bool | ReportConfig = field(default_factory=ReportConfig)
     # Spark settings for a session this job creates; never applied over spark-submit's or a cluster's own.
     spark_conf: dict[str, str] = field(default_factory=dict)
     # Raw-zone tables (before the `pii` stage, and `rejected`) keep files an overwrite replaced for
@@ -78,6 +108,8 @@ class PipelineConfig:
     raw_zone_retention_hours: int | None = None
 
     def __post_init__(self):
+        if isinstance(self.report, bool):
+            self.report = ReportConfig(enabled=self.report)
         if not self.inputs:
             raise ValueError("inputs: at least one input is required")
         sources = [i.source for i in self.inputs]

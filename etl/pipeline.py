@@ -7,7 +7,8 @@ Layout under the output root:
     rejected/          every row removed in the raw zone (ingest and stages before `pii`), partitioned
                        by stage, with `reason` and `detail`: its text is raw, like the tables it came from
     rejected_curated/  the same for rows removed from the `pii` stage on (their text is redacted)
-    report/            funnel.json, funnel (Delta), report.html and its plots
+    report/            report.html (one self-contained page) and report.json, funnel.json, funnel (Delta),
+                       the plots: etl/report/
 
 Every step overwrites its own tables, so running the same job twice leaves the same contents.
 The funnel is checked at the end: documents read = documents kept + documents rejected, exactly.
@@ -170,11 +171,10 @@ class Pipeline:
         self._mark_rejected_zones()
         if self.config.raw_zone_retention_hours is not None:
             self._vacuum_raw_zone(self.config.raw_zone_retention_hours)
-        if self.config.report:
+        if self.config.report.enabled:
             from .report import write_report  # here, not at the top: it sets matplotlib's Agg backend on import
 
-            path = write_report(self.spark, run)
-            progress(f"report: {path}")
+            write_report(self.spark, run, {s.name: s.params for s in self.stages}, progress)
         return run
 
     def _steps_by_zone(self) -> dict[str, list[str]]:

@@ -1,0 +1,132 @@
+"""The run report a data engineer opens every morning: ``<output>/report/report.html``, one
+self-contained page, and ``report.json``, its twin for tools.
+
+In the order a reader needs them: warnings (a stage that removed most of its input, a source that
+lost everything, a dataset version whose token count jumped), the funnel overall and per source
+(documents, characters, tokens), example documents for every rejection reason (PII redacted,
+truncated, with the command that shows more), score histograms of kept against rejected with the
+thresholds drawn, the largest near-duplicate clusters and borderline pairs, every stage's metrics,
+and what changed since the previous run of the same output. With ``report.mlflow_tracking_uri``
+set, the same numbers go to MLflow. The funnel is also written as ``funnel.json`` and the Delta
+table ``report/funnel``; the figures as PNGs beside the page. Settings: ``report:`` in the
+pipeline config (etl/config.py, ReportConfig); what each section means: docs/etl/report.md.
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from shards import storage
+from shards.config import to_dict
+from shards.manifest import list_versions, read_manifest, version_path
+
+from ..delta import write_table
+from ..funnel import PipelineRun, funnel_json
+from ..paths import join_path, to_fsspec_url
+from ..stages.base import StageContext
+from . import checks, collect, page, plots, scores
+from .tracking import log_to_mlflow
+
+_FUNNEL_SCHEMA = (
+    "step int, stage string, docs_in long, docs_out long, chars_in long, chars_out long, "
+    "bytes_in long, bytes_out long, rejected map<string,long>"
+)
+FUNNEL_PLOT = "plot_0_stage.png"  # notebooks/04_shards_and_funnel.py shows this one
+
+
+def _read_json(url: str) -> dict | None:
+    try:
+        return json.loads(storage.read_bytes(url))
+    except FileNotFoundError:
+        return None
+
+
+def _dataset(run: PipelineRun) -> dict | None:
+    """The version shuffle_and_write published (or found unchanged), with the previous version's tokens."""
+    found = next((s.metrics for s in reversed(run.steps) if "version" in s.metrics and "num_tokens" in s.metrics), None)
+    if found is None:
+        return None
+    root = found["dataset"].rstrip("/").rsplit("/", 1)[0]
+    earlier = [v for v in list_versions(root) if v < found["version"]]
+    previous = read_manifest(version_path(root, earlier[-1])) if earlier else None
+    return {"version": found["version"], "tokens": sum(found["num_tokens"].values()), "message": found["message"],
+            "previous_version": previous.version if previous else None,
+            "previous_tokens": sum(previous.num_tokens.values()) if previous else None}
+
+
+@contextmanager
+def _timed(timings: dict[str, float], section: str):
+    """Adds the block's seconds to ``timings[section]``: the report says what it cost, part by part."""
+    start = time.time()
+    yield
+    timings[section] = round(timings.get(section, 0.0) + time.time() - start, 2)
+
+
+def build(spark: SparkSession, run: PipelineRun, stage_params: dict[str, Any], previous: dict | None) -> tuple[dict, dict]:
+    """(the report's data, its figures); the data's ``timings`` say what each part cost."""
+    settings = run.config.report
+    timings: dict[str, float] = {}
+    rejected = collect.rejected_tables(spark, run.config.output)
+    redact = collect.Redactor(stage_params.get("pii"), StageContext(spark, run.config.output, run.config.state_root, run.run_id))
+    with _timed(timings, "funnel per source"):
+        by_source = collect.source_funnel(spark, run, rejected)
+    steps = []
+    for s in run.steps:
+        mine = [r for r in by_source if r["stage"] == s.stage]
+        tokens = [r["tokens_out"] for r in mine]
+        steps.append({**to_dict(s), "tokens_out": sum(tokens) if tokens and None not in tokens else None,
+                      "tokens_exact": bool(mine) and all(r["tokens_exact"] for r in mine)})
+    with _timed(timings, "score histograms"):
+        histograms = scores.score_histograms(spark, run.tables, rejected, steps, stage_params, settings.histogram_sample)
+    with _timed(timings, "examples"):
+        examples = collect.rejected_examples(rejected, [s["stage"] for s in steps], settings.examples_per_reason,
+                                             settings.example_chars, redact)
+    with _timed(timings, "dedup"):
+        dedup = collect.dedup_clusters(spark, run, settings.dedup_clusters, settings.dedup_pairs, settings.example_chars, redact)
+    report = {
+        "run_id": run.run_id, "output": run.config.output, "config": to_dict(run.config), "tables": run.tables,
+        "written_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "steps": steps, "by_source": by_source,
+        "examples": examples, "scores": histograms, "dedup": dedup, "dataset": _dataset(run), "timings": timings,
+    }
+    report["warnings"] = checks.warnings(steps, by_source, report["dataset"], settings)
+    report["comparison"] = checks.compare(report, previous)
+    with _timed(timings, "plots"):
+        figures = {"funnel": plots.funnel_plot(steps), "sources": plots.source_plot(by_source, [s["stage"] for s in steps]),
+                   "scores": {stage: plots.score_plot(stage, h) for stage, h in histograms.items()}}
+        if dedup and dedup["cluster_sizes"]:
+            figures["clusters"] = plots.cluster_plot(dedup["cluster_sizes"])
+    return report, figures
+
+
+def write_report(spark: SparkSession, run: PipelineRun, stage_params: dict[str, Any] | None = None, progress=print) -> str:
+    """Writes report.html, report.json, funnel.json, the funnel (Delta) and the figures under
+    ``<output>/report``, logs to MLflow when configured, prints the warnings; returns the page's path."""
+    start = time.time()
+    root = join_path(run.config.output, "report")
+    previous = _read_json(to_fsspec_url(join_path(root, "report.json"))) or _read_json(to_fsspec_url(join_path(root, "funnel.json")))
+    report, figures = build(spark, run, stage_params or {}, previous)
+    funnel_rows = [(i, s.stage, s.docs_in, s.docs_out, s.chars_in, s.chars_out, s.bytes_in, s.bytes_out, s.rejected)
+                   for i, s in enumerate(run.steps)]
+    with _timed(report["timings"], "funnel table (Delta)"):
+        write_table(spark.createDataFrame(funnel_rows, _FUNNEL_SCHEMA), join_path(root, "funnel"))
+    report["report_seconds"] = round(time.time() - start, 2)
+    texts = {"report.json": json.dumps(report, indent=2, sort_keys=True) + "\n", "report.html": page.render(report, figures)}
+    files = {"funnel.json": funnel_json(run).encode(), FUNNEL_PLOT: figures["funnel"], "plot_sources.png": figures["sources"],
+             **{f"plot_scores_{stage}.png": png for stage, png in figures["scores"].items()},
+             **{name: text.encode() for name, text in texts.items()}}
+    for name, data in files.items():
+        storage.atomic_write_bytes(to_fsspec_url(join_path(root, name)), data)
+    for warning in report["warnings"]:
+        progress(f"warning: {warning['message']}")
+    settings = run.config.report
+    if settings.mlflow_tracking_uri:
+        mlflow_run = log_to_mlflow(report, texts, settings.mlflow_tracking_uri, settings.mlflow_experiment)
+        progress(f"report logged to MLflow at {settings.mlflow_tracking_uri} (run {mlflow_run})")
+    path = join_path(root, "report.html")
+    progress(f"report: {path} ({report['report_seconds']:.1f}s, {len(report['warnings'])} warnings)")
+    return path

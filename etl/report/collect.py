@@ -1,0 +1,157 @@
+"""What the report reads from the run's Delta tables: the funnel per source, example rejected documents
+(PII redacted, truncated) and the dedup clusters. Plain dicts and lists come out; the page, the plots,
+the JSON twin and MLflow are all drawn from them."""
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import reduce
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from ..dedup_explain import stage_texts
+from ..delta import read_table, table_exists
+from ..funnel import PipelineRun
+from ..paths import join_path
+from ..stages.base import StageContext
+from ..stages.pii import ENTITIES_COLUMN, Pii, PiiParams
+
+TOKENS_COLUMN = "num_tokens"  # per-document tokens, written by the tokenize stage
+REJECTED_TABLES = {"rejected": "raw", "rejected_curated": "curated"}  # under the output root: table -> zone
+MINHASH = "minhash_dedup"
+
+
+def rejected_tables(spark: SparkSession, output: str) -> dict[str, DataFrame]:
+    """The run's rejected tables that exist, by zone."""
+    return {zone: read_table(spark, join_path(output, name))
+            for name, zone in REJECTED_TABLES.items() if table_exists(spark, join_path(output, name))}
+
+
+def source_funnel(spark: SparkSession, run: PipelineRun, rejected: dict[str, DataFrame]) -> list[dict]:
+    """Per step and source: documents, characters and tokens in and out, and documents rejected per reason.
+
+    Tokens are counted at tokenize; before it they are estimated from each source's characters per
+    token there (``tokens_exact`` says which). Documents in = out + rejected for every source; the
+    characters in are the previous step's out (stages rewrite text: line filtering, redaction)."""
+    parts = []  # one Spark job: every kept table by source, every rejected table by stage, source and reason
+    for step in run.steps:
+        table = read_table(spark, run.tables[step.stage])
+        tokens = F.sum(TOKENS_COLUMN) if TOKENS_COLUMN in table.columns else F.lit(None).cast("long")
+        parts.append(table.groupBy("source").agg(F.count("*").alias("n"), F.sum(F.length("text")).alias("c"), tokens.alias("t"))
+                     .select(F.lit(step.stage).alias("stage"), "source", F.lit(None).cast("string").alias("reason"), "n", "c", "t"))
+    for table in rejected.values():
+        parts.append(table.groupBy("stage", "source", "reason").agg(F.count("*").alias("n"), F.sum(F.length("text")).alias("c"))
+                     .withColumn("t", F.lit(None).cast("long")))
+    kept, dropped = {}, {}
+    for r in reduce(DataFrame.unionByName, parts).collect():
+        if r["reason"] is None:
+            kept[(r["stage"], r["source"])] = r
+        else:
+            dropped.setdefault((r["stage"], r["source"]), {})[r["reason"]] = (r["n"], r["c"] or 0)
+    sources = sorted({s for _, s in kept} | {s for _, s in dropped})
+    ratio = _tokens_per_char(kept, sources)
+    names = [s.stage for s in run.steps]
+    chain_end = names.index(run.funnel_end) if run.funnel_end in names else -1
+    rows, previous = [], {}
+    for i, stage in enumerate(names):
+        for source in sources:
+            out = kept.get((stage, source))
+            n_out, c_out, t_out = (out["n"], out["c"] or 0, out["t"]) if out else (0, 0, None)
+            reasons = dropped.get((stage, source), {})
+            n_in = n_out + sum(n for n, _ in reasons.values())
+            chained = 0 < i <= chain_end
+            c_in = previous[source]["chars_out"] if chained else c_out + sum(c for _, c in reasons.values())
+            exact = t_out is not None
+            row = {
+                "stage": stage, "source": source, "docs_in": n_in, "docs_out": n_out, "chars_in": c_in, "chars_out": c_out,
+                "tokens_in": previous[source]["tokens_out"] if chained else _estimate(c_in, ratio.get(source)),
+                "tokens_out": t_out if exact else _estimate(c_out, ratio.get(source)),
+                "tokens_exact": exact, "rejected": {reason: n for reason, (n, _) in sorted(reasons.items())},
+            }
+            rows.append(row)
+            previous[source] = row
+    return rows
+
+
+def _tokens_per_char(kept: dict, sources: list[str]) -> dict[str, float]:
+    """Each source's tokens per character where it was tokenized; the overall ratio for the others."""
+    counted = [r for r in kept.values() if r["t"] is not None and r["c"]]
+    if not counted:
+        return {}
+    last = {r["source"]: r["t"] / r["c"] for r in counted}  # every tokenized table holds the same documents
+    overall = sum(r["t"] for r in counted) / sum(r["c"] for r in counted)
+    return {s: last.get(s, overall) for s in sources}
+
+
+def _estimate(chars: int, ratio: float | None) -> int | None:
+    return None if ratio is None else round(chars * ratio)
+
+
+class Redactor:
+    """What the report shows of a raw-zone document: its text through the pii stage itself (the same
+    engine, the configured recognisers and thresholds), with every action set to redact (``<EMAIL>``),
+    so no salt is needed and nothing is left half masked. It runs on the Spark workers, where the
+    stage's engine is built once per worker and reused (etl/worker_cache.py)."""
+
+    def __init__(self, params: PiiParams | None, ctx: StageContext):
+        self.stage = Pii(replace(params or PiiParams(), actions={}, default_action="redact"))
+        self.ctx = ctx
+
+    def __call__(self, docs: DataFrame) -> DataFrame:
+        """``docs`` (id, text, content_hash and any others) with ``text`` redacted."""
+        verdicts = [c for c in ("reason", "detail") if c in docs.columns]  # the stage adds its own
+        hidden = docs.select(*[F.col(c).alias(f"_{c}") if c in verdicts else F.col(c) for c in docs.columns])
+        out = self.stage.run(hidden, self.ctx).docs.drop(ENTITIES_COLUMN, "reason", "detail")
+        return out.select(*[F.col(f"_{c}").alias(c) if c in verdicts else F.col(c) for c in docs.columns])
+
+
+def _clip(text: str | None, chars: int) -> str:
+    text = text or ""
+    return text if len(text) <= chars else text[:chars].rstrip() + " …"
+
+
+def rejected_examples(rejected: dict[str, DataFrame], stages: list[str], per_reason: int, chars: int, redact: Redactor) -> list[dict]:
+    """``per_reason`` documents for every (stage, reason), chosen by a hash of the id (stable across
+    runs, spread across sources), in the order of ``stages``; raw-zone texts redacted, then every
+    text truncated to ``chars``."""
+    if per_reason == 0 or not rejected:
+        return []
+    pick = Window.partitionBy("stage", "reason").orderBy(F.xxhash64("id"), "id")
+    parts = []
+    for zone, table in rejected.items():
+        chosen = (table.withColumn("_n", F.row_number().over(pick)).where(F.col("_n") <= per_reason)
+                  .select("stage", "reason", "id", "source", "detail", "text", "content_hash", F.length("text").alias("chars"),
+                          F.lit(zone).alias("zone")))
+        parts.append(redact(chosen) if zone == "raw" else chosen)  # the whole text, before it is cut
+    order = {name: i for i, name in enumerate(stages)}
+    examples = [{"stage": r["stage"], "reason": r["reason"], "id": r["id"], "source": r["source"], "detail": r["detail"],
+                 "zone": r["zone"], "chars": r["chars"] or 0, "text": _clip(r["text"], chars)}
+                for r in reduce(DataFrame.unionByName, parts).collect()]
+    return sorted(examples, key=lambda e: (order.get(e["stage"], len(order)), e["reason"], e["id"]))
+
+
+def dedup_clusters(spark: SparkSession, run: PipelineRun, clusters: int, pairs: int, chars: int, redact: Redactor) -> dict | None:
+    """The largest near-duplicate clusters and the least similar removed documents beside the kept
+    one they matched (the borderline cases for the threshold); None when minhash_dedup did not run."""
+    path = join_path(run.config.output, MINHASH, "clusters")
+    if MINHASH not in run.tables or not table_exists(spark, path):
+        return None
+    members = read_table(spark, path)
+    largest = (members.groupBy("cluster_id", "kept_id")
+               .agg(F.count("*").alias("documents"), F.min("similarity").alias("min_similarity"))
+               .orderBy(F.desc("documents"), "cluster_id").limit(clusters).collect())
+    sizes = members.groupBy("cluster_id").count().groupBy(F.col("count").alias("size")).count().orderBy("size").collect()
+    closest = (members.where(F.col("id") != F.col("kept_id")).orderBy("similarity", "id").limit(pairs)
+               .select("id", "kept_id", "similarity").collect())
+    ids = sorted({r["id"] for r in closest} | {r["kept_id"] for r in closest})
+    texts = stage_texts(spark, run.config.output, ids, stage=MINHASH)
+    found = spark.createDataFrame([(i, texts.get(i, ""), "") for i in ids], "id string, text string, content_hash string")
+    redacted = {r["id"]: r["text"] for r in redact(found).collect()} if ids else {}
+    return {
+        "cluster_sizes": {int(r["size"]): int(r["count"]) for r in sizes},
+        "largest": [{"cluster_id": r["cluster_id"], "kept_id": r["kept_id"], "documents": r["documents"],
+                     "min_similarity": r["min_similarity"]} for r in largest],
+        "pairs": [{"removed_id": r["id"], "kept_id": r["kept_id"], "similarity": r["similarity"],
+                   "removed_text": _clip(redacted[r["id"]], chars), "kept_text": _clip(redacted[r["kept_id"]], chars)}
+                  for r in closest],
+    }
