@@ -107,9 +107,10 @@ def build_model(model_cfg: MPTConfig, par: ParallelSection, d: Distributed) -> n
     return model
 
 
-def grad_norm_and_clip(model: nn.Module, max_norm: float | None) -> float:
-    """The total gradient norm (before clipping), clipping to ``max_norm`` when set."""
+def grad_norm_and_clip(model: nn.Module, max_norm: float | None) -> torch.Tensor:
+    """The total gradient norm (before clipping) as a 0-dim tensor on the device, the same on every rank;
+    clips to ``max_norm`` when set. Not read on the host here: the step must not wait for it."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm is not None else float("inf"))
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
-    return norm.item()
+    return norm

@@ -16,36 +16,56 @@ from .config import OptimizerSection, ScheduleSection
 
 
 class _Decoupled(torch.optim.Optimizer):
-    def _decay(self, param: torch.Tensor, group: dict) -> None:
+    """``step(skip=...)``: ``skip`` is a 0-dim bool tensor on the parameters' device (the non-finite guard's
+    verdict, training.train). When it is true the step changes nothing: parameters, moments and step
+    counters keep their values. The choice is made on the device (``torch.where``), so the host never waits
+    for the verdict; each parameter's update is computed out of place, one parameter at a time, which
+    costs a few temporaries of the largest parameter's size, not a copy of the model."""
+
+    @staticmethod
+    def _decayed(param: torch.Tensor, group: dict) -> torch.Tensor:
         if group["weight_decay"] and param.dim() >= 2:
-            param.mul_(1.0 - group["weight_decay"] * group["lr"] / group["peak_lr"])
+            return param.mul(1.0 - group["weight_decay"] * group["lr"] / group["peak_lr"])
+        return param
+
+    @staticmethod
+    def _keep_unless(skip: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> None:
+        old.copy_(torch.where(skip, old, new))
 
 
 class AdamW(_Decoupled):
+    """The step counter is a float64 tensor on the device, so a skipped step leaves it as it was without
+    the host knowing; the bias corrections computed from it are the same numbers as from a Python int."""
+
     def __init__(self, params, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(params, dict(lr=lr, peak_lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None, skip: torch.Tensor | None = None):
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                if skip is None:
+                    skip = torch.zeros((), dtype=torch.bool, device=p.device)
                 state = self.state[p]
                 if not state:
-                    state["step"] = 0
+                    state["step"] = torch.zeros((), dtype=torch.float64, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.lerp_(p.grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                bias1 = 1 - beta1 ** state["step"]
-                bias2 = 1 - beta2 ** state["step"]
+                step = state["step"] + 1
+                exp_avg = state["exp_avg"].lerp(p.grad, 1 - beta1)
+                exp_avg_sq = state["exp_avg_sq"].mul(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                bias1 = 1 - beta1 ** step
+                bias2 = 1 - beta2 ** step
                 denom = (exp_avg_sq / bias2).sqrt_().add_(group["eps"])
-                self._decay(p, group)
-                p.addcdiv_(exp_avg, denom, value=-group["lr"] / bias1)
+                # p.addcdiv_(exp_avg, denom, value=v) computes p + (v * exp_avg) / denom; v is a tensor here
+                update = exp_avg.mul(-group["lr"] / bias1).div_(denom)
+                self._keep_unless(skip, p, self._decayed(p, group).add(update))
+                self._keep_unless(skip, state["exp_avg"], exp_avg)
+                self._keep_unless(skip, state["exp_avg_sq"], exp_avg_sq)
+                self._keep_unless(skip, state["step"], step)
 
 
 class Lion(_Decoupled):
@@ -57,20 +77,21 @@ class Lion(_Decoupled):
         super().__init__(params, dict(lr=lr, peak_lr=lr, betas=tuple(betas), weight_decay=weight_decay))
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None, skip: torch.Tensor | None = None):
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                if skip is None:
+                    skip = torch.zeros((), dtype=torch.bool, device=p.device)
                 state = self.state[p]
                 if not state:
                     state["exp_avg"] = torch.zeros_like(p)
                 exp_avg = state["exp_avg"]
                 update = exp_avg.lerp(p.grad, 1 - beta1).sign_()
-                self._decay(p, group)
-                p.add_(update, alpha=-group["lr"])
-                exp_avg.lerp_(p.grad, 1 - beta2)
+                self._keep_unless(skip, p, self._decayed(p, group).add(update, alpha=-group["lr"]))
+                self._keep_unless(skip, exp_avg, exp_avg.lerp(p.grad, 1 - beta2))
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerSection) -> torch.optim.Optimizer:

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import functools
 import json
+import math
 import signal
 import sys
 import time
@@ -35,6 +36,7 @@ from .model import MPT
 from .optim import build_optimizer, lr_multiplier, set_lr
 from .run.checkpoint import Checkpointer, describe_data
 from .run.gate import BehindBand, LossGate, exit_status
+from .run.guard import NonFiniteGuard
 from .run.journal import Journal, RunObserver
 from .run.ledger import SampleLedger
 from .run.metrics import MetricsLogger, memory_gb, peak_flops
@@ -166,6 +168,7 @@ def train(cfg: TrainConfig) -> dict:
         tokens_per_step = cfg.train.global_batch_size * seq_len
         last: dict = {}
         observer = RunObserver(cfg.journal, journal)
+        guard = NonFiniteGuard(cfg.train.max_skipped_steps, cfg.train.skip_steps, journal, d.is_main)
         gate = LossGate(cfg.gate, cfg.train.max_steps, cfg.logging.every_steps, journal) if cfg.gate.band else None
         behind = None  # the gate's reason to stop, once it has one
         preemption = Preemption(watchdog, cfg.checkpoint.alive_check_s, d.world_size)
@@ -186,8 +189,10 @@ def train(cfg: TrainConfig) -> dict:
                     loss = MPT.loss(logits, labels, ignore_index=IGNORE_INDEX)
                     (loss / accumulation).backward()
                     loss_sum += loss.detach()
+                faults.after_backward(step, model.parameters())
                 grad_norm = grad_norm_and_clip(model, cfg.train.grad_clip)
-                optimizer.step()
+                dist.all_reduce(loss_sum)  # the guard needs every rank's loss; the logged loss is this one
+                optimizer.step(skip=guard.verdict(step, loss_sum, grad_norm))  # decided and obeyed on the device
                 optimizer.zero_grad(set_to_none=True)
                 state.step, state.loader = step, train_loader.state_dict()
                 interval_steps += 1
@@ -195,13 +200,14 @@ def train(cfg: TrainConfig) -> dict:
 
                 is_last = step == cfg.train.max_steps
                 if step % cfg.logging.every_steps == 0 or is_last:
-                    dist.all_reduce(loss_sum)
+                    guard.settle()  # the host reads the loss here anyway
                     elapsed = time.perf_counter() - interval_start
                     tokens_per_s = interval_steps * tokens_per_step / elapsed
                     last = {
                         "loss": loss_sum.item() / (accumulation * d.world_size),
                         "lr": lr,
-                        "grad_norm": grad_norm,
+                        "grad_norm": grad_norm.item(),
+                        "skipped_steps": guard.total,
                         "tokens_per_s": tokens_per_s,
                         "mfu": flops_per_token * tokens_per_s / (peak * d.world_size) if peak else None,
                         "memory_gb": memory_gb(d.device),
@@ -210,7 +216,7 @@ def train(cfg: TrainConfig) -> dict:
                     }
                     metrics.log(step, last)
                     metrics.advance(step, last["loss"], lr, tokens_per_s)
-                    if d.is_main:
+                    if d.is_main and math.isfinite(last["loss"]):  # a skipped step's loss judges nothing
                         observer.observe(step, last["loss"], tokens_per_s)
                         if gate is not None:
                             gate.observe(step, last["loss"])
@@ -243,6 +249,7 @@ def train(cfg: TrainConfig) -> dict:
                         journal.record("preempted", step=step, signal=preemption.received or "a peer's signal",
                                        saved_step=step if checkpointer.enabled else None, detail="clean exit")
                     break
+            guard.settle()
             checkpointer.close()
             status = "KILLED" if stopped else "FINISHED"
         except PeersLost as err:

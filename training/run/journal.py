@@ -182,6 +182,10 @@ def _describe(event: dict) -> str:
     if kind == "band":
         return (f"loss {event['loss']:.4f} {event['verdict']} (band {event['low']:.4f}-{event['high']:.4f}, "
                 f"expected {event['expected']:.4f})" + (f"; behind {event['behind']} in a row" if event['behind'] else ""))
+    if kind == "skipped":
+        parts = [f"step(s) {event['nonfinite']} not applied (NaN/Inf loss or gradient norm)"] if event["nonfinite"] else []
+        parts += [f"step(s) {event['requested']} skipped as train.skip_steps asks"] if event["requested"] else []
+        return "; ".join(parts) + f"; {event['total']} skipped in this attempt"
     if kind == "gate_stop":
         return f"**stopped by the loss gate**: {event['reason']}"
     if kind == "finish":
@@ -193,6 +197,7 @@ def render_markdown(events: list[dict], run_name: str) -> str:
     """The journal as a page: a summary of failures, restarts and checkpoints, then every event in order."""
     count = {kind: sum(e["event"] == kind for e in events)
              for kind in ("failure", "restart", "checkpoint", "loss_spike", "preempted", "gate_stop")}
+    skipped = sum(len({*e["nonfinite"], *e["requested"]}) for e in events if e["event"] == "skipped")
     verdicts = [e["verdict"] for e in events if e["event"] == "band"]
     resumes = [e for e in events if e["event"] == "resume"]
     last_step = max((e["step"] for e in events if isinstance(e.get("step"), int)), default=0)
@@ -204,7 +209,7 @@ def render_markdown(events: list[dict], run_name: str) -> str:
         f"- furthest step recorded: {last_step}",
         f"- failures: {count['failure']}, restarts by the launcher: {count['restart']}, "
         f"resumptions: {len(resumes)}, preemptions: {count['preempted']}",
-        f"- checkpoints saved: {count['checkpoint']}, loss spikes: {count['loss_spike']}",
+        f"- checkpoints saved: {count['checkpoint']}, loss spikes: {count['loss_spike']}, steps skipped: {skipped}",
         *([f"- against the expected loss band: {', '.join(f'{verdicts.count(v)} {v}' for v in BAND_VERDICTS)}"
            + ("; **stopped by the loss gate**" if count["gate_stop"] else "")] if verdicts else []),
         "",

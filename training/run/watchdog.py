@@ -14,8 +14,8 @@ once without touching a collective (``PeersLost``). Otherwise every rank agrees 
 through one small all-reduce per step.
 
 ``FaultPlan``: deterministic kills and hangs from ``KILN_FAULT_PLAN`` (tests and fire drills), e.g.
-``kill_at_step=5@1,kill_during_save=12,hang_at_step=3@1`` (``@rank``, default 0). Each fault fires
-once per run: a marker file in ``<run_dir>/faults/`` remembers it across restarts.
+``kill_at_step=5@1,kill_during_save=12,hang_at_step=3@1,nan_grad_at_step=4@1`` (``@rank``, default 0).
+Each fault fires once per run: a marker file in ``<run_dir>/faults/`` remembers it across restarts.
 """
 from __future__ import annotations
 
@@ -198,7 +198,7 @@ class Preemption:
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # kill_at_step | kill_during_save | hang_at_step
+    kind: str  # one of FaultPlan.KINDS
     step: int
     rank: int = 0
 
@@ -210,10 +210,11 @@ class FaultPlan:
     in the save of step N after the shard files are written and before the manifest (on rank 0 this
     leaves an incomplete checkpoint). hang_at_step=N: sleep forever after step N. preempt_at_step=N:
     what a scheduler's preemption notice does, SIGTERM to the launcher (under torchrun, this rank's
-    parent) and to the ranks (here: this one, so the stop lands on step N exactly).
+    parent) and to the ranks (here: this one, so the stop lands on step N exactly). nan_grad_at_step=N:
+    a NaN in this rank's gradient of step N, before clipping (what the non-finite guard must catch).
     """
 
-    KINDS = ("kill_at_step", "kill_during_save", "hang_at_step", "preempt_at_step")
+    KINDS = ("kill_at_step", "kill_during_save", "hang_at_step", "preempt_at_step", "nan_grad_at_step")
 
     def __init__(self, faults: list[Fault], marker_dir: Path, rank: int, journal: Journal):
         self.faults, self.marker_dir, self.rank, self.journal = faults, marker_dir, rank, journal
@@ -236,6 +237,15 @@ class FaultPlan:
 
     def at_step(self, step: int) -> None:
         self._maybe_fire(step, ("kill_at_step", "hang_at_step", "preempt_at_step"))
+
+    def after_backward(self, step: int, params) -> None:
+        """nan_grad_at_step: poison this rank's share of the first gradient (its local shard under FSDP2)."""
+        for index, fault in enumerate(self.faults):
+            if fault.kind == "nan_grad_at_step" and fault.step == step and fault.rank == self.rank \
+                    and self._claim(index, fault):
+                grad = next(p.grad for p in params if p.grad is not None)
+                local = grad.to_local() if hasattr(grad, "to_local") else grad
+                local.view(-1)[0] = float("nan")
 
     def during_save(self, step: int) -> None:
         self._maybe_fire(step, ("kill_during_save",))
