@@ -134,18 +134,20 @@ class PiiRedactor:
         self.prefilter = PiiPrefilter.for_recognizers(recognizers) if params.prefilter and not ner else None
 
     def find(self, texts: list[str]) -> list[list]:
-        """presidio's matches per text, overlaps resolved: the spans the stage acts on. Texts the
-        pre-filter rules out get none without presidio (it would find none in them)."""
+        """presidio's matches per text, overlaps resolved: the spans the stage acts on. With the
+        pre-filter, presidio looks in each text only for the entity types that can match there, and
+        not at all in texts where none can (it would find nothing more)."""
         from ..text.pii_recognizers import resolve_overlaps  # presidio, loaded with the analyzer (see __init__)
 
-        candidates = [i for i, text in enumerate(texts) if self.prefilter is None or self.prefilter.might_hold(text)]
-        found: list[list] = [[] for _ in texts]
-        analysed = self.batch_analyzer.analyze_iterator(
-            [texts[i] for i in candidates], language="en", batch_size=64, entities=self.params.entity_types
-        )
-        for i, results in zip(candidates, analysed):
-            found[i] = resolve_overlaps(results)
-        return found
+        if self.prefilter is None:
+            found = self.batch_analyzer.analyze_iterator(texts, language="en", batch_size=64, entities=self.params.entity_types)
+            return [resolve_overlaps(results) for results in found]
+        analyzer = self.batch_analyzer.analyzer_engine
+        out = []
+        for text in texts:
+            possible = self.prefilter.possible_entities(text)
+            out.append(resolve_overlaps(analyzer.analyze(text, language="en", entities=possible)) if possible else [])
+        return out
 
     def process(self, texts: list[str]) -> list[tuple[str, dict[str, int], str | None, str | None]]:
         """(new text, entity counts, reason, detail) per text."""

@@ -4,7 +4,8 @@ Most documents hold no personal data, yet presidio's analysis (every recogniser'
 phone region passes, the context words) costs milliseconds per document whatever it finds. A
 recogniser can only report a span its own pattern matched: context words raise the score of a
 match, they never create one. So a document in which no enabled recogniser's pattern matches is
-one presidio would leave unchanged, and it skips presidio.
+one presidio would leave unchanged, and it skips presidio. Where some can, presidio runs only the
+recognisers of the entity types that can match (the others would return nothing).
 
 Two steps per recogniser. First a cheap *necessary* condition (`NEEDS`), read off its patterns:
 every match contains it. Only where it holds, the recogniser's own compiled patterns (taken from the
@@ -76,21 +77,20 @@ NEEDS = {
 
 
 class PiiPrefilter:
-    """One cheap pass over a text: can any enabled recogniser match in it?
+    """One cheap pass over a text: which enabled recognisers' entities can match in it?
 
-    ``checks``: per recogniser, its cheap condition (None: none) and its own compiled patterns (None:
-    the condition is the recogniser's own gate, as for phones).
+    ``checks``: per recogniser, its entity, its cheap condition (None: none) and its own compiled
+    patterns (None: the condition is the recogniser's own gate, as for phones).
     """
 
-    def __init__(self, checks: list[tuple[Need | None, list[regex.Pattern] | None]]):
-        if any(need is None and patterns is None for need, patterns in checks):
+    def __init__(self, checks: list[tuple[str, Need | None, list[regex.Pattern] | None]]):
+        if any(need is None and patterns is None for _, need, patterns in checks):
             raise ValueError("a recogniser with neither a condition nor patterns cannot be pre-filtered")
-        # Recognisers sharing a condition (phone, card and SSN; the two secret recognisers) test it once.
+        # Recognisers sharing a condition (phone, card and SSN) test it once.
         by_need: dict[Need | None, list] = {}
-        for need, patterns in checks:
-            by_need.setdefault(need, []).append(patterns)
-        self.groups = [(need, _compiled(need), None if any(p is None for p in group) else [p for ps in group for p in ps])
-                       for need, group in by_need.items()]
+        for entity, need, patterns in checks:
+            by_need.setdefault(need, []).append((entity, patterns))
+        self.groups = [(need, _compiled(need), members) for need, members in by_need.items()]
 
     @classmethod
     def for_recognizers(cls, recognizers: list) -> PiiPrefilter:
@@ -98,17 +98,19 @@ class PiiPrefilter:
         checks = []
         for recognizer in recognizers:
             entities = recognizer.supported_entities
-            if any(e in NER_ENTITIES for e in entities):
+            if len(entities) != 1 or entities[0] in NER_ENTITIES:
                 raise ValueError(f"no pre-filter for NER entities {entities}: a name can be anywhere")
             patterns = getattr(recognizer, "patterns", None)
             compiled = None if patterns is None else [regex.compile(p.regex, flags=recognizer.global_regex_flags)
                                                      for p in patterns]
-            checks.append((NEEDS.get(type(recognizer).__name__), compiled))
+            checks.append((entities[0], NEEDS.get(type(recognizer).__name__), compiled))
         return cls(checks)
 
-    def might_hold(self, text: str) -> bool:
+    def possible_entities(self, text: str) -> list[str]:
+        """The entity types some recogniser of which can match in `text`; presidio need look for no other."""
+        possible: set[str] = set()
         folded = None
-        for need, need_regexes, patterns in self.groups:
+        for need, need_regexes, members in self.groups:
             if need is not None:
                 held = False
                 if need.words:
@@ -119,9 +121,13 @@ class PiiPrefilter:
                     held = any(r.search(text) for r in need_regexes)
                 if not held:
                     continue
-            if patterns is None or any(p.search(text) for p in patterns):
-                return True
-        return False
+            for entity, patterns in members:
+                if entity not in possible and (patterns is None or any(p.search(text) for p in patterns)):
+                    possible.add(entity)
+        return sorted(possible)
+
+    def might_hold(self, text: str) -> bool:
+        return bool(self.possible_entities(text))
 
 
 def _compiled(need: Need | None) -> list[regex.Pattern]:
