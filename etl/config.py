@@ -76,7 +76,7 @@ class ReportConfig:
     histogram_sample: int = 20_000
     dedup_clusters: int = 8  # largest near-duplicate clusters listed
     dedup_pairs: int = 3  # near-duplicate pairs shown side by side (the least similar first: the borderline ones)
-    # Log the funnel, warnings and stage metrics to MLflow at this tracking URI (e.g. file:./mlruns,
+    # Log the funnel, warnings and stage metrics to MLflow at this tracking URI (e.g. sqlite:///mlflow.db,
     # http://mlflow:5000, databricks); null: no MLflow.
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = "kiln-etl"  # the MLflow experiment the runs are logged under

@@ -34,6 +34,8 @@ def _e(value) -> str:
 
 
 def _n(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     return "-" if value is None else f"{value:,}" if isinstance(value, int) else f"{value:,.4g}" if isinstance(value, float) else _e(value)
 
 
@@ -95,7 +97,13 @@ def _warnings(report: dict) -> str:
 
 def _funnel(report: dict, plots: dict) -> str:
     steps = report["steps"]
-    rows = [[_e(s["stage"]), _n(s["docs_in"]), _n(s["docs_out"]), _pct(s["docs_in"] - s["docs_out"], s["docs_in"]),
+    flagged = {w["stage"] for w in report["warnings"] if w["kind"] == "stage_removed_most"}
+
+    def removed(s: dict) -> str:
+        share = _pct(s["docs_in"] - s["docs_out"], s["docs_in"])
+        return f"<b class='down'>{share}</b>" if s["stage"] in flagged else share
+
+    rows = [[_e(s["stage"]), _n(s["docs_in"]), _n(s["docs_out"]), removed(s),
              _n(s["chars_in"]), _n(s["chars_out"]), _tokens(s["tokens_out"], s["tokens_exact"]), f"{s['seconds']:.1f}"] for s in steps]
     table = _table(["stage", "docs in", "docs out", "removed", "chars in", "chars out", "tokens out", "seconds"], rows)
     return f"<h2 id='funnel'>Funnel</h2><p>Tokens marked ~ are estimated (see per source).</p>{table}{_img(plots['funnel'], 'documents per stage')}"
