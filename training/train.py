@@ -37,7 +37,7 @@ from .optim import build_optimizer, lr_multiplier, set_lr
 from .run.checkpoint import Checkpointer, describe_data
 from .run.gate import BehindBand, LossGate, exit_status
 from .run.guard import NonFiniteGuard
-from .run.journal import Journal, RunObserver
+from .run.journal import Journal, RunObserver, next_attempt, restart_attempt
 from .run.ledger import SampleLedger
 from .run.metrics import MetricsLogger, memory_gb, peak_flops
 from .run.watchdog import FaultPlan, PeersLost, Preemption, Watchdog, connect_store
@@ -119,13 +119,14 @@ def train(cfg: TrainConfig) -> dict:
         optimizer = build_optimizer(model, cfg.optimizer)
 
         # Fault tolerance: journal, hang watchdog and heartbeats, then resume from the newest complete checkpoint.
-        journal = Journal(run_dir, d.rank)
+        # A new attempt number for every start of the ranks (a torchrun restart or the same command again).
+        journal = Journal(run_dir, d.rank, broadcast_from_main(next_attempt(run_dir) if d.is_main else None, d))
         faults = FaultPlan.from_env(run_dir / "faults", d.rank, journal)
         checkpointer = Checkpointer(cfg, d.rank, d.world_size, journal, faults, train_sources, seq_len)
         cleanup.callback(checkpointer.release)
         if d.is_main:
             if journal.attempt > 0:
-                journal.record("restart", cause=journal.restart_cause())
+                journal.record_restart(relaunch=restart_attempt() == 0)
             journal.record("start", world_size=d.world_size, max_steps=cfg.train.max_steps,
                            data=describe_data(train_sources), checkpoints=checkpointer.enabled and checkpointer.root)
         watchdog = Watchdog(cfg.watchdog, d.rank, d.world_size, run_dir, journal, connect_store(journal.attempt))

@@ -259,9 +259,20 @@ class Checkpointer:
             raise ConfigError(f"cannot resume from {url}: {err}") from None
         self.last_saved_step = manifest["step"]
         if self.rank == 0:
+            self._journal_if_missing(url, manifest)
             self.journal.record("resume", step=manifest["step"], checkpoint=url, tokens=manifest["tokens"],
                                 saved_world_size=manifest["world_size"], world_size=self.world_size)
         return TrainState(step=manifest["step"], loader=loader.state_dict())
+
+    def _journal_if_missing(self, url: str, manifest: dict) -> None:
+        """Rank 0 of an attempt after the first: the checkpoint's ``checkpoint`` event, when the attempt that
+        saved it was killed between its manifest and its journal line."""
+        name = step_name(manifest["step"])
+        if self.journal.attempt > 0 and not any(e["event"] == "checkpoint" and e.get("name") == name
+                                                for e in self.journal.events()):
+            self.journal.record("checkpoint", step=manifest["step"], name=name, url=url, reason=manifest["reason"],
+                                bytes=sum(manifest["files"].values()), seconds=None, blocking_seconds=None,
+                                removed=[], reconciled=True)
 
     def _choose(self) -> tuple[str, dict] | None:
         """Rank 0: the newest complete checkpoint; incomplete ones after it (interrupted saves) go."""

@@ -9,8 +9,12 @@ evaluation point: the loss on track, behind or ahead of the expected band, train
 ``gate_stop`` (the gate stopped the run) and ``finish``. A ``checkpoint`` event carries the save's
 ``seconds`` and its ``blocking_seconds`` (what training waited; less for an asynchronous save), which
 ``python -m training.plan --save-journal`` reads.
-Every event carries the time, the restart attempt (torchrun's TORCHELASTIC_RESTART_COUNT) and the
-rank that wrote it.
+Every event carries the time, the attempt and the rank that wrote it. Each start of the ranks is a new
+attempt, whether torchrun restarted them or the same command was launched again: rank 0 numbers it
+one past the highest attempt in the journal (``next_attempt``) and tells the other ranks. At the start
+of an attempt after the first, rank 0 writes a ``failure`` for the ranks of the previous attempt that
+ended without a word (SIGKILL; ``ranks``, ``reconciled``), then the ``restart`` (``relaunch``: the
+command was run again rather than torchrun restarting the ranks).
 
 Rank 0 writes most events; any rank writes its own failure. Lines are appended with one write
 each (O_APPEND), so ranks of one machine can share the file. ``training_log.md`` is rendered from
@@ -30,11 +34,17 @@ from ..config import JournalSection
 JOURNAL_NAME = "journal.jsonl"
 LOG_NAME = "training_log.md"
 BAND_VERDICTS = ("on track", "behind", "ahead")  # a ``band`` event's verdict
+SILENT = "SIGKILL, the out-of-memory killer or a lost machine"  # what stops a rank without a word
 
 
 def utc_now() -> str:
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+def next_attempt(run_dir: str | Path) -> int:
+    """The number of a new start of the run's ranks: one past the highest in its journal, 0 for a new run."""
+    return 1 + max((e.get("attempt", 0) for e in read_events(Path(run_dir) / JOURNAL_NAME)), default=-1)
 
 
 def restart_attempt() -> int:
@@ -59,7 +69,7 @@ def read_events(path: str | Path) -> list[dict]:
 def blocking_save_seconds(events: list[dict]) -> float | None:
     """The median time training waited for one checkpoint save, over a journal's periodic saves (all saves
     when it has no periodic one); journals from before ``blocking_seconds`` was recorded give ``seconds``."""
-    saves = [e for e in events if e["event"] == "checkpoint"]
+    saves = [e for e in events if e["event"] == "checkpoint" and e.get("seconds") is not None]
     periodic = [e for e in saves if e.get("reason") == "periodic"] or saves
     if not periodic:
         return None
@@ -98,19 +108,46 @@ class Journal:
         os.replace(tmp, out)
         return out
 
+    def record_restart(self, relaunch: bool) -> None:
+        """Rank 0, at the start of an attempt after the first: a ``failure`` for the previous attempt's
+        ranks that stopped without a word (so the log counts it), then the ``restart`` and its cause."""
+        previous = self._previous()
+        silent = self._silent(previous)
+        if silent:
+            step = max((e["step"] for e in previous if isinstance(e.get("step"), int)), default=None)
+            self.record("failure", attempt=self.attempt - 1, ranks=silent, step=step, reconciled=True,
+                        cause=f"stopped without a word ({SILENT}); found by attempt {self.attempt}")
+        self.record("restart", cause=self.restart_cause(), relaunch=relaunch)
+
     def restart_cause(self) -> str:
         """Why the previous attempt ended, from what its ranks wrote before they stopped (in time
         order); ranks that wrote nothing were killed outright."""
-        previous = [e for e in self.events() if e.get("attempt") == self.attempt - 1]
-        reports = [(e["rank"], e.get("cause") or e.get("signal")) for e in previous
-                   if e["event"] in ("failure", "preempted")]
-        parts = [f"rank {rank}: {cause}" for rank, cause in reports]
-        started = next((e for e in previous if e["event"] == "start"), None)
-        silent = sorted(set(range(started["world_size"])) - {rank for rank, _ in reports}) if started else []
+        previous = self._previous()
+        finished = next((e for e in previous if e["event"] == "finish"), None)
+        if finished is not None:
+            return f"attempt {self.attempt - 1} ended: {finished['status']}"
+        parts = [f"rank {rank}: {cause}" for rank, cause in self._reports(previous)]
+        silent = self._silent(previous)
         if silent or not parts:
             who = f"rank(s) {silent}" if silent else "the ranks"
-            parts.append(f"{who} reported nothing (SIGKILL, the out-of-memory killer or a lost machine)")
+            parts.append(f"{who} reported nothing ({SILENT})")
         return "; ".join(parts)
+
+    def _previous(self) -> list[dict]:
+        return [e for e in self.events() if e.get("attempt") == self.attempt - 1]
+
+    @staticmethod
+    def _reports(previous: list[dict]) -> list[tuple[int, str]]:
+        """(rank, cause) of what the ranks of an attempt wrote themselves before they stopped."""
+        return [(e["rank"], e.get("cause") or e.get("signal")) for e in previous
+                if e["event"] in ("failure", "preempted") and not e.get("reconciled")]
+
+    def _silent(self, previous: list[dict]) -> list[int]:
+        """Ranks of an attempt that neither finished nor reported why they stopped."""
+        started = next((e for e in previous if e["event"] == "start"), None)
+        if started is None or any(e["event"] == "finish" for e in previous):
+            return []
+        return sorted(set(range(started["world_size"])) - {rank for rank, _ in self._reports(previous)})
 
 
 class RunObserver:
@@ -165,11 +202,17 @@ def _describe(event: dict) -> str:
     if kind == "init_from":
         return f"weights initialised from {event['source']} (fresh optimizer and schedule)"
     if kind == "restart":
-        return f"launcher restarted the ranks (attempt {event['attempt']}); cause: {event['cause']}"
+        who = "relaunched" if event.get("relaunch") else "launcher restarted the ranks"
+        return f"{who} (attempt {event['attempt']}); cause: {event['cause']}"
     if kind == "checkpoint":
+        if event.get("reconciled"):
+            return (f"checkpoint {event['name']} found complete at the restart ({event['reason']}, "
+                    f"{event['bytes'] / 1e6:.1f} MB); the attempt that saved it stopped before journaling it")
         return (f"checkpoint {event['name']} saved ({event['reason']}, {event['bytes'] / 1e6:.1f} MB, "
                 f"{event['seconds']:.1f} s)")
     if kind == "failure":
+        if "ranks" in event:
+            return f"**failure** of attempt {event['attempt']} on rank(s) {event['ranks']}: {event['cause']}"
         return f"**failure** on rank {event['rank']}: {event['cause']}"
     if kind == "preempted":
         saved = f"checkpoint at step {event['saved_step']}" if event.get("saved_step") else "no checkpoint"
@@ -196,7 +239,9 @@ def _describe(event: dict) -> str:
 def render_markdown(events: list[dict], run_name: str) -> str:
     """The journal as a page: a summary of failures, restarts and checkpoints, then every event in order."""
     count = {kind: sum(e["event"] == kind for e in events)
-             for kind in ("failure", "restart", "checkpoint", "loss_spike", "preempted", "gate_stop")}
+             for kind in ("failure", "checkpoint", "loss_spike", "preempted", "gate_stop")}
+    relaunches = sum(e["event"] == "restart" and bool(e.get("relaunch")) for e in events)
+    count["restart"] = sum(e["event"] == "restart" for e in events) - relaunches
     skipped = sum(len({*e["nonfinite"], *e["requested"]}) for e in events if e["event"] == "skipped")
     verdicts = [e["verdict"] for e in events if e["event"] == "band"]
     resumes = [e for e in events if e["event"] == "resume"]
@@ -208,7 +253,7 @@ def render_markdown(events: list[dict], run_name: str) -> str:
         f"- events: {len(events)}, from {first} to {latest}",
         f"- furthest step recorded: {last_step}",
         f"- failures: {count['failure']}, restarts by the launcher: {count['restart']}, "
-        f"resumptions: {len(resumes)}, preemptions: {count['preempted']}",
+        f"resumptions: {len(resumes)}, preemptions: {count['preempted']}, relaunches: {relaunches}",
         f"- checkpoints saved: {count['checkpoint']}, loss spikes: {count['loss_spike']}, steps skipped: {skipped}",
         *([f"- against the expected loss band: {', '.join(f'{verdicts.count(v)} {v}' for v in BAND_VERDICTS)}"
            + ("; **stopped by the loss gate**" if count["gate_stop"] else "")] if verdicts else []),
