@@ -46,15 +46,20 @@ def document_spans(token_losses: np.ndarray, input_ids: np.ndarray, labels: np.n
     span_of = np.zeros(input_ids.shape, np.int64)
     span_of[:, 1:] = np.cumsum(is_eos[:, :-1], axis=1)
     counted = (labels != IGNORE_INDEX) & ~is_eos
+    # Number the spans of all rows one after another, then sum per span in one pass.
+    per_row = span_of[:, -1] + 1
+    first = np.concatenate([[0], np.cumsum(per_row)])
+    ids = (span_of + first[:-1, None]).ravel()
+    lengths = np.bincount(ids, minlength=first[-1])
+    counts = np.bincount(ids, weights=counted.ravel(), minlength=first[-1])
+    sums = np.bincount(ids, weights=np.where(counted, token_losses, 0.0).ravel(), minlength=first[-1])
+    means = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0).round(4).tolist()
+    starts = (np.cumsum(lengths) - lengths - np.repeat(np.arange(rows) * length, per_row)).tolist()
+    lengths, has_loss = lengths.tolist(), (counts > 0).tolist()
     out = []
     for b in range(rows):
-        spans = int(span_of[b, -1]) + 1
-        lengths = np.bincount(span_of[b], minlength=spans)
-        counts = np.bincount(span_of[b], weights=counted[b], minlength=spans)
-        sums = np.bincount(span_of[b], weights=np.where(counted[b], token_losses[b], 0.0), minlength=spans)
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        out.append([(int(s), int(n), round(float(total / c), 4) if c else None)
-                    for s, n, total, c in zip(starts, lengths, sums, counts)])
+        row = range(first[b], first[b + 1])
+        out.append([(starts[i], lengths[i], means[i] if has_loss[i] else None) for i in row])
     return out
 
 
