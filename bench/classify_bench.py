@@ -8,6 +8,8 @@ etl/devtools/quality_corpus.py), the same documents, in the same run, taking tur
   spark    the stage's DataFrame on local[N] Spark, forced with the `noop` writer, after a warm-up
            (bench/pii_toxicity_bench.py's harness: best of N turns, wall and CPU seconds of the
            whole process tree).
+Also timed once: the same documents through an identity ``mapInArrow`` (no model), the cost of
+crossing from Spark's JVM to Python and back that every document stage pays, for scale.
 
     .venv/bin/python bench/classify_bench.py [--docs 40000] [--cores 2] [--repeat 3]
 """
@@ -87,12 +89,16 @@ def main() -> None:
     results = {}
     for name, loop in (("per-document loop", per_document), ("batched loop", batched)):
         results[name] = best_of(f"{name} vs spark", n, args.repeat, loop, spark_turn)
+    identity = docs.mapInArrow(lambda batches: batches, docs.schema)
+    identity.write.format("noop").mode("overwrite").save()
+    floor_s, floor_cpu = timed(lambda: identity.write.format("noop").mode("overwrite").save())
     print(f"\n{'baseline':18s} {'loop docs/s':>12s} {'spark docs/s':>13s} {'spark/loop':>11s} {'loop CPU':>9s} "
           f"{'spark CPU':>10s} {'spark/loop, own cores':>22s}")
     for name, ((loop_s, loop_cpu), (spark_s, spark_cpu)) in results.items():
         print(f"{name:18s} {n / loop_s:12,.0f} {n / spark_s:13,.0f} {loop_s / spark_s:10.2f}x "
               f"{1e6 * loop_cpu / n:6.0f} us {1e6 * spark_cpu / n:7.0f} us {args.cores * loop_cpu / spark_cpu:21.2f}x")
     print("(CPU: per document, of the whole process tree: the driver, Spark's JVM and its Python workers)")
+    print(f"identity mapInArrow, no model: {n / floor_s:,.0f} docs/s, {1e6 * floor_cpu / n:.0f} us CPU/doc")
     print(f"load average now {os.getloadavg()[0]:.1f}")
 
 

@@ -164,5 +164,5 @@ def _metrics(cached: DataFrame | None, threshold: float | None, annotated: DataF
     result = {"mean_score": round(float(mean or 0.0), 4),
               "score_quantiles": {q: round(v, 4) for q, v in zip(("p10", "p50", "p90"), quantiles)}}
     if threshold is not None and threshold != float("-inf"):
-        result["threshold"] = round(threshold, 6)
+        result["threshold"] = threshold  # unrounded: the notebook and tools compare scores against it
     return result

@@ -117,20 +117,6 @@ def test_fasttext_model_from_an_object_store_in_spark(spark, models, held_out, s
     assert {r["reason"] for r in out.values()} == {None, "classify:dclm<0.5"}
 
 
-def test_keep_top_fraction_uses_one_global_threshold(spark, models, held_out):
-    docs = frame(spark, held_out)
-    out, stage, result = run_stage(spark, docs, model_path=str(models["kiln"]), model_type="kiln",
-                                   keep_top_fraction=0.25, quantile_error=0.0, name="docstrings")
-    kept = [r for r in out.values() if r["reason"] is None]
-    assert abs(len(kept) - 0.25 * len(held_out)) <= 1  # exact quantile, distinct scores
-    threshold = min(r[SCORE_COLUMN] for r in kept)
-    assert all(r[SCORE_COLUMN] < threshold for r in out.values() if r["reason"] is not None)
-    reasons = {r["reason"] for r in out.values()} - {None}
-    assert reasons == {f"classify:docstrings<{threshold:.4g}"}
-    metrics = result.metrics(result.docs)
-    assert metrics["threshold"] == pytest.approx(threshold, abs=1e-5) and set(metrics["score_quantiles"]) == {"p10", "p50", "p90"}
-
-
 def _tiny_regression_model(folder: Path) -> None:
     """A randomly initialised one-output BERT (a regression head, as FineWeb-Edu's classifier has)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -198,9 +184,12 @@ def test_train_classifier_reports_bad_input(corpus):
     assert proc.returncode == 2 and "a hashed model is a .npz file" in proc.stderr
 
 
-def test_pipeline_report_and_notebook_show_the_scores(spark, corpus, models, tmp_path, monkeypatch, capsys):
-    """A run with the stage (relative paths, as in a config file): the funnel counts the reason, and the
-    notebook prints the documents on either side of the threshold."""
+def test_pipeline_keeps_a_top_fraction_and_the_notebook_shows_the_scores(spark, corpus, models, tmp_path, monkeypatch,
+                                                                         capsys):
+    """A run with the stage (relative paths, as in a config file): one global threshold keeps the top
+    quarter, the funnel counts the reason naming it, and the notebook prints the documents on either
+    side of it."""
+    from etl.delta import read_table
     from etl.pipeline import run_pipeline
     from notebooks.run import run_notebook
 
@@ -208,12 +197,15 @@ def test_pipeline_report_and_notebook_show_the_scores(spark, corpus, models, tmp
     config, stages = validate_pipeline_config({
         "output": "out", "inputs": [{"path": "held_out.jsonl", "source": "web"}],
         "stages": [{"name": "classify", "params": {"model_path": "models/quality.npz", "model_type": "kiln",
-                                                   "keep_top_fraction": 0.5}}]})
+                                                   "keep_top_fraction": 0.25, "quantile_error": 0.0}}]})
     run = run_pipeline(config, stages, spark, progress=lambda line: None)
     step = run.steps[-1]
     threshold = step.metrics["threshold"]
-    assert list(step.rejected) == [f"classify:quality<{threshold:.4g}"] and step.docs_out >= step.docs_in // 2
+    assert abs(step.docs_out - 0.25 * step.docs_in) <= 1  # an exact quantile over distinct scores
+    assert step.rejected == {f"classify:quality<{threshold:.4g}": step.docs_in - step.docs_out}
+    kept = read_table(spark, str(corpus / "out" / "classify")).toPandas()
+    assert kept[SCORE_COLUMN].min() == pytest.approx(threshold)
     run_notebook(ROOT / "notebooks" / "06_classify.py", {"OUTPUT": str(corpus / "out")}, tmp_path)
     printed = capsys.readouterr().out
-    assert f"threshold {threshold:.4g} keeps" in printed and "--- removed, highest scores" in printed
+    assert f"threshold {threshold:.4g} keeps 25.0%" in printed and "--- removed, highest scores" in printed
     assert list(tmp_path.glob("*.png"))
