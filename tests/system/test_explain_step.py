@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from shards import MDSReader, read_manifest
+from shards.provenance import ProvenanceError, delta_table
 from training.data.loader import next_token_labels
 from training.data.sources import resolve_source
 from training.run.explain import explain_step
@@ -127,6 +128,11 @@ def test_explain_step_lists_the_provenance_of_the_ledgers_samples(run):
     assert again["samples_from"] == "order"
     assert [(s["position"], s["sample_id"]) for s in again["samples"]] == ledger_step(run / "runs" / "traced", step)
     assert {(d["position"], d["doc_id"]) for d in again["documents"]} == {(p, d) for p, d, _, _ in expected}
+
+    # A Delta version that retention (or an erasure's vacuum) took away: an error naming the retention.
+    provenance = report["datasets"][0]["provenance"]
+    with pytest.raises(ProvenanceError, match="delta.logRetentionDuration"):
+        delta_table(provenance["path"], provenance["delta_version"] + 1000)
 
     # Plain text for a person, and a clear error for a step the run does not have.
     text = command(run, "-m", "training.explain_step", "runs/traced", "--step", str(step), "--top", "3").stdout
