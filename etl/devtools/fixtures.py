@@ -30,6 +30,8 @@ from typing import Iterator
 
 import ftfy.bad_codecs  # noqa: F401  (registers the "sloppy-windows-1252" codec real mojibake comes from)
 
+from .web_pages import http_response, make_pages, page_records, warc_record, write_warc
+
 # Gopher's stop words: a clean document holds at least two of them.
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 _SKIPPED_STDLIB_DIRS = {
@@ -358,8 +360,6 @@ def make_warc_fixture(out_dir: str, n_pages: int = 16, source: str = "crawl") ->
     pydoc pages wrapped in boilerplate (``etl.devtools.web_pages``), each with its request record,
     plus a PDF, a truncated page, a page crawled twice (the older copy is a ``duplicate_url``) and
     warcinfo and metadata records."""
-    from .web_pages import http_response, make_pages, page_records, warc_record, write_warc
-
     pages = make_pages(n_pages + 1)
     records = [warc_record("warcinfo", b"software: kiln demo crawl\r\nformat: WARC File Format 1.0\r\n")]
     records += page_records(pages[:n_pages])
