@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--top and --excerpt-chars must be >= 0")
     try:
         report = explain_step(Path(args.run), args.step, args.top, args.excerpt_chars)
-    except (ExplainError, ProvenanceError) as err:
+    except (ExplainError, ProvenanceError, ValueError, OSError) as err:  # bad input: one line, no traceback
         print(f"explain_step: {err}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2, default=str) if args.json else render_text(report))

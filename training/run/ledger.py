@@ -140,17 +140,19 @@ def step_records(run_dir: Path, step: int) -> tuple[list[dict], int | None]:
     A step trained again after a restart keeps the lines of its last attempt (the samples are the same,
     the losses may differ). Empty (and None) when no rank recorded the step."""
     lines = []
+    prefix = f'{{"step": {step}, '  # how SampleLedger starts a line: most lines are skipped unparsed
     for path in sorted((run_dir / LEDGER_FOLDER).glob("rank-*.jsonl")):
         texts = path.read_text().splitlines()
         for number, text in enumerate(texts, 1):
+            if not text.startswith(prefix):
+                continue
             try:
                 line = json.loads(text)
             except json.JSONDecodeError:
                 if number == len(texts):
                     continue  # the last line of a rank killed while writing it
                 raise ValueError(f"{path}:{number} is not a JSON line") from None
-            if line.get("step") == step:
-                lines.append(line)
+            lines.append(line)
     if not lines:
         return [], None
     attempt = max(line["attempt"] for line in lines)
