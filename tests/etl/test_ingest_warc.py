@@ -3,10 +3,13 @@ skipped records counted, boilerplate gone from the extracted text, the newest cr
 then url_filter on them, and c4_badwords on documents with a language."""
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from pyspark.sql import functions as F
 
 from etl.delta import read_table
+from etl.devtools.fixtures import make_warc_fixture
 from etl.devtools.web_pages import BOILERPLATE, http_response, make_pages, page_records, warc_record, write_warc
 from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
@@ -128,3 +131,16 @@ def test_warc_inputs_refuse_id_field():
     with pytest.raises(ConfigError, match="id_field and keep_fields do not apply"):
         validate_pipeline_config({"output": "out", "inputs": [{"path": "x", "source": "cc", "format": "warc",
                                                                "id_field": "url"}], "stages": []}, check_inputs=False)
+
+
+def test_demo_warc_fixture_holds_what_its_truth_says(tmp_path):
+    truth = make_warc_fixture(str(tmp_path))
+    with open(truth.path, "rb") as handle:
+        records = {f"crawl/crawl-00000.warc.gz:{r.index}": r for r in read_records(handle)}
+    skipped = Counter(r.skipped for r in records.values() if r.skipped)
+    assert skipped == truth.skipped and 30 <= len(records) <= 60  # a few dozen records
+    for doc_id in truth.pages:
+        assert records[doc_id].reason is None and not [b for b in BOILERPLATE if b in records[doc_id].text]
+    for doc_id, reason in truth.rejected.items():
+        # duplicate_url is ingest's rule across records: the record itself is a good, older page.
+        assert records[doc_id].reason == (None if reason == "duplicate_url" else reason)
