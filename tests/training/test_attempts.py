@@ -1,8 +1,8 @@
-"""Attempts across external kills, the way an operator meets them: `python -m training.launch` on 2 ranks
-is SIGKILLed whole (launcher and ranks, as a scheduler or a lost machine does) in the middle of the run,
-then the same command is typed again. The relaunch is a new attempt in the journal and the ledger, the
-log shows the failure, the ledger's reader counts every position once, and the checkpoint whose journal
-line the kill took away is journaled by the relaunch.
+"""Attempts across external kills, the way an operator meets them: the process group of
+`python -m training.launch` on 2 ranks is SIGKILLed in the middle of the run, then the same command is
+typed again. The ranks (torchrun puts them in sessions of their own) stop by themselves; the relaunch is
+a new attempt in the journal and the ledger, the log shows the failure, the ledger's reader counts every
+position once, and the checkpoint whose journal line the kill took away is journaled by the relaunch.
 """
 from __future__ import annotations
 
@@ -42,6 +42,14 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """Running, not a zombie (a rank's parent is gone, so nothing may reap it at once)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def launch(work: Path) -> subprocess.Popen:
     with open(work / "launch.log", "a") as out:
         return subprocess.Popen([sys.executable, "-m", "training.launch", "train.yaml", "--nproc-per-node", "2"],
@@ -69,11 +77,17 @@ def test_a_relaunch_after_a_sigkill_of_the_whole_job_is_a_new_attempt(tmp_path):
         while not any(e["event"] == "checkpoint" and e["step"] >= 6 for e in read_events(run_dir / "journal.jsonl")):
             assert first.poll() is None and time.monotonic() < deadline, (work / "launch.log").read_text()[-4000:]
             time.sleep(0.05)
-        for pid in [first.pid, *descendants(first.pid)]:
-            os.kill(pid, signal.SIGKILL)
+        ranks = descendants(first.pid)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in ranks) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in ranks), "ranks outlived their launcher"
     finally:
-        first.kill()
-    first.wait()
+        for pid in [first.pid, *descendants(first.pid)]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
     killed = read_events(run_dir / "journal.jsonl")
     assert not any(e["event"] == "finish" for e in killed), "the run ended before the kill; the test proves nothing"
 
@@ -90,17 +104,21 @@ def test_a_relaunch_after_a_sigkill_of_the_whole_job_is_a_new_attempt(tmp_path):
     assert {e["attempt"] for e in events} == {0, 1}
     assert [(e["event"], e["attempt"]) for e in events if e["event"] in ("start", "finish")] == \
         [("start", 0), ("start", 1), ("finish", 1)]
-    [failure] = [e for e in events if e["event"] == "failure"]
-    assert (failure["attempt"], failure["ranks"], failure["reconciled"]) == (0, [0, 1], True)
+    failures = [e for e in events if e["event"] == "failure"]
+    assert {e["attempt"] for e in failures} == {0} and {e["rank"] for e in failures} == {0, 1}
+    # A rank may first see its peer go (a gloo error); the launcher's end stops each one.
+    assert any(e["cause"].startswith("the launcher (pid ") and e["cause"].endswith("is gone; stopping this rank")
+               for e in failures)
     [restart] = [e for e in events if e["event"] == "restart"]
-    assert restart["attempt"] == 1 and restart["relaunch"] and "rank(s) [0, 1] reported nothing" in restart["cause"]
+    assert restart["attempt"] == 1 and restart["relaunch"] and "is gone" in restart["cause"]
     [found] = [e for e in events if e["event"] == "checkpoint" and e.get("reconciled")]
     assert (found["attempt"], found["step"]) == (1, manifest["step"]) and url.endswith(found["url"])
     [resume] = [e for e in events if e["event"] == "resume"]
     assert (resume["attempt"], resume["step"]) == (1, manifest["step"])
     log = (run_dir / "training_log.md").read_text()
-    assert "- failures: 1, restarts by the launcher: 0, resumptions: 1, preemptions: 0, relaunches: 1" in log
-    assert "**failure** of attempt 0 on rank(s) [0, 1]: stopped without a word" in log
+    assert f"- failures: {len(failures)}, restarts by the launcher: 0, resumptions: 1, preemptions: 0, " \
+           "relaunches: 1" in log
+    assert "| 0 | " in log and "**failure** on rank" in log and "is gone; stopping this rank |" in log
 
     ledger = [json.loads(line) for path in sorted((run_dir / "ledger").glob("rank-*.jsonl"))
               for line in path.read_text().splitlines()]

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from training.config import JournalSection
-from training.run.journal import JOURNAL_NAME, LOG_NAME, Journal, RunObserver, blocking_save_seconds, read_events
+from training.run.journal import (JOURNAL_NAME, LOG_NAME, Journal, RunObserver, blocking_save_seconds, next_attempt,
+                                  read_events)
 
 
 def test_events_append_per_rank_and_render_a_log(tmp_path):
@@ -39,6 +40,37 @@ def test_a_rank_killed_outright_is_named_beside_the_peers_it_broke(tmp_path):
     assert Journal(tmp_path, rank=0, attempt=1).restart_cause() == (
         "rank 0: RuntimeError: Connection closed by peer; rank(s) [1, 2] reported nothing "
         "(SIGKILL, the out-of-memory killer or a lost machine)")
+
+
+def test_attempts_number_every_start_and_a_silent_end_is_journaled_as_a_failure(tmp_path):
+    """A relaunch after every rank was SIGKILLed at once (nothing written) records the failure for the
+    previous attempt, then the restart; an attempt that finished is no failure; a lost checkpoint line
+    is journaled without timings, which the save planner leaves out."""
+    assert next_attempt(tmp_path) == 0
+    Journal(tmp_path, rank=0, attempt=0).record("start", world_size=2, max_steps=10, data=[], checkpoints="ck")
+    Journal(tmp_path, rank=0, attempt=0).record("checkpoint", step=3, name="step-00000003", url="ck", reason="periodic",
+                                                bytes=1e6, seconds=2.0, blocking_seconds=1.0, removed=[])
+    assert next_attempt(tmp_path) == 1
+    relaunched = Journal(tmp_path, rank=0, attempt=1)
+    relaunched.record_restart(relaunch=True)
+    relaunched.record("checkpoint", step=6, name="step-00000006", url="ck", reason="periodic", bytes=1e6,
+                      seconds=None, blocking_seconds=None, removed=[], reconciled=True)
+    relaunched.record("start", world_size=2, max_steps=10, data=[], checkpoints="ck")
+    relaunched.record("finish", step=10, status="FINISHED")
+    events = read_events(tmp_path / JOURNAL_NAME)
+    failure, restart = events[2], events[3]
+    assert (failure["event"], failure["attempt"], failure["ranks"], failure["step"]) == ("failure", 0, [0, 1], 3)
+    assert restart["relaunch"] and restart["cause"].startswith("rank(s) [0, 1] reported nothing (SIGKILL")
+    log = (tmp_path / LOG_NAME).read_text()
+    assert "failures: 1, restarts by the launcher: 0, resumptions: 0, preemptions: 0, relaunches: 1" in log
+    assert "**failure** of attempt 0 on rank(s) [0, 1]: stopped without a word (SIGKILL" in log
+    assert "relaunched (attempt 1); cause: rank(s) [0, 1]" in log
+    assert "checkpoint step-00000006 found complete at the restart" in log
+    assert blocking_save_seconds(events) == 1.0
+    again = Journal(tmp_path, rank=0, attempt=next_attempt(tmp_path))
+    again.record_restart(relaunch=True)
+    assert again.attempt == 2 and again.events()[-1]["cause"] == "attempt 1 ended: FINISHED"
+    assert sum(e["event"] == "failure" for e in again.events()) == 1
 
 
 def test_observer_reports_a_loss_spike_and_a_lasting_throughput_change(tmp_path):

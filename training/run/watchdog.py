@@ -5,7 +5,10 @@
 ``<run_dir>/stacks/``; (2) publishes a heartbeat counter in the rendezvous store, so any rank can
 tell within seconds, without a collective, whether every rank is still alive; (3) when another rank
 reports a hang through the store, dumps its own stacks and fails too, so every rank's stack is on
-record. A C-level faulthandler timer backs the thread up for hangs that never release the GIL.
+record; (4) under torchrun, stops the rank when the launcher is gone: torchrun starts each rank in a
+session of its own, so a SIGKILL of the launcher's process group leaves the ranks running, and a
+relaunch would then train beside them. A C-level faulthandler timer backs the thread up for hangs that
+never release the GIL.
 
 ``Preemption``: SIGTERM or SIGINT asks for a checkpoint and a clean exit at the next step boundary.
 The rank that received it first checks the heartbeats (bounded by ``checkpoint.alive_check_s``):
@@ -62,6 +65,7 @@ class Watchdog:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.stacks_path = run_dir / "stacks" / f"attempt-{journal.attempt}-rank-{rank:05d}.txt"
         self.journal, self.store = journal, store
+        self.launcher = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None  # torchrun's agent
         self.store_lost = False  # its host (rank 0, or torchrun's agent) is gone
         self.last_step: int | None = None
         self._deadline: float | None = None
@@ -92,6 +96,10 @@ class Watchdog:
 
     def _run(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
+            if self.launcher is not None and os.getppid() != self.launcher:
+                self.journal.record("failure", step=self.last_step,
+                                    cause=f"the launcher (pid {self.launcher}) is gone; stopping this rank")
+                os._exit(1)
             if self.store is not None and not self.store_lost:
                 try:
                     self.store.add(f"heartbeat/{self.rank}", 1)
