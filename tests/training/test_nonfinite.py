@@ -22,6 +22,7 @@ from training.config import load_config
 from training.optim import AdamW, Lion
 from training.run.guard import TooManySkippedSteps
 from training.run.journal import read_events
+from training.train import train
 from training.weights.checkpoint_reader import read_model_state
 
 STEPS, SKIPPED = 5, 3
@@ -88,8 +89,6 @@ def test_max_skipped_steps_in_a_row_fail_the_run_with_a_message(launches, monkey
     """One rank, in this process (every rank reaches the same verdicts from the same shared numbers)."""
     work = launches["work"]
     monkeypatch.chdir(work)
-    from training.train import train
-
     cfg = load_config(work / "train.yaml", ["name=stuck", "train.skip_steps=[2,3,4]", "train.max_skipped_steps=3"])
     try:
         with pytest.raises(TooManySkippedSteps, match=r"3 steps in a row skipped, up to step 4 \(train.max_skip"):
