@@ -123,7 +123,7 @@ def boilerplate_scores(extractor: str) -> tuple[float, float, int]:
     removed = planted = kept = total = docs = 0
     with tempfile.TemporaryDirectory() as tmp:
         truth = make_warc_fixture(tmp)
-        pages = {page.url: page for page in make_pages(len(truth.pages) + 1)}
+        pages = {page.url: page for page in truth.pages.values()}
         with open(truth.path, "rb") as handle:
             records = [r for r in read_records(handle, extractor) if r.text and r.meta["url"] in pages]
     for record in records:

@@ -30,7 +30,7 @@ from typing import Iterator
 
 import ftfy.bad_codecs  # noqa: F401  (registers the "sloppy-windows-1252" codec real mojibake comes from)
 
-from .web_pages import http_response, make_pages, page_records, warc_record, write_warc
+from .web_pages import Page, article_pages, http_response, make_pages, page_records, warc_record, write_warc
 
 # Gopher's stop words: a clean document holds at least two of them.
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
@@ -350,24 +350,28 @@ class WarcTruth:
     """What ingest must do with the demo's WARC file; ids are pipeline ids."""
 
     path: str
-    pages: list[str] = field(default_factory=list)  # HTML pages that become documents (boilerplate removed)
+    pages: dict[str, Page] = field(default_factory=dict)  # id -> the HTML page that becomes that document
     rejected: dict[str, str] = field(default_factory=dict)  # id -> ingest's reason
     skipped: dict[str, int] = field(default_factory=dict)  # record type -> how many (not documents)
 
 
-def make_warc_fixture(out_dir: str, n_pages: int = 16, source: str = "crawl") -> WarcTruth:
+def make_warc_fixture(out_dir: str, n_pages: int = 16, source: str = "crawl", seed: int = 7) -> WarcTruth:
     """One gzipped WARC file of a small crawl, the same on every machine with this Python: ``n_pages``
-    pydoc pages wrapped in boilerplate (``etl.devtools.web_pages``), each with its request record,
-    plus a PDF, a truncated page, a page crawled twice (the older copy is a ``duplicate_url``) and
-    warcinfo and metadata records."""
-    pages = make_pages(n_pages + 1)
+    pages wrapped in boilerplate (``etl.devtools.web_pages``), half pydoc's reference pages (which
+    quality rejects: API listings, not prose), half articles of the fixture's clean prose (which
+    pass), each with its request record, plus a PDF, a truncated page, a page crawled twice (the
+    older copy is a ``duplicate_url``) and warcinfo and metadata records."""
+    writer = _Writer(random.Random(seed), 20_000)
+    articles = article_pages([writer.prose(min_words=120) for _ in range(n_pages - n_pages // 2)])
+    references = make_pages(n_pages // 2 + 1)
+    pages = [page for pair in zip(articles, references) for page in pair] + references[len(articles):]
     records = [warc_record("warcinfo", b"software: kiln demo crawl\r\nformat: WARC File Format 1.0\r\n")]
     records += page_records(pages[:n_pages])
     special = [
         ("not_html", warc_record("response", http_response(b"%PDF-1.4\n1 0 obj <<>> endobj\n%%EOF\n", "application/pdf"),
                                  "https://docs.example.org/manual.pdf")),
-        ("truncated_record", warc_record("response", http_response(pages[n_pages].html.encode()[:3000]),
-                                         pages[n_pages].url, headers={"WARC-Truncated": "length"})),
+        ("truncated_record", warc_record("response", http_response(references[-1].html.encode()[:3000]),
+                                         references[-1].url, headers={"WARC-Truncated": "length"})),
         ("duplicate_url", warc_record("response", http_response(pages[0].html.encode()), pages[0].url,
                                       "2024-04-01T12:00:00Z", seq=1)),
     ]
@@ -377,7 +381,7 @@ def make_warc_fixture(out_dir: str, n_pages: int = 16, source: str = "crawl") ->
     path = os.path.join(out_dir, "crawl-00000.warc.gz")
     write_warc(path, records)
     truth = WarcTruth(path, skipped={"warcinfo": 1, "request": n_pages, "metadata": 1})
-    truth.pages = [f"{source}/crawl-00000.warc.gz:{2 + 2 * i}" for i in range(n_pages)]
+    truth.pages = {f"{source}/crawl-00000.warc.gz:{2 + 2 * i}": page for i, page in enumerate(pages[:n_pages])}
     first_special = 1 + 2 * n_pages
     truth.rejected = {f"{source}/crawl-00000.warc.gz:{first_special + i}": reason for i, (reason, _) in enumerate(special)}
     return truth

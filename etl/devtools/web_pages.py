@@ -1,8 +1,8 @@
 """Web pages and WARC files made at run time, the same on every machine with this Python.
 
-The main content of each page is what ``pydoc.HTMLDoc`` writes for a standard-library module (its
-file paths and object addresses replaced, so the page does not depend on where Python lives); it
-is wrapped in planted boilerplate (a navigation bar, a cookie banner, a sidebar, a footer), whose
+The main content of a reference page is what ``pydoc.HTMLDoc`` writes for a standard-library
+module (its file paths and object addresses replaced, so the page does not depend on where Python
+lives); that of an article page is prose, one paragraph a ``<p>``, marked up by pydoc. Each is wrapped in planted boilerplate (a navigation bar, a cookie banner, a sidebar, a footer), whose
 sentences ``BOILERPLATE`` lists so that a test or the benchmark can check the extracted text for
 them. ``warc_record`` writes one WARC/1.0 record by hand, so a test can plant exactly the record it
 needs (a truncated one, a PDF, a ``request``); ``write_warc`` writes a list of them, one gzip member
@@ -68,16 +68,31 @@ def module_html(name: str) -> str:
     return re.sub(r" at 0x[0-9a-f]+", "", html)
 
 
+def _wrap(i: int, title: str, body: str) -> str:
+    """``body`` as the main content of a page in the ``i``-th boilerplate combination."""
+    wrap = (_NAVS[i % 2], _COOKIES[(i // 2) % 2], _SIDEBARS[i % 2], _FOOTERS[(i // 3) % 2])
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>'
+            f'<body>{wrap[0]}{wrap[1]}<main><article>{body}</article></main>{wrap[2]}{wrap[3]}</body></html>')
+
+
 def make_pages(n: int, host: str = "docs.example.org") -> list[Page]:
-    """``n`` pages, the modules in turn, each wrapped in one of the boilerplate combinations."""
+    """``n`` reference pages, the modules in turn, each wrapped in one of the boilerplate combinations."""
     pages = []
     for i in range(n):
         name = MODULES[i % len(MODULES)]
         body = module_html(name)
-        wrap = (_NAVS[i % 2], _COOKIES[(i // 2) % 2], _SIDEBARS[i % 2], _FOOTERS[(i // 3) % 2])
-        html = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{name} module</title></head>'
-                f'<body>{wrap[0]}{wrap[1]}<main><article>{body}</article></main>{wrap[2]}{wrap[3]}</body></html>')
-        pages.append(Page(f"https://{host}/lib/{name}.html" + (f"?copy={i}" if i >= len(MODULES) else ""), html, body))
+        url = f"https://{host}/lib/{name}.html" + (f"?copy={i}" if i >= len(MODULES) else "")
+        pages.append(Page(url, _wrap(i, f"{name} module", body), body))
+    return pages
+
+
+def article_pages(texts: list[str], host: str = "blog.example.org") -> list[Page]:
+    """An article page per text (paragraphs one a line), each paragraph marked up by pydoc."""
+    markup = pydoc.HTMLDoc().markup
+    pages = []
+    for i, text in enumerate(texts):
+        body = "".join(f"<p>{markup(line)}</p>" for line in text.splitlines() if line.strip())
+        pages.append(Page(f"https://{host}/posts/{i}.html", _wrap(i, f"Post {i}", body), body))
     return pages
 
 

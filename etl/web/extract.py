@@ -3,7 +3,7 @@
 Two maintained extractors: Resiliparse (the default: ``extract_plain_text`` with its main-content
 heuristics, in C++) and trafilatura (pure Python on lxml). On the demo's web pages both remove the
 planted boilerplate; Resiliparse is an order of magnitude faster and keeps all of the main content,
-where trafilatura drops 30% of it (bench/warc_bench.py; docs/etl/ingest.md).
+where trafilatura drops a tenth of it (bench/warc_bench.py; docs/etl/ingest.md).
 """
 from __future__ import annotations
 
