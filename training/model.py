@@ -592,3 +592,11 @@ class MPT(nn.Module):
         labels[b, t] is the token that should follow input_ids[b, t]: shift before calling.
         """
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=ignore_index)
+
+    @staticmethod
+    def token_losses(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+        """Per-token cross-entropy [B, T] in float32, 0 where labels == ignore_index (the sample ledger
+        splits it by document); its sum over the non-ignored count is ``loss``."""
+        losses = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=ignore_index,
+                                 reduction="none")
+        return losses.view_as(labels)

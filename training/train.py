@@ -151,7 +151,8 @@ def train(cfg: TrainConfig) -> dict:
                 journal.record("finish", step=state.step, status=status)
 
         ledger_path = run_dir / "ledger" / f"rank-{d.rank:05d}.jsonl" if cfg.logging.sample_ledger else None
-        ledger = SampleLedger(ledger_path, journal.attempt)
+        ledger = SampleLedger(ledger_path, journal.attempt,
+                              train_sources if cfg.logging.ledger_document_losses else None)
         logs.callback(ledger.close)
         info = run_info(cfg, d, run_dir, model_cfg.num_params(), seq_len, train_sources, eval_sources)
         if d.is_main:
@@ -187,7 +188,12 @@ def train(cfg: TrainConfig) -> dict:
                     ledger.record(step, batch)
                     input_ids, sequence_ids, labels = model_inputs(batch, d.device)
                     logits = model(input_ids, sequence_ids=sequence_ids)
-                    loss = MPT.loss(logits, labels, ignore_index=IGNORE_INDEX)
+                    if ledger.document_losses:  # the same mean, from per-token losses the ledger splits by document
+                        token_losses = MPT.token_losses(logits, labels, ignore_index=IGNORE_INDEX)
+                        loss = token_losses.sum() / (labels != IGNORE_INDEX).sum()
+                        ledger.record_losses(token_losses, labels)
+                    else:
+                        loss = MPT.loss(logits, labels, ignore_index=IGNORE_INDEX)
                     (loss / accumulation).backward()
                     loss_sum += loss.detach()
                 faults.after_backward(step, model.parameters())
