@@ -54,6 +54,8 @@ class AdamW(_Decoupled):
                     state["step"] = torch.zeros((), dtype=torch.float64, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
+                if not torch.is_tensor(state["step"]):  # checkpoints written before the guard hold an int
+                    state["step"] = torch.tensor(float(state["step"]), dtype=torch.float64, device=p.device)
                 step = state["step"] + 1
                 exp_avg = state["exp_avg"].lerp(p.grad, 1 - beta1)
                 exp_avg_sq = state["exp_avg_sq"].mul(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)

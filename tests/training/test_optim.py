@@ -69,3 +69,21 @@ def test_both_minimise_a_quadratic(cls, lr):
         opt.step()
     assert (p ** 2).sum().item() < 0.01 * start
     assert math.isfinite(p.sum().item())
+
+
+def test_adamw_resumes_a_step_counter_saved_as_an_int():
+    """Checkpoints written before the non-finite guard hold the step as a Python int: resuming them steps on
+    exactly as a counter kept as a tensor does."""
+    torch.manual_seed(0)
+    start = torch.randn(4, 3)
+    params = [torch.nn.Parameter(start.clone()) for _ in range(2)]
+    optimizers = [AdamW([p], lr=1e-2, weight_decay=0.1) for p in params]
+    for step in range(1, 4):
+        grad = torch.randn(4, 3)
+        for p, optimizer in zip(params, optimizers):
+            p.grad = grad.clone()
+            optimizer.step()
+        if step == 2:  # as an old checkpoint loads
+            optimizers[1].state[params[1]]["step"] = int(optimizers[1].state[params[1]]["step"].item())
+    assert torch.equal(params[0], params[1])
+    assert torch.is_tensor(optimizers[1].state[params[1]]["step"])
