@@ -28,7 +28,6 @@ from shards.manifest import list_versions, read_manifest, version_path
 from ..delta import write_table
 from ..funnel import PipelineRun, funnel_json
 from ..paths import join_path, to_fsspec_url
-from ..stages.base import StageContext
 from . import checks, collect, page, plots, scores
 from .tracking import log_to_mlflow
 
@@ -72,7 +71,7 @@ def build(spark: SparkSession, run: PipelineRun, stage_params: dict[str, Any], p
     settings = run.config.report
     timings: dict[str, float] = {}
     rejected = collect.rejected_tables(spark, run.config.output)
-    redact = collect.Redactor(stage_params.get("pii"), StageContext(spark, run.config.output, run.config.state_root, run.run_id))
+    redact = collect.Redactor(stage_params.get("pii"))
     with _timed(timings, "funnel per source"):
         by_source = collect.source_funnel(spark, run, rejected)
     steps = []
@@ -87,7 +86,8 @@ def build(spark: SparkSession, run: PipelineRun, stage_params: dict[str, Any], p
         examples = collect.rejected_examples(rejected, [s["stage"] for s in steps], settings.examples_per_reason,
                                              settings.example_chars, redact)
     with _timed(timings, "dedup"):
-        dedup = collect.dedup_clusters(spark, run, settings.dedup_clusters, settings.dedup_pairs, settings.example_chars, redact)
+        dedup = collect.dedup_clusters(spark, run, rejected, settings.dedup_clusters, settings.dedup_pairs,
+                                       settings.example_chars, redact)
     report = {
         "run_id": run.run_id, "output": run.config.output, "config": to_dict(run.config), "tables": run.tables,
         "written_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "steps": steps, "by_source": by_source,

@@ -9,12 +9,10 @@ from functools import reduce
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from ..dedup_explain import stage_texts
 from ..delta import read_table, table_exists
 from ..funnel import PipelineRun
 from ..paths import join_path
-from ..stages.base import StageContext
-from ..stages.pii import ENTITIES_COLUMN, Pii, PiiParams
+from ..stages.pii import PiiParams, PiiRedactor
 
 TOKENS_COLUMN = "num_tokens"  # per-document tokens, written by the tokenize stage
 REJECTED_TABLES = {"rejected": "raw", "rejected_curated": "curated"}  # under the output root: table -> zone
@@ -33,9 +31,11 @@ def source_funnel(spark: SparkSession, run: PipelineRun, rejected: dict[str, Dat
     Tokens are counted at tokenize; before it they are estimated from each source's characters per
     token there (``tokens_exact`` says which). Documents in = out + rejected for every source; the
     characters in are the previous step's out (stages rewrite text: line filtering, redaction)."""
-    parts = []  # one Spark job: every kept table by source, every rejected table by stage, source and reason
+    parts, tokenized = [], set()  # one Spark job: every kept table by source, every rejected table by stage, source and reason
     for step in run.steps:
         table = read_table(spark, run.tables[step.stage])
+        if TOKENS_COLUMN in table.columns:
+            tokenized.add(step.stage)
         tokens = F.sum(TOKENS_COLUMN) if TOKENS_COLUMN in table.columns else F.lit(None).cast("long")
         parts.append(table.groupBy("source").agg(F.count("*").alias("n"), F.sum(F.length("text")).alias("c"), tokens.alias("t"))
                      .select(F.lit(step.stage).alias("stage"), "source", F.lit(None).cast("string").alias("reason"), "n", "c", "t"))
@@ -56,12 +56,12 @@ def source_funnel(spark: SparkSession, run: PipelineRun, rejected: dict[str, Dat
     for i, stage in enumerate(names):
         for source in sources:
             out = kept.get((stage, source))
-            n_out, c_out, t_out = (out["n"], out["c"] or 0, out["t"]) if out else (0, 0, None)
+            exact = stage in tokenized
+            n_out, c_out, t_out = (out["n"], out["c"] or 0, out["t"]) if out else (0, 0, 0 if exact else None)
             reasons = dropped.get((stage, source), {})
             n_in = n_out + sum(n for n, _ in reasons.values())
             chained = 0 < i <= chain_end
             c_in = previous[source]["chars_out"] if chained else c_out + sum(c for _, c in reasons.values())
-            exact = t_out is not None
             row = {
                 "stage": stage, "source": source, "docs_in": n_in, "docs_out": n_out, "chars_in": c_in, "chars_out": c_out,
                 "tokens_in": previous[source]["tokens_out"] if chained else _estimate(c_in, ratio.get(source)),
@@ -88,21 +88,21 @@ def _estimate(chars: int, ratio: float | None) -> int | None:
 
 
 class Redactor:
-    """What the report shows of a raw-zone document: its text through the pii stage itself (the same
-    engine, the configured recognisers and thresholds), with every action set to redact (``<EMAIL>``),
-    so no salt is needed and nothing is left half masked. It runs on the Spark workers, where the
-    stage's engine is built once per worker and reused (etl/worker_cache.py)."""
+    """What the report shows of a raw-zone document: its text through the pii stage's engine
+    (``PiiRedactor``: the configured recognisers and thresholds) with every action set to redact
+    (``<EMAIL>``), so no salt is needed and nothing is left half masked. Built on the driver once,
+    when there is raw text to show: the few examples do not justify a Spark job."""
 
-    def __init__(self, params: PiiParams | None, ctx: StageContext):
-        self.stage = Pii(replace(params or PiiParams(), actions={}, default_action="redact"))
-        self.ctx = ctx
+    def __init__(self, params: PiiParams | None):
+        self.params = replace(params or PiiParams(), actions={}, default_action="redact")
+        self.engine: PiiRedactor | None = None
 
-    def __call__(self, docs: DataFrame) -> DataFrame:
-        """``docs`` (id, text, content_hash and any others) with ``text`` redacted."""
-        verdicts = [c for c in ("reason", "detail") if c in docs.columns]  # the stage adds its own
-        hidden = docs.select(*[F.col(c).alias(f"_{c}") if c in verdicts else F.col(c) for c in docs.columns])
-        out = self.stage.run(hidden, self.ctx).docs.drop(ENTITIES_COLUMN, "reason", "detail")
-        return out.select(*[F.col(f"_{c}").alias(c) if c in verdicts else F.col(c) for c in docs.columns])
+    def __call__(self, texts: list[str]) -> list[str]:
+        if not texts:
+            return []
+        if self.engine is None:
+            self.engine = PiiRedactor(self.params, None)
+        return [text for text, *_ in self.engine.process(texts)]
 
 
 def _clip(text: str | None, chars: int) -> str:
@@ -117,41 +117,48 @@ def rejected_examples(rejected: dict[str, DataFrame], stages: list[str], per_rea
     if per_reason == 0 or not rejected:
         return []
     pick = Window.partitionBy("stage", "reason").orderBy(F.xxhash64("id"), "id")
-    parts = []
-    for zone, table in rejected.items():
-        chosen = (table.withColumn("_n", F.row_number().over(pick)).where(F.col("_n") <= per_reason)
-                  .select("stage", "reason", "id", "source", "detail", "text", "content_hash", F.length("text").alias("chars"),
-                          F.lit(zone).alias("zone")))
-        parts.append(redact(chosen) if zone == "raw" else chosen)  # the whole text, before it is cut
+    parts = [table.withColumn("_n", F.row_number().over(pick)).where(F.col("_n") <= per_reason)
+             .select("stage", "reason", "id", "source", "detail", "text", F.lit(zone).alias("zone"))
+             for zone, table in rejected.items()]
+    rows = reduce(DataFrame.unionByName, parts).collect()
+    texts = [r["text"] or "" for r in rows]
+    raw = [i for i, r in enumerate(rows) if r["zone"] == "raw"]
+    for i, text in zip(raw, redact([texts[i] for i in raw])):  # the whole text, before it is cut
+        texts[i] = text
     order = {name: i for i, name in enumerate(stages)}
     examples = [{"stage": r["stage"], "reason": r["reason"], "id": r["id"], "source": r["source"], "detail": r["detail"],
-                 "zone": r["zone"], "chars": r["chars"] or 0, "text": _clip(r["text"], chars)}
-                for r in reduce(DataFrame.unionByName, parts).collect()]
+                 "zone": r["zone"], "chars": len(r["text"] or ""), "text": _clip(text, chars)} for r, text in zip(rows, texts)]
     return sorted(examples, key=lambda e: (order.get(e["stage"], len(order)), e["reason"], e["id"]))
 
 
-def dedup_clusters(spark: SparkSession, run: PipelineRun, clusters: int, pairs: int, chars: int, redact: Redactor) -> dict | None:
+def dedup_clusters(spark: SparkSession, run: PipelineRun, rejected: dict[str, DataFrame], clusters: int, pairs: int,
+                   chars: int, redact: Redactor) -> dict | None:
     """The largest near-duplicate clusters and the least similar removed documents beside the kept
-    one they matched (the borderline cases for the threshold); None when minhash_dedup did not run."""
+    one they matched (the borderline cases for the threshold), redacted; None when minhash_dedup did not run."""
     path = join_path(run.config.output, MINHASH, "clusters")
     if MINHASH not in run.tables or not table_exists(spark, path):
         return None
     members = read_table(spark, path)
-    largest = (members.groupBy("cluster_id", "kept_id")
-               .agg(F.count("*").alias("documents"), F.min("similarity").alias("min_similarity"))
-               .orderBy(F.desc("documents"), "cluster_id").limit(clusters).collect())
-    sizes = members.groupBy("cluster_id").count().groupBy(F.col("count").alias("size")).count().orderBy("size").collect()
-    closest = (members.where(F.col("id") != F.col("kept_id")).orderBy("similarity", "id").limit(pairs)
-               .select("id", "kept_id", "similarity").collect())
-    ids = sorted({r["id"] for r in closest} | {r["kept_id"] for r in closest})
-    texts = stage_texts(spark, run.config.output, ids, stage=MINHASH)
-    found = spark.createDataFrame([(i, texts.get(i, ""), "") for i in ids], "id string, text string, content_hash string")
-    redacted = {r["id"]: r["text"] for r in redact(found).collect()} if ids else {}
+    per_cluster = members.groupBy("cluster_id", "kept_id").agg(F.count("*").alias("documents"),
+                                                               F.min("similarity").alias("min_similarity"))
+    largest = per_cluster.orderBy(F.desc("documents"), "cluster_id").limit(clusters).collect()
+    sizes = per_cluster.groupBy("documents").count().orderBy("documents").collect()
+    # The pairs and both texts in one job: removed rows from the rejected table, kept ones from the stage's own.
+    removed = reduce(DataFrame.unionByName, [t.where(F.col("stage") == MINHASH).select("id", F.col("text").alias("removed_text"))
+                                             for t in rejected.values()]) if rejected else None
+    kept = read_table(spark, run.tables[MINHASH]).select(F.col("id").alias("kept_id"), F.col("text").alias("kept_text"))
+    closest = members.where(F.col("id") != F.col("kept_id")).orderBy("similarity", "id").limit(pairs).select("id", "kept_id", "similarity")
+    if removed is None:
+        closest = closest.withColumn("removed_text", F.lit(None).cast("string"))
+    rows = (closest.join(removed, "id", "left") if removed is not None else closest).join(kept, "kept_id", "left") \
+        .orderBy("similarity", "id").collect()
+    missing = "(text not in this output: it came in an earlier incremental batch)"
+    texts = redact([t or missing for r in rows for t in (r["removed_text"], r["kept_text"])])
     return {
-        "cluster_sizes": {int(r["size"]): int(r["count"]) for r in sizes},
+        "cluster_sizes": {int(r["documents"]): int(r["count"]) for r in sizes},
         "largest": [{"cluster_id": r["cluster_id"], "kept_id": r["kept_id"], "documents": r["documents"],
                      "min_similarity": r["min_similarity"]} for r in largest],
         "pairs": [{"removed_id": r["id"], "kept_id": r["kept_id"], "similarity": r["similarity"],
-                   "removed_text": _clip(redacted[r["id"]], chars), "kept_text": _clip(redacted[r["kept_id"]], chars)}
-                  for r in closest],
+                   "removed_text": _clip(texts[2 * i], chars), "kept_text": _clip(texts[2 * i + 1], chars)}
+                  for i, r in enumerate(rows)],
     }
