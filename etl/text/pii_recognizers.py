@@ -109,7 +109,7 @@ class FastPhoneRecognizer(PhoneRecognizer):
     # Groupings people use beyond phonenumbers' own formats, by region: national significant
     # numbers' digit-group lengths.
     USUAL_GROUPS = {"IN": {(5, 5)}}
-    MIN_DIGITS = 7  # national significant digits; shorter numbers are extensions, codes and counts
+    MIN_DIGITS = 7  # digits written; shorter numbers are extensions, codes, counts and page ranges
 
     def analyze(self, text, entities, nlp_artifacts=None):
         if not SEVEN_DIGITS.search(text):
@@ -127,29 +127,34 @@ class FastPhoneRecognizer(PhoneRecognizer):
         number = match.number
         nsn = phonenumbers.national_significant_number(number)
         written = _digit_groups(match.raw_string, nsn)
-        if written is None:
+        if written is None or sum(c.isdigit() for c in match.raw_string) < self.MIN_DIGITS:
             return False
-        formats = {_digit_groups(phonenumbers.format_number(number, f), nsn)
-                   for f in (phonenumbers.PhoneNumberFormat.NATIONAL, phonenumbers.PhoneNumberFormat.INTERNATIONAL)}
-        if len(written) > 1 and phonenumbers.is_valid_number(number) and any(_coarser(written, f) for f in formats if f):
+        if match.raw_string.lstrip("(").startswith("+") or preceded_by(text, match.start, self.PHONE_WORDS):
             return True
-        if match.raw_string.lstrip("(").startswith("+"):
-            return True
-        if len(nsn) < self.MIN_DIGITS:
+        # Without a country code or a phone word, a number needs its area code (a US 7-digit local
+        # number reads like a coordinate, ``138.7189``) and a grouping.
+        if phonenumbers.is_possible_number_with_reason(number) != phonenumbers.ValidationResult.IS_POSSIBLE or len(written) < 2:
             return False
         region = phonenumbers.region_code_for_country_code(number.country_code)
-        return (
-            (len(written) > 1 and (written in formats or written in self.USUAL_GROUPS.get(region, ())))
-            or preceded_by(text, match.start, self.PHONE_WORDS)
-        )
+        if written in self.USUAL_GROUPS.get(region, ()) and phonenumbers.is_valid_number(number):
+            return True
+        national = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
+        if _digits(national) != nsn and _digits(match.raw_string) != _digits(national):
+            return False  # the country writes a national prefix (0 in GB, DE, FR): ``138.7189`` is no German number
+        formats = {_digit_groups(national, nsn),
+                   _digit_groups(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL), nsn)}
+        return written in formats or (phonenumbers.is_valid_number(number) and any(_coarser(written, f) for f in formats if f))
+
+
+def _digits(written: str) -> str:
+    return "".join(re.findall(r"[0-9]", phonenumbers.normalize_digits_only(written, keep_non_digits=True)))
 
 
 def _digit_groups(written: str, nsn: str) -> tuple[int, ...] | None:
     """Lengths of the digit groups of the national significant number `nsn` as `written` spells it
     (country code and national prefix left out); None when `written` does not end in its digits."""
-    ascii_digits = phonenumbers.normalize_digits_only(written, keep_non_digits=True)
-    groups = [len(g) for g in re.findall(r"[0-9]+", ascii_digits)]
-    digits = "".join(re.findall(r"[0-9]", ascii_digits))
+    groups = [len(g) for g in re.findall(r"[0-9]+", phonenumbers.normalize_digits_only(written, keep_non_digits=True))]
+    digits = _digits(written)
     if not digits.endswith(nsn):
         return None
     skip = len(digits) - len(nsn)
@@ -300,16 +305,27 @@ class WordNlpEngine(NlpEngine):
             yield (text, artifacts, context) if as_tuples else (text, artifacts)
 
     def is_stopword(self, word: str, language: str) -> bool:
-        return word.lower() in STOP_WORDS
+        return _is_stopword(word)
 
     def is_punct(self, word: str, language: str) -> bool:
-        return not any(c.isalnum() for c in word)
+        return _is_punct(word)
 
     def get_supported_entities(self) -> list[str]:
         return []
 
     def get_supported_languages(self) -> list[str]:
         return [LANGUAGE]
+
+
+# presidio asks both of every word of every analysed text; words repeat, so the answers are cached.
+@lru_cache(maxsize=1 << 16)
+def _is_stopword(word: str) -> bool:
+    return word.lower() in STOP_WORDS
+
+
+@lru_cache(maxsize=1 << 16)
+def _is_punct(word: str) -> bool:
+    return not any(c.isalnum() for c in word)
 
 
 class InstalledSpacyNlpEngine(SpacyNlpEngine):
