@@ -22,9 +22,9 @@ img{max-width:100%;height:auto;display:block;margin:8px 0}
 .ok{background:#eef8ee;border:1px solid #9fcf9f;border-radius:6px;padding:8px 14px}
 .ex{border:1px solid #e2e2e2;border-radius:6px;padding:6px 10px;margin:6px 0;background:#fcfcfc}
 .ex .head{font-size:12px;color:#555;overflow-wrap:anywhere}
-pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:4px 0;font-size:12px;max-height:14em;overflow-y:auto}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:4px 0;font-size:12px;max-height:12em;overflow-y:auto}
 code{font-size:12px;background:#f2f2f2;padding:1px 4px;border-radius:3px;overflow-wrap:anywhere}
-.pair{display:grid;grid-template-columns:1fr 1fr;gap:10px}.up{color:#1a7f37}.down{color:#b42318}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:10px}.exs{display:grid;grid-template-columns:repeat(3,minmax(0,1fr));gap:8px}.up{color:#1a7f37}.down{color:#b42318}
 nav a{margin-right:12px}
 """
 
@@ -123,21 +123,23 @@ def _sources(report: dict, plots: dict) -> str:
 
 
 def _examples(report: dict) -> str:
+    """Per (stage, reason): a heading with the count, then its examples side by side."""
     if not report["examples"]:
         return ""
     counts = {(s["stage"], reason): n for s in report["steps"] for reason, n in s["rejected"].items()}
-    parts, current = [], None
+    groups: dict[tuple[str, str], list[dict]] = {}
     for ex in report["examples"]:
-        key = (ex["stage"], ex["reason"])
-        if key != current:
-            current = key
-            n = counts.get(key, 0)
-            parts.append(f"<h3>{_e(ex['stage'])} &middot; {_e(ex['reason'])} &middot; {n:,} document{'' if n == 1 else 's'}</h3>")
-        redacted = "redacted by the pii engine" if ex["zone"] == "raw" else "as the pii stage left it"
-        parts.append(
-            f"<div class='ex'><div class='head'><b>{_e(ex['id'])}</b> ({_e(ex['source'])}, {ex['chars']:,} chars, {redacted})"
-            f"{' &middot; detail: ' + _e(ex['detail']) if ex['detail'] else ''}</div><pre>{_e(ex['text'])}</pre>"
-            f"<div class='head'>more: <code>{_e(more_command(ex, report['output']))}</code></div></div>")
+        groups.setdefault((ex["stage"], ex["reason"]), []).append(ex)
+    parts = []
+    for (stage, reason), examples in groups.items():
+        n = counts.get((stage, reason), 0)
+        cards = "".join(
+            f"<div class='ex'><div class='head'><b>{_e(ex['id'])}</b> ({_e(ex['source'])}, {ex['chars']:,} chars, "
+            f"{'redacted by the pii engine' if ex['zone'] == 'raw' else 'as the pii stage left it'})"
+            f"{' &middot; ' + _e(ex['detail']) if ex['detail'] else ''}</div><pre>{_e(ex['text'])}</pre></div>"
+            for ex in examples)
+        parts.append(f"<h3>{_e(stage)} &middot; {_e(reason)} &middot; {n:,} document{'' if n == 1 else 's'}</h3>"
+                     f"<div class='exs'>{cards}</div><div class='head'>more: <code>{_e(more_command(examples[0], report['output']))}</code></div>")
     return "<h2 id='examples'>Why documents were removed: examples</h2>" + "".join(parts)
 
 
