@@ -203,6 +203,8 @@ def test_pipeline_keeps_a_top_fraction_and_the_notebook_shows_the_scores(spark, 
     threshold = step.metrics["threshold"]
     assert abs(step.docs_out - 0.25 * step.docs_in) <= 1  # an exact quantile over distinct scores
     assert step.rejected == {f"classify:quality<{threshold:.4g}": step.docs_in - step.docs_out}
+    report = json.loads((corpus / "out" / "report" / "report.json").read_text())
+    assert [h["column"] for h in report["scores"]["classify"]] == [SCORE_COLUMN]  # the histogram to choose by
     kept = read_table(spark, str(corpus / "out" / "classify")).toPandas()
     assert kept[SCORE_COLUMN].min() == pytest.approx(threshold)
     run_notebook(ROOT / "notebooks" / "06_classify.py", {"OUTPUT": str(corpus / "out")}, tmp_path)
