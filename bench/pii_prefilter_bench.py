@@ -3,9 +3,9 @@ documents hold an entity.
 
 Corpus: prose documents of about 1-3 KB from the standard library's docstrings (as the demo corpus),
 a tenth of them with one PII value of the labelled set (etl.devtools.pii_eval: e-mail, phone, card,
-IBAN, IP, SSN, URL with credentials, secret), and a fifth of the others with a look-alike (a date,
-version, order number, ISBN, bad-Luhn card number, price or time), which the pre-filter cannot
-always tell from a number worth a look. Sides, on the same texts, in turns, in the same run:
+IBAN, IP, SSN, URL with credentials, secret), and a fifth of the others (`--lookalike-share`) with
+a look-alike (a date, version, order number, ISBN, bad-Luhn card number, price or time), which the
+pre-filter cannot always tell from a number worth a look. Sides, on the same texts, in turns, in the same run:
 
   loop              presidio's AnalyzerEngine + AnonymizerEngine called document by document in one
                     Python process, with the stage's recognisers (as bench/pii_toxicity_bench.py)
@@ -33,8 +33,9 @@ sys.path.insert(0, str(ROOT))
 from pii_toxicity_bench import spark_stage, timed  # noqa: E402  (this folder: bench/)
 
 
-def make_corpus(n: int, seed: int = 3, entity_share: float = 0.1) -> tuple[list[str], int]:
-    """`n` documents, `entity_share` of them holding one PII value; also how many hold one."""
+def make_corpus(n: int, seed: int = 3, entity_share: float = 0.1, lookalike_share: float = 0.2) -> tuple[list[str], int]:
+    """`n` documents, `entity_share` of them holding one PII value and `lookalike_share` of the others a
+    look-alike; also how many hold a PII value."""
     from etl.devtools.fixtures import prose_sentences
     from etl.devtools.pii_eval import GENERATORS, LOOKALIKE_KIND_TEMPLATES, LOOKALIKE_KINDS, PII_TEMPLATES
 
@@ -47,7 +48,7 @@ def make_corpus(n: int, seed: int = 3, entity_share: float = 0.1) -> tuple[list[
             entity = rng.choice(list(GENERATORS))
             parts.insert(rng.randint(0, len(parts)), rng.choice(PII_TEMPLATES[entity]).format(v=GENERATORS[entity](rng)))
             with_entity += 1
-        elif rng.random() < 0.2:
+        elif rng.random() < lookalike_share:
             kind = rng.choice(list(LOOKALIKE_KINDS))
             parts.insert(rng.randint(0, len(parts)), rng.choice(LOOKALIKE_KIND_TEMPLATES).format(v=LOOKALIKE_KINDS[kind](rng)))
         texts.append("\n\n".join(parts))
@@ -80,6 +81,8 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=10000)
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2, help="time each side this many times, keep the best")
+    parser.add_argument("--lookalike-share", type=float, default=0.2,
+                        help="share of the documents without PII that hold a look-alike (0: plain prose)")
     args = parser.parse_args()
     os.environ.setdefault("KILN_SPARK_MASTER", f"local[{args.cores}]")
     os.environ.setdefault("KILN_CACHE", str(ROOT / ".cache"))
@@ -88,7 +91,7 @@ def main() -> None:
     from etl.stages.base import StageContext
     from etl.stages.pii import Pii, PiiParams, PiiRedactor
 
-    texts, with_entity = make_corpus(args.docs)
+    texts, with_entity = make_corpus(args.docs, lookalike_share=args.lookalike_share)
     n = len(texts)
     redactor = PiiRedactor(PiiParams(), None)
     passed = sum(redactor.prefilter.might_hold(t) for t in texts)
