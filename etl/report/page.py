@@ -45,7 +45,7 @@ def _pct(part: int, whole: int) -> str:
 
 def _tokens(value: int | None, exact: bool) -> str:
     """A token count; ``~`` marks one estimated from characters (before tokenize)."""
-    return _n(value) if exact or value is None else f"~{value:,}"
+    return _n(value) if exact or not value else f"~{value:,}"
 
 
 def _table(head: list[str], rows: list[list[str]], left: int = 1, wrap: tuple[int, ...] = ()) -> str:
