@@ -48,3 +48,17 @@ def spark(s3_server):
     session = get_spark("kiln-tests", with_s3=True)
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_etl(spark, tmp_path_factory) -> dict[str, Path]:
+    """The demo's corpus at a small size through every ETL stage of configs/demo_pipeline.yaml, report
+    included, once per test run: the notebooks and the report tests read it, none may change it.
+    Keys: out (the demo folder), etl (the pipeline's output), tokenizer."""
+    from jobs.demo import build_corpus, run_etl, train_tokenizer
+
+    out = tmp_path_factory.mktemp("demo")
+    raw, eval_path, texts = build_corpus(out, n_docs=150, planted=6)
+    tokenizer = train_tokenizer(texts, out, vocab_size=512)
+    etl = run_etl(raw, eval_path, tokenizer, out, spark, progress=lambda line: None)
+    return {"out": out, "etl": etl, "tokenizer": tokenizer}

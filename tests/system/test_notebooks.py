@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from jobs.demo import build_corpus, run_etl, train_tokenizer
 from notebooks.run import HEADER, NotebookError, main, run_notebook
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,15 +24,12 @@ def notebook(name: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def params(spark, tmp_path_factory) -> dict[str, str]:
-    """The notebooks' parameters, pointing at a small demo run: corpus, tokenizer, ETL, training."""
+def params(demo_etl) -> dict[str, str]:
+    """The notebooks' parameters, pointing at the small demo run (tests/conftest.py) and a few training steps on it."""
     from training.config import load_config
     from training.train import train
 
-    out = tmp_path_factory.mktemp("demo")
-    raw, eval_path, texts = build_corpus(out, n_docs=150, planted=6)
-    tokenizer = train_tokenizer(texts, out, vocab_size=512)
-    etl = run_etl(raw, eval_path, tokenizer, out, spark, progress=lambda line: None)
+    out, etl, tokenizer = demo_etl["out"], demo_etl["etl"], demo_etl["tokenizer"]
     cfg = load_config(ROOT / "configs" / "train_demo.yaml", [
         f"output_dir={out / 'runs'}", f"data.datasets=[{{path: {etl / 'dataset'}}}]",
         "model.overrides={d_model: 32, n_layers: 1, n_heads: 2, max_seq_len: 128, vocab_size: 512}",
