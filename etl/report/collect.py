@@ -3,6 +3,7 @@
 the JSON twin and MLflow are all drawn from them."""
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from functools import reduce
 
@@ -90,19 +91,29 @@ def _estimate(chars: int, ratio: float | None) -> int | None:
 class Redactor:
     """What the report shows of a raw-zone document: its text through the pii stage's engine
     (``PiiRedactor``: the configured recognisers and thresholds) with every action set to redact
-    (``<EMAIL>``), so no salt is needed and nothing is left half masked. Built on the driver once,
-    when there is raw text to show: the few examples do not justify a Spark job."""
+    (``<EMAIL>``), so no salt is needed and nothing is left half masked. Built on the driver, once,
+    in a thread started with the report: loading presidio takes seconds, which pass while the
+    driver waits on Spark for the other sections."""
 
     def __init__(self, params: PiiParams | None):
         self.params = replace(params or PiiParams(), actions={}, default_action="redact")
-        self.engine: PiiRedactor | None = None
+        self._built: dict = {}
+        self._loading = threading.Thread(target=self._build, name="kiln-report-presidio", daemon=True)
+        self._loading.start()
+
+    def _build(self) -> None:
+        try:
+            self._built["engine"] = PiiRedactor(self.params, None)
+        except Exception as err:  # noqa: BLE001 - raised again where the engine is used
+            self._built["error"] = err
 
     def __call__(self, texts: list[str]) -> list[str]:
         if not texts:
             return []
-        if self.engine is None:
-            self.engine = PiiRedactor(self.params, None)
-        return [text for text, *_ in self.engine.process(texts)]
+        self._loading.join()
+        if "error" in self._built:
+            raise self._built["error"]
+        return [text for text, *_ in self._built["engine"].process(texts)]
 
 
 def _clip(text: str | None, chars: int) -> str:
