@@ -124,10 +124,19 @@ class TrainSection:
     micro_batch_size: int  # samples per rank per forward; the rest is gradient accumulation
     seed: int = 42  # model initialisation
     grad_clip: float | None = 1.0  # clip the global gradient norm to this; null: no clipping
+    # A step whose loss or gradient norm is NaN/Inf on any rank is skipped on every rank (weights,
+    # optimizer moments and step counter unchanged); this many skipped steps in a row fail the run.
+    max_skipped_steps: int = 5
+    # Steps skipped the same way on purpose (stepping over a known bad batch; tests). Their samples
+    # are still consumed, so the data order does not change.
+    skip_steps: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _positive("train", max_steps=self.max_steps, global_batch_size=self.global_batch_size,
-                  micro_batch_size=self.micro_batch_size, grad_clip=self.grad_clip)
+                  micro_batch_size=self.micro_batch_size, grad_clip=self.grad_clip,
+                  max_skipped_steps=self.max_skipped_steps)
+        if not all(isinstance(s, int) and s >= 1 for s in self.skip_steps):
+            raise ValueError(f"train.skip_steps must be a list of step numbers >= 1, got {self.skip_steps!r}")
 
 
 @dataclass
@@ -210,10 +219,15 @@ class LoggingSection:
     peak_flops_per_device: float | None = None
     # Write the global sample positions and ids each rank consumed per step (for audits and tests).
     sample_ledger: bool = False
+    # Also the mean loss of every document span of each sample (split at EOS), for
+    # `python -m training.explain_step`; turns sample_ledger on.
+    ledger_document_losses: bool = False
     plot: bool = True  # write loss.png in the run folder
 
     def __post_init__(self) -> None:
         _positive("logging", every_steps=self.every_steps, peak_flops_per_device=self.peak_flops_per_device)
+        if self.ledger_document_losses:
+            self.sample_ledger = True  # the losses are written in the ledger's lines: one key turns both on
 
 
 @dataclass
@@ -277,6 +291,23 @@ class JournalSection:
 
 
 @dataclass
+class GateSection:
+    """The go/no-go at evaluation points (training.run.gate): the train loss against the band that
+    ``python -m training.sweep --band`` exported, and when to stop a run that stays behind it."""
+
+    band: str | None = None  # the band JSON; every evaluation point journals on track / behind / ahead; null: off
+    # Evaluations behind the band in a row that stop the run (after a checkpoint, exit status 3,
+    # not restarted by training.launch); 0: only journal the verdicts.
+    stop_after: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stop_after < 0:
+            raise ValueError(f"gate.stop_after must be >= 0, got {self.stop_after}")
+        if self.stop_after and self.band is None:
+            raise ValueError("gate.stop_after is set but gate.band is not: there is nothing to judge against")
+
+
+@dataclass
 class TrainConfig:
     data: DataSection
     train: TrainSection
@@ -289,6 +320,7 @@ class TrainConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     watchdog: WatchdogSection = field(default_factory=WatchdogSection)
     journal: JournalSection = field(default_factory=JournalSection)
+    gate: GateSection = field(default_factory=GateSection)  # the expected loss band and the stop gate
     name: str | None = None  # run name (folder, MLflow run, checkpoint lookup); default a timestamp
     output_dir: str = "runs"  # each run writes <output_dir>/<name>/
     # Weights to start from (a checkpoint dir or root, a consolidated folder, or a Hugging Face MPT folder):
@@ -302,6 +334,8 @@ class TrainConfig:
             held_out = "data.instruction has no held-out examples" if self.data.instruction else \
                 "data.eval_split is null"
             raise ValueError(f"eval.every_steps is set but {held_out} and eval.tasks is not set")
+        if self.gate.band is not None and not self.eval.every_steps:
+            raise ValueError("gate.band is judged at evaluation points: set eval.every_steps")
         if self.checkpoint.enabled and self.name is None:
             raise ValueError("checkpointing needs a fixed run name (name: ...): a relaunch finds its checkpoints by it")
 
