@@ -33,7 +33,7 @@ from shards.config import ConfigError
 
 from .paths import is_url, join_path, local_fs_path
 
-InputFormat = Literal["jsonl", "parquet", "text", "delta"]
+InputFormat = Literal["jsonl", "parquet", "text", "delta", "warc", "wet"]
 
 
 @dataclass
@@ -42,17 +42,21 @@ class InputSpec:
 
     path: str  # a file, folder or glob (local, relative to the working directory, or s3a://), or a Delta table's folder
     source: str  # a short name for this input; ids are namespaced by it and it is a column
-    format: InputFormat = "jsonl"  # jsonl (plain, .gz, .zst), parquet, text (a document per file), delta
+    format: InputFormat = "jsonl"  # jsonl (plain, .gz, .zst), parquet, text (a document per file), delta, warc or wet (plain or .gz)
     text_field: str = "text"  # the field or column holding the document text
     # The input's own document id; when absent the id is derived from (source, file, row). An id
     # given twice keeps the copy in the newest file (then last path, last row); see docs/etl/ingest.md.
     id_field: str | None = None
     # Extra input fields kept as a string map column `meta` (e.g. url, timestamp).
     keep_fields: list[str] = field(default_factory=list)
+    # warc/wet inputs: how the main text is taken from HTML, resiliparse or trafilatura (docs/etl/ingest.md).
+    extractor: Literal["resiliparse", "trafilatura"] = "resiliparse"
 
     def __post_init__(self):
         if not self.source or "/" in self.source:
             raise ValueError(f"source must be a non-empty name without '/', got {self.source!r}")
+        if self.format in ("warc", "wet") and (self.id_field or self.keep_fields):
+            raise ValueError("id_field and keep_fields do not apply to warc/wet inputs (their URL and date are kept in meta)")
 
 
 @dataclass

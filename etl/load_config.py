@@ -12,6 +12,8 @@ from .config import (PipelineConfig, StageSpec, absolute_path, check_inputs_exis
 from .dataset.shuffle_write import ShuffleAndWrite
 from .dataset.tokenize import Tokenize
 from .stages.base import Stage
+from .stages.c4_badwords import C4BadWords
+from .stages.classify import Classify
 from .stages.decontaminate import Decontaminate
 from .stages.exact_dedup import ExactDedup
 from .stages.fix_encoding import FixEncoding
@@ -20,6 +22,7 @@ from .stages.minhash_dedup import MinHashDedup
 from .stages.pii import Pii
 from .stages.quality import Quality
 from .stages.toxicity import Toxicity
+from .stages.url_filter import UrlFilter
 
 # Every stage by the name a pipeline config uses for it. Add a stage here to make it configurable.
 STAGES: dict[str, type[Stage]] = {
@@ -33,6 +36,9 @@ STAGES: dict[str, type[Stage]] = {
     MinHashDedup.name: MinHashDedup,
     Quality.name: Quality,
     Decontaminate.name: Decontaminate,
+    UrlFilter.name: UrlFilter,
+    C4BadWords.name: C4BadWords,
+    Classify.name: Classify,
 }
 
 

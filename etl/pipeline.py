@@ -31,7 +31,7 @@ from .config import PipelineConfig
 from .dataset.publish import publish, split_stages
 from .delta import read_table, set_properties, table_exists, write_table
 from .funnel import PipelineRun, StepCounts, new_run_id
-from .ingest import ingest
+from .ingest import ingest, split_skipped
 from .paths import join_path, to_spark_path
 from .progress import step_progress
 from .run_state import RUN_ID_PROPERTY, mark_complete, mark_running
@@ -122,8 +122,10 @@ class Pipeline:
         with step_progress(self.spark, "ingest", 1, len(self.stages) + 1):
             start = time.time()
             annotated = ingest(self.spark, self.config, files).persist(StorageLevel.MEMORY_AND_DISK)
-            self._write_step(run, "ingest", annotated, self._zone(-1))
-            run.steps.append(_step_counts("ingest", annotated, None, time.time() - start))
+            docs, skipped = split_skipped(annotated)  # web-archive records that are not documents
+            self._write_step(run, "ingest", docs, self._zone(-1))
+            run.steps.append(_step_counts("ingest", docs, None, time.time() - start))
+            run.steps[-1].metrics.update(skipped)
             annotated.unpersist()
             run.tables["ingest"] = self.table_path("ingest")
             run.funnel_end = "ingest"

@@ -45,11 +45,13 @@ def banner(text: str) -> None:
 def build_corpus(out: Path, n_docs: int = 2400, planted: int = 60) -> tuple[Path, Path, list[str]]:
     """The raw inputs under ``out``: a fixture of ``n_docs`` records with planted problems, plus
     ``planted`` near duplicates, ``planted`` documents with personal data and ``planted // 2`` abusive
-    ones (from the fixture's clean documents), and an eval set leaked into the corpus."""
-    from etl.devtools.fixtures import make_fixture, read_fixture_texts
+    ones (from the fixture's clean documents), an eval set leaked into the corpus, and a small crawl
+    (a WARC file of web pages wrapped in boilerplate)."""
+    from etl.devtools.fixtures import make_fixture, make_warc_fixture, read_fixture_texts
 
     raw = out / "raw"
     truth = make_fixture(n_docs=n_docs, seed=7, out_dir=str(raw / "web"))
+    make_warc_fixture(str(raw / "crawl"))
     texts = dict(read_fixture_texts(truth))
     clean = [texts[doc_id] for doc_id in truth.clean]
     toxic_end = 2 * planted + planted // 2
@@ -97,6 +99,7 @@ def run_etl(raw: Path, eval_path: Path, tokenizer: Path, out: Path, spark=None, 
     data["output"] = str(out / "etl")
     data["inputs"][0]["path"] = str(raw / "web" / "*")
     data["inputs"][1]["path"] = str(raw / "forum" / "*.jsonl")
+    data["inputs"][2]["path"] = str(raw / "crawl" / "*.warc.gz")
     for stage in data["stages"]:
         if stage["name"] == "tokenize":
             stage["params"]["tokenizer"] = str(tokenizer)
