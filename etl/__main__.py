@@ -2,7 +2,7 @@
 
 Each command imports what it needs when it runs: every one of them pulls in pyspark, and `run`,
 `refresh` and `erase` the whole stage table (presidio, scikit-learn...), none of which `--help` or a
-usage error should wait for, nor `train-tokenizer` the stage table.
+usage error should wait for, nor `train-tokenizer` and `train-classifier` the stage table.
 """
 from __future__ import annotations
 
@@ -83,6 +83,22 @@ def _cmd_train_tokenizer(args) -> int:
     return 0
 
 
+def _cmd_train_classifier(args) -> int:
+    from .classifier_train import TrainSettings, metrics_path, train_classifier  # local: see the module's docstring
+
+    settings = TrainSettings(model=args.model, ngrams=args.ngrams, features=args.features, epochs=args.epochs,
+                             validation_fraction=args.validation_fraction, seed=args.seed)
+    try:
+        metrics = train_classifier(args.positive, args.negative, args.out, settings, args.format, args.text_field,
+                                   args.max_docs)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"train-classifier: {err}") from None
+    docs = metrics["train_docs"]
+    print(f"done: {args.model} classifier in {args.out}, trained on {docs['positive']:,} + {docs['negative']:,} documents; "
+          f"validation: {metrics.get('validation', 'none (--validation-fraction 0)')}; metrics in {metrics_path(args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m etl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +131,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--bos", action="store_true", help="also add a BOS token (<|startoftext|>)")
     train.add_argument("--out", required=True, help="tokenizer.json path, or a folder to write it in (local or URL)")
     train.set_defaults(func=_cmd_train_tokenizer)
+    classifier = sub.add_parser("train-classifier", help="train a quality classifier (hashed n-grams or fastText) "
+                                                         "on documents to keep against documents not to")
+    classifier.add_argument("--positive", action="append", required=True, metavar="PATH",
+                            help="documents to keep, e.g. reference text (repeatable; files or a Delta table, local or URL)")
+    classifier.add_argument("--negative", action="append", required=True, metavar="PATH",
+                            help="documents not to keep, e.g. a random sample of the crawl (repeatable)")
+    classifier.add_argument("--format", default="jsonl", choices=["delta", "parquet", "jsonl", "text"])
+    classifier.add_argument("--text-field", default="text", help="the text column or JSON field")
+    classifier.add_argument("--model", default="hashed", choices=["hashed", "fasttext"],
+                            help="hashed: Kiln's n-gram logistic regression (.npz); fasttext: a fastText .bin")
+    classifier.add_argument("--ngrams", type=int, default=2, help="word n-grams up to this length")
+    classifier.add_argument("--features", type=int, default=2 ** 20, help="hash buckets for the n-grams")
+    classifier.add_argument("--epochs", type=int, default=25, help="fastText's passes over the data")
+    classifier.add_argument("--validation-fraction", type=float, default=0.1,
+                            help="rows held out of training to measure the model on (a random row split)")
+    classifier.add_argument("--max-docs", type=int, default=1_000_000, help="at most this many documents per input")
+    classifier.add_argument("--seed", type=int, default=0)
+    classifier.add_argument("--out", required=True, help="the model file: .npz (hashed) or .bin (fasttext), local or URL")
+    classifier.set_defaults(func=_cmd_train_classifier)
     for command in sub.choices.values():
         command.add_argument("--log-level", choices=list(SPARK_LOG_LEVELS),
                              help="Kiln's logging and Spark's log level (default: Kiln's warnings and Spark's errors); "

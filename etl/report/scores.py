@@ -69,6 +69,8 @@ RULES = (
     ScoredRule("toxicity", "toxicity", "toxicity score", ("toxic", "below_min_toxicity"), ("max_score", "min_score")),
     ScoredRule("decontaminate", "contamination_ngrams", "n-grams shared with an evaluation set", ("contaminated",),
                ("min_matches",), "linear"),
+    # classify's reasons name the classifier and threshold (classify:<name><<threshold>): its rejections count as "other".
+    ScoredRule("classify", "classifier_score", "quality classifier's score", (), ("min_score",), "linear"),
 )
 
 # How a rejected row's score is recovered, per stage (see the module's docstring); those in
@@ -78,6 +80,7 @@ REJECTED_SCORES: dict[str, Callable[[str, str | None], dict[str, Any]]] = {
     "language": _detail_number(r"\(([0-9.]+)\)", "language_score"),
     "toxicity": _detail_number(r"score ([0-9.]+)", "toxicity"),
     "decontaminate": _detail_number(r"^(\d+) shared", "contamination_ngrams"),
+    "classify": _detail_number(r"^score (-?[0-9.]+)", "classifier_score"),
 }
 TEXT_SCORED = ("quality",)
 
