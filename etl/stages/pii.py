@@ -105,12 +105,12 @@ class PiiRedactor:
     """presidio analysis plus the configured action per entity type, for one configuration."""
 
     def __init__(self, params: PiiParams, salt: bytes | None):
-        # presidio and spaCy take seconds to import: only the workers that redact load them.
-        from presidio_analyzer import BatchAnalyzerEngine
+        # presidio and spaCy take seconds to import: only the workers that redact load them, and
+        # pii_recognizers first, which imports presidio without torch (etl/text/torch_hidden.py).
+        from ..text.pii_recognizers import build_analyzer
+        from presidio_analyzer import BatchAnalyzerEngine  # pylint: disable=wrong-import-order
         from presidio_anonymizer import AnonymizerEngine
         from presidio_anonymizer.entities import OperatorConfig
-
-        from ..text.pii_recognizers import build_analyzer
 
         self.params = params
         analyzer = build_analyzer(

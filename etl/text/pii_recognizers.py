@@ -18,23 +18,27 @@ from pathlib import Path
 
 import phonenumbers
 import regex
-import spacy
 import tldextract
-from spacy.lang.en.stop_words import STOP_WORDS
-from presidio_analyzer import AnalyzerEngine, EntityRecognizer, Pattern, PatternRecognizer, RecognizerRegistry, RecognizerResult
-from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngine, SpacyNlpEngine
-from presidio_analyzer.predefined_recognizers import (
-    CreditCardRecognizer,
-    EmailRecognizer,
-    IbanRecognizer,
-    IpRecognizer,
-    PhoneRecognizer,
-    SpacyRecognizer,
-    UsSsnRecognizer,
-)
 
 from .pii_entities import NER_ENTITIES, CustomRecognizer
 from .pii_prefilter import SEVEN_DIGITS
+from .torch_hidden import torch_hidden
+
+with torch_hidden(unless_installed="spacy_transformers"):  # see torch_hidden: 5-13 s per Python worker
+    import spacy
+    from spacy.lang.en.stop_words import STOP_WORDS
+    from presidio_analyzer import (AnalyzerEngine, EntityRecognizer, Pattern, PatternRecognizer, RecognizerRegistry,
+                                   RecognizerResult)
+    from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngine, SpacyNlpEngine
+    from presidio_analyzer.predefined_recognizers import (
+        CreditCardRecognizer,
+        EmailRecognizer,
+        IbanRecognizer,
+        IpRecognizer,
+        PhoneRecognizer,
+        SpacyRecognizer,
+        UsSsnRecognizer,
+    )
 
 LANGUAGE = "en"  # recognisers' context words are English; the patterns themselves are language-free
 # Case matters for key formats (AKIA..., ghp_...): our own patterns do not use presidio's default IGNORECASE.

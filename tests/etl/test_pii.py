@@ -83,6 +83,24 @@ def test_analysis_needs_no_network_and_no_spacy_model(monkeypatch):
     assert isinstance(redactor.batch_analyzer.analyzer_engine.nlp_engine, pii_recognizers.WordNlpEngine)
 
 
+def test_the_redactor_loads_without_torch_though_it_is_installed():
+    """presidio and spaCy import torch and transformers when they can (etl/text/torch_hidden.py):
+    seconds in every worker of the pii stage, for nothing Kiln uses. Checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib.util\n"
+            "from etl.stages.pii import PiiParams, PiiRedactor\n"
+            "redactor = PiiRedactor(PiiParams(), None)\n"
+            "assert redactor.process(['mail a@example.com'])[0][1] == {'EMAIL': 1}\n"
+            "assert importlib.util.find_spec('torch') and importlib.util.find_spec('transformers')\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+            "import torch  # importable again after presidio loaded\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
 def test_actions_redact_mask_hash_and_drop(monkeypatch):
     monkeypatch.setenv("KILN_TEST_SALT", SALT)
     redactor = _redactor(actions={"EMAIL": "hash", "PHONE": "mask", "SECRET": "drop"}, hash_salt_env="KILN_TEST_SALT")
