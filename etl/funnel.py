@@ -26,6 +26,9 @@ class StepCounts:
     rejected: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     metrics: dict = field(default_factory=dict)
+    # Per source: {"docs", "chars", "tokens" (None before tokenize), "rejected": {reason: [docs, chars]}},
+    # counted with the rest (the report's funnel per source).
+    by_source: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass

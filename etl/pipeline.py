@@ -39,25 +39,45 @@ from .spark import get_spark
 from .stages.base import Stage, StageContext
 
 
-def _counts(annotated: DataFrame) -> tuple[dict[str | None, tuple[int, int, int]], dict]:
-    """Per reason (None = kept): documents, characters, UTF-8 bytes; one pass."""
+TOKENS_COLUMN = "num_tokens"  # per-document tokens, written by the tokenize stage
+
+
+def _counts(annotated: DataFrame) -> dict[tuple[str | None, str], tuple[int, int, int, int | None]]:
+    """Per (reason, source), reason None = kept: documents, characters, UTF-8 bytes and tokens (None
+    before tokenize); one pass over the step's cached output, so the report need not read it again."""
+    tokens = F.sum(F.col(TOKENS_COLUMN).cast("long")) if TOKENS_COLUMN in annotated.columns else F.lit(None).cast("long")
     rows = (
-        annotated.groupBy("reason")
-        .agg(F.count("*").alias("n"), F.sum(F.length("text")).alias("c"), F.sum(F.octet_length("text")).alias("b"))
+        annotated.groupBy("reason", "source")
+        .agg(F.count("*").alias("n"), F.sum(F.length("text")).alias("c"), F.sum(F.octet_length("text")).alias("b"),
+             tokens.alias("t"))
         .collect()
     )
-    return {r["reason"]: (r["n"], r["c"] or 0, r["b"] or 0) for r in rows}
+    return {(r["reason"], r["source"]): (r["n"], r["c"] or 0, r["b"] or 0, r["t"]) for r in rows}
+
+
+def _totals(counts: dict, reason: str | None) -> tuple[int, int, int]:
+    """Documents, characters and bytes of one reason (None = kept), over all sources."""
+    mine = [v for (r, _), v in counts.items() if r == reason]
+    return tuple(sum(v[i] for v in mine) for i in range(3))
 
 
 def _step_counts(name: str, annotated: DataFrame, input_totals: tuple[int, int, int] | None, seconds: float) -> StepCounts:
-    by_reason = _counts(annotated)
-    kept = by_reason.pop(None, (0, 0, 0))
+    counts = _counts(annotated)
+    kept = _totals(counts, None)
+    reasons = sorted({r for r, _ in counts if r is not None})
     if input_totals is None:  # ingest: what came in is everything it read
-        input_totals = tuple(sum(v[i] for v in [kept, *by_reason.values()]) for i in range(3))
+        input_totals = tuple(sum(v[i] for v in counts.values()) for i in range(3))
+    by_source: dict[str, dict] = {}
+    for (reason, source), (n, c, _, t) in sorted(counts.items(), key=lambda kv: (kv[0][1], kv[0][0] or "")):
+        entry = by_source.setdefault(source, {"docs": 0, "chars": 0, "tokens": None, "rejected": {}})
+        if reason is None:
+            entry.update(docs=n, chars=c, tokens=t)
+        else:
+            entry["rejected"][reason] = [n, c]
     return StepCounts(
         stage=name, docs_in=input_totals[0], docs_out=kept[0], chars_in=input_totals[1], chars_out=kept[1],
-        bytes_in=input_totals[2], bytes_out=kept[2], rejected={k: v[0] for k, v in sorted(by_reason.items())},
-        seconds=round(seconds, 2),
+        bytes_in=input_totals[2], bytes_out=kept[2], rejected={r: _totals(counts, r)[0] for r in reasons},
+        seconds=round(seconds, 2), by_source=by_source,
     )
 
 
@@ -141,7 +161,7 @@ class Pipeline:
             source, totals = run.tables[prev.stage], (prev.docs_out, prev.chars_out, prev.bytes_out)
         else:
             all_kept = read_table(self.spark, source).withColumn("reason", F.lit(None).cast("string"))
-            totals = _counts(all_kept).get(None, (0, 0, 0))
+            totals = _totals(_counts(all_kept), None)
         for stage in stages:
             with step_progress(self.spark, stage.name, self.stages.index(stage) + 2, len(self.stages) + 1):
                 start = time.time()

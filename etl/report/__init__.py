@@ -73,12 +73,12 @@ def build(spark: SparkSession, run: PipelineRun, stage_params: dict[str, Any], p
     rejected = collect.rejected_tables(spark, run.config.output)
     redact = collect.Redactor(stage_params.get("pii"))
     with _timed(timings, "funnel per source"):
-        by_source = collect.source_funnel(spark, run, rejected)
+        by_source = collect.source_funnel(run)
     steps = []
     for s in run.steps:
         mine = [r for r in by_source if r["stage"] == s.stage]
         tokens = [r["tokens_out"] for r in mine]
-        steps.append({**to_dict(s), "tokens_out": sum(tokens) if tokens and None not in tokens else None,
+        steps.append({**{k: v for k, v in to_dict(s).items() if k != "by_source"}, "tokens_out": sum(tokens) if tokens and None not in tokens else None,
                       "tokens_exact": bool(mine) and all(r["tokens_exact"] for r in mine)})
     with _timed(timings, "score histograms"):
         histograms = scores.score_histograms(spark, run.tables, rejected, steps, stage_params, settings.histogram_sample)

@@ -1,4 +1,4 @@
-"""What the report reads from the run's Delta tables: the funnel per source, example rejected documents
+"""What the report reads from the run: the funnel per source (from the run's own counts), example rejected documents
 (PII redacted, truncated) and the dedup clusters. Plain dicts and lists come out; the page, the plots,
 the JSON twin and MLflow are all drawn from them."""
 from __future__ import annotations
@@ -15,7 +15,6 @@ from ..funnel import PipelineRun
 from ..paths import join_path
 from ..stages.pii import PiiParams, PiiRedactor
 
-TOKENS_COLUMN = "num_tokens"  # per-document tokens, written by the tokenize stage
 REJECTED_TABLES = {"rejected": "raw", "rejected_curated": "curated"}  # under the output root: table -> zone
 MINHASH = "minhash_dedup"
 
@@ -26,29 +25,22 @@ def rejected_tables(spark: SparkSession, output: str) -> dict[str, DataFrame]:
             for name, zone in REJECTED_TABLES.items() if table_exists(spark, join_path(output, name))}
 
 
-def source_funnel(spark: SparkSession, run: PipelineRun, rejected: dict[str, DataFrame]) -> list[dict]:
-    """Per step and source: documents, characters and tokens in and out, and documents rejected per reason.
+def source_funnel(run: PipelineRun) -> list[dict]:
+    """Per step and source: documents, characters and tokens in and out, and documents rejected per reason,
+    from the counts the pipeline took of each step's output (``StepCounts.by_source``): no table is read again.
 
     Tokens are counted at tokenize; before it they are estimated from each source's characters per
     token there (``tokens_exact`` says which). Documents in = out + rejected for every source; the
     characters in are the previous step's out (stages rewrite text: line filtering, redaction)."""
-    parts, tokenized = [], set()  # one Spark job: every kept table by source, every rejected table by stage, source and reason
+    kept, dropped, tokenized = {}, {}, set()
     for step in run.steps:
-        table = read_table(spark, run.tables[step.stage])
-        if TOKENS_COLUMN in table.columns:
-            tokenized.add(step.stage)
-        tokens = F.sum(TOKENS_COLUMN) if TOKENS_COLUMN in table.columns else F.lit(None).cast("long")
-        parts.append(table.groupBy("source").agg(F.count("*").alias("n"), F.sum(F.length("text")).alias("c"), tokens.alias("t"))
-                     .select(F.lit(step.stage).alias("stage"), "source", F.lit(None).cast("string").alias("reason"), "n", "c", "t"))
-    for table in rejected.values():
-        parts.append(table.groupBy("stage", "source", "reason").agg(F.count("*").alias("n"), F.sum(F.length("text")).alias("c"))
-                     .withColumn("t", F.lit(None).cast("long")))
-    kept, dropped = {}, {}
-    for r in reduce(DataFrame.unionByName, parts).collect():
-        if r["reason"] is None:
-            kept[(r["stage"], r["source"])] = r
-        else:
-            dropped.setdefault((r["stage"], r["source"]), {})[r["reason"]] = (r["n"], r["c"] or 0)
+        for source, entry in step.by_source.items():
+            if entry["tokens"] is not None:
+                tokenized.add(step.stage)
+            if entry["docs"]:
+                kept[(step.stage, source)] = {"n": entry["docs"], "c": entry["chars"], "t": entry["tokens"], "source": source}
+            if entry["rejected"]:
+                dropped[(step.stage, source)] = {reason: tuple(nc) for reason, nc in entry["rejected"].items()}
     sources = sorted({s for _, s in kept} | {s for _, s in dropped})
     ratio = _tokens_per_char(kept, sources)
     names = [s.stage for s in run.steps]
@@ -58,7 +50,7 @@ def source_funnel(spark: SparkSession, run: PipelineRun, rejected: dict[str, Dat
         for source in sources:
             out = kept.get((stage, source))
             exact = stage in tokenized
-            n_out, c_out, t_out = (out["n"], out["c"] or 0, out["t"]) if out else (0, 0, 0 if exact else None)
+            n_out, c_out, t_out = (out["n"], out["c"], out["t"]) if out else (0, 0, 0 if exact else None)
             reasons = dropped.get((stage, source), {})
             n_in = n_out + sum(n for n, _ in reasons.values())
             chained = 0 < i <= chain_end
