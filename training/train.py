@@ -39,6 +39,7 @@ from .run.gate import BehindBand, LossGate, exit_status
 from .run.guard import NonFiniteGuard
 from .run.journal import Journal, RunObserver, next_attempt, restart_attempt
 from .run.ledger import SampleLedger
+from .run.spike import SpikePolicy
 from .run.metrics import MetricsLogger, memory_gb, peak_flops
 from .run.watchdog import FaultPlan, PeersLost, Preemption, Watchdog, connect_store
 from .weights.init_from import load_weights
@@ -171,6 +172,8 @@ def train(cfg: TrainConfig) -> dict:
         last: dict = {}
         observer = RunObserver(cfg.journal, journal)
         guard = NonFiniteGuard(cfg.train.max_skipped_steps, cfg.train.skip_steps, journal, d.is_main)
+        spikes = SpikePolicy(cfg.spike, journal, d.is_main)
+        spikes.load_state_dict(state.spike)
         gate = LossGate(cfg.gate, cfg.train.max_steps, cfg.logging.every_steps, journal) if cfg.gate.band else None
         behind = None  # the gate's reason to stop, once it has one
         preemption = Preemption(watchdog, cfg.checkpoint.alive_check_s, d.world_size)
@@ -180,8 +183,10 @@ def train(cfg: TrainConfig) -> dict:
         try:
             batches = iter(train_loader)
             interval_start, interval_steps = time.perf_counter(), 0
-            for step in range(state.step + 1, cfg.train.max_steps + 1):
-                lr = set_lr(optimizer, lr_multiplier(step, cfg.schedule, cfg.train.max_steps))
+            step = state.step
+            while step < cfg.train.max_steps:
+                step += 1
+                lr = set_lr(optimizer, lr_multiplier(step, cfg.schedule, cfg.train.max_steps) * spikes.lr_scale(step))
                 loss_sum = torch.zeros((), device=d.device)
                 for _ in range(accumulation):
                     batch = next(batches)
@@ -199,9 +204,19 @@ def train(cfg: TrainConfig) -> dict:
                 faults.after_backward(step, model.parameters())
                 grad_norm = grad_norm_and_clip(model, cfg.train.grad_clip)
                 dist.all_reduce(loss_sum)  # the guard needs every rank's loss; the logged loss is this one
-                optimizer.step(skip=guard.verdict(step, loss_sum, grad_norm))  # decided and obeyed on the device
+                spike = spikes.observe(step, loss_sum, accumulation * d.world_size, grad_norm)  # a sync unless log
+                if spike is not None and cfg.spike.action == "rollback":
+                    optimizer.zero_grad(set_to_none=True)
+                    guard.settle()
+                    batches.close()  # its loader workers stop; the next one starts after the skipped samples
+                    state = spikes.roll_back(spike, checkpointer, model, optimizer, train_loader, faults)
+                    step, batches = state.step, iter(train_loader)
+                    watchdog.step_done(step)
+                    interval_start, interval_steps = time.perf_counter(), 0
+                    continue
+                optimizer.step(skip=guard.verdict(step, loss_sum, grad_norm, spike=spike is not None))  # on the device
                 optimizer.zero_grad(set_to_none=True)
-                state.step, state.loader = step, train_loader.state_dict()
+                state.step, state.loader, state.spike = step, train_loader.state_dict(), spikes.state_dict()
                 interval_steps += 1
                 faults.at_step(step)
 

@@ -60,6 +60,7 @@ class TrainState:
 
     step: int = 0
     loader: dict = field(default_factory=dict)  # StreamingLoader.state_dict()
+    spike: dict = field(default_factory=dict)  # SpikePolicy.state_dict(): baseline, rollbacks, learning-rate scale
 
 
 # --------------------------------------------------------------------------- layout and completeness
@@ -240,6 +241,16 @@ class Checkpointer:
         if found is None:
             return TrainState(step=0, loader=loader.state_dict())
         url, manifest = found
+        state = self.load(url, manifest, model, optimizer, loader)
+        if self.rank == 0:
+            self._journal_if_missing(url, manifest)
+            self.journal.record("resume", step=manifest["step"], checkpoint=url, tokens=manifest["tokens"],
+                                saved_world_size=manifest["world_size"], world_size=self.world_size)
+        return state
+
+    def load(self, url: str, manifest: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
+             loader: StreamingLoader) -> TrainState:
+        """Restore model, optimizer, RNG and loader states in place from the complete checkpoint ``url``."""
         same_data = check_data(manifest, self.data, self.section.allow_data_change, url)
         state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
         restore_rng = self.rank < manifest["world_size"]
@@ -258,11 +269,38 @@ class Checkpointer:
         except ValueError as err:  # e.g. another data.seed: a different global sample order
             raise ConfigError(f"cannot resume from {url}: {err}") from None
         self.last_saved_step = manifest["step"]
+        return TrainState(step=manifest["step"], loader=loader.state_dict(), spike=manifest.get("spike", {}))
+
+    # ---- rollback (training.run.spike)
+
+    def target_before(self, step: int) -> tuple[str, dict] | None:
+        """Every rank: the newest complete checkpoint of step <= ``step`` as (url, manifest), or None."""
+        self.close()
+        found = None
         if self.rank == 0:
-            self._journal_if_missing(url, manifest)
-            self.journal.record("resume", step=manifest["step"], checkpoint=url, tokens=manifest["tokens"],
-                                saved_world_size=manifest["world_size"], world_size=self.world_size)
-        return TrainState(step=manifest["step"], loader=loader.state_dict())
+            complete = [s for s in list_steps(self.root) if s <= step
+                        and incomplete_reason(storage.join(self.root, step_name(s))) is None]
+            if complete:
+                url = storage.join(self.root, step_name(complete[-1]))
+                found = url, read_manifest(url)
+        return self._broadcast(found)
+
+    def retarget(self, url: str, manifest: dict, state: TrainState) -> list[str]:
+        """After a rollback to ``url``: rank 0 deletes every checkpoint newer than it (a relaunch must not
+        resume the abandoned branch), points ``latest`` at it, and rewrites its manifest's loader and spike
+        state to ``state``'s (the skipped positions and the rollback), so a relaunch resumes the same
+        sequence. Returns the deleted checkpoints' names (rank 0; [] elsewhere)."""
+        retired = []
+        if self.rank == 0:
+            for step in list_steps(self.root):
+                if step > manifest["step"]:
+                    remove(storage.join(self.root, step_name(step)))
+                    retired.append(step_name(step))
+            written = {k: v for k, v in manifest.items() if k != "files"}
+            finalize(url, {**written, "loader": state.loader, "spike": state.spike,
+                           "tokens": state.loader["position"] * self.seq_len, "samples": state.loader["position"]})
+        self._broadcast(None)  # every rank waits for rank 0
+        return retired
 
     def _journal_if_missing(self, url: str, manifest: dict) -> None:
         """Rank 0 of an attempt after the first: the checkpoint's ``checkpoint`` event, when the attempt that
@@ -301,7 +339,7 @@ class Checkpointer:
             "format": FORMAT_VERSION, "step": state.step, "tokens": state.loader["position"] * self.seq_len,
             "samples": state.loader["position"], "world_size": self.world_size, "reason": reason,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "torch": torch.__version__,
-            "loader": state.loader, "data": self.data, "config": self.cfg.to_dict(),
+            "loader": state.loader, "spike": state.spike, "data": self.data, "config": self.cfg.to_dict(),
         }
         to_save = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer),
                    "rng": {rng_key(self.rank): rng_state()}}

@@ -5,7 +5,8 @@ all-reduced loss and the clip step's total gradient norm), and the optimizer obe
 (training.optim), so the step never waits for the host. The host reads the verdicts at the next logging
 point, where it reads the loss anyway: it counts the skips, journals them (``skipped`` events) and fails
 the run after ``train.max_skipped_steps`` skipped steps in a row. ``train.skip_steps`` skips chosen
-steps the same way.
+steps the same way, and so does a step the spike policy (training.run.spike, ``spike.action: skip``) judged
+a spike.
 """
 from __future__ import annotations
 
@@ -25,13 +26,17 @@ class NonFiniteGuard:
         self.total = 0  # steps skipped so far in this attempt (settled ones)
         self.in_a_row = 0
         self._pending: list[tuple[int, torch.Tensor]] = []  # (step, non-finite verdict), not yet read
+        self._spikes: list[int] = []  # steps skipped as spikes, not yet journaled
 
-    def verdict(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+    def verdict(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, spike: bool = False) -> torch.Tensor:
         """True (on the device) when step ``step`` must not be applied; ``loss`` and ``grad_norm`` must
-        be the same on every rank (all-reduced), so every rank reaches the same verdict."""
+        be the same on every rank (all-reduced), so every rank reaches the same verdict. ``spike``: the spike
+        policy, which read the same numbers, skips this step."""
         nonfinite = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
         self._pending.append((step, nonfinite))
-        if step in self.skip_steps:
+        if spike:
+            self._spikes.append(step)
+        if step in self.skip_steps or spike:
             return torch.ones_like(nonfinite)
         return nonfinite
 
@@ -45,16 +50,17 @@ class NonFiniteGuard:
         self._pending = []
         nonfinite = [step for step, bad in zip(steps, flags) if bad]
         requested = [step for step in steps if step in self.skip_steps]
+        spikes, self._spikes = self._spikes, []
         too_many = None  # the step where the run of skips reached the limit
         for step in steps:
-            skipped = step in nonfinite or step in requested
+            skipped = step in nonfinite or step in requested or step in spikes
             self.in_a_row = self.in_a_row + 1 if skipped else 0
             self.total += skipped
             if self.in_a_row >= self.max_skipped and too_many is None:
                 too_many = step
-        if self.is_main and (nonfinite or requested):
+        if self.is_main and (nonfinite or requested or spikes):
             self.journal.record("skipped", step=steps[-1], nonfinite=nonfinite, requested=requested,
-                                total=self.total)
+                                spikes=spikes, total=self.total)
         if too_many is not None:
             raise TooManySkippedSteps(
                 f"{self.max_skipped} steps in a row skipped, up to step {too_many} (train.max_skipped_steps): the "

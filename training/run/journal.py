@@ -6,7 +6,9 @@ step), ``checkpoint`` (saved), ``failure`` (which rank and why), ``restart`` (th
 the ranks again, and the cause as far as it is known), ``preempted`` (a signal, and whether a
 checkpoint was saved), ``loss_spike``, ``throughput`` (a lasting change in tokens/s), ``band`` (at an
 evaluation point: the loss on track, behind or ahead of the expected band, training.run.gate),
-``gate_stop`` (the gate stopped the run) and ``finish``. A ``checkpoint`` event carries the save's
+``gate_stop`` (the gate stopped the run), ``spike`` (the spike policy judged a step a spike: by its loss
+or its gradient norm, and what it did) and ``rollback`` (to which checkpoint, the global sample positions
+skipped, the learning-rate scale; training.run.spike) and ``finish``. A ``checkpoint`` event carries the save's
 ``seconds`` and its ``blocking_seconds`` (what training waited; less for an asynchronous save), which
 ``python -m training.plan --save-journal`` reads.
 Every event carries the time, the attempt and the rank that wrote it. Each start of the ranks is a new
@@ -228,7 +230,18 @@ def _describe(event: dict) -> str:
     if kind == "skipped":
         parts = [f"step(s) {event['nonfinite']} not applied (NaN/Inf loss or gradient norm)"] if event["nonfinite"] else []
         parts += [f"step(s) {event['requested']} skipped as train.skip_steps asks"] if event["requested"] else []
+        parts += [f"step(s) {event['spikes']} skipped as spikes"] if event.get("spikes") else []
         return "; ".join(parts) + f"; {event['total']} skipped in this attempt"
+    if kind == "spike":
+        return (f"**spike** by {event['trigger']}: loss {event['loss']:.4f} (baseline {event['baseline_loss']:.4f}), "
+                f"gradient norm {event['grad_norm']:.4g} (baseline {event['baseline_grad_norm']:.4g}); {event['action']}")
+    if kind == "rollback":
+        start, end = event["skipped_positions"]
+        scaled = (f"; learning rate x{event['lr_scale']} up to step {event['lr_scale_until']}"
+                  if event["lr_scale_until"] > event["target_step"] else "")
+        return (f"**rollback** {event['rollbacks']} of {event['max_rollbacks']} to {event['target']} (step "
+                f"{event['target_step']}); global sample positions [{start}, {end}) skipped{scaled}; "
+                f"retired: {', '.join(event['retired']) or 'none'}")
     if kind == "gate_stop":
         return f"**stopped by the loss gate**: {event['reason']}"
     if kind == "finish":
@@ -239,10 +252,11 @@ def _describe(event: dict) -> str:
 def render_markdown(events: list[dict], run_name: str) -> str:
     """The journal as a page: a summary of failures, restarts and checkpoints, then every event in order."""
     count = {kind: sum(e["event"] == kind for e in events)
-             for kind in ("failure", "checkpoint", "loss_spike", "preempted", "gate_stop")}
+             for kind in ("failure", "checkpoint", "loss_spike", "spike", "preempted", "gate_stop")}
     relaunches = sum(e["event"] == "restart" and bool(e.get("relaunch")) for e in events)
     count["restart"] = sum(e["event"] == "restart" for e in events) - relaunches
-    skipped = sum(len({*e["nonfinite"], *e["requested"]}) for e in events if e["event"] == "skipped")
+    skipped = sum(len({*e["nonfinite"], *e["requested"], *e.get("spikes", [])}) for e in events if e["event"] == "skipped")
+    rollbacks = sum(e["event"] == "rollback" for e in events)
     verdicts = [e["verdict"] for e in events if e["event"] == "band"]
     resumes = [e for e in events if e["event"] == "resume"]
     last_step = max((e["step"] for e in events if isinstance(e.get("step"), int)), default=0)
@@ -254,7 +268,8 @@ def render_markdown(events: list[dict], run_name: str) -> str:
         f"- furthest step recorded: {last_step}",
         f"- failures: {count['failure']}, restarts by the launcher: {count['restart']}, "
         f"resumptions: {len(resumes)}, preemptions: {count['preempted']}, relaunches: {relaunches}",
-        f"- checkpoints saved: {count['checkpoint']}, loss spikes: {count['loss_spike']}, steps skipped: {skipped}",
+        f"- checkpoints saved: {count['checkpoint']}, loss spikes: {count['loss_spike'] + count['spike']}, steps skipped: {skipped}"
+        + (f", rollbacks: {rollbacks}" if rollbacks else ""),
         *([f"- against the expected loss band: {', '.join(f'{verdicts.count(v)} {v}' for v in BAND_VERDICTS)}"
            + ("; **stopped by the loss gate**" if count["gate_stop"] else "")] if verdicts else []),
         "",

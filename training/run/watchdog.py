@@ -220,9 +220,12 @@ class FaultPlan:
     what a scheduler's preemption notice does, SIGTERM to the launcher (under torchrun, this rank's
     parent) and to the ranks (here: this one, so the stop lands on step N exactly). nan_grad_at_step=N:
     a NaN in this rank's gradient of step N, before clipping (what the non-finite guard must catch).
+    grad_spike_at_step=N: this rank's gradients of step N times 1e4, before clipping (a gradient-norm spike for
+    the spike policy). kill_after_rollback=N: SIGKILL right after the spike policy's N-th rollback.
     """
 
-    KINDS = ("kill_at_step", "kill_during_save", "hang_at_step", "preempt_at_step", "nan_grad_at_step")
+    KINDS = ("kill_at_step", "kill_during_save", "hang_at_step", "preempt_at_step", "nan_grad_at_step",
+             "grad_spike_at_step", "kill_after_rollback")
 
     def __init__(self, faults: list[Fault], marker_dir: Path, rank: int, journal: Journal):
         self.faults, self.marker_dir, self.rank, self.journal = faults, marker_dir, rank, journal
@@ -247,13 +250,21 @@ class FaultPlan:
         self._maybe_fire(step, ("kill_at_step", "hang_at_step", "preempt_at_step"))
 
     def after_backward(self, step: int, params) -> None:
-        """nan_grad_at_step: poison this rank's share of the first gradient (its local shard under FSDP2)."""
+        """nan_grad_at_step: poison this rank's share of the first gradient (its local shard under FSDP2);
+        grad_spike_at_step: multiply this rank's shares of every gradient by 1e4."""
         for index, fault in enumerate(self.faults):
-            if fault.kind == "nan_grad_at_step" and fault.step == step and fault.rank == self.rank \
-                    and self._claim(index, fault):
-                grad = next(p.grad for p in params if p.grad is not None)
-                local = grad.to_local() if hasattr(grad, "to_local") else grad
-                local.view(-1)[0] = float("nan")
+            if fault.kind in ("nan_grad_at_step", "grad_spike_at_step") and fault.step == step \
+                    and fault.rank == self.rank and self._claim(index, fault):
+                grads = [p.grad for p in params if p.grad is not None]
+                locals_ = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+                if fault.kind == "nan_grad_at_step":
+                    locals_[0].view(-1)[0] = float("nan")
+                else:
+                    for local in locals_:
+                        local.mul_(1e4)
+
+    def after_rollback(self, count: int) -> None:
+        self._maybe_fire(count, ("kill_after_rollback",))
 
     def during_save(self, step: int) -> None:
         self._maybe_fire(step, ("kill_during_save",))

@@ -1,0 +1,170 @@
+"""The spike policy (``spike:``), end to end on CPU with gloo through `python -m training.launch` (2 ranks).
+
+A gradient-norm spike is planted on rank 1 at step SPIKE (KILN_FAULT_PLAN=grad_spike_at_step=SPIKE@1):
+- ``rollback`` goes back to the newest checkpoint at least ``min_steps_back`` steps before it, skips the
+  global positions from that checkpoint to the end of the spiking step, retires newer checkpoints,
+  journals all of it, runs the notify hook and finishes;
+- the same run SIGKILLed right after the rollback and launched again ends with bitwise the same weights;
+- ``skip`` leaves the weights equal, bitwise, to a run told ``train.skip_steps: [SPIKE]``.
+The launches start together; the detector itself and the failure after ``max_rollbacks`` run in this process.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.training.subprocess_env import child_env
+from tests.training.token_datasets import write_token_dataset
+from training.config import ScheduleSection, SpikeSection, load_config
+from training.optim import lr_multiplier
+from training.run.journal import Journal, read_events
+from training.run.spike import SpikeFailure, SpikePolicy
+from training.train import train
+from training.weights.checkpoint_reader import read_model_state
+
+STEPS, SPIKE, GLOBAL_BATCH = 10, 7, 4
+SPIKE_KEYS = ["spike.window=3", "spike.min_steps_back=2", "spike.lr_scale=0.5", "spike.lr_scale_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def launches(tmp_path_factory):
+    work = tmp_path_factory.mktemp("spike")
+    write_token_dataset(str(work / "data"), {"train": 64}, seq_len=16, size_limit=1 << 11)
+    (work / "train.yaml").write_text(textwrap.dedent(f"""\
+        output_dir: runs
+        model: {{preset: tiny, overrides: {{d_model: 16, n_heads: 2, n_layers: 1, max_seq_len: 16}}}}
+        data: {{datasets: [{{path: data}}], num_workers: 0, shuffle_window_shards: 2, eval_split: null}}
+        train: {{max_steps: {STEPS}, global_batch_size: {GLOBAL_BATCH}, micro_batch_size: 2}}
+        optimizer: {{lr: 1.0e-2, weight_decay: 1.0e-2}}
+        schedule: {{warmup_steps: 2, decay: cosine}}
+        checkpoint: {{every_steps: 2}}
+        logging: {{every_steps: 2, progress_bar: false, mlflow: false, plot: false}}
+        """))
+    spike = f"grad_spike_at_step={SPIKE}@1"
+    runs = {
+        "rollback": (spike, ["spike.action=rollback", *SPIKE_KEYS, "spike.notify_command='cat > notified.json'"]),
+        "killed": (f"{spike},kill_after_rollback=1", ["spike.action=rollback", *SPIKE_KEYS]),
+        "skip": (spike, ["spike.action=skip", "spike.window=3"]),
+        "told": ("", [f"train.skip_steps=[{SPIKE}]"]),
+    }
+
+    def launch(name: str) -> tuple[subprocess.Popen, Path, Path]:
+        faults, overrides = runs[name]
+        log = work / f"{name}.log"
+        with open(log, "a") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "training.launch", "train.yaml", "--nproc-per-node", "2",
+                                     f"name={name}", *overrides], cwd=work, env=child_env(KILN_FAULT_PLAN=faults),
+                                    stdout=out, stderr=subprocess.STDOUT)
+        return proc, work / "runs" / name, log
+
+    started = {name: launch(name) for name in runs}
+    yield {"work": work, "launch": launch, **started}
+    for proc, _, _ in started.values():  # after a failed test
+        if proc.poll() is None:
+            proc.kill()
+
+
+def finish(launch, expected_rc: int = 0) -> str:
+    proc, _, log = launch
+    proc.wait(timeout=300)
+    output = log.read_text()
+    assert (proc.returncode == 0) == (expected_rc == 0), output[-6000:]
+    return output
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return read_model_state(str(run / "checkpoints"))[1]
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_rollback_restores_an_earlier_checkpoint_skips_the_data_after_it_and_finishes(launches):
+    finish(launches["rollback"])
+    run = launches["rollback"][1]
+    events = read_events(run / "journal.jsonl")
+    [spike] = [e for e in events if e["event"] == "spike"]
+    assert (spike["step"], spike["trigger"], spike["action"]) == (SPIKE, "grad_norm", "rollback")
+    assert spike["grad_norm"] > 100 * spike["baseline_grad_norm"]
+    [rollback] = [e for e in events if e["event"] == "rollback"]
+    # the newest checkpoint at least 2 steps back is step 4; positions from its end to step 7's end are skipped
+    assert rollback["target"] == "step-00000004" and rollback["target_step"] == 4
+    assert rollback["skipped_positions"] == [4 * GLOBAL_BATCH, SPIKE * GLOBAL_BATCH]
+    assert rollback["retired"] == ["step-00000006"] and rollback["lr_scale_until"] == 6
+    assert events[-1]["event"] == "finish" and events[-1]["step"] == STEPS
+    saved = [e["step"] for e in events if e["event"] == "checkpoint"]
+    assert saved == [2, 4, 6, 6, 8, 10]  # step 6 again on the new branch
+    # the final checkpoint's loader went past the skipped window; its state lists the rollback
+    manifest = json.loads((run / "checkpoints" / "step-00000010" / "manifest.json").read_text())
+    assert manifest["loader"]["position"] == (STEPS + SPIKE - 4) * GLOBAL_BATCH
+    assert [r["skipped_positions"] for r in manifest["spike"]["rollbacks"]] == [[16, 28]]
+    log = (run / "training_log.md").read_text()
+    assert "rollbacks: 1" in log and "**rollback** 1 of 3 to step-00000004" in log and "[16, 28) skipped" in log
+    notified = json.loads((launches["work"] / "notified.json").read_text())
+    assert notified["event"] == "rollback" and notified["target"] == "step-00000004"
+    # the learning rate after the rollback is halved for steps 5 and 6
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+           if "lr" in r}
+    schedule = ScheduleSection(warmup_steps=2, decay="cosine")
+    assert lrs[6] == pytest.approx(0.5 * 1e-2 * lr_multiplier(6, schedule, STEPS))
+    assert lrs[8] == pytest.approx(1e-2 * lr_multiplier(8, schedule, STEPS))
+
+
+def test_a_kill_right_after_the_rollback_resumes_to_the_same_weights(launches):
+    finish(launches["killed"], expected_rc=1)
+    run = launches["killed"][1]
+    events = [e["event"] for e in read_events(run / "journal.jsonl")]
+    assert set(events[events.index("rollback") + 1:]) == {"failure"}  # the kill, and the other rank losing it
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-00000004"]  # 2: retention
+    finish(launches["launch"]("killed"))
+    finish(launches["rollback"])
+    assert same(final_weights(run), final_weights(launches["rollback"][1]))
+    events = read_events(run / "journal.jsonl")
+    [resume] = [e for e in events if e["event"] == "resume"]
+    assert resume["step"] == 4 and resume["tokens"] == SPIKE * GLOBAL_BATCH * 16
+    assert sum(e["event"] == "rollback" for e in events) == 1 and events[-1]["event"] == "finish"
+
+
+def test_skip_drops_the_spiking_step_as_skip_steps_does(launches):
+    finish(launches["skip"])
+    finish(launches["told"])
+    assert same(final_weights(launches["skip"][1]), final_weights(launches["told"][1]))
+    events = read_events(launches["skip"][1] / "journal.jsonl")
+    assert [(e["step"], e["action"]) for e in events if e["event"] == "spike"] == [(SPIKE, "skip")]
+    assert [e["spikes"] for e in events if e["event"] == "skipped"] == [[SPIKE]]
+
+
+def test_the_detector_judges_loss_and_gradient_norm_against_a_baseline_without_spikes(tmp_path):
+    policy = SpikePolicy(SpikeSection(action="skip", window=3, loss_factor=2.0, grad_norm_factor=10.0),
+                         Journal(tmp_path), is_main=True)
+    assert [policy.judge(s, 4.0, 1.0) for s in (1, 2, 3)] == [None] * 3  # the window fills first
+    assert policy.judge(4, 8.5, 1.0).trigger == "loss"
+    assert policy.judge(5, 4.0, 10.5).trigger == "grad_norm"
+    assert policy.judge(6, float("nan"), 1.0) is None  # the non-finite guard's case, kept out of the baseline
+    assert list(policy.losses) == [4.0] * 3 and policy.judge(7, 7.9, 9.9) is None
+    assert [e["trigger"] for e in read_events(tmp_path / "journal.jsonl")] == ["loss", "grad_norm"]
+
+
+def test_a_spike_after_max_rollbacks_fails_the_run_and_notifies(launches, monkeypatch):
+    """One rank, in this process: with spike.max_rollbacks=0 the first spike is a failure with a message."""
+    work = launches["work"]
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("KILN_FAULT_PLAN", f"grad_spike_at_step={SPIKE}")
+    cfg = load_config(work / "train.yaml", ["name=failing", "spike.action=rollback", "spike.window=3",
+                                            "spike.max_rollbacks=0", "spike.notify_command='cat > failed.json'"])
+    try:
+        with pytest.raises(SpikeFailure, match=rf"spike at step {SPIKE} \(grad_norm\) after 0 rollbacks"):
+            train(cfg)
+    finally:
+        gc.collect()  # the run's gloo group, in a reference cycle, must not be collected in a forked child
+    [failure] = [e for e in read_events(work / "runs" / "failing" / "journal.jsonl") if e["event"] == "failure"]
+    assert failure["step"] == SPIKE - 1 and "spike.max_rollbacks=0" in failure["cause"]
+    assert json.loads((work / "failed.json").read_text())["cause"].startswith("SpikeFailure: spike at step")
