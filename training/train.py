@@ -140,6 +140,9 @@ def train(cfg: TrainConfig) -> dict:
             if d.is_main:
                 journal.record("init_from", source=source.describe())
 
+        spikes = SpikePolicy(cfg.spike, journal, d.is_main)  # its baseline and rollbacks continue from the checkpoint
+        spikes.load_state_dict(state.spike)
+
         # Logging: rank 0 only; every rank writes its own sample ledger when asked.
         status = "FAILED"  # until the loop ends; read when the logs close
         metrics = MetricsLogger(cfg.logging, run_dir, Path(cfg.output_dir), run_dir.name, cfg.train.max_steps,
@@ -155,6 +158,7 @@ def train(cfg: TrainConfig) -> dict:
         ledger = SampleLedger(ledger_path, journal.attempt,
                               train_sources if cfg.logging.ledger_document_losses else None)
         logs.callback(ledger.close)
+        ledger.rollbacks = len(spikes.rollbacks)
         info = run_info(cfg, d, run_dir, model_cfg.num_params(), seq_len, train_sources, eval_sources)
         if d.is_main:
             (run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -172,8 +176,6 @@ def train(cfg: TrainConfig) -> dict:
         last: dict = {}
         observer = RunObserver(cfg.journal, journal)
         guard = NonFiniteGuard(cfg.train.max_skipped_steps, cfg.train.skip_steps, journal, d.is_main)
-        spikes = SpikePolicy(cfg.spike, journal, d.is_main)
-        spikes.load_state_dict(state.spike)
         gate = LossGate(cfg.gate, cfg.train.max_steps, cfg.logging.every_steps, journal) if cfg.gate.band else None
         behind = None  # the gate's reason to stop, once it has one
         preemption = Preemption(watchdog, cfg.checkpoint.alive_check_s, d.world_size)
@@ -211,6 +213,7 @@ def train(cfg: TrainConfig) -> dict:
                     batches.close()  # its loader workers stop; the next one starts after the skipped samples
                     state = spikes.roll_back(spike, checkpointer, model, optimizer, train_loader, faults)
                     step, batches = state.step, iter(train_loader)
+                    ledger.rollbacks = len(spikes.rollbacks)
                     watchdog.step_done(step)
                     interval_start, interval_steps = time.perf_counter(), 0
                     continue

@@ -24,7 +24,9 @@ from tests.training.subprocess_env import child_env
 from tests.training.token_datasets import write_token_dataset
 from training.config import ScheduleSection, SpikeSection, load_config
 from training.optim import lr_multiplier
+from training.run.explain import step_start
 from training.run.journal import Journal, read_events
+from training.run.ledger import step_records
 from training.run.spike import SpikeFailure, SpikePolicy
 from training.train import train
 from training.weights.checkpoint_reader import read_model_state
@@ -49,7 +51,8 @@ def launches(tmp_path_factory):
         """))
     spike = f"grad_spike_at_step={SPIKE}@1"
     runs = {
-        "rollback": (spike, ["spike.action=rollback", *SPIKE_KEYS, "spike.notify_command='cat > notified.json'"]),
+        "rollback": (spike, ["spike.action=rollback", *SPIKE_KEYS, "spike.notify_command='cat > notified.json'",
+                             "logging.sample_ledger=true"]),
         "killed": (f"{spike},kill_after_rollback=1", ["spike.action=rollback", *SPIKE_KEYS]),
         "skip": (spike, ["spike.action=skip", "spike.window=3"]),
         "told": ("", [f"train.skip_steps=[{SPIKE}]"]),
@@ -108,6 +111,11 @@ def test_rollback_restores_an_earlier_checkpoint_skips_the_data_after_it_and_fin
     assert [r["skipped_positions"] for r in manifest["spike"]["rollbacks"]] == [[16, 28]]
     log = (run / "training_log.md").read_text()
     assert "rollbacks: 1" in log and "**rollback** 1 of 3 to step-00000004" in log and "[16, 28) skipped" in log
+    # the ledger keeps the new branch's samples of a step trained again; explain_step's order agrees
+    for step in (3, 5, SPIKE, STEPS):
+        start = step_start(run, step, GLOBAL_BATCH)
+        assert [r["position"] for r in step_records(run, step)[0]] == list(range(start, start + GLOBAL_BATCH))
+    assert (step_start(run, 3, GLOBAL_BATCH), step_start(run, 5, GLOBAL_BATCH)) == (8, 28)
     notified = json.loads((launches["work"] / "notified.json").read_text())
     assert notified["event"] == "rollback" and notified["target"] == "step-00000004"
     # the learning rate after the rollback is halved for steps 5 and 6

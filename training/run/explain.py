@@ -75,6 +75,21 @@ def load_run(run_dir: Path) -> tuple[dict, list[Source]]:
     return info, sources
 
 
+def step_start(run_dir: Path, step: int, global_batch: int) -> int:
+    """The global position of ``step``'s first sample: ``(step - 1) x global_batch``, unless the spike policy
+    rolled back to a checkpoint before ``step`` (training.run.spike): then, after the latest such rollback, the
+    steps after its target continued from the end of its skipped positions. Reads ``rollback`` events from
+    the journal as plain JSON (the journal module brings torch)."""
+    start = (step - 1) * global_batch
+    journal = run_dir / "journal.jsonl"
+    for line in journal.read_text().splitlines() if journal.exists() else []:
+        if '"event": "rollback"' in line:
+            event = json.loads(line)
+            if event["target_step"] < step:
+                start = event["skipped_positions"][1] + (step - 1 - event["target_step"]) * global_batch
+    return start
+
+
 def step_samples(run_dir: Path, info: dict, sources: list[Source], step: int) -> tuple[list[StepSample], str, int | None]:
     """The samples of ``step`` in position order, where they came from ("ledger" or "order"), and the
     ledger's attempt."""
@@ -83,7 +98,7 @@ def step_samples(run_dir: Path, info: dict, sources: list[Source], step: int) ->
     if not records:
         data, batch = info["config"]["data"], info["config"]["train"]["global_batch_size"]
         order = build_order(sources, data["seed"], data["shuffle"], data["shuffle_window_shards"])
-        start = (step - 1) * batch
+        start = step_start(run_dir, step, batch)
         datasets, samples = order.locate(start, start + batch)
         records = [{"position": start + i, "sample_id": int(sid), "spans": None}
                    for i, sid in enumerate(order.sample_ids(datasets, samples))]

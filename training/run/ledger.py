@@ -69,13 +69,15 @@ class SampleLedger:
     spans (``document_spans``).
 
     Lines carry the restart attempt: after a resume from step S, the lines of earlier attempts with
-    steps after S are superseded. With document losses the line is written once the micro-batch's loss is
+    steps after S are superseded. After the spike policy's rollbacks (training.run.spike) they also carry
+    ``rollbacks``, the number so far, and the steps trained again supersede the abandoned branch's. With document losses the line is written once the micro-batch's loss is
     known (``record_losses``); a micro-batch whose forward fails is still written, without losses, on
     ``close``."""
 
     def __init__(self, path: Path | None, attempt: int = 0, sources: list[Source] | None = None):
         self._file = None
         self.attempt = attempt
+        self.rollbacks = 0  # the spike policy's rollbacks so far in the run (set by the trainer)
         self._pending: tuple[dict, np.ndarray, np.ndarray] | None = None
         self._eos = self._offsets = None
         if sources is not None:
@@ -100,6 +102,8 @@ class SampleLedger:
             return
         line = {"step": step, "attempt": self.attempt, "positions": batch["positions"].tolist(),
                 "sample_ids": batch["sample_ids"].tolist()}
+        if self.rollbacks:
+            line["rollbacks"] = self.rollbacks
         if not self.document_losses:
             self._write(line)
             return
@@ -138,7 +142,7 @@ def step_records(run_dir: Path, step: int) -> tuple[list[dict], int | None]:
     (``spans``: ``[start, length, loss]`` lists, or None when not recorded), and the attempt they come from.
 
     A step trained again after a restart keeps the lines of its last attempt (the samples are the same,
-    the losses may differ). Empty (and None) when no rank recorded the step."""
+    the losses may differ), and within it those after the most rollbacks (other samples). Empty (and None) when no rank recorded the step."""
     lines = []
     prefix = f'{{"step": {step}, '  # how SampleLedger starts a line: most lines are skipped unparsed
     for path in sorted((run_dir / LEDGER_FOLDER).glob("rank-*.jsonl")):
@@ -155,10 +159,10 @@ def step_records(run_dir: Path, step: int) -> tuple[list[dict], int | None]:
             lines.append(line)
     if not lines:
         return [], None
-    attempt = max(line["attempt"] for line in lines)
+    attempt, rollbacks = max((line["attempt"], line.get("rollbacks", 0)) for line in lines)
     records = {}
     for line in lines:
-        if line["attempt"] != attempt:
+        if (line["attempt"], line.get("rollbacks", 0)) != (attempt, rollbacks):
             continue
         spans = line.get("document_losses") or [None] * len(line["positions"])
         for position, sample_id, sample_spans in zip(line["positions"], line["sample_ids"], spans):
