@@ -24,6 +24,7 @@ from tests.training.subprocess_env import child_env
 from tests.training.token_datasets import write_token_dataset
 from training.config import ScheduleSection, SpikeSection, load_config
 from training.optim import lr_multiplier
+from training.run.checkpoint import finalize, latest_complete, step_name
 from training.run.explain import step_start
 from training.run.journal import Journal, read_events
 from training.run.ledger import step_records
@@ -176,3 +177,12 @@ def test_a_spike_after_max_rollbacks_fails_the_run_and_notifies(launches, monkey
     [failure] = [e for e in read_events(work / "runs" / "failing" / "journal.jsonl") if e["event"] == "failure"]
     assert failure["step"] == SPIKE - 1 and "spike.max_rollbacks=0" in failure["cause"]
     assert json.loads((work / "failed.json").read_text())["cause"].startswith("SpikeFailure: spike at step")
+
+
+def test_a_kill_before_the_rollback_retired_newer_checkpoints_still_resumes_the_rollback(tmp_path):
+    """The target's manifest is rewritten first; until the newer checkpoints are deleted, it outranks them."""
+    root = tmp_path / "checkpoints"
+    for step, rolled in ((6, 0), (4, 1)):  # step 6 saved before the spike, then step 4 rewritten by the rollback
+        (root / step_name(step)).mkdir(parents=True)
+        finalize(str(root / step_name(step)), {"step": step, "spike": {"rollbacks": [{"step": 7}] * rolled}})
+    assert latest_complete(str(root))[1]["step"] == 4

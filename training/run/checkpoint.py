@@ -108,23 +108,34 @@ def file_sizes(url: str) -> dict[str, int]:
             if info["type"] == "file"}
 
 
+def rollbacks(manifest: dict) -> int:
+    """The spike policy's rollbacks before this checkpoint (training.run.spike)."""
+    return len(manifest.get("spike", {}).get("rollbacks", []))
+
+
 def latest_complete(root: str) -> tuple[str, dict] | None:
     """The newest complete checkpoint under ``root`` as (url, manifest); newer incomplete ones are
     skipped with a warning. The ``latest`` pointer is checked first; a newer complete checkpoint (a
-    crash between manifest and pointer) still wins."""
+    crash between manifest and pointer) still wins. A checkpoint of a branch a spike rollback abandoned
+    (fewer rollbacks than an older one's manifest records: a kill before the rollback retired it) loses."""
     steps = list_steps(root)
     pointer = storage.join(root, LATEST_NAME)
     pointed = storage.read_bytes(pointer).decode().strip() if storage.exists(pointer) else None
+    found = None
     for step in reversed(steps):
         url = storage.join(root, step_name(step))
         reason = incomplete_reason(url)
         if reason is None:
-            if pointed != step_name(step):
-                log.warning("checkpoint pointer %s names %s, but %s is the newest complete one", pointer, pointed,
-                            step_name(step))
-            return url, read_manifest(url)
-        log.warning("skipping checkpoint %s: %s", url, reason)
-    return None
+            manifest = read_manifest(url)
+            if found is None or rollbacks(manifest) > rollbacks(found[1]):
+                found = url, manifest
+            continue
+        if found is None:
+            log.warning("skipping checkpoint %s: %s", url, reason)
+    if found is not None and pointed != step_name(found[1]["step"]):
+        log.warning("checkpoint pointer %s names %s, but %s is the newest complete one", pointer, pointed,
+                    step_name(found[1]["step"]))
+    return found
 
 
 def remove(url: str) -> None:
@@ -286,19 +297,18 @@ class Checkpointer:
         return self._broadcast(found)
 
     def retarget(self, url: str, manifest: dict, state: TrainState) -> list[str]:
-        """After a rollback to ``url``: rank 0 deletes every checkpoint newer than it (a relaunch must not
-        resume the abandoned branch), points ``latest`` at it, and rewrites its manifest's loader and spike
-        state to ``state``'s (the skipped positions and the rollback), so a relaunch resumes the same
-        sequence. Returns the deleted checkpoints' names (rank 0; [] elsewhere)."""
+        """After a rollback to ``url``: rank 0 rewrites its manifest's loader and spike state to ``state``'s
+        (the skipped positions and the rollback) and points ``latest`` at it, so a relaunch resumes the same
+        sequence, then deletes every checkpoint newer than it (the abandoned branch). Returns the deleted checkpoints' names (rank 0; [] elsewhere)."""
         retired = []
-        if self.rank == 0:
+        if self.rank == 0:  # the manifest first: from then on it outranks the newer ones (latest_complete)
+            written = {k: v for k, v in manifest.items() if k != "files"}
+            finalize(url, {**written, "loader": state.loader, "spike": state.spike,
+                           "tokens": state.loader["position"] * self.seq_len, "samples": state.loader["position"]})
             for step in list_steps(self.root):
                 if step > manifest["step"]:
                     remove(storage.join(self.root, step_name(step)))
                     retired.append(step_name(step))
-            written = {k: v for k, v in manifest.items() if k != "files"}
-            finalize(url, {**written, "loader": state.loader, "spike": state.spike,
-                           "tokens": state.loader["position"] * self.seq_len, "samples": state.loader["position"]})
         self._broadcast(None)  # every rank waits for rank 0
         return retired
 

@@ -12,9 +12,10 @@ which). Non-finite steps are the guard's (training.run.guard) and judge nothing.
 - ``rollback``: every rank restores the newest complete checkpoint at least ``min_steps_back`` steps before
   the spike, and the loader continues after the spiking step's samples, so the global sample positions from
   the checkpoint's position to the end of the spiking step are skipped (the order stays a pure function of
-  seed and position; only the position jumps). Newer checkpoints are deleted, and the target's manifest is
-  rewritten with the new loader position and this policy's state (baseline, rollbacks, learning-rate scale),
-  so a kill and relaunch after the rollback resumes the same sequence. After ``max_rollbacks`` rollbacks the
+  seed and position; only the position jumps). The target's manifest is rewritten with the new loader
+  position and this policy's state (baseline, rollbacks, learning-rate scale), then newer checkpoints are
+  deleted, so a kill and relaunch after the rollback resumes the same sequence (a manifest with more
+  rollbacks outranks newer checkpoints: training.run.checkpoint.latest_complete). After ``max_rollbacks`` rollbacks the
   next spike fails the run (SpikeFailure). ``notify_command`` is run on each rollback and on that failure.
 """
 from __future__ import annotations
