@@ -16,7 +16,8 @@ which). Non-finite steps are the guard's (training.run.guard) and judge nothing.
   position and this policy's state (baseline, rollbacks, learning-rate scale), then newer checkpoints are
   deleted, so a kill and relaunch after the rollback resumes the same sequence (a manifest with more
   rollbacks outranks newer checkpoints: training.run.checkpoint.latest_complete). After ``max_rollbacks`` rollbacks the
-  next spike fails the run (SpikeFailure). ``notify_command`` is run on each rollback and on that failure.
+  next spike fails the run (SpikeFailure). ``notify_command`` is run, and ``notify_url`` posted to, on each
+  rollback and on that failure.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ import logging
 import math
 import statistics
 import subprocess
+import urllib.error
+import urllib.request
 from collections import deque
 from dataclasses import dataclass
 
@@ -150,13 +153,22 @@ class SpikePolicy:
         raise SpikeFailure(message)
 
     def notify(self, event: dict) -> None:
-        """Run ``spike.notify_command`` with ``event`` as JSON on stdin; a failing hook is logged, never fatal."""
-        if not self.cfg.notify_command:
-            return
-        try:
-            done = subprocess.run(self.cfg.notify_command, shell=True, input=json.dumps(event, default=str),
-                                  text=True, capture_output=True, timeout=60, check=False)
-            if done.returncode:
-                log.warning("spike.notify_command exited %d: %s", done.returncode, done.stderr.strip()[-500:])
-        except (OSError, subprocess.TimeoutExpired) as err:
-            log.warning("spike.notify_command failed: %s", err)
+        """Run ``spike.notify_command`` with ``event`` as JSON on stdin and POST it to ``spike.notify_url``; a
+        failing hook is logged, never fatal."""
+        body = json.dumps(event, default=str)
+        if self.cfg.notify_command:
+            try:
+                done = subprocess.run(self.cfg.notify_command, shell=True, input=body, text=True,
+                                      capture_output=True, timeout=60, check=False)
+                if done.returncode:
+                    log.warning("spike.notify_command exited %d: %s", done.returncode, done.stderr.strip()[-500:])
+            except (OSError, subprocess.TimeoutExpired) as err:
+                log.warning("spike.notify_command failed: %s", err)
+        if self.cfg.notify_url:
+            request = urllib.request.Request(self.cfg.notify_url, data=body.encode(), method="POST",
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=30):
+                    pass
+            except (OSError, urllib.error.URLError) as err:
+                log.warning("spike.notify_url %s failed: %s", self.cfg.notify_url, err)
