@@ -174,7 +174,7 @@ def train(cfg: TrainConfig) -> dict:
         peak = peak_flops(d.device, cfg.logging.peak_flops_per_device)
         tokens_per_step = cfg.train.global_batch_size * seq_len
         last: dict = {}
-        observer = RunObserver(cfg.journal, journal)
+        observer = RunObserver(cfg.journal, journal, judge_loss=not spikes.active)
         guard = NonFiniteGuard(cfg.train.max_skipped_steps, cfg.train.skip_steps, journal, d.is_main)
         gate = LossGate(cfg.gate, cfg.train.max_steps, cfg.logging.every_steps, journal) if cfg.gate.band else None
         behind = None  # the gate's reason to stop, once it has one

@@ -158,17 +158,19 @@ class RunObserver:
     The baseline is the last ``window`` logged values. A loss above ``loss_spike_factor`` x the
     baseline mean is a spike (the spike stays out of the baseline). Throughput is judged on the
     median of the newest ``window // 4`` (at least 3) values against the baseline median, so one slow
-    step is not an event; after a change, the baseline starts again at the new level.
+    step is not an event; after a change, the baseline starts again at the new level. ``judge_loss``
+    false: losses are the spike policy's (training.run.spike, which journals every step's), only
+    throughput is judged here.
     """
 
-    def __init__(self, cfg: JournalSection, journal: Journal):
-        self.cfg, self.journal = cfg, journal
+    def __init__(self, cfg: JournalSection, journal: Journal, judge_loss: bool = True):
+        self.cfg, self.journal, self.judge_loss = cfg, journal, judge_loss
         self.losses: deque[float] = deque(maxlen=cfg.window)
         self.speeds: deque[float] = deque(maxlen=cfg.window)
         self.recent = max(3, cfg.window // 4)
 
     def observe(self, step: int, loss: float, tokens_per_s: float) -> None:
-        if len(self.losses) >= min(5, self.cfg.window):
+        if self.judge_loss and len(self.losses) >= min(5, self.cfg.window):
             baseline = statistics.fmean(self.losses)
             if loss > self.cfg.loss_spike_factor * baseline:
                 self.journal.record("loss_spike", step=step, loss=round(loss, 4), baseline=round(baseline, 4))
