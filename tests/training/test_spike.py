@@ -4,7 +4,8 @@ A gradient-norm spike is planted on rank 1 at step SPIKE (KILN_FAULT_PLAN=grad_s
 - ``rollback`` goes back to the newest checkpoint at least ``min_steps_back`` steps before it, skips the
   global positions from that checkpoint to the end of the spiking step, retires newer checkpoints,
   journals all of it, runs the notify hook and finishes;
-- the same run SIGKILLed right after the rollback and launched again ends with bitwise the same weights;
+- the same run SIGKILLed right after the rollback and launched again ends with bitwise the same weights,
+  on 2 ranks as before and on 1;
 - ``skip`` (one rank) leaves the weights equal, bitwise, to a run told ``train.skip_steps: [SPIKE]``.
 The two launches start together; ``skip``, the detector and the failure after ``max_rollbacks`` run in this
 process, on one rank.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import http.server
+import shutil
 import json
 import subprocess
 import sys
@@ -128,15 +130,22 @@ def test_rollback_restores_an_earlier_checkpoint_skips_the_data_after_it_and_fin
     assert lrs[8] == pytest.approx(1e-2 * lr_multiplier(8, schedule, STEPS))
 
 
-def test_a_kill_right_after_the_rollback_resumes_to_the_same_weights(launches):
+def test_a_kill_right_after_the_rollback_resumes_to_the_same_weights(launches, monkeypatch):
     finish(launches["killed"], expected_rc=1)
     run = launches["killed"][1]
     events = [e["event"] for e in read_events(run / "journal.jsonl")]
     assert set(events[events.index("rollback") + 1:]) == {"failure"}  # the kill, and the other rank losing it
     assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-00000004"]  # 2: retention
+    shutil.copytree(run, run.with_name("one-rank"))  # the same kill, resumed on 1 rank instead of 2 (below)
     finish(launches["launch"]("killed"))
     finish(launches["rollback"])
     assert same(final_weights(run), final_weights(launches["rollback"][1]))
+    one_rank = run_here(launches["work"], monkeypatch, "", "name=one-rank", "spike.action=rollback", *SPIKE_KEYS)
+    manifests = [json.loads((r / "checkpoints" / "step-00000010" / "manifest.json").read_text())
+                 for r in (run, one_rank)]
+    assert manifests[0]["loader"] == manifests[1]["loader"]
+    assert manifests[0]["spike"]["rollbacks"] == manifests[1]["spike"]["rollbacks"]
+    assert same(final_weights(one_rank), final_weights(run))  # CPU, fp32: the full model initialised on every rank
     events = read_events(run / "journal.jsonl")
     [resume] = [e for e in events if e["event"] == "resume"]
     assert resume["step"] == 4 and resume["tokens"] == SPIKE * GLOBAL_BATCH * 16
