@@ -16,6 +16,7 @@ import gc
 import http.server
 import shutil
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from shards.config import ConfigError
 from tests.training.subprocess_env import child_env
 from tests.training.token_datasets import write_token_dataset
 from training.config import ScheduleSection, SpikeSection, load_config
@@ -227,3 +229,15 @@ def test_a_kill_before_the_rollback_retired_newer_checkpoints_still_resumes_the_
         (root / step_name(step)).mkdir(parents=True)
         finalize(str(root / step_name(step)), {"step": step, "spike": {"rollbacks": [{"step": 7}] * rolled}})
     assert latest_complete(str(root))[1]["step"] == 4
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["spike.action=rollback", "checkpoint.every_steps=0"], "spike.action=rollback needs checkpoints"),
+    (["spike.action=rollback", "spike.min_steps_back=4", "checkpoint.keep_last=1"], "raise checkpoint.keep_last"),
+    (["spike.action=panic"], "spike.action"),
+    (["spike.notify_url=hooks.example/kiln"], "must be an http:// or https:// URL"),
+    (["spike.loss_factor=1.0"], "must be > 1"),
+])
+def test_a_spike_policy_that_cannot_work_is_a_config_error(launches, overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(launches["work"] / "train.yaml", ["name=bad", *overrides])
