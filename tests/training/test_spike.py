@@ -7,28 +7,32 @@ A gradient-norm spike is planted on rank 1 at step SPIKE (KILN_FAULT_PLAN=grad_s
 - the same run SIGKILLed right after the rollback and launched again ends with bitwise the same weights,
   on 2 ranks as before and on 1;
 - ``skip`` (one rank) leaves the weights equal, bitwise, to a run told ``train.skip_steps: [SPIKE]``.
-The two launches start together; ``skip``, the detector and the failure after ``max_rollbacks`` run in this
-process, on one rank.
+The two launches start together; ``skip``, the detector, the failure after ``max_rollbacks`` and a run over a
+poisoned region (random tokens planted in a pattern dataset, caught by the loss) run in this process, on one
+rank.
 """
 from __future__ import annotations
 
 import gc
 import http.server
-import shutil
 import json
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from shards.config import ConfigError
+from shards.manifest import DatasetManifest, write_manifest
+from shards.mds import MDSWriter, token_columns
 from tests.training.subprocess_env import child_env
-from tests.training.token_datasets import write_token_dataset
+from tests.training.token_datasets import VOCAB, pattern_tokens, write_token_dataset
 from training.config import ScheduleSection, SpikeSection, load_config
 from training.optim import lr_multiplier
 from training.run.checkpoint import finalize, latest_complete, step_name
@@ -241,3 +245,57 @@ def test_a_kill_before_the_rollback_retired_newer_checkpoints_still_resumes_the_
 def test_a_spike_policy_that_cannot_work_is_a_config_error(launches, overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(launches["work"] / "train.yaml", ["name=bad", *overrides])
+
+
+POISON = range(640, 672)  # global positions (no shuffle) of steps 41 and 42 at 16 samples a step
+
+
+def write_poisoned_dataset(root: Path, poisoned: range) -> None:
+    """A pattern dataset whose samples in ``poisoned`` are random tokens (nothing a model that learned the
+    pattern predicts), and a clean validation split."""
+    rng = np.random.default_rng(0)
+    splits = {"train": 1200, "val": 32}
+    for split, count in splits.items():
+        with MDSWriter(f"{root}/v=1/{split}", token_columns(VOCAB), size_limit=1 << 12) as writer:
+            for i in range(count):
+                tokens = pattern_tokens(i + 2000 * (split == "val"), 16)
+                if split == "train" and i in poisoned:
+                    tokens = rng.integers(0, VOCAB, 16).astype(np.uint16)
+                writer.write({"tokens": tokens})
+    write_manifest(str(root), DatasetManifest(
+        version=1, seq_len=16, token_dtype="uint16", vocab_size=VOCAB, num_samples=splits,
+        num_tokens={s: n * 16 for s, n in splits.items()}, splits=list(splits), config_hash="test",
+        tokenizer_hash="test", seed=0))
+
+
+def test_a_poisoned_region_is_rolled_back_over_and_the_run_ends_near_a_clean_one(tmp_path, monkeypatch):
+    """One rank, in this process: after the model has learned the pattern, two steps of random tokens. With
+    ``rollback`` (by loss) the run skips them and its eval loss is within 2% of a run on clean data; without,
+    it is clearly worse."""
+    for name, poisoned in (("clean", range(0)), ("poisoned", POISON)):
+        write_poisoned_dataset(tmp_path / name, poisoned)
+    (tmp_path / "train.yaml").write_text(textwrap.dedent("""\
+        output_dir: runs
+        model: {preset: tiny, overrides: {d_model: 64, n_heads: 2, n_layers: 1, max_seq_len: 16}}
+        data: {datasets: [{path: clean}], num_workers: 0, shuffle: false}
+        train: {max_steps: 60, global_batch_size: 16, micro_batch_size: 16}
+        optimizer: {lr: 1.0e-2}
+        schedule: {warmup_steps: 2, decay: cosine}
+        checkpoint: {every_steps: 5, keep_last: 3}
+        eval: {every_steps: 60, batches: 2}
+        spike: {window: 10, loss_factor: 3.0}
+        logging: {every_steps: 10, progress_bar: false, mlflow: false, plot: false}
+        """))
+    poisoned = "data.datasets=[{path: poisoned}]"
+    eval_loss = {}
+    for name, overrides in (("clean", []), ("defended", [poisoned, "spike.action=rollback"]),
+                            ("undefended", [poisoned])):
+        run = run_here(tmp_path, monkeypatch, "", f"name={name}", *overrides)
+        eval_loss[name] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    eval_loss = {name: record["eval_loss"] for name, record in eval_loss.items()}
+    assert abs(eval_loss["defended"] / eval_loss["clean"] - 1) < 0.02, eval_loss
+    assert eval_loss["undefended"] > 1.05 * eval_loss["clean"], eval_loss
+    events = read_events(tmp_path / "runs" / "defended" / "journal.jsonl")
+    assert [(e["step"], e["trigger"]) for e in events if e["event"] == "spike"] == [(41, "loss"), (41, "loss")]
+    assert [(e["target"], e["skipped_positions"]) for e in events if e["event"] == "rollback"] == [
+        ("step-00000040", [640, 656]), ("step-00000040", [656, 672])]
