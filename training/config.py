@@ -291,6 +291,37 @@ class JournalSection:
 
 
 @dataclass
+class SpikeSection:
+    """What the trainer does about a loss spike (training.run.spike; runbook: docs/runbook_loss_spike.md).
+
+    With ``skip`` or ``rollback`` every step's all-reduced loss and gradient norm are read on the host (one
+    sync a step) and judged against the mean of the last ``window`` steps that were not spikes."""
+
+    # log: only journal spikes (journal.loss_spike_factor, at logging points); skip: the spiking step's
+    # update is not applied; rollback: back to an earlier checkpoint, past the data that followed it.
+    action: Literal["log", "skip", "rollback"] = "log"
+    window: int = 20  # steps (not spikes) whose mean loss and mean gradient norm are the baseline; judged once full
+    loss_factor: float = 2.0  # a loss above this x the baseline loss is a spike
+    grad_norm_factor: float = 10.0  # a gradient norm (before clipping) above this x its baseline is a spike
+    min_steps_back: int = 1  # rollback: the target is the newest complete checkpoint at least this many steps back
+    max_rollbacks: int = 3  # rollbacks in one run before a spike fails it (with a message)
+    lr_scale: float = 1.0  # rollback: the learning rate is multiplied by this...
+    lr_scale_steps: int = 0  # ...for this many steps after the rollback target (0: not scaled)
+    # A shell command run (rank 0) on each rollback and on a spike failure, the event as JSON on stdin; null: none.
+    notify_command: str | None = None
+    notify_url: str | None = None  # an http(s) URL the same JSON is POSTed to on those events; null: none
+
+    def __post_init__(self) -> None:
+        _positive("spike", window=self.window, min_steps_back=self.min_steps_back, lr_scale=self.lr_scale)
+        if self.loss_factor <= 1.0 or self.grad_norm_factor <= 1.0:
+            raise ValueError("spike.loss_factor and spike.grad_norm_factor must be > 1")
+        if self.max_rollbacks < 0 or self.lr_scale_steps < 0:
+            raise ValueError("spike.max_rollbacks and spike.lr_scale_steps must be >= 0")
+        if self.notify_url is not None and not self.notify_url.startswith(("http://", "https://")):
+            raise ValueError(f"spike.notify_url must be an http:// or https:// URL, got {self.notify_url!r}")
+
+
+@dataclass
 class GateSection:
     """The go/no-go at evaluation points (training.run.gate): the train loss against the band that
     ``python -m training.sweep --band`` exported, and when to stop a run that stays behind it."""
@@ -321,6 +352,7 @@ class TrainConfig:
     watchdog: WatchdogSection = field(default_factory=WatchdogSection)
     journal: JournalSection = field(default_factory=JournalSection)
     gate: GateSection = field(default_factory=GateSection)  # the expected loss band and the stop gate
+    spike: SpikeSection = field(default_factory=SpikeSection)  # loss-spike detection and its action
     name: str | None = None  # run name (folder, MLflow run, checkpoint lookup); default a timestamp
     output_dir: str = "runs"  # each run writes <output_dir>/<name>/
     # Weights to start from (a checkpoint dir or root, a consolidated folder, or a Hugging Face MPT folder):
@@ -338,6 +370,14 @@ class TrainConfig:
             raise ValueError("gate.band is judged at evaluation points: set eval.every_steps")
         if self.checkpoint.enabled and self.name is None:
             raise ValueError("checkpointing needs a fixed run name (name: ...): a relaunch finds its checkpoints by it")
+        if self.spike.action == "rollback" and not self.checkpoint.enabled:
+            raise ValueError("spike.action=rollback needs checkpoints to roll back to: set checkpoint.every_steps")
+        ckpt = self.checkpoint
+        if self.spike.action == "rollback" and ckpt.every_steps and \
+                (ckpt.keep_last - 1) * ckpt.every_steps < self.spike.min_steps_back - 1:
+            raise ValueError(f"checkpoint retention (keep_last {ckpt.keep_last}, every_steps {ckpt.every_steps}) may "
+                             f"delete every checkpoint spike.min_steps_back ({self.spike.min_steps_back}) steps back: "
+                             "raise checkpoint.keep_last")
 
     @property
     def has_eval_loss(self) -> bool:
