@@ -107,6 +107,20 @@ def read_segments(manifest: DatasetManifest, split: str, keys: Iterable[tuple[in
     return found
 
 
+def document_segments(manifest: DatasetManifest, split: str, doc_ids: Iterable[str]) -> list[Segment]:
+    """Every segment of the documents ``doc_ids`` in ``split``'s samples: which samples ``(bucket, sample_index)``
+    hold their tokens and where, from the provenance table at the manifest's version (one scan, filtered by id).
+    Segments in a bucket's partial last sample, which the dataset does not hold (``kept`` false), are left out."""
+    import pyarrow.compute as pc
+
+    table = provenance_table(manifest)
+    data = delta_table(table.path, table.delta_version).to_pyarrow_dataset().to_table(
+        filter=(pc.field("split") == split) & pc.field("kept") & pc.field("doc_id").isin(sorted(set(doc_ids))))
+    return sorted((Segment(row["bucket"], row["sample_index"], row["sample_offset"], row["length"], row["doc_id"],
+                           row["source"], row["doc_offset"], row["doc_tokens"]) for row in data.to_pylist()),
+                  key=lambda s: (s.bucket, s.sample_index, s.sample_offset))
+
+
 def documents_table(manifest: DatasetManifest) -> TableRef:
     """``<output>/tokenize``, the documents the dataset was tokenized from with every stage's columns, at
     the newest Delta version written by the manifest's tokenize run."""
