@@ -107,10 +107,19 @@ class DataSection:
     verify_hashes: bool = True  # check each downloaded shard against the hashes in index.json
     num_workers: int = 1  # DataLoader worker processes per rank
     prefetch_batches: int = 4  # batches each worker prepares ahead
+    # A file of document ids, one a line as `etl erase --ids` takes them (local path or object-store URL):
+    # those documents' tokens carry no loss wherever the train split holds them, traced through the datasets'
+    # provenance tables. Sample positions and order stay as they are; the list is read at every (re)start.
+    exclude_docs: str | None = None
 
     def __post_init__(self) -> None:
         if bool(self.datasets) == (self.instruction is not None):
             raise ValueError("data: give either datasets (at least one) or instruction, not both")
+        if self.exclude_docs is not None and self.instruction is not None:
+            raise ValueError("data.exclude_docs traces document ids through the provenance tables of ETL-built "
+                             "datasets; data.instruction has none")
+        if self.exclude_docs == "":
+            raise ValueError("data.exclude_docs must be a file path or URL, or null")
         _positive("data", shuffle_window_shards=self.shuffle_window_shards, cache_limit_gb=self.cache_limit_gb,
                   prefetch_shards=self.prefetch_shards, prefetch_batches=self.prefetch_batches)
         if self.num_workers < 0 or self.download_retries < 0:

@@ -36,6 +36,7 @@ from pathlib import Path
 from shards.config import ConfigError
 
 from .config import TrainConfig, check_world_size, load_config
+from .data.exclude import check_traceable, read_exclude_list
 from .data.resolve import resolve_sources
 from .eval.in_training import load_tasks
 from .run.checkpoint import check_data, checkpoint_root, describe_data, latest_complete
@@ -54,6 +55,9 @@ def validate(cfg: TrainConfig, nnodes: int, nproc_per_node: int) -> None:
         train_sources, _ = resolve_sources(cfg)
     except (ValueError, OSError) as err:
         raise ConfigError(f"data: {err}") from None
+    if cfg.data.exclude_docs is not None:  # the list and the datasets' provenance; rank 0 traces the ids
+        read_exclude_list(cfg.data.exclude_docs)
+        check_traceable(train_sources)
     model = cfg.model.build()
     if cfg.init_from is not None:
         inspect_and_check(cfg.init_from, model)

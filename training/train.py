@@ -27,7 +27,7 @@ from shards.config import ConfigError
 
 from .config import TrainConfig, accumulation_steps, check_world_size, load_config
 from .data.loader import StreamingLoader, TokenBatches, as_tensors, model_inputs
-from .data.resolve import make_batches, resolve_data
+from .data.resolve import make_batches, resolve_data, resolve_exclusions
 from .data.sources import IGNORE_INDEX, Source, check_sources
 from .distributed import (Distributed, broadcast_from_main, build_model, compute_dtype, grad_norm_and_clip,
                           init_distributed)
@@ -98,13 +98,15 @@ def train(cfg: TrainConfig) -> dict:
         torch.manual_seed(cfg.train.seed)
         run_dir = prepare_run_dir(cfg, d)
 
-        # Data: versions pinned once, the same global order on every rank.
+        # Data: versions pinned once, the same global order on every rank, data.exclude_docs traced once.
         train_sources, eval_sources = resolve_data(cfg, d)
+        exclusions = resolve_exclusions(cfg.data, train_sources, run_dir, d)
         seq_len = check_sources(train_sources)
         micro_batch = cfg.train.micro_batch_size
         accumulation = accumulation_steps(cfg.train.global_batch_size, micro_batch, d.world_size)
         train_loader = StreamingLoader(
-            make_batches(train_sources, cfg.data, cfg.train.global_batch_size, micro_batch, d, cfg.data.shuffle),
+            make_batches(train_sources, cfg.data, cfg.train.global_batch_size, micro_batch, d, cfg.data.shuffle,
+                         exclusions=exclusions),
             cfg.data.num_workers, cfg.data.prefetch_batches,
         )
         eval_batches = None
@@ -139,6 +141,9 @@ def train(cfg: TrainConfig) -> dict:
             source = load_weights(model, cfg.init_from, model_cfg, d.is_main, from_main)
             if d.is_main:
                 journal.record("init_from", source=source.describe())
+        if d.is_main and exclusions is not None:  # the list in force from the next step on
+            journal.record("exclude_docs", step=state.step, document_attention=model_cfg.attn_uses_sequence_id,
+                           **exclusions.describe())
 
         spikes = SpikePolicy(cfg.spike, journal, d.is_main)  # its baseline and rollbacks continue from the checkpoint
         spikes.load_state_dict(state.spike)
@@ -195,9 +200,11 @@ def train(cfg: TrainConfig) -> dict:
                     ledger.record(step, batch)
                     input_ids, sequence_ids, labels = model_inputs(batch, d.device)
                     logits = model(input_ids, sequence_ids=sequence_ids)
-                    if ledger.document_losses:  # the same mean, from per-token losses the ledger splits by document
+                    if ledger.document_losses or exclusions is not None:
+                        # The same mean, from per-token losses the ledger splits by document; a micro-batch whose
+                        # every label is ignored (excluded documents only) adds 0 rather than NaN.
                         token_losses = MPT.token_losses(logits, labels, ignore_index=IGNORE_INDEX)
-                        loss = token_losses.sum() / (labels != IGNORE_INDEX).sum()
+                        loss = token_losses.sum() / (labels != IGNORE_INDEX).sum().clamp(min=1)
                         ledger.record_losses(token_losses, labels)
                     else:
                         loss = MPT.loss(logits, labels, ignore_index=IGNORE_INDEX)

@@ -17,7 +17,7 @@ from shards.mds import TOKENS_COLUMN, MDSReader
 
 from .cache import CacheSettings, ShardCache
 from .order import BatchLayout, GlobalOrder
-from .sources import IGNORE_INDEX, LABELS_COLUMN, SEQUENCE_IDS_COLUMN, Source
+from .sources import EXCLUDED, IGNORE_INDEX, LABELS_COLUMN, SEQUENCE_IDS_COLUMN, Source
 
 
 class TokenBatches(IterableDataset):
@@ -25,7 +25,9 @@ class TokenBatches(IterableDataset):
     them LongTensors): ``input_ids`` [B, T] in the shards' token dtype; ``sequence_ids`` and
     ``labels`` [B, T] when the shards have those columns (``sequence_ids`` also when the sources ask for
     ``document_ids``: derived from the EOS tokens); ``positions`` and ``sample_ids`` [B]
-    (places in the global order, and which samples those were). ``num_micro_batches`` None streams
+    (places in the global order, and which samples those were); with ``excluded`` (one
+    ``(bucket, bucket_index) -> [(offset, length)]`` dict per source, training.data.exclude) also
+    ``excluded`` [B, T], true at the tokens of excluded documents. ``num_micro_batches`` None streams
     forever (epochs wrap around).
 
     Numpy rather than tensors because loader workers hand batches over by value through a pipe:
@@ -34,9 +36,9 @@ class TokenBatches(IterableDataset):
     """
 
     def __init__(self, sources: list[Source], order: GlobalOrder, layout: BatchLayout, cache: CacheSettings,
-                 start: int = 0, num_micro_batches: int | None = None):
+                 start: int = 0, num_micro_batches: int | None = None, excluded: list[dict] | None = None):
         self.sources, self.order, self.layout, self.cache = sources, order, layout, cache
-        self.start, self.num_micro_batches = start, num_micro_batches
+        self.start, self.num_micro_batches, self.excluded = start, num_micro_batches, excluded
         self._readers: list[MDSReader] | None = None
         remote = [s.url for s in sources if not storage.is_local(s.url)]
         if remote:
@@ -100,6 +102,8 @@ class TokenBatches(IterableDataset):
             batch[column] = np.stack([r[column] for r in rows])
         if self._eos is not None:
             batch[SEQUENCE_IDS_COLUMN] = document_ids(batch["input_ids"], self._eos[datasets])
+        if self.excluded is not None:
+            batch[EXCLUDED] = excluded_tokens(rows, datasets, batch["input_ids"].shape, self.excluded)
         batch["positions"] = np.arange(begin, end, dtype=np.int64)
         batch["sample_ids"] = self.order.sample_ids(datasets, samples)
         return batch
@@ -127,6 +131,17 @@ def document_ids(tokens: np.ndarray, eos: np.ndarray) -> np.ndarray:
     starts = np.zeros(tokens.shape, np.min_scalar_type(tokens.shape[1]))
     starts[:, 1:] = tokens[:, :-1] == eos[:, None]
     return np.cumsum(starts, axis=1, dtype=starts.dtype)
+
+
+def excluded_tokens(rows: list[dict], datasets: np.ndarray, shape: tuple[int, int],
+                    excluded: list[dict]) -> np.ndarray:
+    """[B, T] true at the tokens of excluded documents: row b is sample ``rows[b]`` of source ``datasets[b]``,
+    looked up by its ``(bucket, bucket_index)`` key in that source's spans."""
+    mask = np.zeros(shape, np.bool_)
+    for b, (row, d) in enumerate(zip(rows, datasets.tolist())):
+        for offset, length in excluded[d].get((int(row["bucket"]), int(row["bucket_index"])), ()):
+            mask[b, offset:offset + length] = True
+    return mask
 
 
 class _Prefetcher:
@@ -247,14 +262,25 @@ def next_token_labels(input_ids: torch.Tensor, sequence_ids: torch.Tensor | None
     return labels
 
 
+def exclude_labels(labels: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
+    """``labels`` ignored at every position that reads or predicts an excluded token (``excluded`` [B, T])."""
+    reads = excluded.bool()
+    predicts = torch.zeros_like(reads)
+    predicts[:, :-1] = reads[:, 1:]
+    return labels.masked_fill(reads | predicts, IGNORE_INDEX)
+
+
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None,
                                                                                   torch.Tensor]:
     """(input_ids, sequence_ids or None, labels) of a micro-batch on ``device``. Labels come with the batch
-    for instruction data (response tokens only, already shifted), else are the next tokens."""
+    for instruction data (response tokens only, already shifted), else are the next tokens; those of
+    excluded documents' tokens (data.exclude_docs) are ignored."""
     input_ids = batch["input_ids"].to(device, non_blocking=True)
     sequence_ids = batch.get("sequence_ids")
     if sequence_ids is not None:
         sequence_ids = sequence_ids.to(device, non_blocking=True)
     labels = batch.get("labels")
     labels = next_token_labels(input_ids, sequence_ids) if labels is None else labels.to(device, non_blocking=True)
+    if EXCLUDED in batch:
+        labels = exclude_labels(labels, batch[EXCLUDED].to(device, non_blocking=True))
     return input_ids, sequence_ids, labels

@@ -3,16 +3,20 @@ version and checked against the model and the eval batches, and a rank's batches
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from shards.config import ConfigError
+from shards.provenance import ProvenanceError
 
 from ..config import DataSection, ParallelSection, TrainConfig
 from ..distributed import Distributed, broadcast_from_main, compute_dtype
 from ..model import check_sdpa_fits
 from .cache import CacheSettings, default_cache_root
+from .exclude import KEY as EXCLUDE_KEY
+from .exclude import Exclusions, read_exclude_list, trace
 from .finetune import instruction_sources, prepare_instruction_data
 from .loader import TokenBatches
 from .order import BatchLayout, build_order
@@ -105,11 +109,30 @@ def resolve_data(cfg: TrainConfig, d: Distributed) -> tuple[list[Source], list[S
     return sources
 
 
+def resolve_exclusions(data: DataSection, sources: list[Source], run_dir: Path, d: Distributed) -> Exclusions | None:
+    """``data.exclude_docs`` traced in the train ``sources`` by rank 0 for every rank (training.data.exclude);
+    None when it is not set. What stops it is a ConfigError on every rank, naming the key."""
+    if data.exclude_docs is None:
+        return None
+    result: object = None
+    if d.is_main:
+        try:
+            result = trace(read_exclude_list(data.exclude_docs), sources, run_dir)
+        except ConfigError as err:
+            result = err
+        except (ProvenanceError, ValueError, OSError) as err:
+            result = ConfigError(f"{EXCLUDE_KEY}: {err}")
+    return broadcast_from_main(result, d)
+
+
 def make_batches(sources: list[Source], data: DataSection, global_batch: int, micro_batch: int, d: Distributed,
-                 shuffle: bool, num_micro_batches: int | None = None) -> TokenBatches:
-    """This rank's batches over ``sources``, cached and prefetched as the config's data section says."""
+                 shuffle: bool, num_micro_batches: int | None = None,
+                 exclusions: Exclusions | None = None) -> TokenBatches:
+    """This rank's batches over ``sources``, cached and prefetched as the config's data section says, with the
+    tokens of ``exclusions`` marked."""
     order = build_order(sources, data.seed, shuffle, data.shuffle_window_shards)
     layout = BatchLayout(global_batch, micro_batch, d.rank, d.world_size)
     cache = CacheSettings(data.cache_dir or default_cache_root(), int(data.cache_limit_gb * 1e9),
                           data.download_retries, data.verify_hashes, data.prefetch_shards)
-    return TokenBatches(sources, order, layout, cache, num_micro_batches=num_micro_batches)
+    return TokenBatches(sources, order, layout, cache, num_micro_batches=num_micro_batches,
+                        excluded=None if exclusions is None else exclusions.spans)

@@ -17,6 +17,7 @@ from shards.mds import INDEX_BASENAME, TOKENS_COLUMN, MDSReader
 SEQUENCE_IDS_COLUMN = "sequence_ids"  # optional: one document id per token, for packed samples
 LABELS_COLUMN = "labels"  # optional: the target of each position (IGNORE_INDEX: no loss), for instruction data
 IGNORE_INDEX = -100  # the label of a position that carries no loss
+EXCLUDED = "excluded"  # the batch key of data.exclude_docs' mask: true at excluded documents' tokens
 
 
 @dataclass(frozen=True)
