@@ -8,7 +8,9 @@ checkpoint was saved), ``loss_spike``, ``throughput`` (a lasting change in token
 evaluation point: the loss on track, behind or ahead of the expected band, training.run.gate),
 ``gate_stop`` (the gate stopped the run), ``spike`` (the spike policy judged a step a spike: by its loss
 or its gradient norm, and what it did) and ``rollback`` (to which checkpoint, the global sample positions
-skipped, the learning-rate scale; training.run.spike) and ``finish``. A ``checkpoint`` event carries the save's
+skipped, the learning-rate scale; training.run.spike), ``exclude_docs`` (at every start with
+``data.exclude_docs``: the list's file, sha256 and ids, how many the train split holds, from which step) and
+``finish``. A ``checkpoint`` event carries the save's
 ``seconds`` and its ``blocking_seconds`` (what training waited; less for an asynchronous save), which
 ``python -m training.plan --save-journal`` reads.
 Every event carries the time, the attempt and the rank that wrote it. Each start of the ranks is a new
@@ -246,6 +248,14 @@ def _describe(event: dict) -> str:
                 f"retired: {', '.join(event['retired']) or 'none'}")
     if kind == "gate_stop":
         return f"**stopped by the loss gate**: {event['reason']}"
+    if kind == "exclude_docs":
+        missing = (f"; {event['not_found']} not in the train split ({', '.join(event['not_found_ids'])}"
+                   f"{', ...' if event['not_found'] > len(event['not_found_ids']) else ''})" if event["not_found"] else "")
+        context = ("; later documents of those samples still attend to them (model.attn_uses_sequence_id is off)"
+                   if not event["document_attention"] else "")
+        return (f"data.exclude_docs {event['file']} (sha256 {event['sha256'][:12]}, {event['ids']} ids): "
+                f"{event['found']} found in {event['samples']} samples (traced from {event['traced_from']}), their "
+                f"tokens carry no loss from step {event['step'] + 1}{missing}{context}")
     if kind == "finish":
         return f"finished: {event['status']}"
     return json.dumps({k: v for k, v in event.items() if k not in ("time", "event", "attempt", "rank", "step")})
