@@ -4,7 +4,8 @@ with ``logging.ledger_document_losses`` the loss of every document span in them.
 A packed sample holds several documents, each ending with the dataset's EOS token. Its mean loss can
 hide one bad document among good ones, so the ledger splits each sample's per-token losses at the EOS
 tokens: one ``[start, length, mean loss]`` per document span. ``python -m training.explain_step``
-reads these lines back (``step_records``) and maps each span to its source document.
+reads these lines back (``step_records``) and maps each span to its source document. With
+``data.exclude_docs`` a line also lists, per sample, the token runs of excluded documents (``excluded``).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from shards.config import ConfigError
 
-from ..data.sources import IGNORE_INDEX, Source
+from ..data.sources import EXCLUDED, IGNORE_INDEX, Source
 
 if TYPE_CHECKING:  # the ledger is also read by tools that need no torch (training.explain_step)
     import torch
@@ -63,10 +64,21 @@ def document_spans(token_losses: np.ndarray, input_ids: np.ndarray, labels: np.n
     return out
 
 
+def token_runs(mask: np.ndarray) -> list[list[list[int]]]:
+    """Per row of a [B, T] boolean mask, its runs of true as ``[start, length]``."""
+    edges = np.diff(np.pad(np.asarray(mask, np.int8), ((0, 0), (1, 1))), axis=1)
+    out = []
+    for row in edges:
+        starts, ends = np.flatnonzero(row == 1), np.flatnonzero(row == -1)
+        out.append([[int(a), int(b - a)] for a, b in zip(starts, ends)])
+    return out
+
+
 class SampleLedger:
     """Per rank, one JSON line per micro-batch: the global positions and sample ids it trained on and, when
     document losses are on (``sources`` given), ``document_losses``: each sample's ``[start, length, loss]``
-    spans (``document_spans``).
+    spans (``document_spans``). A micro-batch holding tokens of excluded documents (data.exclude_docs) also gets
+    ``excluded``: each sample's ``[start, length]`` runs of them, whose labels carried no loss.
 
     Lines carry the restart attempt: after a resume from step S, the lines of earlier attempts with
     steps after S are superseded. After the spike policy's rollbacks (training.run.spike) they also carry
@@ -104,6 +116,8 @@ class SampleLedger:
                 "sample_ids": batch["sample_ids"].tolist()}
         if self.rollbacks:
             line["rollbacks"] = self.rollbacks
+        if EXCLUDED in batch and bool(batch[EXCLUDED].any()):
+            line["excluded"] = token_runs(batch[EXCLUDED].numpy())
         if not self.document_losses:
             self._write(line)
             return
