@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from shards import storage
+from shards.provenance import arrow_dataset
 
 from ..config import InputSpec
 from ..delta import delta_rs_table
@@ -139,7 +140,7 @@ def _arrow_texts(dataset, text_field: str) -> Iterator[str]:
 
 
 def _delta_texts(url: str, text_field: str) -> Iterator[str]:
-    yield from _arrow_texts(delta_rs_table(url).to_pyarrow_dataset(), text_field)
+    yield from _arrow_texts(arrow_dataset(delta_rs_table(url), url), text_field)
 
 
 def _parquet_texts(url: str, text_field: str) -> Iterator[str]:
