@@ -8,15 +8,13 @@ together.
 from __future__ import annotations
 
 import gc
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.training.subprocess_env import child_env
+from tests.training.subprocess_env import finish, start_launch
 from tests.training.token_datasets import write_token_dataset
 from training.config import load_config
 from training.optim import AdamW, Lion
@@ -29,7 +27,7 @@ STEPS, SKIPPED = 5, 3
 
 
 @pytest.fixture(scope="module")
-def launches(tmp_path_factory) -> dict[str, tuple[subprocess.Popen, Path]]:
+def launches(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("nonfinite")
     write_token_dataset(str(work / "data"), {"train": 64}, seq_len=16, size_limit=1 << 11)
     (work / "train.yaml").write_text(textwrap.dedent(f"""\
@@ -46,26 +44,11 @@ def launches(tmp_path_factory) -> dict[str, tuple[subprocess.Popen, Path]]:
         "nan": ({"KILN_FAULT_PLAN": f"nan_grad_at_step={SKIPPED}@1"}, []),
         "told": ({}, [f"train.skip_steps=[{SKIPPED}]"]),
     }
-    started = {}
-    for name, (env, overrides) in runs.items():
-        log = work / f"{name}.log"
-        with open(log, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "training.launch", "train.yaml", "--nproc-per-node", "2",
-                                     f"name={name}", *overrides], cwd=work, env=child_env(**env), stdout=out,
-                                    stderr=subprocess.STDOUT)
-        started[name] = (proc, log)
-    yield {"work": work, **{name: (proc, work / "runs" / name, log) for name, (proc, log) in started.items()}}
-    for proc, _ in started.values():  # after a failed test
+    started = {name: start_launch(work, name, overrides, **env) for name, (env, overrides) in runs.items()}
+    yield {"work": work, **started}
+    for proc, _, _ in started.values():  # after a failed test
         if proc.poll() is None:
             proc.kill()
-
-
-def finish(launch, expected_rc: int = 0) -> str:
-    proc, _, log = launch
-    proc.wait(timeout=300)
-    output = log.read_text()
-    assert proc.returncode == expected_rc, output[-6000:]
-    return output
 
 
 def test_a_nan_on_one_rank_is_applied_on_no_rank(launches):

@@ -19,7 +19,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import textwrap
 import threading
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from shards.config import ConfigError
 from shards.manifest import DatasetManifest, write_manifest
 from shards.mds import MDSWriter, token_columns
-from tests.training.subprocess_env import child_env
+from tests.training.subprocess_env import finish, start_launch
 from tests.training.token_datasets import VOCAB, pattern_tokens, write_token_dataset
 from training.config import ScheduleSection, SpikeSection, load_config
 from training.optim import lr_multiplier
@@ -70,26 +69,13 @@ def launches(tmp_path_factory):
 
     def launch(name: str) -> tuple[subprocess.Popen, Path, Path]:
         faults, overrides = runs[name]
-        log = work / f"{name}.log"
-        with open(log, "a") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "training.launch", "train.yaml", "--nproc-per-node", "2",
-                                     f"name={name}", *overrides], cwd=work, env=child_env(KILN_FAULT_PLAN=faults),
-                                    stdout=out, stderr=subprocess.STDOUT)
-        return proc, work / "runs" / name, log
+        return start_launch(work, name, overrides, KILN_FAULT_PLAN=faults)
 
     started = {name: launch(name) for name in runs}
     yield {"work": work, "launch": launch, **started}
     for proc, _, _ in started.values():  # after a failed test
         if proc.poll() is None:
             proc.kill()
-
-
-def finish(launch, expected_rc: int = 0) -> str:
-    proc, _, log = launch
-    proc.wait(timeout=300)
-    output = log.read_text()
-    assert (proc.returncode == 0) == (expected_rc == 0), output[-6000:]
-    return output
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -137,7 +123,7 @@ def test_rollback_restores_an_earlier_checkpoint_skips_the_data_after_it_and_fin
 
 
 def test_a_kill_right_after_the_rollback_resumes_to_the_same_weights(launches, monkeypatch):
-    finish(launches["killed"], expected_rc=1)
+    finish(launches["killed"], succeeds=False)
     run = launches["killed"][1]
     events = [e["event"] for e in read_events(run / "journal.jsonl")]
     assert set(events[events.index("rollback") + 1:]) == {"failure"}  # the kill, and the other rank losing it
