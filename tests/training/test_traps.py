@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -141,10 +142,15 @@ def test_a_changed_tokenizer_is_not_used(work):
     assert "error: runs/run/checkpoints has no tokenizer" in generated.stderr
 
 
+def one_spaced(report: str) -> str:
+    """The preflight table with its column padding (which depends on the rows shown) cut to one space."""
+    return re.sub(r" +", " ", report)
+
+
 def test_preflight_warns_without_an_on_call_contact(work):
     checked = kiln(work, "training.preflight", "train.yaml", "name=fresh", "--steps", "0")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "WARN  run identity    no on-call contact (--on-call or $KILN_ON_CALL)" in checked.stdout
+    assert "WARN run identity no on-call contact (--on-call or $KILN_ON_CALL)" in one_spaced(checked.stdout)
 
 
 def test_preflight_reports_a_vocabulary_mismatch_and_skips_its_training_steps(work):
@@ -156,10 +162,10 @@ def test_preflight_reports_a_vocabulary_mismatch_and_skips_its_training_steps(wo
                    "--steps", "2", "--on-call", "ana@example.com")
     assert checked.returncode == 1
     assert "IndexError" not in checked.stdout + checked.stderr
-    assert f"FAIL  vocabulary      data/dataset: the tokenizer has {vocab} tokens but the model's vocab_size is 64" \
-        in checked.stdout
-    assert "WARN  training steps  not run: the vocabulary check failed" in checked.stdout
-    assert "WARN  throughput      not run: the vocabulary check failed" in checked.stdout
+    report = one_spaced(checked.stdout)
+    assert f"FAIL vocabulary data/dataset: the tokenizer has {vocab} tokens but the model's vocab_size is 64" in report
+    assert "WARN training steps not run: the vocabulary check failed" in report
+    assert "WARN throughput not run: the vocabulary check failed" in report
 
 
 def test_the_quickstart_config_fits_the_demo_data_and_leaves_a_checkpoint():
