@@ -324,6 +324,10 @@ class Checker:
             start = 1 + len(entry)
             name = " ".join([module, *sub])
             return self.known_options(entry, every[start:]) + self.config_loads(name, required[start:], kind)
+        if program in ("python", "python3") and every[1:2] and every[1].endswith(".py"):
+            if not Path(every[1]).is_file():
+                return [f"{every[1]}: no such script in the repository"]
+            return self.known_options((every[1],), every[2:])
         if program == "spark-submit":
             script = next((i for i, w in enumerate(every) if w.endswith(".py")), None)
             if script is None or every[script] not in SCRIPT_COMMANDS:
