@@ -10,6 +10,7 @@ import zstandard
 from etl.delta import read_table
 from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
+from shards.provenance import arrow_dataset
 
 
 def _write_inputs(tmp_path):
@@ -92,7 +93,8 @@ def test_delta_tables_read_back_with_deltalake(spark, tmp_path):
     _write_inputs(tmp_path)
     config, stages = _config(tmp_path)
     run_pipeline(config, stages, spark, progress=lambda line: None)
-    table = deltalake.DeltaTable(str(tmp_path / "out" / "ingest")).to_pyarrow_table()
+    path = str(tmp_path / "out" / "ingest")
+    table = arrow_dataset(deltalake.DeltaTable(path), path).to_table()
     assert table.num_rows == read_table(spark, str(tmp_path / "out" / "ingest")).count()
     assert set(table.column_names) >= {"id", "source", "text", "content_hash"}
 

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import deltalake
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 import torch
 
 from shards import MDSReader, read_manifest
-from shards.provenance import ProvenanceError, delta_table
+from shards.provenance import ProvenanceError, arrow_dataset, delta_table
 from training.data.loader import next_token_labels
 from training.data.sources import resolve_source
 from training.run.explain import explain_step
@@ -70,8 +71,8 @@ def provenance_by_hand(work: Path, samples: list[tuple[int, int]]) -> dict[tuple
     manifest = read_manifest(str(work / "dataset"))
     reader = MDSReader(str(work / "dataset" / f"v={manifest.version}" / "train"))
     table = next(t for t in manifest.source_tables if t["path"].endswith("/tokenize/provenance"))
-    rows = deltalake.DeltaTable(table["path"], version=table["delta_version"]).to_pyarrow_table(
-        filters=[("split", "=", "train")]).to_pylist()
+    rows = arrow_dataset(deltalake.DeltaTable(table["path"], version=table["delta_version"]), table["path"]).to_table(
+        filter=pc.field("split") == "train").to_pylist()
     by_key: dict[tuple[int, int], list[dict]] = {}
     for row in rows:
         by_key.setdefault((row["bucket"], row["sample_index"]), []).append(row)

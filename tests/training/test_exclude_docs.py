@@ -27,6 +27,7 @@ import pytest
 
 from shards.config import ConfigError
 from shards.mds import MDSReader
+from shards.provenance import arrow_dataset
 from tests.training.subprocess_env import child_env
 from tests.training.token_datasets import VOCAB, write_token_dataset, write_traced_dataset
 from training.config import load_config
@@ -85,7 +86,8 @@ def run_here(work: Path, *overrides: str) -> Path:
 def planted_segments(work: Path, dataset: str = "data") -> dict[int, list[tuple[int, int, str]]]:
     """Sample index -> the ``(offset, length, doc id)`` of planted documents in it, read straight from the
     provenance table and the shards' keys."""
-    rows = deltalake.DeltaTable(str(work / f"{dataset}-etl" / "tokenize" / "provenance")).to_pyarrow_table().to_pylist()
+    path = str(work / f"{dataset}-etl" / "tokenize" / "provenance")
+    rows = arrow_dataset(deltalake.DeltaTable(path), path).to_table().to_pylist()
     by_key: dict[tuple[int, int], list[tuple[int, int, str]]] = {}
     for row in rows:
         if row["doc_id"].startswith("bad/"):
