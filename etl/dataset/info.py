@@ -63,13 +63,13 @@ class TokenizeInfo:
                     f"shuffle_and_write.samples_table: no Delta table {name!r} at {path}; run the tokenize "
                     "stage before shuffle_and_write, or point samples_table at its samples table"
                 ) from None
-        info_rows = arrow_dataset(tables["info"], paths["info"]).to_table().to_pylist()
+        info_rows = arrow_dataset(tables["info"]).to_table().to_pylist()
         if len(info_rows) != 1:
             raise ValueError(f"{paths['info']} holds {len(info_rows)} rows; tokenize writes exactly one")
         return cls(
             **info_rows[0], paths=paths, versions={n: t.version() for n, t in tables.items()},
             table_run_ids={n: t.metadata().configuration.get(RUN_ID_PROPERTY) for n, t in tables.items()},
-            buckets=arrow_dataset(tables["buckets"], paths["buckets"]).to_table().to_pylist(),
+            buckets=arrow_dataset(tables["buckets"]).to_table().to_pylist(),
         )
 
     def check_written_by(self, run_id: str) -> None:

@@ -140,7 +140,7 @@ def _arrow_texts(dataset, text_field: str) -> Iterator[str]:
 
 
 def _delta_texts(url: str, text_field: str) -> Iterator[str]:
-    yield from _arrow_texts(arrow_dataset(delta_rs_table(url), url), text_field)
+    yield from _arrow_texts(arrow_dataset(delta_rs_table(url)), text_field)
 
 
 def _parquet_texts(url: str, text_field: str) -> Iterator[str]:

@@ -93,8 +93,7 @@ def test_delta_tables_read_back_with_deltalake(spark, tmp_path):
     _write_inputs(tmp_path)
     config, stages = _config(tmp_path)
     run_pipeline(config, stages, spark, progress=lambda line: None)
-    path = str(tmp_path / "out" / "ingest")
-    table = arrow_dataset(deltalake.DeltaTable(path), path).to_table()
+    table = arrow_dataset(deltalake.DeltaTable(str(tmp_path / "out" / "ingest"))).to_table()
     assert table.num_rows == read_table(spark, str(tmp_path / "out" / "ingest")).count()
     assert set(table.column_names) >= {"id", "source", "text", "content_hash"}
 

@@ -71,7 +71,7 @@ def provenance_by_hand(work: Path, samples: list[tuple[int, int]]) -> dict[tuple
     manifest = read_manifest(str(work / "dataset"))
     reader = MDSReader(str(work / "dataset" / f"v={manifest.version}" / "train"))
     table = next(t for t in manifest.source_tables if t["path"].endswith("/tokenize/provenance"))
-    rows = arrow_dataset(deltalake.DeltaTable(table["path"], version=table["delta_version"]), table["path"]).to_table(
+    rows = arrow_dataset(deltalake.DeltaTable(table["path"], version=table["delta_version"])).to_table(
         filter=pc.field("split") == "train").to_pylist()
     by_key: dict[tuple[int, int], list[dict]] = {}
     for row in rows:
