@@ -10,7 +10,6 @@ this process.
 """
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import re
@@ -28,14 +27,12 @@ import pytest
 from shards.config import ConfigError
 from shards.mds import MDSReader
 from shards.provenance import arrow_dataset
-from tests.training.subprocess_env import child_env
+from tests.training.subprocess_env import child_env, train_here
 from tests.training.token_datasets import VOCAB, write_token_dataset, write_traced_dataset
-from training.config import load_config
 from training.data.exclude import read_exclude_list
 from training.launch import main as launch_main
 from training.run.journal import read_events
 from training.run.ledger import token_runs
-from training.train import train
 
 GLOBAL_BATCH, SEQ_LEN = 4, 16
 
@@ -71,23 +68,11 @@ def write_list(path: Path, ids: list[str]) -> None:
     path.write_text("# planted by the test\n" + "\n".join(ids) + "\n\n")
 
 
-def run_here(work: Path, *overrides: str) -> Path:
-    """One rank in this process, from ``work``."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(work)
-        cfg = load_config(work / "train.yaml", list(overrides))
-        try:
-            train(cfg)
-        finally:
-            gc.collect()  # the run's gloo group, in a reference cycle, must not be collected in a forked child
-    return work / "runs" / cfg.name
-
-
 def planted_segments(work: Path, dataset: str = "data") -> dict[int, list[tuple[int, int, str]]]:
     """Sample index -> the ``(offset, length, doc id)`` of planted documents in it, read straight from the
     provenance table and the shards' keys."""
-    path = str(work / f"{dataset}-etl" / "tokenize" / "provenance")
-    rows = arrow_dataset(deltalake.DeltaTable(path), path).to_table().to_pylist()
+    provenance = deltalake.DeltaTable(str(work / f"{dataset}-etl" / "tokenize" / "provenance"))
+    rows = arrow_dataset(provenance).to_table().to_pylist()
     by_key: dict[tuple[int, int], list[tuple[int, int, str]]] = {}
     for row in rows:
         if row["doc_id"].startswith("bad/"):
@@ -144,8 +129,8 @@ def runs(tmp_path_factory):
         launch = subprocess.Popen([sys.executable, "-m", "training.launch", "train.yaml", "--nproc-per-node", "2",
                                    "name=two"], cwd=work, env=child_env(), stdout=out, stderr=subprocess.STDOUT)
     try:
-        one = run_here(work, "name=one")
-        twin = run_here(work, "name=twin", "data.datasets=[{path: twin}]")
+        one = train_here(work, "name=one")
+        twin = train_here(work, "name=twin", "data.datasets=[{path: twin}]")
         launch.wait(timeout=300)
     finally:
         if launch.poll() is None:
@@ -197,11 +182,11 @@ def test_ids_added_at_a_resume_change_only_later_steps_and_a_restart_needs_no_pr
     first = set(PLANTED[::2])
     write_config(tmp_path, steps=4)
     write_list(tmp_path / "planted.txt", sorted(first))
-    run = run_here(tmp_path, "name=grown", "checkpoint.every_steps=2")
+    run = train_here(tmp_path, "name=grown", "checkpoint.every_steps=2")
     write_list(tmp_path / "planted.txt", PLANTED)
-    run_here(tmp_path, "name=grown", "checkpoint.every_steps=2", "train.max_steps=8")
+    train_here(tmp_path, "name=grown", "checkpoint.every_steps=2", "train.max_steps=8")
     shutil.move(tmp_path / "data-etl", tmp_path / "erased")
-    run_here(tmp_path, "name=grown", "checkpoint.every_steps=2", "train.max_steps=10")
+    train_here(tmp_path, "name=grown", "checkpoint.every_steps=2", "train.max_steps=10")
 
     masked_before = trained_before = masked_after = 0
     for record in ledger_samples(run).values():
@@ -219,7 +204,7 @@ def test_ids_added_at_a_resume_change_only_later_steps_and_a_restart_needs_no_pr
     # Another list can no longer be traced: an error naming the key and the retention it needs.
     write_list(tmp_path / "planted.txt", PLANTED[:1])
     with pytest.raises(ConfigError, match=r"(?s)data\.exclude_docs: cannot read the Delta table .* delta\.logRetention"):
-        run_here(tmp_path, "name=grown", "checkpoint.every_steps=2", "train.max_steps=12")
+        train_here(tmp_path, "name=grown", "checkpoint.every_steps=2", "train.max_steps=12")
 
 
 @pytest.mark.parametrize("text, message", [

@@ -30,7 +30,7 @@ import torch
 from shards.config import ConfigError
 from shards.manifest import DatasetManifest, write_manifest
 from shards.mds import MDSWriter, token_columns
-from tests.training.subprocess_env import finish, start_launch
+from tests.training.subprocess_env import finish, start_launch, train_here
 from tests.training.token_datasets import VOCAB, pattern_tokens, write_token_dataset
 from training.config import ScheduleSection, SpikeSection, load_config
 from training.optim import lr_multiplier
@@ -122,7 +122,7 @@ def test_rollback_restores_an_earlier_checkpoint_skips_the_data_after_it_and_fin
     assert lrs[8] == pytest.approx(1e-2 * lr_multiplier(8, schedule, STEPS))
 
 
-def test_a_kill_right_after_the_rollback_resumes_to_the_same_weights(launches, monkeypatch):
+def test_a_kill_right_after_the_rollback_resumes_to_the_same_weights(launches):
     finish(launches["killed"], succeeds=False)
     run = launches["killed"][1]
     events = [e["event"] for e in read_events(run / "journal.jsonl")]
@@ -132,7 +132,7 @@ def test_a_kill_right_after_the_rollback_resumes_to_the_same_weights(launches, m
     finish(launches["launch"]("killed"))
     finish(launches["rollback"])
     assert same(final_weights(run), final_weights(launches["rollback"][1]))
-    one_rank = run_here(launches["work"], monkeypatch, "", "name=one-rank", "spike.action=rollback", *SPIKE_KEYS)
+    one_rank = train_here(launches["work"], "name=one-rank", "spike.action=rollback", *SPIKE_KEYS, KILN_FAULT_PLAN="")
     manifests = [json.loads((r / "checkpoints" / "step-00000010" / "manifest.json").read_text())
                  for r in (run, one_rank)]
     assert manifests[0]["loader"] == manifests[1]["loader"]
@@ -144,22 +144,10 @@ def test_a_kill_right_after_the_rollback_resumes_to_the_same_weights(launches, m
     assert sum(e["event"] == "rollback" for e in events) == 1 and events[-1]["event"] == "finish"
 
 
-def run_here(work: Path, monkeypatch, faults: str, *overrides: str) -> Path:
-    """One rank, in this process (cheaper than a launch; every rank judges the same all-reduced numbers)."""
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("KILN_FAULT_PLAN", faults)
-    cfg = load_config(work / "train.yaml", list(overrides))
-    try:
-        train(cfg)
-    finally:
-        gc.collect()  # the run's gloo group, in a reference cycle, must not be collected in a forked child
-    return work / "runs" / cfg.name
-
-
-def test_skip_drops_the_spiking_step_as_skip_steps_does(launches, monkeypatch):
+def test_skip_drops_the_spiking_step_as_skip_steps_does(launches):
     work = launches["work"]
-    skip = run_here(work, monkeypatch, f"grad_spike_at_step={SPIKE}", "name=skip", "spike.action=skip", "spike.window=3")
-    told = run_here(work, monkeypatch, "", "name=told", f"train.skip_steps=[{SPIKE}]")
+    skip = train_here(work, "name=skip", "spike.action=skip", "spike.window=3", KILN_FAULT_PLAN=f"grad_spike_at_step={SPIKE}")
+    told = train_here(work, "name=told", f"train.skip_steps=[{SPIKE}]", KILN_FAULT_PLAN="")
     assert same(final_weights(skip), final_weights(told))
     events = read_events(skip / "journal.jsonl")
     assert [(e["step"], e["action"]) for e in events if e["event"] == "spike"] == [(SPIKE, "skip")]
@@ -254,7 +242,7 @@ def write_poisoned_dataset(root: Path, poisoned: range) -> None:
         tokenizer_hash="test", seed=0))
 
 
-def test_a_poisoned_region_is_rolled_back_over_and_the_run_ends_near_a_clean_one(tmp_path, monkeypatch):
+def test_a_poisoned_region_is_rolled_back_over_and_the_run_ends_near_a_clean_one(tmp_path):
     """One rank, in this process: after the model has learned the pattern, two steps of random tokens. With
     ``rollback`` (by loss) the run skips them and its eval loss is within 2% of a run on clean data (1.1% above
     it when written); without, it is clearly worse (17% above)."""
@@ -276,7 +264,7 @@ def test_a_poisoned_region_is_rolled_back_over_and_the_run_ends_near_a_clean_one
     eval_loss = {}
     for name, overrides in (("clean", []), ("defended", [poisoned, "spike.action=rollback"]),
                             ("undefended", [poisoned])):
-        run = run_here(tmp_path, monkeypatch, "", f"name={name}", *overrides)
+        run = train_here(tmp_path, f"name={name}", *overrides, KILN_FAULT_PLAN="")
         eval_loss[name] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     eval_loss = {name: record["eval_loss"] for name, record in eval_loss.items()}
     assert abs(eval_loss["defended"] / eval_loss["clean"] - 1) < 0.02, eval_loss
