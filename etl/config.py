@@ -76,7 +76,8 @@ class ReportConfig:
     max_token_change: float = 0.3
     examples_per_reason: int = 3  # example documents shown per rejection reason (PII redacted, truncated)
     example_chars: int = 400  # characters shown of each example document
-    # Documents per stage whose scores are read to the driver for the histograms: a shape needs no more.
+    # Kept, and as many rejected, documents per stage whose scores go to the driver for the histograms
+    # (sampled while the stage's output is cached): a shape needs no more.
     histogram_sample: int = 20_000
     dedup_clusters: int = 8  # largest near-duplicate clusters listed
     dedup_pairs: int = 3  # near-duplicate pairs shown side by side (the least similar first: the borderline ones)

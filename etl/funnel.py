@@ -40,6 +40,10 @@ class PipelineRun:
     # The last step of the chain that starts at ingest: its table and the rejected tables together
     # hold every document read. Steps run from another table come after it (None: no ingest).
     funnel_end: str | None = None
+    # Per scored stage, its scores sampled from the stage's cached output for the report's histograms
+    # (etl/report/scores.py, sample_scores), and the seconds that took: the report counts them as its own.
+    score_samples: dict[str, dict] = field(default_factory=dict)
+    score_sample_seconds: float = 0.0
 
     @property
     def final_table(self) -> str:

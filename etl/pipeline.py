@@ -177,6 +177,8 @@ class Pipeline:
                 if result.metrics is not None:
                     counts.metrics = result.metrics(annotated)
                 counts.seconds = round(time.time() - start, 2)
+                if self.config.report.enabled:
+                    self._sample_scores(run, stage.name, annotated, counts)
                 annotated.unpersist()
                 run.steps.append(counts)
                 source = run.tables[stage.name] = self.table_path(stage.name)
@@ -186,6 +188,17 @@ class Pipeline:
             progress(_progress_line(counts))
             if "message" in counts.metrics:  # a stage's one line for the user (shuffle_and_write: the version)
                 progress(f"[{stage.name:>14}] {counts.metrics['message']}")
+
+    def _sample_scores(self, run: PipelineRun, stage: str, annotated: DataFrame, counts: StepCounts) -> None:
+        """The report's score sample, drawn while the stage's output is still cached."""
+        from .report.scores import sample_scores  # here, not at the top: see finish
+
+        start = time.time()
+        sample = sample_scores(annotated, stage, counts.docs_out, sum(counts.rejected.values()),
+                               self.config.report.histogram_sample)
+        if sample is not None:
+            run.score_samples[stage] = sample
+        run.score_sample_seconds += time.time() - start
 
     def finish(self, run: PipelineRun, progress=print) -> PipelineRun:
         """Check the funnel, mark and vacuum tables, write the report."""

@@ -80,8 +80,9 @@ def build(spark: SparkSession, run: PipelineRun, stage_params: dict[str, Any], p
         tokens = [r["tokens_out"] for r in mine]
         steps.append({**{k: v for k, v in to_dict(s).items() if k != "by_source"}, "tokens_out": sum(tokens) if tokens and None not in tokens else None,
                       "tokens_exact": bool(mine) and all(r["tokens_exact"] for r in mine)})
+    timings["score samples (taken in the stages)"] = round(run.score_sample_seconds, 2)
     with _timed(timings, "score histograms"):
-        histograms = scores.score_histograms(spark, run.tables, rejected, steps, stage_params, settings.histogram_sample)
+        histograms = scores.score_histograms(run.score_samples, stage_params)
     with _timed(timings, "examples"):
         examples = collect.rejected_examples(rejected, [s["stage"] for s in steps], settings.examples_per_reason,
                                              settings.example_chars, redact)
@@ -114,7 +115,7 @@ def write_report(spark: SparkSession, run: PipelineRun, stage_params: dict[str, 
                    for i, s in enumerate(run.steps)]
     with _timed(report["timings"], "funnel table (Delta)"):
         write_table(spark.createDataFrame(funnel_rows, _FUNNEL_SCHEMA), join_path(root, "funnel"))
-    report["report_seconds"] = round(time.time() - start, 2)
+    report["report_seconds"] = round(time.time() - start + run.score_sample_seconds, 2)
     texts = {"report.json": json.dumps(report, indent=2, sort_keys=True) + "\n", "report.html": page.render(report, figures)}
     files = {"funnel.json": funnel_json(run).encode(), FUNNEL_PLOT: figures["funnel"], "plot_sources.png": figures["sources"],
              **{f"plot_scores_{stage}.png": png for stage, png in figures["scores"].items()},
