@@ -75,30 +75,45 @@ def load_run(run_dir: Path) -> tuple[dict, list[Source]]:
     return info, sources
 
 
-def step_start(run_dir: Path, step: int, global_batch: int) -> int:
-    """The global position of ``step``'s first sample: ``(step - 1) x global_batch``, unless the spike policy
-    rolled back to a checkpoint before ``step`` (training.run.spike): then, after the latest such rollback, the
-    steps after its target continued from the end of its skipped positions. Reads ``rollback`` events from
-    the journal as plain JSON (the journal module brings torch)."""
-    start = (step - 1) * global_batch
+def rollback_events(run_dir: Path) -> list[dict]:
+    """The journal's ``rollback`` events in order, read as plain JSON (the journal module brings torch)."""
     journal = run_dir / "journal.jsonl"
-    for line in journal.read_text().splitlines() if journal.exists() else []:
-        if '"event": "rollback"' in line:
-            event = json.loads(line)
-            if event["target_step"] < step:
-                start = event["skipped_positions"][1] + (step - 1 - event["target_step"]) * global_batch
+    lines = journal.read_text().splitlines() if journal.exists() else []
+    return [json.loads(line) for line in lines if '"event": "rollback"' in line]
+
+
+def spiked_branch(run_dir: Path, step: int) -> int:
+    """How many rollbacks came before ``step`` spiked and was rolled back (its last such spike): the branch
+    whose samples of ``step`` the ledger keeps under that count."""
+    mine = [e for e in rollback_events(run_dir) if e["step"] == step]
+    if not mine:
+        raise ExplainError(f"step {step} was not rolled back (the journal has no rollback for a spike at it); "
+                           "without --spiked the step's samples are shown")
+    return mine[-1]["rollbacks"] - 1
+
+
+def step_start(run_dir: Path, step: int, global_batch: int, rollbacks: int | None = None) -> int:
+    """The global position of ``step``'s first sample: ``(step - 1) x global_batch``, unless the spike policy
+    rolled back to a checkpoint before ``step`` (training.run.spike): then, after the latest such rollback (of
+    the first ``rollbacks``, when given), the steps after its target continued from the end of its skipped
+    positions."""
+    start = (step - 1) * global_batch
+    for event in rollback_events(run_dir):
+        if (rollbacks is None or event["rollbacks"] <= rollbacks) and event["target_step"] < step:
+            start = event["skipped_positions"][1] + (step - 1 - event["target_step"]) * global_batch
     return start
 
 
-def step_samples(run_dir: Path, info: dict, sources: list[Source], step: int) -> tuple[list[StepSample], str, int | None]:
-    """The samples of ``step`` in position order, where they came from ("ledger" or "order"), and the
-    ledger's attempt."""
-    records, attempt = step_records(run_dir, step)
+def step_samples(run_dir: Path, info: dict, sources: list[Source], step: int,
+                 rollbacks: int | None = None) -> tuple[list[StepSample], str, int | None]:
+    """The samples of ``step`` in position order (as trained after ``rollbacks`` rollbacks, when given),
+    where they came from ("ledger" or "order"), and the ledger's attempt."""
+    records, attempt = step_records(run_dir, step, rollbacks)
     origin = "ledger"
     if not records:
         data, batch = info["config"]["data"], info["config"]["train"]["global_batch_size"]
         order = build_order(sources, data["seed"], data["shuffle"], data["shuffle_window_shards"])
-        start = step_start(run_dir, step, batch)
+        start = step_start(run_dir, step, batch, rollbacks)
         datasets, samples = order.locate(start, start + batch)
         records = [{"position": start + i, "sample_id": int(sid), "spans": None}
                    for i, sid in enumerate(order.sample_ids(datasets, samples))]
@@ -134,14 +149,17 @@ def excerpt(tokenizer: TextTokenizer, tokens: np.ndarray, special: set[int], cha
     return text if len(text) <= chars else text[:chars].rstrip() + "..."
 
 
-def explain_step(run_dir: Path, step: int, top: int = 20, excerpt_chars: int = 200) -> dict:
+def explain_step(run_dir: Path, step: int, top: int = 20, excerpt_chars: int = 200, spiked: bool = False) -> dict:
     """What ``python -m training.explain_step --json`` prints: the step's samples and its document spans,
-    ranked by loss when the ledger recorded it (``top``: how many spans to list, 0 all)."""
+    ranked by loss when the ledger recorded it (``top``: how many spans to list, 0 all). A step the spike
+    policy rolled back was trained again on other samples; ``spiked`` explains the ones it spiked on."""
     info, sources = load_run(run_dir)
     max_steps = info["config"]["train"]["max_steps"]
     if not 1 <= step <= max_steps:
         raise ExplainError(f"step {step} is not a step of this run (1 ... {max_steps})")
-    samples, origin, attempt = step_samples(run_dir, info, sources, step)
+    branch = spiked_branch(run_dir, step) if spiked else None
+    rolled_back = any(e["step"] == step for e in rollback_events(run_dir))
+    samples, origin, attempt = step_samples(run_dir, info, sources, step, branch)
 
     datasets, spans, sample_rows = [], [], []
     for d, source in enumerate(sources):
@@ -191,7 +209,8 @@ def explain_step(run_dir: Path, step: int, top: int = 20, excerpt_chars: int = 2
     sample_rows.sort(key=lambda x: x["position"])
     for rank, span in enumerate(spans, 1):
         span["rank"] = rank
-    return {"run": str(run_dir), "step": step, "samples_from": origin, "attempt": attempt,
+    return {"run": str(run_dir), "step": step, "spiked": spiked, "rolled_back": rolled_back,
+            "samples_from": origin, "attempt": attempt,
             "document_losses": losses, "datasets": datasets, "samples": sample_rows,
             "documents_total": len(spans), "documents": spans[:top] if top else spans}
 
@@ -207,8 +226,12 @@ def render_text(report: dict) -> str:
     """The report for a person at a terminal."""
     origin = ("the ledger" + (f", attempt {report['attempt']}" if report["attempt"] else "")
               if report["samples_from"] == "ledger" else "the data order (no ledger lines for this step)")
-    lines = [f"run {report['run']}, step {report['step']}: {len(report['samples'])} samples from {origin}, "
+    which = " as trained when it spiked (before its rollback)" if report["spiked"] else ""
+    lines = [f"run {report['run']}, step {report['step']}{which}: {len(report['samples'])} samples from {origin}, "
              f"{report['documents_total']} document spans"]
+    if report["rolled_back"] and not report["spiked"]:
+        lines.append(f"step {report['step']} spiked and was rolled back: these are the samples it was trained on "
+                     "again; --spiked shows those it spiked on")
     for d in report["datasets"]:
         prov, scores = d["provenance"], d["scores_table"]
         lines.append(f"  dataset {d['path']} v={d['version']} ({d['split']}): provenance {prov['path']} "
@@ -239,12 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", type=int, required=True, help="the optimizer step (1 = the first)")
     parser.add_argument("--top", type=int, default=20, help="how many document spans to list (0: all; default 20)")
     parser.add_argument("--excerpt-chars", type=int, default=200, help="characters of each excerpt (default 200)")
+    parser.add_argument("--spiked", action="store_true",
+                        help="a step the spike policy rolled back: the samples it spiked on (default: those it was "
+                             "trained on again)")
     parser.add_argument("--json", action="store_true", help="print JSON for tools instead of text")
     args = parser.parse_args(argv)
     if args.top < 0 or args.excerpt_chars < 0:
         parser.error("--top and --excerpt-chars must be >= 0")
     try:
-        report = explain_step(Path(args.run), args.step, args.top, args.excerpt_chars)
+        report = explain_step(Path(args.run), args.step, args.top, args.excerpt_chars, args.spiked)
     except (ExplainError, ProvenanceError, ValueError, OSError) as err:  # bad input: one line, no traceback
         print(f"explain_step: {err}", file=sys.stderr)
         return 2

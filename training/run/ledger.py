@@ -151,12 +151,14 @@ class SampleLedger:
             self._file = None
 
 
-def step_records(run_dir: Path, step: int) -> tuple[list[dict], int | None]:
+def step_records(run_dir: Path, step: int, rollbacks: int | None = None) -> tuple[list[dict], int | None]:
     """The ledger's samples of ``step`` over every rank, by position: ``{"position", "sample_id", "spans"}``
     (``spans``: ``[start, length, loss]`` lists, or None when not recorded), and the attempt they come from.
 
     A step trained again after a restart keeps the lines of its last attempt (the samples are the same,
-    the losses may differ), and within it those after the most rollbacks (other samples). Empty (and None) when no rank recorded the step."""
+    the losses may differ). Of a step trained again after a rollback, the lines after the most rollbacks
+    (other samples), or with ``rollbacks`` those trained after that many: the abandoned branch that spiked.
+    Empty (and None) when no rank recorded the step."""
     lines = []
     prefix = f'{{"step": {step}, '  # how SampleLedger starts a line: most lines are skipped unparsed
     for path in sorted((run_dir / LEDGER_FOLDER).glob("rank-*.jsonl")):
@@ -171,6 +173,8 @@ def step_records(run_dir: Path, step: int) -> tuple[list[dict], int | None]:
                     continue  # the last line of a rank killed while writing it
                 raise ValueError(f"{path}:{number} is not a JSON line") from None
             lines.append(line)
+    if rollbacks is not None:
+        lines = [line for line in lines if line.get("rollbacks", 0) == rollbacks]
     if not lines:
         return [], None
     attempt, rollbacks = max((line["attempt"], line.get("rollbacks", 0)) for line in lines)
