@@ -127,6 +127,32 @@ class DataSection:
 
 
 @dataclass
+class SeqLenWarmupSection:
+    """Sequence-length warmup, as Composer's SeqLengthWarmup with truncation: step s of the first ``steps``
+    trains on each sample's first L(s) tokens, L growing linearly from ``start`` towards the data's seq_len.
+    The rest of each sample is dropped, not kept for later, so the data order and the loader's position
+    are those of a run without warmup (resume and N->M restarts are unaffected)."""
+
+    steps: int = 0  # steps of warmup; 0: off
+    start: int = 64  # tokens per sample at step 1; must be below the data's seq_len
+    multiple: int = 8  # L(s) is rounded down to a multiple of this (never below start)
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"train.seq_len_warmup.steps must be >= 0, got {self.steps!r}")
+        _positive("train.seq_len_warmup", multiple=self.multiple)
+        if self.start < 2:
+            raise ValueError(f"train.seq_len_warmup.start must be at least 2 tokens (one input, one label), got {self.start!r}")
+
+    def length(self, step: int, seq_len: int) -> int:
+        """Tokens per sample at ``step`` (1-based) for data of ``seq_len`` tokens."""
+        if step > self.steps:
+            return seq_len
+        grown = self.start + (seq_len - self.start) * (step - 1) / self.steps
+        return min(seq_len, max(self.start, int(grown) // self.multiple * self.multiple))
+
+
+@dataclass
 class TrainSection:
     max_steps: int  # optimizer steps of the whole run (a resumed run continues to this)
     global_batch_size: int  # samples per optimizer step, over all ranks
@@ -139,6 +165,7 @@ class TrainSection:
     # Steps skipped the same way on purpose (stepping over a known bad batch; tests). Their samples
     # are still consumed, so the data order does not change.
     skip_steps: list[int] = field(default_factory=list)
+    seq_len_warmup: SeqLenWarmupSection = field(default_factory=SeqLenWarmupSection)  # shorter samples first
 
     def __post_init__(self) -> None:
         _positive("train", max_steps=self.max_steps, global_batch_size=self.global_batch_size,

@@ -102,6 +102,9 @@ def train(cfg: TrainConfig) -> dict:
         train_sources, eval_sources = resolve_data(cfg, d)
         exclusions = resolve_exclusions(cfg.data, train_sources, run_dir, d)
         seq_len = check_sources(train_sources)
+        warmup = cfg.train.seq_len_warmup
+        if warmup.steps and warmup.start >= seq_len:
+            raise ConfigError(f"train.seq_len_warmup.start ({warmup.start}) must be below the data's seq_len ({seq_len})")
         micro_batch = cfg.train.micro_batch_size
         accumulation = accumulation_steps(cfg.train.global_batch_size, micro_batch, d.world_size)
         train_loader = StreamingLoader(
@@ -177,7 +180,6 @@ def train(cfg: TrainConfig) -> dict:
 
         flops_per_token = model_cfg.flops_per_token(seq_len)
         peak = peak_flops(d.device, cfg.logging.peak_flops_per_device)
-        tokens_per_step = cfg.train.global_batch_size * seq_len
         last: dict = {}
         observer = RunObserver(cfg.journal, journal, judge_loss=not spikes.active)
         guard = NonFiniteGuard(cfg.train.max_skipped_steps, cfg.train.skip_steps, journal, d.is_main)
@@ -189,16 +191,20 @@ def train(cfg: TrainConfig) -> dict:
         stopped = False
         try:
             batches = iter(train_loader)
-            interval_start, interval_steps = time.perf_counter(), 0
+            interval_start, interval_tokens = time.perf_counter(), 0
             step = state.step
             while step < cfg.train.max_steps:
                 step += 1
                 lr = set_lr(optimizer, lr_multiplier(step, cfg.schedule, cfg.train.max_steps) * spikes.lr_scale(step))
                 loss_sum = torch.zeros((), device=d.device)
+                length = warmup.length(step, seq_len)  # seq_len, but shorter during sequence-length warmup
                 for _ in range(accumulation):
                     batch = next(batches)
                     ledger.record(step, batch)
                     input_ids, sequence_ids, labels = model_inputs(batch, d.device)
+                    if length < seq_len:  # each sample's first `length` tokens; the rest is dropped
+                        input_ids, labels = input_ids[:, :length], labels[:, :length]
+                        sequence_ids = None if sequence_ids is None else sequence_ids[:, :length]
                     logits = model(input_ids, sequence_ids=sequence_ids)
                     if ledger.document_losses or exclusions is not None:
                         # The same mean, from per-token losses the ledger splits by document; a micro-batch whose
@@ -222,19 +228,19 @@ def train(cfg: TrainConfig) -> dict:
                     step, batches = state.step, iter(train_loader)
                     ledger.rollbacks = len(spikes.rollbacks)
                     watchdog.step_done(step)
-                    interval_start, interval_steps = time.perf_counter(), 0
+                    interval_start, interval_tokens = time.perf_counter(), 0
                     continue
                 optimizer.step(skip=guard.verdict(step, loss_sum, grad_norm, spike=spike is not None))  # on the device
                 optimizer.zero_grad(set_to_none=True)
                 state.step, state.loader, state.spike = step, train_loader.state_dict(), spikes.state_dict()
-                interval_steps += 1
+                interval_tokens += cfg.train.global_batch_size * length
                 faults.at_step(step)
 
                 is_last = step == cfg.train.max_steps
                 if step % cfg.logging.every_steps == 0 or is_last:
                     guard.settle()  # the host reads the loss here anyway
                     elapsed = time.perf_counter() - interval_start
-                    tokens_per_s = interval_steps * tokens_per_step / elapsed
+                    tokens_per_s = interval_tokens / elapsed  # tokens trained on
                     last = {
                         "loss": loss_sum.item() / (accumulation * d.world_size),
                         "lr": lr,
@@ -244,7 +250,8 @@ def train(cfg: TrainConfig) -> dict:
                         "mfu": flops_per_token * tokens_per_s / (peak * d.world_size) if peak else None,
                         "memory_gb": memory_gb(d.device),
                         "samples": state.loader["position"],
-                        "tokens": state.loader["position"] * seq_len,
+                        "tokens": state.loader["position"] * seq_len,  # consumed from the data
+                        **({"seq_len": length} if warmup.steps else {}),
                     }
                     metrics.log(step, last)
                     metrics.advance(step, last["loss"], lr, tokens_per_s)
@@ -252,7 +259,7 @@ def train(cfg: TrainConfig) -> dict:
                         observer.observe(step, last["loss"], tokens_per_s)
                         if gate is not None:
                             gate.observe(step, last["loss"])
-                    interval_start, interval_steps = time.perf_counter(), 0
+                    interval_start, interval_tokens = time.perf_counter(), 0
                 if cfg.eval.every_steps and (step % cfg.eval.every_steps == 0 or is_last):
                     evaluated = {}
                     if eval_batches is not None:

@@ -126,13 +126,18 @@ class SampleLedger:
         self._pending = (line, batch["input_ids"].numpy(), self._eos[datasets])
 
     def record_losses(self, token_losses: torch.Tensor, labels: torch.Tensor) -> None:
-        """The recorded micro-batch's per-token losses [B, T] and labels, after its forward; a no-op unless
-        document losses are on."""
+        """The recorded micro-batch's per-token losses [B, T] and labels, after its forward (of a prefix of T
+        during sequence-length warmup: the rest counts as ignored); a no-op unless document losses are on."""
         if self._pending is None:
             return
         line, input_ids, eos = self._pending
         self._pending = None
-        spans = document_spans(token_losses.detach().float().cpu().numpy(), input_ids, labels.cpu().numpy(), eos)
+        losses, labels = token_losses.detach().float().cpu().numpy(), labels.cpu().numpy()
+        dropped = np.shape(input_ids)[1] - losses.shape[1]  # sequence-length warmup trained a prefix
+        if dropped:
+            losses = np.pad(losses, ((0, 0), (0, dropped)))
+            labels = np.pad(labels, ((0, 0), (0, dropped)), constant_values=IGNORE_INDEX)
+        spans = document_spans(losses, input_ids, labels, eos)
         self._write({**line, "document_losses": [[list(span) for span in row] for row in spans]})
 
     def _flush_pending(self) -> None:
