@@ -30,7 +30,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from shards.manifest import latest_version, read_manifest, version_path
+
 REPO = Path(__file__).resolve().parents[1]
+GLOBAL_BATCH = 16
+LOG_EVERY = 20
 
 
 def _free_port() -> int:
@@ -66,17 +70,17 @@ def all_reduce_seconds(calls: int, backend: str) -> float:
 def train(work: Path, dataset: Path, action: str, steps: int, device: str) -> float:
     """One launch; its mean tokens/s after the first logging interval."""
     name = f"{action}-{time.monotonic_ns()}"
-    manifest = json.loads((dataset / "v=1" / "manifest.json").read_text())
-    seq_len, vocab = manifest["seq_len"], manifest["vocab_size"]
+    manifest = read_manifest(version_path(str(dataset), latest_version(str(dataset))))
+    seq_len, vocab = manifest.seq_len, manifest.vocab_size
     (work / "bench.yaml").write_text(textwrap.dedent(f"""\
         output_dir: {work}/runs
         parallel: {{device: {device}}}
         model: {{preset: tiny, overrides: {{d_model: 128, n_heads: 4, n_layers: 2, max_seq_len: {seq_len}, vocab_size: {vocab}}}}}
         data: {{datasets: [{{path: {dataset}}}], num_workers: 0, eval_split: null}}
-        train: {{max_steps: {steps}, global_batch_size: 16, micro_batch_size: 8}}
+        train: {{max_steps: {steps}, global_batch_size: {GLOBAL_BATCH}, micro_batch_size: {GLOBAL_BATCH // 2}}}
         checkpoint: {{every_steps: {steps}}}
         spike: {{action: {action}}}
-        logging: {{every_steps: 20, progress_bar: false, mlflow: false, plot: false}}
+        logging: {{every_steps: {LOG_EVERY}, progress_bar: false, mlflow: false, plot: false}}
         """))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-m", "training.launch", str(work / "bench.yaml"), "--nproc-per-node", "2",
@@ -93,11 +97,15 @@ def main() -> None:
     parser.add_argument("--dataset", default="demo_out/etl/dataset")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.device_count() >= 2 else "cpu")
     args = parser.parse_args()
     dataset = Path(args.dataset).absolute()
-    if not (dataset / "v=1" / "manifest.json").exists():
+    if latest_version(str(dataset)) is None:
         raise SystemExit(f"{dataset} holds no ETL-built dataset: run `make demo` first, or pass --dataset")
+    if args.steps < 2 * LOG_EVERY:
+        parser.error(f"--steps must be at least {2 * LOG_EVERY}: the first logging interval is left out")
+    if args.device == "cuda" and torch.cuda.device_count() < 2:
+        parser.error("2 ranks need 2 GPUs (NCCL refuses two ranks on one); on this machine use --device cpu")
     speeds: dict[str, list[float]] = {"log": [], "skip": []}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
@@ -109,7 +117,7 @@ def main() -> None:
     reduce_s = all_reduce_seconds(1000, backend)
     log, skip = statistics.mean(speeds["log"]), statistics.mean(speeds["skip"])
     pairs = [s / g for s, g in zip(speeds["skip"], speeds["log"])]  # each repeat's ratio: drift cancels out
-    step_s = 16 * json.loads((dataset / "v=1" / "manifest.json").read_text())["seq_len"] / log
+    step_s = GLOBAL_BATCH * read_manifest(version_path(str(dataset), latest_version(str(dataset)))).seq_len / log
     print(json.dumps({"device": args.device, "log_tokens_per_s": round(log, 1), "skip_tokens_per_s": round(skip, 1),
                       "skip_over_log_per_repeat": [round(r, 3) for r in pairs],
                       "skip_over_log_median": round(statistics.median(pairs), 3), "step_ms": round(1e3 * step_s, 2),

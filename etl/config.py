@@ -77,7 +77,7 @@ class ReportConfig:
     examples_per_reason: int = 3  # example documents shown per rejection reason (PII redacted, truncated)
     example_chars: int = 400  # characters shown of each example document
     # Kept, and as many rejected, documents per stage whose scores go to the driver for the histograms
-    # (sampled while the stage's output is cached): a shape needs no more.
+    # (sampled while the stage's output is cached): a shape needs no more. 0: no histograms.
     histogram_sample: int = 20_000
     dedup_clusters: int = 8  # largest near-duplicate clusters listed
     dedup_pairs: int = 3  # near-duplicate pairs shown side by side (the least similar first: the borderline ones)

@@ -22,7 +22,7 @@ BINS = 40
 
 @dataclass(frozen=True)
 class ScoredRule:
-    """A score column of a stage's kept table, the reasons it rejects for and the params that set its thresholds."""
+    """A score column a stage writes on every row it sees, the reasons it rejects for and the params that set its thresholds."""
 
     stage: str
     column: str
@@ -54,6 +54,7 @@ RULES = (
     ScoredRule("classify", "classifier_score", "quality classifier's score", (), ("min_score",), "linear"),
 )
 
+
 def _edges(scale: str, values: np.ndarray) -> np.ndarray:
     top = float(values.max()) if len(values) else 1.0
     if scale == "fraction":
@@ -67,7 +68,7 @@ def sample_scores(annotated: DataFrame, stage: str, kept: int, rejected: int, li
     """A stage's scores, about ``limit`` kept and ``limit`` rejected documents drawn evenly from its
     cached output: ``{"columns": [...], "rows": [(reason, *values)]}``; None for a stage without scores."""
     columns = [r.column for r in RULES if r.stage == stage and r.column in annotated.columns]
-    if not columns or not kept + rejected:
+    if not columns or not kept + rejected or not limit:
         return None
     share = (F.when(F.col("reason").isNull(), F.lit(min(1.0, limit / max(kept, 1))))
              .otherwise(F.lit(min(1.0, limit / max(rejected, 1)))))

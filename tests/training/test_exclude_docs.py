@@ -246,10 +246,11 @@ def test_the_launcher_refuses_a_list_it_cannot_apply_before_any_rank_starts(tmp_
     assert error.startswith("config error: ") and message in error and "Traceback" not in error
 
 
-def test_a_micro_batch_of_excluded_documents_only_adds_nothing(runs):
-    """Every document listed: each micro-batch's labels are all ignored, so it adds 0 to the loss, not the NaN
-    of 0 / 0 (which the non-finite guard would skip), and the run trains on."""
+def test_a_micro_batch_of_excluded_documents_only_adds_zero_not_nan(runs):
+    """Every document listed, and no ledger (its document losses take the same path): each micro-batch's labels
+    are all ignored, so it adds 0 to the loss, not the NaN of 0 / 0 (which the non-finite guard would skip)."""
     write_list(runs["work"] / "everything.txt", sorted(documents(0)))
-    run = train_here(runs["work"], "name=nothing", "data.exclude_docs=everything.txt", "train.max_steps=3")
+    run = train_here(runs["work"], "name=nothing", "data.exclude_docs=everything.txt", "train.max_steps=3",
+                     "logging.ledger_document_losses=false")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["loss"], r["skipped_steps"]) for r in rows if "loss" in r] == [(1, 0.0, 0), (2, 0.0, 0), (3, 0.0, 0)]

@@ -50,10 +50,10 @@ CONFIG = f"""\
 DEFENDED = ["data.datasets=[{path: poisoned}]", "spike.action=rollback"]
 
 
-def plant_poison(clean: Path, poisoned: Path, sample_ids: list[int]) -> set[str]:
+def plant_poison(clean: Path, poisoned: Path, sample_ids: list[int]) -> tuple[set[str], int]:
     """A copy of the dataset ``clean`` whose train samples ``sample_ids`` hold random tokens in place of all
     but one of their documents (the shortest stays clean; a sample of one document is poisoned whole), its
-    shards and manifest rewritten as the ETL writes them; returns the planted documents' ids."""
+    shards and manifest rewritten as the ETL writes them; returns the planted documents' ids and spans."""
     shutil.copytree(clean, poisoned, symlinks=False)
     manifest = read_manifest(version_path(str(poisoned), 1))
     split_dir = poisoned / "v=1" / "train"
@@ -61,7 +61,7 @@ def plant_poison(clean: Path, poisoned: Path, sample_ids: list[int]) -> set[str]
     samples = [reader[i] for i in range(len(reader))]
     keys = {i: (int(samples[i]["bucket"]), int(samples[i]["bucket_index"])) for i in sample_ids}
     segments = read_segments(manifest, "train", keys.values())
-    eos, rng, planted = manifest.extra["eos_token_id"], np.random.default_rng(0), set()
+    eos, rng, planted, spans_planted = manifest.extra["eos_token_id"], np.random.default_rng(0), set(), 0
     for i in sample_ids:
         tokens = np.array(samples[i]["tokens"])
         spans = segments[keys[i]]
@@ -72,6 +72,7 @@ def plant_poison(clean: Path, poisoned: Path, sample_ids: list[int]) -> set[str]
             window = tokens[span.sample_offset:span.sample_offset + span.length]
             window[window != eos] = rng.integers(1, manifest.vocab_size, int((window != eos).sum()))
             planted.add(span.doc_id)
+            spans_planted += 1
         samples[i] = {**samples[i], "tokens": tokens}
     entry = read_index(str(split_dir))["shards"][0]
     shutil.rmtree(split_dir)
@@ -89,7 +90,7 @@ def plant_poison(clean: Path, poisoned: Path, sample_ids: list[int]) -> set[str]
                                                           {s: shard_sha256(s) for s in manifest.splits}))
     (poisoned / "v=1" / "manifest.json").unlink()
     write_manifest(str(poisoned), manifest)
-    return planted
+    return planted, spans_planted
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def runs(demo_etl, tmp_path_factory) -> dict:
     (work / "train.yaml").write_text(textwrap.dedent(CONFIG))
     clean = train_here(work, "name=clean", KILN_FAULT_PLAN="")
     samples = [r["sample_id"] for r in step_records(clean, SPIKE)[0]]
-    planted = plant_poison(work / "clean", work / "poisoned", samples)
+    planted, planted_spans = plant_poison(work / "clean", work / "poisoned", samples)
     killed = start_launch(work, "killed", DEFENDED, nproc=1, KILN_FAULT_PLAN="kill_after_rollback=1")
     try:
         defended = train_here(work, "name=defended", *DEFENDED, KILN_FAULT_PLAN="")
@@ -108,7 +109,8 @@ def runs(demo_etl, tmp_path_factory) -> dict:
     finally:
         if killed[0].poll() is None:
             killed[0].kill()
-    return {"work": work, "clean": clean, "defended": defended, "killed": killed, "planted": planted}
+    return {"work": work, "clean": clean, "defended": defended, "killed": killed, "planted": planted,
+            "planted_spans": planted_spans}
 
 
 def eval_loss(run: Path) -> float:
@@ -137,9 +139,10 @@ def test_killed_during_the_recovery_it_resumes_to_the_same_weights(runs):
 
 
 def test_explain_step_ranks_the_planted_documents_first(runs):
-    """As typed, from the training folder; the planted documents share their samples with clean ones."""
+    """As typed, from the training folder: the top K spans, K the planted spans, are the planted documents',
+    which share their samples with clean ones."""
     proc = subprocess.run([sys.executable, "-m", "training.explain_step", "runs/defended", "--step", str(SPIKE),
-                           "--spiked", "--top", str(len(runs["planted"])), "--json"],
+                           "--spiked", "--top", str(runs["planted_spans"]), "--json"],
                           cwd=runs["work"], env=child_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout)
@@ -147,7 +150,7 @@ def test_explain_step_ranks_the_planted_documents_first(runs):
     assert {d["doc_id"] for d in report["documents"]} == runs["planted"]
     shared = [s for s in report["samples"] if s["documents"] > 1]
     assert shared and report["documents_total"] > len(runs["planted"])
-    # without --spiked: the samples trained again at that step after the rollback, and a pointer to --spiked
+    # without --spiked: the samples the run kept for that step, and a pointer to --spiked
     plain = subprocess.run([sys.executable, "-m", "training.explain_step", "runs/defended", "--step", str(SPIKE)],
                            cwd=runs["work"], env=child_env(), capture_output=True, text=True, timeout=300)
-    assert plain.returncode == 0 and "--spiked shows those it spiked on" in plain.stdout
+    assert plain.returncode == 0 and "rolled back (1 time(s)): --spiked shows the samples it spiked on" in plain.stdout

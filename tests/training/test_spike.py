@@ -112,6 +112,10 @@ def test_rollback_restores_an_earlier_checkpoint_skips_the_data_after_it_and_fin
         start = step_start(run, step, GLOBAL_BATCH)
         assert [r["position"] for r in step_records(run, step)[0]] == list(range(start, start + GLOBAL_BATCH))
     assert (step_start(run, 3, GLOBAL_BATCH), step_start(run, 5, GLOBAL_BATCH)) == (8, 28)
+    # the branch that spiked (before the rollback): its ledger lines, and the order without the rollback
+    spiked = range((SPIKE - 1) * GLOBAL_BATCH, SPIKE * GLOBAL_BATCH)
+    assert [r["position"] for r in step_records(run, SPIKE, rollbacks=0)[0]] == list(spiked)
+    assert step_start(run, SPIKE, GLOBAL_BATCH, rollbacks=0) == spiked[0]
     notified = json.loads((launches["work"] / "notified.json").read_text())
     assert notified["event"] == "rollback" and notified["target"] == "step-00000004"
     # the learning rate after the rollback is halved for steps 5 and 6

@@ -3,6 +3,8 @@
 1. The step's samples: from the run's sample ledger (``logging.sample_ledger``), or, without one,
    recomputed from the deterministic global order (training.data.order) over the datasets and versions
    ``run_info.json`` pinned, with the run's seed and batch size.
+   A step the spike policy rolled back was trained again on other samples; ``--spiked`` takes the ones
+   it spiked on (the ledger lines of the abandoned branch, or the order before that rollback).
 2. With ``logging.ledger_document_losses`` the ledger holds each document span's mean loss, and the
    spans are ranked by it; otherwise they are listed in the step's order.
 3. Each sample's ``bucket`` and ``bucket_index`` (read from its shard) key the dataset's provenance table,
@@ -76,20 +78,32 @@ def load_run(run_dir: Path) -> tuple[dict, list[Source]]:
 
 
 def rollback_events(run_dir: Path) -> list[dict]:
-    """The journal's ``rollback`` events in order, read as plain JSON (the journal module brings torch)."""
+    """The journal's ``rollback`` events in order, read as plain JSON (the journal module brings torch); a
+    last line cut off by a kill is left out, as the journal's own reader leaves it."""
     journal = run_dir / "journal.jsonl"
     lines = journal.read_text().splitlines() if journal.exists() else []
-    return [json.loads(line) for line in lines if '"event": "rollback"' in line]
+    events = []
+    for number, line in enumerate(lines, 1):
+        if '"event": "rollback"' in line:
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number != len(lines):
+                    raise ExplainError(f"{journal}:{number} is not a JSON line") from None
+    return events
 
 
-def spiked_branch(run_dir: Path, step: int) -> int:
-    """How many rollbacks came before ``step`` spiked and was rolled back (its last such spike): the branch
-    whose samples of ``step`` the ledger keeps under that count."""
+def spiked_branch(run_dir: Path, step: int, which: int | None = None) -> int:
+    """How many rollbacks came before ``step`` spiked and was rolled back, the last time (``which``: the
+    1st, 2nd, ... time): the branch whose samples of ``step`` the ledger keeps under that count."""
     mine = [e for e in rollback_events(run_dir) if e["step"] == step]
     if not mine:
         raise ExplainError(f"step {step} was not rolled back (the journal has no rollback for a spike at it); "
                            "without --spiked the step's samples are shown")
-    return mine[-1]["rollbacks"] - 1
+    if which is not None and not 1 <= which <= len(mine):
+        raise ExplainError(f"step {step} spiked and was rolled back {len(mine)} time(s); --spiked {which} names "
+                           f"no such rollback (1 ... {len(mine)})")
+    return mine[-1 if which is None else which - 1]["rollbacks"] - 1
 
 
 def step_start(run_dir: Path, step: int, global_batch: int, rollbacks: int | None = None) -> int:
@@ -149,16 +163,18 @@ def excerpt(tokenizer: TextTokenizer, tokens: np.ndarray, special: set[int], cha
     return text if len(text) <= chars else text[:chars].rstrip() + "..."
 
 
-def explain_step(run_dir: Path, step: int, top: int = 20, excerpt_chars: int = 200, spiked: bool = False) -> dict:
+def explain_step(run_dir: Path, step: int, top: int = 20, excerpt_chars: int = 200, spiked: bool = False,
+                 which: int | None = None) -> dict:
     """What ``python -m training.explain_step --json`` prints: the step's samples and its document spans,
     ranked by loss when the ledger recorded it (``top``: how many spans to list, 0 all). A step the spike
-    policy rolled back was trained again on other samples; ``spiked`` explains the ones it spiked on."""
+    policy rolled back was trained again on other samples; ``spiked`` explains the ones it spiked on (the
+    last time, or the ``which``-th time it spiked and was rolled back)."""
     info, sources = load_run(run_dir)
     max_steps = info["config"]["train"]["max_steps"]
     if not 1 <= step <= max_steps:
         raise ExplainError(f"step {step} is not a step of this run (1 ... {max_steps})")
-    branch = spiked_branch(run_dir, step) if spiked else None
-    rolled_back = any(e["step"] == step for e in rollback_events(run_dir))
+    branch = spiked_branch(run_dir, step, which) if spiked else None
+    rolled_back = sum(e["step"] == step for e in rollback_events(run_dir))
     samples, origin, attempt = step_samples(run_dir, info, sources, step, branch)
 
     datasets, spans, sample_rows = [], [], []
@@ -230,8 +246,8 @@ def render_text(report: dict) -> str:
     lines = [f"run {report['run']}, step {report['step']}{which}: {len(report['samples'])} samples from {origin}, "
              f"{report['documents_total']} document spans"]
     if report["rolled_back"] and not report["spiked"]:
-        lines.append(f"step {report['step']} spiked and was rolled back: these are the samples it was trained on "
-                     "again; --spiked shows those it spiked on")
+        lines.append(f"step {report['step']} spiked and was rolled back ({report['rolled_back']} time(s)): "
+                     "--spiked shows the samples it spiked on")
     for d in report["datasets"]:
         prov, scores = d["provenance"], d["scores_table"]
         lines.append(f"  dataset {d['path']} v={d['version']} ({d['split']}): provenance {prov['path']} "
@@ -262,15 +278,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", type=int, required=True, help="the optimizer step (1 = the first)")
     parser.add_argument("--top", type=int, default=20, help="how many document spans to list (0: all; default 20)")
     parser.add_argument("--excerpt-chars", type=int, default=200, help="characters of each excerpt (default 200)")
-    parser.add_argument("--spiked", action="store_true",
-                        help="a step the spike policy rolled back: the samples it spiked on (default: those it was "
-                             "trained on again)")
+    parser.add_argument("--spiked", nargs="?", type=int, const=0, default=None, metavar="K",
+                        help="a step the spike policy rolled back: the samples it spiked on, the last time (or the "
+                             "K-th time, 1 = the first, when it spiked again after a rollback); default: the "
+                             "samples the run kept for the step")
     parser.add_argument("--json", action="store_true", help="print JSON for tools instead of text")
     args = parser.parse_args(argv)
-    if args.top < 0 or args.excerpt_chars < 0:
-        parser.error("--top and --excerpt-chars must be >= 0")
+    if args.top < 0 or args.excerpt_chars < 0 or (args.spiked is not None and args.spiked < 0):
+        parser.error("--top, --excerpt-chars and --spiked must be >= 0")
     try:
-        report = explain_step(Path(args.run), args.step, args.top, args.excerpt_chars, args.spiked)
+        report = explain_step(Path(args.run), args.step, args.top, args.excerpt_chars, args.spiked is not None,
+                              args.spiked or None)
     except (ExplainError, ProvenanceError, ValueError, OSError) as err:  # bad input: one line, no traceback
         print(f"explain_step: {err}", file=sys.stderr)
         return 2

@@ -182,10 +182,10 @@ def step_records(run_dir: Path, step: int, rollbacks: int | None = None) -> tupl
         lines = [line for line in lines if line.get("rollbacks", 0) == rollbacks]
     if not lines:
         return [], None
-    attempt, rollbacks = max((line["attempt"], line.get("rollbacks", 0)) for line in lines)
+    attempt, branch = max((line["attempt"], line.get("rollbacks", 0)) for line in lines)
     records = {}
     for line in lines:
-        if (line["attempt"], line.get("rollbacks", 0)) != (attempt, rollbacks):
+        if (line["attempt"], line.get("rollbacks", 0)) != (attempt, branch):
             continue
         spans = line.get("document_losses") or [None] * len(line["positions"])
         for position, sample_id, sample_spans in zip(line["positions"], line["sample_ids"], spans):
