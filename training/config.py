@@ -233,6 +233,9 @@ class EvalSection:
     # when it gets OS isolation or the YAML sets sandbox.unsafe.
     tasks: str | None = None
     tokenizer: str | None = None  # tokenizer.json for the tasks; default data.instruction.tokenizer
+    # Also log the eval loss of each source's tokens (eval_loss/<source>), traced through the eval dataset's
+    # provenance table at the start (training.data.by_source); needs a dataset built by the ETL.
+    loss_by_source: bool = False
 
     def __post_init__(self) -> None:
         if self.every_steps < 0:
@@ -402,6 +405,8 @@ class TrainConfig:
             held_out = "data.instruction has no held-out examples" if self.data.instruction else \
                 "data.eval_split is null"
             raise ValueError(f"eval.every_steps is set but {held_out} and eval.tasks is not set")
+        if self.eval.loss_by_source and not (self.eval.every_steps and self.has_eval_loss):
+            raise ValueError("eval.loss_by_source needs an eval loss: set eval.every_steps and data.eval_split")
         if self.gate.band is not None and not self.eval.every_steps:
             raise ValueError("gate.band is judged at evaluation points: set eval.every_steps")
         if self.checkpoint.enabled and self.name is None:

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from shards.config import ConfigError
 
 from .config import TrainConfig, accumulation_steps, check_world_size, load_config
+from .data.by_source import SourceTags, metric_name, per_source
 from .data.loader import StreamingLoader, TokenBatches, as_tensors, model_inputs
-from .data.resolve import make_batches, resolve_data, resolve_exclusions
-from .data.sources import IGNORE_INDEX, Source, check_sources
+from .data.resolve import make_batches, resolve_data, resolve_exclusions, resolve_source_tags
+from .data.sources import IGNORE_INDEX, TOKEN_SOURCES, Source, check_sources
 from .distributed import (Distributed, broadcast_from_main, build_model, compute_dtype, grad_norm_and_clip,
                           init_distributed)
 from .eval.in_training import TaskEvaluator
@@ -46,19 +46,30 @@ from .weights.init_from import load_weights
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: TokenBatches, d: Distributed) -> float:
-    """Mean next-token loss over the eval batches (every token counts once, on any number of ranks)."""
+def evaluate(model: nn.Module, batches: TokenBatches, d: Distributed,
+             tags: SourceTags | None = None) -> tuple[float, dict[str, dict] | None]:
+    """Mean next-token loss over the eval batches (every token counts once, on any number of ranks) and, with
+    ``tags`` (eval.loss_by_source), ``{source: {"loss", "tokens"}}`` of each source's tokens."""
     model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=d.device)
+    sources = 0 if tags is None else len(tags.names)
+    totals = torch.zeros(2 + 2 * sources, dtype=torch.float64, device=d.device)  # loss, tokens, then per source
     for batch in map(as_tensors, batches):
         input_ids, sequence_ids, labels = model_inputs(batch, d.device)
         logits = model(input_ids, sequence_ids=sequence_ids)
-        totals[0] += F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
-                                     ignore_index=IGNORE_INDEX, reduction="sum")
-        totals[1] += (labels != IGNORE_INDEX).sum()
+        losses = MPT.token_losses(logits, labels, ignore_index=IGNORE_INDEX).double()
+        counted = labels != IGNORE_INDEX
+        totals[0] += losses.sum()
+        totals[1] += counted.sum()
+        if sources:
+            number = batch[TOKEN_SOURCES].to(d.device)
+            known = counted & (number >= 0)
+            totals[2:2 + sources] += torch.bincount(number[known], losses[known], minlength=sources)
+            totals[2 + sources:] += torch.bincount(number[known], minlength=sources)
     dist.all_reduce(totals)
     model.train()
-    return (totals[0] / totals[1]).item()
+    values = totals.tolist()
+    by_source = None if tags is None else per_source(values[2:2 + sources], values[2 + sources:], tags.names)
+    return values[0] / values[1], by_source
 
 
 def prepare_run_dir(cfg: TrainConfig, d: Distributed) -> Path:
@@ -112,12 +123,13 @@ def train(cfg: TrainConfig) -> dict:
                          exclusions=exclusions),
             cfg.data.num_workers, cfg.data.prefetch_batches,
         )
-        eval_batches = None
+        eval_batches, tags = None, None
         if eval_sources is not None:
             eval_accumulation = accumulation_steps(cfg.eval_global_batch_size, micro_batch, d.world_size, "eval")
             eval_micro = cfg.eval.batches * eval_accumulation
+            tags = resolve_source_tags(cfg, eval_sources, d)
             eval_batches = make_batches(eval_sources, cfg.data, cfg.eval_global_batch_size, micro_batch, d,
-                                        shuffle=False, num_micro_batches=eval_micro)
+                                        shuffle=False, num_micro_batches=eval_micro, tags=tags)
 
         # Model and optimizer.
         model_cfg = cfg.model.build()
@@ -263,7 +275,10 @@ def train(cfg: TrainConfig) -> dict:
                 if cfg.eval.every_steps and (step % cfg.eval.every_steps == 0 or is_last):
                     evaluated = {}
                     if eval_batches is not None:
-                        evaluated["eval_loss"] = evaluate(model, eval_batches, d)
+                        evaluated["eval_loss"], by_source = evaluate(model, eval_batches, d, tags)
+                        for name, source in (by_source or {}).items():
+                            evaluated[f"eval_loss/{metric_name(name)}"] = source["loss"]
+                            evaluated[f"eval_tokens/{metric_name(name)}"] = source["tokens"]
                     if task_evals is not None:
                         evaluated.update(task_evals.run(model, step))
                     last.update(evaluated)

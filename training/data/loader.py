@@ -17,7 +17,7 @@ from shards.mds import TOKENS_COLUMN, MDSReader
 
 from .cache import CacheSettings, ShardCache
 from .order import BatchLayout, GlobalOrder
-from .sources import EXCLUDED, IGNORE_INDEX, LABELS_COLUMN, SEQUENCE_IDS_COLUMN, Source
+from .sources import EXCLUDED, IGNORE_INDEX, LABELS_COLUMN, SEQUENCE_IDS_COLUMN, TOKEN_SOURCES, Source
 
 
 class TokenBatches(IterableDataset):
@@ -27,8 +27,10 @@ class TokenBatches(IterableDataset):
     ``document_ids``: derived from the EOS tokens); ``positions`` and ``sample_ids`` [B]
     (places in the global order, and which samples those were); with ``excluded`` (one
     ``(bucket, bucket_index) -> [(offset, length)]`` dict per source, training.data.exclude) also
-    ``excluded`` [B, T], true at the tokens of excluded documents. ``num_micro_batches`` None streams
-    forever (epochs wrap around).
+    ``excluded`` [B, T], true at the tokens of excluded documents; with ``token_sources`` (one
+    ``(bucket, bucket_index) -> [(offset, length, source number)]`` dict per source, training.data.by_source)
+    also ``token_sources`` [B, T], each token's source number (-1: unknown). ``num_micro_batches`` None
+    streams forever (epochs wrap around).
 
     Numpy rather than tensors because loader workers hand batches over by value through a pipe:
     for token batches that is several times faster than torch's shared-memory tensor hand-over,
@@ -36,9 +38,11 @@ class TokenBatches(IterableDataset):
     """
 
     def __init__(self, sources: list[Source], order: GlobalOrder, layout: BatchLayout, cache: CacheSettings,
-                 start: int = 0, num_micro_batches: int | None = None, excluded: list[dict] | None = None):
+                 start: int = 0, num_micro_batches: int | None = None, excluded: list[dict] | None = None,
+                 token_sources: list[dict] | None = None):
         self.sources, self.order, self.layout, self.cache = sources, order, layout, cache
         self.start, self.num_micro_batches, self.excluded = start, num_micro_batches, excluded
+        self.token_sources = token_sources
         self._readers: list[MDSReader] | None = None
         remote = [s.url for s in sources if not storage.is_local(s.url)]
         if remote:
@@ -103,7 +107,9 @@ class TokenBatches(IterableDataset):
         if self._eos is not None:
             batch[SEQUENCE_IDS_COLUMN] = document_ids(batch["input_ids"], self._eos[datasets])
         if self.excluded is not None:
-            batch[EXCLUDED] = excluded_tokens(rows, datasets, batch["input_ids"].shape, self.excluded)
+            batch[EXCLUDED] = span_tokens(rows, datasets, batch["input_ids"].shape, self.excluded, np.bool_, False)
+        if self.token_sources is not None:
+            batch[TOKEN_SOURCES] = span_tokens(rows, datasets, batch["input_ids"].shape, self.token_sources, np.int16, -1)
         batch["positions"] = np.arange(begin, end, dtype=np.int64)
         batch["sample_ids"] = self.order.sample_ids(datasets, samples)
         return batch
@@ -133,15 +139,16 @@ def document_ids(tokens: np.ndarray, eos: np.ndarray) -> np.ndarray:
     return np.cumsum(starts, axis=1, dtype=starts.dtype)
 
 
-def excluded_tokens(rows: list[dict], datasets: np.ndarray, shape: tuple[int, int],
-                    excluded: list[dict]) -> np.ndarray:
-    """[B, T] true at the tokens of excluded documents: row b is sample ``rows[b]`` of source ``datasets[b]``,
-    looked up by its ``(bucket, bucket_index)`` key in that source's spans."""
-    mask = np.zeros(shape, np.bool_)
+def span_tokens(rows: list[dict], datasets: np.ndarray, shape: tuple[int, int], spans: list[dict], dtype,
+                empty) -> np.ndarray:
+    """[B, T] of ``empty``, with each span's value at its tokens: row b is sample ``rows[b]`` of source
+    ``datasets[b]``, looked up by its ``(bucket, bucket_index)`` key in that source's spans, ``(offset,
+    length)`` (value True: excluded documents) or ``(offset, length, value)``."""
+    marks = np.full(shape, empty, dtype)
     for b, (row, d) in enumerate(zip(rows, datasets.tolist())):
-        for offset, length in excluded[d].get((int(row["bucket"]), int(row["bucket_index"])), ()):
-            mask[b, offset:offset + length] = True
-    return mask
+        for offset, length, *value in spans[d].get((int(row["bucket"]), int(row["bucket_index"])), ()):
+            marks[b, offset:offset + length] = value[0] if value else True
+    return marks
 
 
 class _Prefetcher:

@@ -14,6 +14,8 @@ from shards.provenance import ProvenanceError
 from ..config import DataSection, ParallelSection, TrainConfig
 from ..distributed import Distributed, broadcast_from_main, compute_dtype
 from ..model import check_sdpa_fits
+from .by_source import KEY as BY_SOURCE_KEY
+from .by_source import SourceTags, tag_sources
 from .cache import CacheSettings, default_cache_root
 from .exclude import KEY as EXCLUDE_KEY
 from .exclude import Exclusions, read_exclude_list, trace
@@ -109,30 +111,45 @@ def resolve_data(cfg: TrainConfig, d: Distributed) -> tuple[list[Source], list[S
     return sources
 
 
-def resolve_exclusions(data: DataSection, sources: list[Source], run_dir: Path, d: Distributed) -> Exclusions | None:
-    """``data.exclude_docs`` traced in the train ``sources`` by rank 0 for every rank (training.data.exclude);
-    None when it is not set. What stops it is a ConfigError on every rank, naming the key."""
-    if data.exclude_docs is None:
-        return None
+def _on_main(d: Distributed, key: str, compute):
+    """``compute()`` on rank 0 for every rank; what stops it is a ConfigError on every rank, naming ``key``."""
     result: object = None
     if d.is_main:
         try:
-            result = trace(read_exclude_list(data.exclude_docs), sources, run_dir)
+            result = compute()
         except ConfigError as err:
             result = err
         except (ProvenanceError, ValueError, OSError) as err:
-            result = ConfigError(f"{EXCLUDE_KEY}: {err}")
+            result = ConfigError(f"{key}: {err}")
     return broadcast_from_main(result, d)
+
+
+def resolve_exclusions(data: DataSection, sources: list[Source], run_dir: Path, d: Distributed) -> Exclusions | None:
+    """``data.exclude_docs`` traced in the train ``sources`` by rank 0 for every rank (training.data.exclude);
+    None when it is not set."""
+    if data.exclude_docs is None:
+        return None
+    return _on_main(d, EXCLUDE_KEY, lambda: trace(read_exclude_list(data.exclude_docs), sources, run_dir))
+
+
+def resolve_source_tags(cfg: TrainConfig, sources: list[Source] | None, d: Distributed) -> SourceTags | None:
+    """The source of every token the evaluation reads, traced by rank 0 for every rank (training.data.by_source);
+    None unless ``eval.loss_by_source`` is set."""
+    if not cfg.eval.loss_by_source or sources is None:
+        return None
+    order = build_order(sources, cfg.data.seed, False, cfg.data.shuffle_window_shards)
+    return _on_main(d, BY_SOURCE_KEY, lambda: tag_sources(sources, order, cfg.eval_global_batch_size * cfg.eval.batches))
 
 
 def make_batches(sources: list[Source], data: DataSection, global_batch: int, micro_batch: int, d: Distributed,
                  shuffle: bool, num_micro_batches: int | None = None,
-                 exclusions: Exclusions | None = None) -> TokenBatches:
+                 exclusions: Exclusions | None = None, tags: SourceTags | None = None) -> TokenBatches:
     """This rank's batches over ``sources``, cached and prefetched as the config's data section says, with the
-    tokens of ``exclusions`` marked."""
+    tokens of ``exclusions`` marked, and each token's source number when ``tags`` are given."""
     order = build_order(sources, data.seed, shuffle, data.shuffle_window_shards)
     layout = BatchLayout(global_batch, micro_batch, d.rank, d.world_size)
     cache = CacheSettings(data.cache_dir or default_cache_root(), int(data.cache_limit_gb * 1e9),
                           data.download_retries, data.verify_hashes, data.prefetch_shards)
     return TokenBatches(sources, order, layout, cache, num_micro_batches=num_micro_batches,
-                        excluded=None if exclusions is None else exclusions.spans)
+                        excluded=None if exclusions is None else exclusions.spans,
+                        token_sources=None if tags is None else tags.spans)

@@ -18,6 +18,7 @@ SEQUENCE_IDS_COLUMN = "sequence_ids"  # optional: one document id per token, for
 LABELS_COLUMN = "labels"  # optional: the target of each position (IGNORE_INDEX: no loss), for instruction data
 IGNORE_INDEX = -100  # the label of a position that carries no loss
 EXCLUDED = "excluded"  # the batch key of data.exclude_docs' mask: true at excluded documents' tokens
+TOKEN_SOURCES = "token_sources"  # the batch key of eval.loss_by_source: each token's source number
 
 
 @dataclass(frozen=True)
