@@ -1,17 +1,14 @@
-"""Writing and reading the pipeline's Delta tables, the same way everywhere: through Spark, and
-through delta-rs for small tables read on the driver without a Spark job.
+"""Writing and reading the pipeline's Delta tables through Spark, the same way everywhere. Small tables
+read on the driver without a Spark job go through delta-rs (shards.provenance.open_delta_table).
 
 ``delta.tables`` is imported where it is used: under spark-submit's ``--packages``, Delta's Python
 module may come from its jar, which is on Python's path only once the SparkContext has started.
 """
 from __future__ import annotations
 
-import os
-
-import deltalake
 from pyspark.sql import DataFrame, SparkSession
 
-from .paths import to_fsspec_url, to_spark_path
+from .paths import to_spark_path
 
 
 def write_table(
@@ -111,10 +108,3 @@ def delete_rows(spark: SparkSession, path: str, key: str, targets: DataFrame) ->
         targets.alias("e"), f"t.`{key}` = e.id").whenMatchedDelete().execute()
     # Deletion vectors (on by default on Databricks) only mark rows deleted: rewrite those files.
     spark.sql(f"REORG TABLE delta.`{to_spark_path(path)}` APPLY (PURGE)").collect()
-
-
-def delta_rs_table(path: str, version: int | None = None) -> deltalake.DeltaTable:
-    """A Delta table through delta-rs (no Spark job): for small tables and log versions on the driver."""
-    # delta-rs reads the standard AWS variables itself; a plain-http endpoint (a local S3 server) must be allowed.
-    options = {"AWS_ALLOW_HTTP": "true"} if os.environ.get("AWS_ENDPOINT_URL", "").startswith("http://") else None
-    return deltalake.DeltaTable(to_fsspec_url(path), version=version, storage_options=options)

@@ -63,15 +63,21 @@ class Segment:
     doc_tokens: int
 
 
-def delta_table(path: str, version: int | None = None):
-    """A Delta table through delta-rs; ``s3a://`` paths (Spark's name) are read as ``s3://``."""
+def open_delta_table(path: str, version: int | None = None):
+    """A Delta table through delta-rs (no Spark job), raising delta-rs's own errors; ``s3a://`` paths
+    (Spark's name) are read as ``s3://``."""
     import deltalake
 
     url = "s3://" + path[len("s3a://"):] if path.startswith("s3a://") else path
     # delta-rs reads the standard AWS variables itself; a plain-http endpoint (a local S3 server) must be allowed.
     options = {"AWS_ALLOW_HTTP": "true"} if os.environ.get("AWS_ENDPOINT_URL", "").startswith("http://") else None
+    return deltalake.DeltaTable(url, version=version, storage_options=options)
+
+
+def delta_table(path: str, version: int | None = None):
+    """``open_delta_table``, a table that cannot be read being a ProvenanceError that names the retention it needs."""
     try:
-        return deltalake.DeltaTable(url, version=version, storage_options=options)
+        return open_delta_table(path, version)
     except Exception as err:  # delta-rs raises TableNotFoundError, DeltaError or OSError for a missing version
         at = "" if version is None else f" at version {version}"
         raise ProvenanceError(f"cannot read the Delta table {path}{at}: {err}. {_RETENTION}") from None

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from deltalake.exceptions import TableNotFoundError
 
 from shards.config import ConfigError
-from shards.provenance import arrow_dataset
+from shards.provenance import arrow_dataset, open_delta_table
 
-from ..delta import delta_rs_table
 from ..run_state import RUN_ID_PROPERTY
 
 # The tables tokenize writes under <output>/tokenize/ beside its documents, in the manifest's order.
@@ -57,7 +56,7 @@ class TokenizeInfo:
         tables = {}
         for name, path in paths.items():
             try:
-                tables[name] = delta_rs_table(path)
+                tables[name] = open_delta_table(path)
             except TableNotFoundError:
                 raise ConfigError(
                     f"shuffle_and_write.samples_table: no Delta table {name!r} at {path}; run the tokenize "

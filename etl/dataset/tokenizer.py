@@ -17,10 +17,9 @@ from typing import Iterable, Iterator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from shards import storage
-from shards.provenance import arrow_dataset
+from shards.provenance import arrow_dataset, open_delta_table
 
 from ..config import InputSpec
-from ..delta import delta_rs_table
 from ..ingest import list_input_files
 from ..paths import to_fsspec_url
 
@@ -140,7 +139,7 @@ def _arrow_texts(dataset, text_field: str) -> Iterator[str]:
 
 
 def _delta_texts(url: str, text_field: str) -> Iterator[str]:
-    yield from _arrow_texts(arrow_dataset(delta_rs_table(url)), text_field)
+    yield from _arrow_texts(arrow_dataset(open_delta_table(url)), text_field)
 
 
 def _parquet_texts(url: str, text_field: str) -> Iterator[str]:
