@@ -90,6 +90,19 @@ class InstructionSpec:
 
 
 @dataclass
+class PhaseSection:
+    """One phase of ``data.schedule``: the mixture's proportions until a step."""
+
+    until_step: int | None = None  # the phase's last step; null: to the end of the run (the last phase only)
+    proportions: list[float] = field(default_factory=list)  # one per data.datasets entry, in order; 0 leaves one out
+
+    def __post_init__(self) -> None:
+        _positive("data.schedule", until_step=self.until_step)
+        if not self.proportions or min(self.proportions) < 0 or sum(self.proportions) <= 0:
+            raise ValueError(f"data.schedule: proportions must be given, none negative and not all 0, got {self.proportions!r}")
+
+
+@dataclass
 class DataSection:
     datasets: list[DatasetSpec] = field(default_factory=list)  # the pre-training mixture (MDS datasets)...
     instruction: InstructionSpec | None = None  # ...or instead prompt/response data to fine-tune on
@@ -111,6 +124,9 @@ class DataSection:
     # those documents' tokens carry no loss wherever the train split holds them, traced through the datasets'
     # provenance tables. Sample positions and order stay as they are; the list is read at every (re)start.
     exclude_docs: str | None = None
+    # Mixture phases (training.data.order): the datasets' proportions change at the steps given, e.g. an
+    # anneal on high-quality data at the end; each dataset's samples continue where the last phase left them.
+    schedule: list[PhaseSection] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if bool(self.datasets) == (self.instruction is not None):
@@ -120,10 +136,23 @@ class DataSection:
                              "datasets; data.instruction has none")
         if self.exclude_docs == "":
             raise ValueError("data.exclude_docs must be a file path or URL, or null")
+        if self.schedule:
+            self._check_schedule()
         _positive("data", shuffle_window_shards=self.shuffle_window_shards, cache_limit_gb=self.cache_limit_gb,
                   prefetch_shards=self.prefetch_shards, prefetch_batches=self.prefetch_batches)
         if self.num_workers < 0 or self.download_retries < 0:
             raise ValueError("data.num_workers and data.download_retries must be >= 0")
+
+    def _check_schedule(self) -> None:
+        if self.instruction is not None:
+            raise ValueError("data.schedule mixes data.datasets; data.instruction has none")
+        if any(d.proportion != 1.0 for d in self.datasets):
+            raise ValueError("data.schedule sets the proportions: leave data.datasets[].proportion out")
+        if any(len(p.proportions) != len(self.datasets) for p in self.schedule):
+            raise ValueError(f"data.schedule: every phase gives one proportion per dataset ({len(self.datasets)})")
+        ends = [p.until_step for p in self.schedule]
+        if None in ends[:-1] or any(b is not None and b <= a for a, b in zip(ends, ends[1:])):
+            raise ValueError(f"data.schedule: until_step must rise from phase to phase, only the last may be null; got {ends}")
 
 
 @dataclass
@@ -407,6 +436,10 @@ class TrainConfig:
             raise ValueError(f"eval.every_steps is set but {held_out} and eval.tasks is not set")
         if self.eval.loss_by_source and not (self.eval.every_steps and self.has_eval_loss):
             raise ValueError("eval.loss_by_source needs an eval loss: set eval.every_steps and data.eval_split")
+        last = self.data.schedule[-1].until_step if self.data.schedule else None
+        if last is not None and last < self.train.max_steps:
+            raise ValueError(f"data.schedule's last phase ends at step {last}, before train.max_steps "
+                             f"({self.train.max_steps}): give it until_step: null")
         if self.gate.band is not None and not self.eval.every_steps:
             raise ValueError("gate.band is judged at evaluation points: set eval.every_steps")
         if self.checkpoint.enabled and self.name is None:

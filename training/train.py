@@ -120,7 +120,7 @@ def train(cfg: TrainConfig) -> dict:
         accumulation = accumulation_steps(cfg.train.global_batch_size, micro_batch, d.world_size)
         train_loader = StreamingLoader(
             make_batches(train_sources, cfg.data, cfg.train.global_batch_size, micro_batch, d, cfg.data.shuffle,
-                         exclusions=exclusions),
+                         exclusions=exclusions, scheduled=True),
             cfg.data.num_workers, cfg.data.prefetch_batches,
         )
         eval_batches, tags = None, None

@@ -79,29 +79,51 @@ class DatasetOrder:
 
 
 class GlobalOrder:
-    """Position in the global stream -> (dataset, sample index), for a mixture of datasets."""
+    """Position in the global stream -> (dataset, sample index), for a mixture of datasets.
+
+    ``phases`` (data.schedule) change the proportions along the stream: ``(end position, proportions)``
+    each, the last one's end None (to the end). Each phase interleaves by its own proportions in blocks
+    of ``MIX_BLOCK`` positions counted from its start, and each dataset's draws continue from where the
+    earlier phases left them, so a dataset is never restarted at a phase. A dataset may have proportion 0
+    in a phase. Without phases the first phase is the whole stream and the order is what it always was.
+    """
 
     def __init__(self, shard_sizes: list[list[int]], proportions: list[float], seed: int, shuffle: bool,
-                 window_shards: int):
+                 window_shards: int, phases: list[tuple[int | None, list[float]]] | None = None):
         self.datasets = [DatasetOrder(sizes, seed, i, shuffle, window_shards) for i, sizes in enumerate(shard_sizes)]
         sizes = [d.num_samples for d in self.datasets]
         self.sample_id_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.seed = seed
+        phases = phases or [(None, proportions)]
+        self.phase_starts = [0] + [end for end, _ in phases[:-1]]
+        self.block_counts = [self._counts(props) for _, props in phases]
+        self._block_labels = [np.repeat(np.arange(len(c)), c) for c in self.block_counts]
+        # Each dataset's draws before each phase: the earlier phases' draws of it, whole blocks and a part.
+        self.draw_offsets = [np.zeros(len(self.datasets), np.int64)]
+        for k, (end, _) in enumerate(phases[:-1]):
+            blocks, rest = divmod(end - self.phase_starts[k], MIX_BLOCK)
+            labels = self._block(k, blocks)[0][:rest]
+            partial = np.bincount(labels, minlength=len(self.datasets))
+            self.draw_offsets.append(self.draw_offsets[k] + blocks * self.block_counts[k] + partial)
+
+    def _counts(self, proportions: list[float]) -> np.ndarray:
+        """Largest-remainder rounding of the proportions to counts per block."""
+        if len(proportions) != len(self.datasets) or min(proportions) < 0 or sum(proportions) <= 0:
+            raise ValueError(f"proportions {proportions} must be one per dataset, none negative, not all 0")
         weights = np.asarray(proportions, np.float64) / sum(proportions)
-        # Largest-remainder rounding of the proportions to counts per block.
         ideal = weights * MIX_BLOCK
         counts = np.floor(ideal).astype(np.int64)
         counts[np.argsort(counts - ideal, kind="stable")[:MIX_BLOCK - counts.sum()]] += 1
-        if len(self.datasets) > 1 and (counts == 0).any():
+        if len(self.datasets) > 1 and ((counts == 0) & (weights > 0)).any():
             raise ValueError(f"proportions {proportions} give some dataset no sample in {MIX_BLOCK}")
-        self.block_counts = counts
-        self._block_labels = np.repeat(np.arange(len(counts)), counts)
+        return counts
 
-    def _block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
-        """Dataset of each position in one block, and how many of that dataset's draws precede it."""
+    def _block(self, phase: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """Dataset of each position in one block of a phase, and how many of that dataset's draws precede it."""
         if len(self.datasets) == 1:
             return np.zeros(MIX_BLOCK, np.int64), np.arange(MIX_BLOCK, dtype=np.int64)
-        labels = np.random.default_rng([self.seed, 1 << 20, block]).permutation(self._block_labels)
+        key = [self.seed, 1 << 20, block] + ([phase] if phase else [])  # the first phase: the order without phases
+        labels = np.random.default_rng(key).permutation(self._block_labels[phase])
         seen = np.zeros(MIX_BLOCK, np.int64)
         for d in range(len(self.datasets)):
             mine = labels == d
@@ -111,11 +133,18 @@ class GlobalOrder:
     def locate(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """``(dataset index, sample index)`` arrays for positions ``[start, stop)``."""
         datasets, draws = [], []
-        for block in range(start // MIX_BLOCK, (stop - 1) // MIX_BLOCK + 1):
-            labels, seen = self._block(block)
-            lo, hi = max(start - block * MIX_BLOCK, 0), min(stop - block * MIX_BLOCK, MIX_BLOCK)
-            datasets.append(labels[lo:hi])
-            draws.append(seen[lo:hi] + block * self.block_counts[labels[lo:hi]])
+        ends = self.phase_starts[1:] + [None]
+        for phase, (first, end) in enumerate(zip(self.phase_starts, ends)):
+            lo, hi = max(start, first), stop if end is None else min(stop, end)
+            if lo >= hi:
+                continue
+            lo, hi = lo - first, hi - first  # positions within the phase
+            for block in range(lo // MIX_BLOCK, (hi - 1) // MIX_BLOCK + 1):
+                labels, seen = self._block(phase, block)
+                a, b = max(lo - block * MIX_BLOCK, 0), min(hi - block * MIX_BLOCK, MIX_BLOCK)
+                datasets.append(labels[a:b])
+                draws.append(seen[a:b] + block * self.block_counts[phase][labels[a:b]]
+                             + self.draw_offsets[phase][labels[a:b]])
         datasets, draws = np.concatenate(datasets), np.concatenate(draws)
         samples = np.empty_like(draws)
         for d, order in enumerate(self.datasets):
@@ -154,7 +183,17 @@ class BatchLayout:
         return begin, begin + self.micro_batch
 
 
-def build_order(sources: list[Source], seed: int, shuffle: bool, window_shards: int) -> GlobalOrder:
-    """The global order over ``sources`` (reads each index.json for the shard sizes)."""
+def build_order(sources: list[Source], seed: int, shuffle: bool, window_shards: int,
+                phases: list[tuple[int | None, list[float]]] | None = None) -> GlobalOrder:
+    """The global order over ``sources`` (reads each index.json for the shard sizes), by ``phases`` when given."""
     sizes = [MDSReader(s.url).sample_counts for s in sources]
-    return GlobalOrder(sizes, [s.proportion for s in sources], seed, shuffle, window_shards)
+    return GlobalOrder(sizes, [s.proportion for s in sources], seed, shuffle, window_shards, phases)
+
+
+def schedule_phases(schedule: list, global_batch: int) -> list[tuple[int | None, list[float]]] | None:
+    """``data.schedule`` (PhaseSections, or their dicts as run_info.json keeps them) as positions of the global
+    stream; None without one. A phase ends at ``until_step x global_batch``: the spike policy's skipped
+    positions count as consumed."""
+    phases = [p if isinstance(p, dict) else {"until_step": p.until_step, "proportions": p.proportions} for p in schedule]
+    return [(None if p["until_step"] is None else p["until_step"] * global_batch, list(p["proportions"]))
+            for p in phases] or None

@@ -21,7 +21,7 @@ from .exclude import KEY as EXCLUDE_KEY
 from .exclude import Exclusions, read_exclude_list, trace
 from .finetune import instruction_sources, prepare_instruction_data
 from .loader import TokenBatches
-from .order import BatchLayout, build_order
+from .order import BatchLayout, build_order, schedule_phases
 from .sources import Source, check_sources, resolve_source, with_document_ids
 
 
@@ -143,10 +143,13 @@ def resolve_source_tags(cfg: TrainConfig, sources: list[Source] | None, d: Distr
 
 def make_batches(sources: list[Source], data: DataSection, global_batch: int, micro_batch: int, d: Distributed,
                  shuffle: bool, num_micro_batches: int | None = None,
-                 exclusions: Exclusions | None = None, tags: SourceTags | None = None) -> TokenBatches:
+                 exclusions: Exclusions | None = None, tags: SourceTags | None = None,
+                 scheduled: bool = False) -> TokenBatches:
     """This rank's batches over ``sources``, cached and prefetched as the config's data section says, with the
-    tokens of ``exclusions`` marked, and each token's source number when ``tags`` are given."""
-    order = build_order(sources, data.seed, shuffle, data.shuffle_window_shards)
+    tokens of ``exclusions`` marked, and each token's source number when ``tags`` are given; mixed by
+    ``data.schedule`` when ``scheduled`` (the train split)."""
+    phases = schedule_phases(data.schedule, global_batch) if scheduled else None
+    order = build_order(sources, data.seed, shuffle, data.shuffle_window_shards, phases)
     layout = BatchLayout(global_batch, micro_batch, d.rank, d.world_size)
     cache = CacheSettings(data.cache_dir or default_cache_root(), int(data.cache_limit_gb * 1e9),
                           data.download_retries, data.verify_hashes, data.prefetch_shards)

@@ -32,7 +32,7 @@ from shards.mds import TOKENS_COLUMN, MDSReader
 from shards.provenance import (KEY_COLUMNS, ProvenanceError, documents_table, provenance_table, read_scores,
                                read_segments)
 
-from ..data.order import build_order
+from ..data.order import build_order, schedule_phases
 from ..data.sources import Source, resolve_source
 from ..tokenizer import TextTokenizer
 from .ledger import step_records
@@ -126,7 +126,8 @@ def step_samples(run_dir: Path, info: dict, sources: list[Source], step: int,
     origin = "ledger"
     if not records:
         data, batch = info["config"]["data"], info["config"]["train"]["global_batch_size"]
-        order = build_order(sources, data["seed"], data["shuffle"], data["shuffle_window_shards"])
+        phases = schedule_phases(data.get("schedule", []), batch)
+        order = build_order(sources, data["seed"], data["shuffle"], data["shuffle_window_shards"], phases)
         start = step_start(run_dir, step, batch, rollbacks)
         datasets, samples = order.locate(start, start + batch)
         records = [{"position": start + i, "sample_id": int(sid), "spans": None}
