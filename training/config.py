@@ -436,6 +436,9 @@ class TrainConfig:
             raise ValueError(f"eval.every_steps is set but {held_out} and eval.tasks is not set")
         if self.eval.loss_by_source and not (self.eval.every_steps and self.has_eval_loss):
             raise ValueError("eval.loss_by_source needs an eval loss: set eval.every_steps and data.eval_split")
+        if self.train.seq_len_warmup.steps and self.data.instruction is not None:
+            raise ValueError("train.seq_len_warmup truncates samples to their first tokens, which in instruction "
+                             "data are mostly prompt (no loss): use it for pre-training data")
         last = self.data.schedule[-1].until_step if self.data.schedule else None
         if last is not None and last < self.train.max_steps:
             raise ValueError(f"data.schedule's last phase ends at step {last}, before train.max_steps "

@@ -69,7 +69,7 @@ def evaluate(model: nn.Module, batches: TokenBatches, d: Distributed,
     model.train()
     values = totals.tolist()
     by_source = None if tags is None else per_source(values[2:2 + sources], values[2 + sources:], tags.names)
-    return values[0] / values[1], by_source
+    return (values[0] / values[1] if values[1] else math.nan), by_source
 
 
 def prepare_run_dir(cfg: TrainConfig, d: Distributed) -> Path:

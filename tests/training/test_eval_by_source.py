@@ -64,5 +64,5 @@ def test_a_dataset_without_provenance_is_a_config_error(run, tmp_path):
 
     work, _, _ = run
     write_token_dataset(str(work / "plain"), {"train": 16, "val": 16}, seq_len=128)
-    with pytest.raises(ConfigError, match="eval.loss_by_source: the samples of .*plain.* have no"):
+    with pytest.raises(ConfigError, match="eval.loss_by_source: .*plain"):
         train_here(work, "name=plain", "data.datasets=[{path: plain}]", "model.overrides.vocab_size=256")

@@ -40,8 +40,11 @@ def test_each_phase_has_its_proportions_and_datasets_continue_across_phases():
     assert [a.tolist() for a in plain.locate(0, 30 * MIX_BLOCK)] == [datasets[:30 * MIX_BLOCK].tolist(),
                                                                      samples[:30 * MIX_BLOCK].tolist()]
     only_first = GlobalOrder(SIZES, [1.0, 1.0], 5, True, 2, phases=[(2500, [1.0, 0.0]), (None, [1.0, 1.0])])
-    datasets, _ = only_first.locate(0, 5000)
+    datasets, samples = only_first.locate(0, 5000)
     assert set(datasets[:2500].tolist()) == {0} and set(datasets[2500:].tolist()) == {0, 1}
+    mine = samples[datasets == 0]  # continued across a boundary inside a block
+    assert mine.tolist() == only_first.datasets[0].samples(0, len(mine)).tolist()
+    assert only_first.draws_before(5000).tolist() == np.bincount(datasets, minlength=2).tolist()
 
 
 STEPS, BATCH = 8, 8

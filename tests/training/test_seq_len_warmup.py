@@ -72,3 +72,15 @@ def test_each_step_trains_on_the_configured_length_and_the_order_is_unchanged(wo
 def test_a_start_at_the_datas_length_is_a_config_error(work):
     with pytest.raises(ConfigError, match=r"seq_len_warmup.start \(32\) must be below the data's seq_len \(32\)"):
         train_here(work, "name=bad", "train.seq_len_warmup.start=32")
+
+
+def test_warmup_on_instruction_data_is_a_config_error(tmp_path):
+    from training.config import load_config
+
+    (tmp_path / "ft.yaml").write_text(textwrap.dedent("""\
+        model: {preset: tiny}
+        data: {instruction: {path: chat.jsonl, tokenizer: tokenizer.json}}
+        train: {max_steps: 4, global_batch_size: 4, micro_batch_size: 2, seq_len_warmup: {steps: 2, start: 8}}
+        """))
+    with pytest.raises(ConfigError, match="seq_len_warmup truncates samples .* instruction data"):
+        load_config(tmp_path / "ft.yaml")

@@ -17,8 +17,9 @@ import numpy as np
 from shards.config import ConfigError
 from shards.manifest import read_manifest, version_path
 from shards.mds import MDSReader
-from shards.provenance import KEY_COLUMNS, read_segments
+from shards.provenance import read_segments
 
+from .exclude import check_traceable
 from .order import GlobalOrder
 from .sources import Source
 
@@ -34,17 +35,12 @@ class SourceTags:
 
 def tag_sources(sources: list[Source], order: GlobalOrder, samples_read: int) -> SourceTags:
     """The sources of the tokens of the first ``samples_read`` samples of the eval ``order``."""
+    check_traceable(sources, KEY)
     datasets, indices = order.locate(0, samples_read)
     found: list[dict] = []
     for d, source in enumerate(sources):
         where = f"{source.path} v={source.version} ({source.split})"
-        if source.version is None:
-            raise ConfigError(f"{KEY}: {where} is not a versioned dataset built by the ETL: it has no provenance")
         reader = MDSReader(source.url)
-        missing = [c for c in KEY_COLUMNS if c not in reader.columns]
-        if missing:
-            raise ConfigError(f"{KEY}: the samples of {where} have no {missing} columns, so their tokens cannot be "
-                              "traced to documents (built before samples carried their provenance key)")
         rows = (reader[int(i)] for i in indices[datasets == d])
         keys = {(int(r["bucket"]), int(r["bucket_index"])) for r in rows}
         segments = read_segments(read_manifest(version_path(source.path, source.version)), source.split, keys)

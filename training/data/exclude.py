@@ -67,19 +67,20 @@ def read_exclude_list(url: str) -> ExcludeList:
     return ExcludeList(url, hashlib.sha256(data).hexdigest(), tuple(sorted(ids)))
 
 
-def check_traceable(sources: list[Source]) -> None:
-    """Every train dataset must be ETL-built: a manifest naming its provenance table, samples carrying their key."""
+def check_traceable(sources: list[Source], key: str = KEY) -> None:
+    """Every dataset must be ETL-built: a manifest naming its provenance table, samples carrying their key;
+    else a ConfigError naming the config ``key`` that needs it."""
     for s in sources:
         if s.version is None:
-            raise ConfigError(f"{KEY}: {s.path} is a plain MDS folder without a manifest, so its samples cannot be "
+            raise ConfigError(f"{key}: {s.path} is a plain MDS folder without a manifest, so its samples cannot be "
                               "traced to documents")
         try:
             provenance_table(read_manifest(version_path(s.path, s.version)))
         except ProvenanceError as err:
-            raise ConfigError(f"{KEY}: {s.path}: {err}") from None
+            raise ConfigError(f"{key}: {s.path}: {err}") from None
         missing = [c for c in KEY_COLUMNS if c not in MDSReader(s.url).columns]
         if missing:
-            raise ConfigError(f"{KEY}: {s.path} v={s.version}: its samples have no {missing} columns (built before "
+            raise ConfigError(f"{key}: {s.path} v={s.version}: its samples have no {missing} columns (built before "
                               "samples carried their provenance key), so they cannot be traced to documents")
 
 

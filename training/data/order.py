@@ -100,11 +100,8 @@ class GlobalOrder:
         self._block_labels = [np.repeat(np.arange(len(c)), c) for c in self.block_counts]
         # Each dataset's draws before each phase: the earlier phases' draws of it, whole blocks and a part.
         self.draw_offsets = [np.zeros(len(self.datasets), np.int64)]
-        for k, (end, _) in enumerate(phases[:-1]):
-            blocks, rest = divmod(end - self.phase_starts[k], MIX_BLOCK)
-            labels = self._block(k, blocks)[0][:rest]
-            partial = np.bincount(labels, minlength=len(self.datasets))
-            self.draw_offsets.append(self.draw_offsets[k] + blocks * self.block_counts[k] + partial)
+        for end, _ in phases[:-1]:
+            self.draw_offsets.append(self.draws_before(end))
 
     def _counts(self, proportions: list[float]) -> np.ndarray:
         """Largest-remainder rounding of the proportions to counts per block."""
@@ -152,6 +149,13 @@ class GlobalOrder:
             if len(mine):  # a dataset's draws in a contiguous range of positions are contiguous too
                 samples[mine] = order.samples(int(draws[mine[0]]), int(draws[mine[-1]]) + 1)
         return datasets, samples
+
+    def draws_before(self, position: int) -> np.ndarray:
+        """How many samples each dataset has supplied to positions ``[0, position)``."""
+        phase = max([0] + [k for k, first in enumerate(self.phase_starts) if first < position])  # holds position - 1
+        blocks, rest = divmod(position - self.phase_starts[phase], MIX_BLOCK)
+        partial = np.bincount(self._block(phase, blocks)[0][:rest], minlength=len(self.datasets))
+        return self.draw_offsets[phase] + blocks * self.block_counts[phase] + partial
 
     def sample_ids(self, datasets: np.ndarray, samples: np.ndarray) -> np.ndarray:
         """One integer per sample of the whole mixture (dataset offsets in config order)."""

@@ -63,7 +63,9 @@ def resolve_sources(cfg: TrainConfig, check_model: bool = True) -> tuple[list[So
         if data.instruction is not None:
             evals = held_out
         else:
-            evals = [resolve_source(s.path, data.eval_split, s.version, s.proportion) for s in data.datasets]
+            # Under data.schedule the eval split is mixed by the first phase's proportions, the same all run long.
+            mix = data.schedule[0].proportions if data.schedule else [s.proportion for s in data.datasets]
+            evals = [resolve_source(s.path, data.eval_split, s.version, share) for s, share in zip(data.datasets, mix)]
         needed = cfg.eval.batches * cfg.eval_global_batch_size
         available = sum(s.num_samples for s in evals)
         if needed > available:
@@ -137,8 +139,11 @@ def resolve_source_tags(cfg: TrainConfig, sources: list[Source] | None, d: Distr
     None unless ``eval.loss_by_source`` is set."""
     if not cfg.eval.loss_by_source or sources is None:
         return None
-    order = build_order(sources, cfg.data.seed, False, cfg.data.shuffle_window_shards)
-    return _on_main(d, BY_SOURCE_KEY, lambda: tag_sources(sources, order, cfg.eval_global_batch_size * cfg.eval.batches))
+    def trace():
+        order = build_order(sources, cfg.data.seed, False, cfg.data.shuffle_window_shards)
+        return tag_sources(sources, order, cfg.eval_global_batch_size * cfg.eval.batches)
+
+    return _on_main(d, BY_SOURCE_KEY, trace)
 
 
 def make_batches(sources: list[Source], data: DataSection, global_batch: int, micro_batch: int, d: Distributed,

@@ -55,6 +55,7 @@ from shards.mds import TOKENS_COLUMN, MDSReader, ShardCorruptError
 from training.config import TrainConfig, check_world_size, load_config
 from training.data.cache import default_cache_root
 from training.data.loader import next_token_labels
+from training.data.order import build_order, schedule_phases
 from training.data.resolve import resolve_sources
 from training.data.sources import IGNORE_INDEX, SEQUENCE_IDS_COLUMN, check_sources
 from training.distributed import build_model, grad_norm_and_clip, init_distributed
@@ -195,12 +196,15 @@ def _shards_to_verify(count: int, wanted: int, rng: np.random.Generator) -> list
 
 
 def check_tokens(ctx: Context) -> Check:
+    """What each dataset supplies to the run's positions, through the global order (data.schedule included)."""
     cfg = ctx.cfg
-    planned = cfg.train.max_steps * cfg.train.global_batch_size * ctx.seq_len
-    total_proportion = sum(s.proportion for s in ctx.sources)
+    positions = cfg.train.max_steps * cfg.train.global_batch_size
+    planned = positions * ctx.seq_len
+    order = build_order(ctx.sources, cfg.data.seed, cfg.data.shuffle, cfg.data.shuffle_window_shards,
+                        schedule_phases(cfg.data.schedule, cfg.train.global_batch_size))
     short = []
-    for source in ctx.sources:
-        needed = planned * source.proportion / total_proportion
+    for source, draws in zip(ctx.sources, order.draws_before(positions).tolist()):
+        needed = draws * ctx.seq_len
         held = source.num_samples * ctx.seq_len
         if needed > held:
             short.append(f"{source.path} supplies {needed:,.0f} tokens but holds {held:,} ({needed / held:.2f} epochs)")

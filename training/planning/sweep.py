@@ -224,13 +224,21 @@ def _sample_length(cfg) -> int:
 
 
 def _scaled_schedule(base, steps: int) -> list[str]:
-    """Warmup (and decay steps) as the same fraction of training as in the config; one evaluation, at the end."""
+    """Warmup (and decay steps), sequence-length warmup and the mixture's phase ends as the same fraction of
+    training as in the config; one evaluation, at the end."""
     fraction = steps / base.train.max_steps
     out = [f"schedule.warmup_steps={min(steps - 1, round(base.schedule.warmup_steps * fraction))}"]
     if base.schedule.decay_steps is not None:
         out.append(f"schedule.decay_steps={max(1, round(base.schedule.decay_steps * fraction))}")
     if base.eval.every_steps:
         out.append(f"eval.every_steps={steps}")
+    if base.train.seq_len_warmup.steps:
+        out.append(f"train.seq_len_warmup.steps={max(1, round(base.train.seq_len_warmup.steps * fraction))}")
+    if base.data.schedule:  # every phase but the open last one ends at the same fraction of training
+        ends = [None if p.until_step is None else max(1, round(p.until_step * fraction)) for p in base.data.schedule]
+        phases = ", ".join(f"{{until_step: {'null' if e is None else e}, proportions: {list(p.proportions)}}}"
+                           for e, p in zip(ends, base.data.schedule))
+        out.append(f"data.schedule=[{phases}]")
     return out
 
 
