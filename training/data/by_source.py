@@ -50,6 +50,10 @@ def tag_sources(sources: list[Source], order: GlobalOrder, samples_read: int) ->
                               "not match this dataset version")
         found.append(segments)
     names = sorted({seg.source for segments in found for segs in segments.values() for seg in segs})
+    clashing = [name for name in names if sum(metric_name(other) == metric_name(name) for other in names) > 1]
+    if clashing:
+        raise ConfigError(f"{KEY}: sources {clashing} give the same metric name ({metric_name(clashing[0])!r}); "
+                          "MLflow takes letters, digits and '_-. /' only")
     number = {name: i for i, name in enumerate(names)}
     spans = [{key: [(seg.sample_offset, seg.length, number[seg.source]) for seg in segs] for key, segs in segments.items()}
              for segments in found]
