@@ -111,3 +111,30 @@ def test_a_schedule_that_cannot_work_is_a_config_error(work, schedule, message):
 
     with pytest.raises(ConfigError, match=message):
         load_config(work / "train.yaml", ["name=check", f"data.schedule={schedule}"])
+
+
+def test_a_sweep_run_ends_each_phase_at_the_same_fraction_of_its_training():
+    from shards.config import from_dict
+    from training.config import TrainConfig
+    from training.planning.sweep import _scaled_schedule
+
+    base = from_dict(TrainConfig, {
+        "data": {"datasets": [{"path": "a"}, {"path": "b"}],
+                 "schedule": [{"until_step": 900, "proportions": [0.7, 0.3]}, {"until_step": None, "proportions": [0.2, 0.8]}]},
+        "train": {"max_steps": 1000, "global_batch_size": 8, "micro_batch_size": 8,
+                  "seq_len_warmup": {"steps": 100, "start": 8}}}, "config")
+    overrides = _scaled_schedule(base, 100)
+    assert "train.seq_len_warmup.steps=10" in overrides
+    scaled = load_config_dict(base, overrides)
+    assert [(p.until_step, p.proportions) for p in scaled.data.schedule] == [(90, [0.7, 0.3]), (None, [0.2, 0.8])]
+
+
+def load_config_dict(base, overrides):
+    """``base`` with the ``key.path=value`` overrides applied, read back as a config."""
+    from shards.config import from_dict, parse_override, set_path, to_dict
+    from training.config import TrainConfig
+
+    data = to_dict(base)
+    for override in overrides:
+        set_path(data, *parse_override(override))
+    return from_dict(TrainConfig, data, "config")

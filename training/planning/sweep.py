@@ -235,10 +235,9 @@ def _scaled_schedule(base, steps: int) -> list[str]:
     if base.train.seq_len_warmup.steps:
         out.append(f"train.seq_len_warmup.steps={max(1, round(base.train.seq_len_warmup.steps * fraction))}")
     if base.data.schedule:  # every phase but the open last one ends at the same fraction of training
-        ends = [None if p.until_step is None else max(1, round(p.until_step * fraction)) for p in base.data.schedule]
-        phases = ", ".join(f"{{until_step: {'null' if e is None else e}, proportions: {list(p.proportions)}}}"
-                           for e, p in zip(ends, base.data.schedule))
-        out.append(f"data.schedule=[{phases}]")
+        phases = [{"until_step": None if p.until_step is None else max(1, round(p.until_step * fraction)),
+                   "proportions": list(p.proportions)} for p in base.data.schedule]
+        out.append(f"data.schedule={json.dumps(phases)}")  # JSON is YAML's flow style
     return out
 
 

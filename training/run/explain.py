@@ -93,10 +93,10 @@ def rollback_events(run_dir: Path) -> list[dict]:
     return events
 
 
-def spiked_branch(run_dir: Path, step: int, which: int | None = None) -> int:
-    """How many rollbacks came before ``step`` spiked and was rolled back, the last time (``which``: the
-    1st, 2nd, ... time): the branch whose samples of ``step`` the ledger keeps under that count."""
-    mine = [e for e in rollback_events(run_dir) if e["step"] == step]
+def spiked_branch(mine: list[dict], step: int, which: int | None = None) -> int:
+    """How many rollbacks came before ``step`` spiked and was rolled back (``mine``: its rollback events), the
+    last time (``which``: the 1st, 2nd, ... time): the branch whose samples of ``step`` the ledger keeps under
+    that count."""
     if not mine:
         raise ExplainError(f"step {step} was not rolled back (the journal has no rollback for a spike at it); "
                            "without --spiked the step's samples are shown")
@@ -174,8 +174,9 @@ def explain_step(run_dir: Path, step: int, top: int = 20, excerpt_chars: int = 2
     max_steps = info["config"]["train"]["max_steps"]
     if not 1 <= step <= max_steps:
         raise ExplainError(f"step {step} is not a step of this run (1 ... {max_steps})")
-    branch = spiked_branch(run_dir, step, which) if spiked else None
-    rolled_back = sum(e["step"] == step for e in rollback_events(run_dir))
+    mine = [e for e in rollback_events(run_dir) if e["step"] == step]
+    branch = spiked_branch(mine, step, which) if spiked else None
+    rolled_back = len(mine)
     samples, origin, attempt = step_samples(run_dir, info, sources, step, branch)
 
     datasets, spans, sample_rows = [], [], []
