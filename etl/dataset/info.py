@@ -97,3 +97,13 @@ class TokenizeInfo:
 
     def content(self) -> dict:
         return json.loads(self.content_params)
+
+    @property
+    def sources(self) -> list[str] | None:
+        """With tokenize.pack_by_source, the source names in bucket order (source k holds buckets
+        ``[k x num_buckets, (k + 1) x num_buckets)``); None when sources share buckets."""
+        return self.content().get("sources")
+
+    @property
+    def bucket_count(self) -> int:
+        return self.num_buckets * len(self.sources or [None])

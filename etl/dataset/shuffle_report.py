@@ -60,7 +60,8 @@ def collect_sample_mix(provenance: DataFrame, split: str, order, max_samples: in
     """Aggregate the kept provenance rows of ``split`` per sample; returns the mix and the split's size.
 
     ``order`` is the stage's ``SampleOrder``; samples at written positions >= ``max_samples`` are
-    left out (positions are a random permutation, so the rest is a uniform subset). One Spark job:
+    left out (positions are a random permutation, so the rest is a uniform subset). Under source weights
+    each sample counts once, at its first copy, and samples its source's weight left out not at all. One Spark job:
     rows per (sample, source, length class) come to the driver, numpy does the rest.
     """
     length_class = sum(F.when(F.col("doc_tokens") >= edge, 1).otherwise(0) for edge in LENGTH_EDGES)
@@ -77,7 +78,7 @@ def collect_sample_mix(provenance: DataFrame, split: str, order, max_samples: in
         for batch in batches:
             yield batch.append_column("position", pa.array(order.positions_of_batch(batch, "sample_index"), pa.int64()))
 
-    table = grouped.mapInArrow(add_positions, schema).filter(F.col("position") < max_samples).toArrow()
+    table = grouped.mapInArrow(add_positions, schema).filter(F.col("position").between(0, max_samples - 1)).toArrow()
     positions, sample = np.unique(table["position"].to_numpy(), return_inverse=True)  # rows of a sample share it
     sources, source = np.unique(np.array(table["source"].to_pylist(), dtype=object), return_inverse=True)
     tokens = table["tokens"].to_numpy().astype(np.float64)

@@ -20,6 +20,11 @@ then ``manifest.json``. How:
    just written is removed and that version stays the dataset ("unchanged: dataset v=N"), so a
    re-run on the same documents and params leaves training jobs resuming on the same version.
 
+With ``tokenize.pack_by_source`` every sample holds one source, and ``source_weights`` repeats or subsamples
+each source's samples (``SampleOrder``); the version then holds ``sources/<split>.npy``, the source number of
+the sample at each position, which training reads to mix sources (``data.datasets[].source``), and the
+manifest's ``extra.sources`` names the sources with their samples and tokens before and after weighting.
+
 As a step of the pipeline its input is tokenize's documents; it returns them without their tokens, so
 its table ``<output>/shuffle_and_write`` lists the documents the dataset holds, with split and token count.
 
@@ -32,6 +37,7 @@ Every sample has the columns ``tokens`` (``ndarray:<token_dtype>``, seq_len valu
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 from dataclasses import dataclass, field
@@ -91,6 +97,9 @@ class ShuffleWriteParams:
     report_window: int = 256  # samples per window in the shuffle quality report
     # Larger splits are reported on the samples at shuffled positions below this (a uniform subset).
     report_max_samples: int = 1_000_000
+    # Source name -> weight: its samples written round(weight x samples) times over, e.g. 2.0 two epochs of
+    # it, 0.5 a deterministic half (SampleOrder); sources not named weigh 1. Needs tokenize.pack_by_source.
+    source_weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         parse_compression(self.compression)
@@ -101,6 +110,9 @@ class ShuffleWriteParams:
             raise ValueError(f"write_tasks must be >= 1, got {self.write_tasks}")
         if self.report_window < 1 or self.report_max_samples < 1:
             raise ValueError("report_window and report_max_samples must be >= 1")
+        bad = {name: w for name, w in self.source_weights.items() if not (isinstance(w, (int, float)) and w > 0)}
+        if bad:
+            raise ValueError(f"source_weights must be numbers > 0, got {bad}")
 
     def root(self, output: str) -> str:
         """Where the versions go: dataset_root, or <output>/dataset (as an fsspec URL)."""
@@ -161,43 +173,99 @@ def permute(ids: np.ndarray, n: int, seed: int, name: str = "") -> np.ndarray:
 
 @dataclass(frozen=True)
 class SampleOrder:
-    """Where each sample of each split lands: dense number from its key, then ``permute``."""
+    """Where each sample of each split lands: dense number from its key, then ``permute``.
+
+    With source weights (``source_weights``) a bucket of ``n`` samples is written ``w = round(weight x n)``
+    times over: the bucket's written sample ``j`` is its sample ``j mod n``. So a weight of 2.5 writes every
+    sample twice and the first half once more, and 0.3 the first 30%: a bucket's samples are in the hash
+    order of its documents, so taking the first ones is a deterministic subsample. Keys stay the samples'
+    own (bucket, index), so a repeated sample traces to the same documents.
+    """
 
     seed: int
-    # split -> offset of each bucket's first sample in the dense numbering (num_buckets + 1 values)
+    # split -> offset of each bucket's first written sample in the dense numbering (buckets + 1 values)
     bucket_offsets: dict[str, np.ndarray]
+    # split -> the samples tokenize wrote in each bucket (what the written ones repeat or subsample)
+    bucket_samples: dict[str, np.ndarray]
 
     @classmethod
-    def from_counts(cls, seed: int, num_buckets: int, counts: dict[tuple[str, int], int], splits: list[str]) -> "SampleOrder":
-        offsets = {}
+    def from_counts(cls, seed: int, num_buckets: int, counts: dict[tuple[str, int], int], splits: list[str],
+                    bucket_weights: np.ndarray | None = None) -> "SampleOrder":
+        offsets, inputs = {}, {}
         for split in splits:
             per_bucket = np.zeros(num_buckets, np.int64)
             for (s, bucket), count in counts.items():
                 if s == split:
                     per_bucket[bucket] = count
-            offsets[split] = np.concatenate([[0], np.cumsum(per_bucket)])
-        return cls(seed, offsets)
+            written = per_bucket if bucket_weights is None else np.rint(per_bucket * bucket_weights).astype(np.int64)
+            offsets[split] = np.concatenate([[0], np.cumsum(written)])
+            inputs[split] = per_bucket
+        return cls(seed, offsets, inputs)
 
     def num_samples(self, split: str) -> int:
         return int(self.bucket_offsets[split][-1])
 
-    def positions(self, split: str, buckets: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        offsets = self.bucket_offsets[split]
-        buckets, indices = np.asarray(buckets, np.int64), np.asarray(indices, np.int64)
-        if ((indices < 0) | (indices >= offsets[buckets + 1] - offsets[buckets])).any():
+    def written(self, split: str) -> np.ndarray:
+        """Samples written per bucket."""
+        return np.diff(self.bucket_offsets[split])
+
+    def copies(self, split: str, buckets: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """How often each (bucket, index) sample of tokenize is written: 1 each without weights."""
+        wrote = self.bucket_samples[split][buckets]
+        if ((indices < 0) | (indices >= wrote)).any():
             raise ValueError(f"split {split!r}: a sample index lies beyond its bucket's sample count; "
                              "the samples and buckets tables of tokenize disagree (written by different runs?)")
-        return permute(offsets[buckets] + indices, self.num_samples(split), self.seed, split)
+        return np.maximum(0, -(-(self.written(split)[buckets] - indices) // np.maximum(wrote, 1)))
+
+    def positions(self, split: str, buckets: np.ndarray, written_indices: np.ndarray) -> np.ndarray:
+        """Positions of written samples ``(bucket, j)``; ``j`` is ``index`` for the first copy of a sample."""
+        offsets = self.bucket_offsets[split]
+        buckets, written_indices = np.asarray(buckets, np.int64), np.asarray(written_indices, np.int64)
+        if ((written_indices < 0) | (written_indices >= offsets[buckets + 1] - offsets[buckets])).any():
+            raise ValueError(f"split {split!r}: a sample index lies beyond its bucket's sample count; "
+                             "the samples and buckets tables of tokenize disagree (written by different runs?)")
+        return permute(offsets[buckets] + written_indices, self.num_samples(split), self.seed, split)
+
+    def _columns(self, batch: pa.RecordBatch, index_column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (batch.column("split").to_numpy(zero_copy_only=False), batch.column("bucket").to_numpy().astype(np.int64),
+                batch.column(index_column).to_numpy().astype(np.int64))
 
     def positions_of_batch(self, batch: pa.RecordBatch, index_column: str) -> np.ndarray:
-        """Positions of a batch's rows (columns split, bucket and ``index_column``), splits mixed."""
-        splits = batch.column("split").to_numpy(zero_copy_only=False)
-        buckets = batch.column("bucket").to_numpy()
-        indices = batch.column(index_column).to_numpy()
-        out = np.empty(len(splits), np.int64)
+        """Position of the first copy of each of a batch's samples (columns split, bucket and ``index_column``),
+        splits mixed; -1 for a sample its source's weight left out."""
+        splits, buckets, indices = self._columns(batch, index_column)
+        out = np.full(len(splits), -1, np.int64)
         for split in np.unique(splits):
-            rows = splits == split
+            rows = np.flatnonzero(splits == split)
+            rows = rows[self.copies(str(split), buckets[rows], indices[rows]) > 0]
             out[rows] = self.positions(str(split), buckets[rows], indices[rows])
+        return out
+
+    def writes_of_batch(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+        """Every write of a batch's samples (columns split, bucket, index): (its row, its position), a
+        row once per copy."""
+        splits, buckets, indices = self._columns(batch, "index")
+        all_rows, all_positions = [], []
+        for split in np.unique(splits):
+            rows = np.flatnonzero(splits == split)
+            copies = self.copies(str(split), buckets[rows], indices[rows])
+            rows = np.repeat(rows, copies)
+            copy = np.arange(len(rows)) - np.repeat(np.cumsum(copies) - copies, copies)  # 0, 1, .. per sample
+            written_index = indices[rows] + copy * self.bucket_samples[str(split)][buckets[rows]]
+            all_rows.append(rows)
+            all_positions.append(self.positions(str(split), buckets[rows], written_index))
+        if not all_rows:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.concatenate(all_rows), np.concatenate(all_positions)
+
+    def source_of_positions(self, split: str, buckets_per_source: int, chunk: int = 1 << 22) -> np.ndarray:
+        """The source number of the sample at each position of ``split`` (tokenize.pack_by_source)."""
+        n, offsets = self.num_samples(split), self.bucket_offsets[split]
+        out = np.empty(n, np.uint16)
+        for start in range(0, n, chunk):
+            dense = np.arange(start, min(n, start + chunk), dtype=np.int64)
+            bucket = np.searchsorted(offsets, dense, side="right") - 1
+            out[permute(dense, n, self.seed, split)] = bucket // buckets_per_source
         return out
 
 
@@ -228,7 +296,9 @@ class _WriteSpec:
 
 def _position_batches(batches: Iterator[pa.RecordBatch], order: SampleOrder, per_shard: int) -> Iterator[pa.RecordBatch]:
     for batch in batches:
-        positions = order.positions_of_batch(batch, "index")
+        rows, positions = order.writes_of_batch(batch)
+        if len(rows) != batch.num_rows or (rows != np.arange(len(rows))).any():  # weighted, or splits mixed
+            batch = batch.take(pa.array(rows))
         yield batch.append_column("position", pa.array(positions, pa.int64())).append_column(
             "shard", pa.array(positions // per_shard, pa.int32()))
 
@@ -290,13 +360,18 @@ class ShuffleAndWrite(Stage[ShuffleWriteParams]):
                 f"{where}.samples_table: {samples} is this run's tokenize output, but tokenize does not run "
                 "before shuffle_and_write, so an earlier run's tables would be published: put tokenize "
                 "before it in stages")
+        tokenize = next(s for s in config.stages if s.name == "tokenize")
+        if self.params.source_weights and not tokenize.params.get("pack_by_source"):
+            raise ConfigError(f"{where}.source_weights: weighting sources needs samples of one source each; set "
+                              "pack_by_source: true in the tokenize stage's params")
 
     def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
         p = self.params
         info = TokenizeInfo.read(_table_path(ctx.output, p.samples_table))
         info.check_written_by(ctx.run_id)
         splits = list(info.splits)
-        order = SampleOrder.from_counts(p.seed, info.num_buckets, info.sample_counts(), splits)
+        order = SampleOrder.from_counts(p.seed, info.bucket_count, info.sample_counts(), splits,
+                                        _bucket_weights(p.source_weights, info))
         columns = {**token_columns(info.vocab_size), **KEY_COLUMNS}
         example = {"tokens": np.zeros(info.seq_len, np.dtype(info.token_dtype)), "bucket": 0, "bucket_index": 0}
         per_shard = samples_per_shard(columns, example, p.compression, p.hashes, p.size_limit)
@@ -326,9 +401,10 @@ class ShuffleAndWrite(Stage[ShuffleWriteParams]):
             _check_shards(split, entries, order.num_samples(split), per_shard)
             merge_index(spec.split_dirs[split], [json.loads(e[2]) for e in entries])
             shard_sha256[split] = [e[3] for e in entries]
+        sources = None if info.sources is None else _write_sources(p, info, order, version_dir)
 
         manifest = _manifest(p, info, order, version, columns, per_shard, ctx.run_id,
-                             content_hash(columns, shard_sha256))
+                             content_hash(columns, shard_sha256), sources)
         fingerprint = dataset_fingerprint(manifest)
         newest = latest_version(root)
         unchanged = newest is not None and dataset_fingerprint(read_manifest(version_path(root, newest))) == fingerprint
@@ -357,6 +433,8 @@ class ShuffleAndWrite(Stage[ShuffleWriteParams]):
             "fingerprint": fingerprint, "num_samples": manifest.num_samples, "num_tokens": manifest.num_tokens,
             "shards": total_shards, "samples_per_shard": per_shard, "dropped_tail_tokens": manifest.dropped_tail_tokens,
         }
+        if sources is not None:
+            summary["sources"] = _source_summary(sources)
         if quality is not None:
             summary["shuffle_quality"] = quality
         # The per-document tokens stay in the tokenize table; no need to copy them once more.
@@ -364,16 +442,73 @@ class ShuffleAndWrite(Stage[ShuffleWriteParams]):
         return StageResult(annotated, metrics=lambda df: summary)
 
 
+def _bucket_weights(weights: dict[str, float], info: TokenizeInfo) -> np.ndarray | None:
+    """Each bucket's source weight, or None without source_weights."""
+    if not weights:
+        return None
+    if info.sources is None:
+        raise ConfigError("shuffle_and_write.source_weights: the tokenize tables pack several sources into a "
+                          "sample; set pack_by_source: true in the tokenize stage's params")
+    unknown = sorted(set(weights) - set(info.sources))
+    if unknown:
+        raise ConfigError(f"shuffle_and_write.source_weights: no documents of source(s) {unknown} reached tokenize; "
+                          f"its sources are {info.sources}")
+    return np.repeat([float(weights.get(name, 1.0)) for name in info.sources], info.num_buckets)
+
+
+def _bucket_tokens(info: TokenizeInfo, order: SampleOrder, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens per bucket (padding left out) that tokenize packed, and that the dataset holds after weights."""
+    L, buckets = info.seq_len, np.arange(info.bucket_count)
+    pad = np.zeros(info.bucket_count, np.int64)  # pad tokens of a bucket's padded last sample
+    for b in info.buckets:
+        if b["split"] == split and b["tail_action"] == "padded":
+            pad[b["bucket"]] = L - b["tail_tokens"]
+    wrote = order.bucket_samples[split]
+    last_copies = np.zeros(info.bucket_count, np.int64)
+    filled = buckets[wrote > 0]
+    last_copies[filled] = order.copies(split, filled, wrote[filled] - 1)
+    return wrote * L - pad * (wrote > 0), order.written(split) * L - pad * last_copies
+
+
+def _write_sources(p: ShuffleWriteParams, info: TokenizeInfo, order: SampleOrder, version_dir: str) -> dict:
+    """With tokenize.pack_by_source: ``sources/<split>.npy`` (the source number of every position, uint16) and
+    the manifest's ``extra.sources``: names, weights, and samples and tokens per source before and after weighting."""
+    names, nb = info.sources, info.num_buckets
+    out = {"names": names, "weights": {n: float(p.source_weights.get(n, 1.0)) for n in names}, "files": {},
+           "sha256": {}, "samples": {}, "tokens": {}}
+    for split in info.splits:
+        data = io.BytesIO()
+        np.save(data, order.source_of_positions(split, nb))
+        relative = f"sources/{split}.npy"
+        storage.atomic_write_bytes(storage.join(version_dir, relative), data.getvalue())
+        out["files"][split], out["sha256"][split] = relative, hashlib.sha256(data.getvalue()).hexdigest()
+        before, after = (counts.reshape(len(names), nb).sum(axis=1) for counts in (order.bucket_samples[split], order.written(split)))
+        out["samples"][split] = {n: {"before": int(b), "after": int(a)} for n, b, a in zip(names, before, after)}
+        before, after = (t.reshape(len(names), nb).sum(axis=1) for t in _bucket_tokens(info, order, split))
+        out["tokens"][split] = {n: {"before": int(b), "after": int(a)} for n, b, a in zip(names, before, after)}
+    return out
+
+
+def _source_summary(sources: dict) -> dict:
+    """Per source, over all splits: its weight and tokens before and after weighting (the run report shows it)."""
+    return {name: {"weight": sources["weights"][name],
+                   **{k: sum(t[name][k] for t in sources["tokens"].values()) for k in ("before", "after")}}
+            for name in sources["names"]}
+
+
 def _manifest(p: ShuffleWriteParams, info: TokenizeInfo, order: SampleOrder, version: int,
-              columns: dict, per_shard: int, run_id: str, shards_hash: str) -> DatasetManifest:
+              columns: dict, per_shard: int, run_id: str, shards_hash: str, sources: dict | None) -> DatasetManifest:
     splits = list(info.splits)
     num_samples = {s: order.num_samples(s) for s in splits}
     padded = info.tail_tokens("padded")
     content = {"tokenize": info.content(), "shuffle_and_write": {"seed": p.seed, "columns": columns}}
+    if p.source_weights:
+        content["shuffle_and_write"]["source_weights"] = dict(sorted(p.source_weights.items()))
+    extra_sources = {} if sources is None else {"sources": sources}
     return DatasetManifest(
         format=MANIFEST_FORMAT, content_hash=shards_hash,
         version=version, seq_len=info.seq_len, token_dtype=info.token_dtype, vocab_size=info.vocab_size,
-        num_samples=num_samples, num_tokens={s: num_samples[s] * info.seq_len - padded[s] for s in splits},
+        num_samples=num_samples, num_tokens={s: int(_bucket_tokens(info, order, s)[1].sum()) for s in splits},
         splits=splits, seed=p.seed, tokenizer_hash=info.tokenizer_hash,
         config_hash=hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest(),
         source_tables=info.source_tables(),
@@ -384,6 +519,7 @@ def _manifest(p: ShuffleWriteParams, info: TokenizeInfo, order: SampleOrder, ver
             "eos_token_id": info.eos_token_id, "pad_token_id": info.pad_token_id, "bos_token_id": info.bos_token_id,
             "tokenizer": info.tokenizer, "tokenize_run_id": info.run_id, "run_id": run_id,
             "permutation": f"etl.dataset.shuffle_write.permute (Feistel, {FEISTEL_ROUNDS} rounds)",
+            **extra_sources,
         },
     )
 

@@ -5,7 +5,10 @@ depends on how Spark happened to partition the input:
 
 * the split is drawn per document from a hash of (seed, id): no document feeds two splits;
 * each document goes to one of ``num_buckets`` buckets, ``bucket = hash(seed, id) mod num_buckets``,
-  and inside a bucket documents are concatenated in order of that hash (then id);
+  and inside a bucket documents are concatenated in order of that hash (then id); with
+  ``pack_by_source`` each source has buckets of its own, ``bucket = source number x num_buckets +
+  hash(seed, id) mod num_buckets`` (sources numbered in sorted order of their names), so a sample
+  holds one source's documents and training can mix sources by proportion;
 * each bucket's token stream is cut into samples of exactly ``seq_len`` tokens, keyed
   ``(split, bucket, index)``; the last, partial sample of each bucket (at most one per bucket) is
   dropped or padded (``tail``) and recorded in the ``buckets`` table.
@@ -69,6 +72,9 @@ class TokenizeParams:
     eos_token: str = DEFAULT_EOS  # joins documents; must be in the tokenizer's vocabulary
     pad_token: str = DEFAULT_PAD  # fills padded tails (tail: pad)
     bos_token: str | None = None  # when set, starts every document
+    # One source per sample: each source gets num_buckets buckets of its own (training mixes sources by
+    # data.datasets[].source, shuffle_and_write weights them by source_weights). Off: sources share buckets.
+    pack_by_source: bool = False
 
     def __post_init__(self):
         if self.seq_len < 1:
@@ -107,14 +113,19 @@ def load_checked_tokenizer(params: TokenizeParams, where: str = "tokenize") -> t
     return tok, ids
 
 
-def content_params(params: TokenizeParams, tok: LoadedTokenizer) -> dict:
-    """What decides the samples' contents: hashed into the dataset's config_hash (paths are not)."""
-    return {
+def content_params(params: TokenizeParams, tok: LoadedTokenizer, sources: list[str] | None) -> dict:
+    """What decides the samples' contents: hashed into the dataset's config_hash (paths are not).
+    ``sources``: with pack_by_source, the source names in bucket order (source k has buckets
+    ``[k x num_buckets, (k + 1) x num_buckets)``); None without it."""
+    content = {
         "tokenizer_hash": tok.sha256, "seq_len": params.seq_len, "num_buckets": params.num_buckets,
         "seed": params.seed, "val_fraction": params.val_fraction, "tail": params.tail,
         "eos_token": params.eos_token, "bos_token": params.bos_token,
         "pad_token": params.pad_token if params.tail == "pad" else None,
     }
+    if sources is not None:
+        content["sources"] = sources
+    return content
 
 
 # --------------------------------------------------------------------------- Arrow helpers
@@ -323,21 +334,33 @@ class Tokenize(Stage[TokenizeParams]):
             with_split.mapInArrow(lambda batches: _encode_batches(batches, spec), schema)
             .withColumn("reason", F.lit(None).cast("string"))
         )
+        sources = _source_names(docs) if p.pack_by_source else None
         # Tables derive from `annotated`, which the pipeline persists: documents are encoded once.
-        placed = _with_bucket_order(annotated, p)
+        placed = _with_bucket_order(annotated, p, sources)
         tables = {
             "samples": _samples(placed, p, token_dtype, ids.pad),
             "provenance": _provenance(placed, p),
             "buckets": _buckets(placed, p),
-            "info": _info(ctx, p, tok, ids, token_dtype),
+            "info": _info(ctx, p, tok, ids, token_dtype, sources),
         }
-        return StageResult(annotated, tables=tables, metrics=lambda df: _metrics(df, p, token_dtype, tok))
+        return StageResult(annotated, tables=tables, metrics=lambda df: _metrics(df, p, token_dtype, tok, sources))
 
 
-def _with_bucket_order(df: DataFrame, p: TokenizeParams) -> DataFrame:
+def _source_names(docs: DataFrame) -> list[str]:
+    """The sources present, sorted: source k packs into buckets [k x num_buckets, (k + 1) x num_buckets)."""
+    names = sorted(r["source"] for r in docs.select("source").distinct().collect())
+    if None in names:
+        raise ValueError("tokenize.pack_by_source: some documents have no source; every input names one")
+    return names
+
+
+def _with_bucket_order(df: DataFrame, p: TokenizeParams, sources: list[str] | None) -> DataFrame:
     order_key = F.xxhash64(F.lit(f"kiln-bucket-{p.seed}"), F.col("id"))
-    return df.withColumn("order_key", order_key).withColumn(
-        "bucket", F.pmod(F.col("order_key"), F.lit(p.num_buckets)).cast("int"))
+    bucket = F.pmod(F.col("order_key"), F.lit(p.num_buckets))
+    if sources is not None:
+        number = F.array_position(F.array(*[F.lit(s) for s in sources]), F.col("source")) - 1
+        bucket = number * F.lit(p.num_buckets) + bucket
+    return df.withColumn("order_key", order_key).withColumn("bucket", bucket.cast("int"))
 
 
 def _samples(placed: DataFrame, p: TokenizeParams, token_dtype: str, pad_id: int | None) -> DataFrame:
@@ -396,8 +419,9 @@ def _buckets(placed: DataFrame, p: TokenizeParams) -> DataFrame:
     )
 
 
-def _info(ctx: StageContext, p: TokenizeParams, tok: LoadedTokenizer, ids: TokenIds, token_dtype: str) -> DataFrame:
-    content = json.dumps(content_params(p, tok), sort_keys=True, separators=(",", ":"))
+def _info(ctx: StageContext, p: TokenizeParams, tok: LoadedTokenizer, ids: TokenIds, token_dtype: str,
+          sources: list[str] | None) -> DataFrame:
+    content = json.dumps(content_params(p, tok, sources), sort_keys=True, separators=(",", ":"))
     row = (
         tok.url, tok.sha256, tok.vocab_size, token_dtype, p.seq_len, p.num_buckets, p.seed, p.splits, p.tail,
         ids.eos, ids.pad, ids.bos, content, ctx.run_id,
@@ -405,11 +429,12 @@ def _info(ctx: StageContext, p: TokenizeParams, tok: LoadedTokenizer, ids: Token
     return ctx.spark.createDataFrame([row], INFO_SCHEMA)
 
 
-def _metrics(annotated: DataFrame, p: TokenizeParams, token_dtype: str, tok: LoadedTokenizer) -> dict:
+def _metrics(annotated: DataFrame, p: TokenizeParams, token_dtype: str, tok: LoadedTokenizer,
+             sources: list[str] | None) -> dict:
     """Documents, tokens, samples and tail tokens per split."""
     tail_name = "tail_tokens_padded" if p.tail == "pad" else "tail_tokens_dropped"
     totals = {name: dict.fromkeys(p.splits, 0) for name in ("docs", "tokens", "samples", tail_name)}
-    for r in _buckets(_with_bucket_order(annotated, p), p).collect():
+    for r in _buckets(_with_bucket_order(annotated, p, sources), p).collect():
         for name, column in (("docs", "docs"), ("tokens", "tokens"), ("samples", "samples"), (tail_name, "tail_tokens")):
             totals[name][r["split"]] += r[column]
     return {"vocab_size": tok.vocab_size, "token_dtype": token_dtype, **totals}

@@ -55,7 +55,8 @@ def _dataset(run: PipelineRun) -> dict | None:
     previous = read_manifest(version_path(root, earlier[-1])) if earlier else None
     return {"version": found["version"], "tokens": sum(found["num_tokens"].values()), "message": found["message"],
             "previous_version": previous.version if previous else None,
-            "previous_tokens": sum(previous.num_tokens.values()) if previous else None}
+            "previous_tokens": sum(previous.num_tokens.values()) if previous else None,
+            "sources": found.get("sources")}  # with tokenize.pack_by_source: weight, tokens before and after
 
 
 @contextmanager

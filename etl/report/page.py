@@ -208,7 +208,14 @@ def _dataset(report: dict) -> str:
         return ""
     previous = (f"; the previous version v={d['previous_version']} held {d['previous_tokens']:,}"
                 if d.get("previous_tokens") else "; no previous version")
-    return (f"<h2 id='dataset'>Dataset</h2><p>{_e(d['message'])}<br>{d['tokens']:,} tokens in v={d['version']}{previous}.</p>")
+    weighted = ""
+    if d.get("sources"):  # packed by source: what shuffle_and_write.source_weights did to each
+        rows = [[_e(name), f"{s['weight']:g}", f"{s['before']:,}", f"{s['after']:,}",
+                 f"{s['after'] / max(1, sum(t['after'] for t in d['sources'].values())):.1%}"]
+                for name, s in d["sources"].items()]
+        weighted = _table(["source", "weight", "tokens before weighting", "tokens in the dataset", "share"], rows)
+    return (f"<h2 id='dataset'>Dataset</h2><p>{_e(d['message'])}<br>{d['tokens']:,} tokens in v={d['version']}{previous}.</p>"
+            f"{weighted}")
 
 
 def render(report: dict, plots: dict) -> str:
