@@ -58,6 +58,9 @@ class DatasetSpec:
     path: str  # dataset root, v=N folder or plain MDS folder; local, file://, s3://, gs://
     proportion: float = 1.0  # share of each batch drawn from this dataset (normalised over the mixture)
     version: int | None = None  # pin a dataset version; default the newest complete one
+    # Only this source's samples, from a dataset the ETL packed by source (tokenize.pack_by_source): list the
+    # same path once per source to mix its sources by proportion (and by data.schedule).
+    source: str | None = None
 
     def __post_init__(self) -> None:
         _positive("dataset", proportion=self.proportion, version=self.version)
@@ -127,6 +130,10 @@ class DataSection:
     # Mixture phases (training.data.order): the datasets' proportions change at the steps given, e.g. an
     # anneal on high-quality data at the end; each dataset's samples continue where the last phase left them.
     schedule: list[PhaseSection] = field(default_factory=list)
+    # The run's step where this data takes over (a later data phase, e.g. a long-context stage on a dataset packed
+    # at a longer seq_len): the run goes on from its checkpoint of this step with model, optimizer and schedule,
+    # and this data's order starts at position 0; the tokens consumed before carry over. 0: the run's data.
+    from_step: int = 0
 
     def __post_init__(self) -> None:
         if bool(self.datasets) == (self.instruction is not None):
@@ -140,8 +147,8 @@ class DataSection:
             self._check_schedule()
         _positive("data", shuffle_window_shards=self.shuffle_window_shards, cache_limit_gb=self.cache_limit_gb,
                   prefetch_shards=self.prefetch_shards, prefetch_batches=self.prefetch_batches)
-        if self.num_workers < 0 or self.download_retries < 0:
-            raise ValueError("data.num_workers and data.download_retries must be >= 0")
+        if self.num_workers < 0 or self.download_retries < 0 or self.from_step < 0:
+            raise ValueError("data.num_workers, data.download_retries and data.from_step must be >= 0")
 
     def _check_schedule(self) -> None:
         if self.instruction is not None:
@@ -153,6 +160,9 @@ class DataSection:
         ends = [p.until_step for p in self.schedule]
         if None in ends[:-1] or any(b is not None and b <= a for a, b in zip(ends, ends[1:])):
             raise ValueError(f"data.schedule: until_step must rise from phase to phase, only the last may be null; got {ends}")
+        if ends[0] is not None and ends[0] <= self.from_step:
+            raise ValueError(f"data.schedule: the first phase ends at step {ends[0]}, not after data.from_step "
+                             f"({self.from_step}) where this data starts")
 
 
 @dataclass
@@ -447,6 +457,12 @@ class TrainConfig:
             raise ValueError("gate.band is judged at evaluation points: set eval.every_steps")
         if self.checkpoint.enabled and self.name is None:
             raise ValueError("checkpointing needs a fixed run name (name: ...): a relaunch finds its checkpoints by it")
+        if self.data.from_step and not self.checkpoint.enabled:
+            raise ValueError("data.from_step goes on from the run's checkpoint of that step: enable checkpoints "
+                             "(checkpoint.every_steps, or the default save after the last step)")
+        if self.data.from_step >= self.train.max_steps:
+            raise ValueError(f"data.from_step ({self.data.from_step}) must be below train.max_steps "
+                             f"({self.train.max_steps}): the data phase trains the steps after it")
         if self.spike.action == "rollback" and not self.checkpoint.enabled:
             raise ValueError("spike.action=rollback needs checkpoints to roll back to: set checkpoint.every_steps")
         ckpt = self.checkpoint

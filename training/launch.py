@@ -39,7 +39,7 @@ from .config import TrainConfig, check_world_size, load_config
 from .data.exclude import check_traceable, read_exclude_list
 from .data.resolve import resolve_sources
 from .eval.in_training import load_tasks
-from .run.checkpoint import check_data, checkpoint_root, describe_data, latest_complete
+from .run.checkpoint import check_data, checkpoint_root, describe_data, latest_complete, starts_data_phase
 from .run.gate import GATE_EXIT_CODE, STOP_FILE_ENV, LossBand
 from .weights.init_from import inspect_and_check
 
@@ -67,7 +67,10 @@ def validate(cfg: TrainConfig, nnodes: int, nproc_per_node: int) -> None:
         LossBand.load(cfg.gate.band, cfg.train.max_steps)
     if cfg.checkpoint.enabled:
         found = latest_complete(checkpoint_root(cfg))
-        if found is not None:
+        if found is None and cfg.data.from_step:
+            raise ConfigError(f"data.from_step={cfg.data.from_step} goes on from the run's checkpoint of that step, "
+                              f"but {checkpoint_root(cfg)} holds none: train the earlier data phase first")
+        if found is not None and not starts_data_phase(found[1], cfg, found[0]):
             check_data(found[1], describe_data(train_sources), cfg.checkpoint.allow_data_change, found[0])
 
 

@@ -25,8 +25,8 @@ from torch import nn
 from shards.config import ConfigError
 
 from .config import TrainConfig, accumulation_steps, check_world_size, load_config
-from .data.by_source import SourceTags, metric_name, per_source
-from .data.loader import StreamingLoader, TokenBatches, as_tensors, model_inputs
+from .data.by_source import SourceTags, metric_name, mixture_names, per_source
+from .data.loader import StreamingLoader, TokenBatches, as_tensors, model_inputs, tokens_consumed
 from .data.resolve import make_batches, resolve_data, resolve_exclusions, resolve_source_tags
 from .data.sources import IGNORE_INDEX, TOKEN_SOURCES, Source, check_sources
 from .distributed import (Distributed, broadcast_from_main, build_model, compute_dtype, grad_norm_and_clip,
@@ -113,6 +113,7 @@ def train(cfg: TrainConfig) -> dict:
         train_sources, eval_sources = resolve_data(cfg, d)
         exclusions = resolve_exclusions(cfg.data, train_sources, run_dir, d)
         seq_len = check_sources(train_sources)
+        mixture = mixture_names(train_sources)
         warmup = cfg.train.seq_len_warmup
         if warmup.steps and warmup.start >= seq_len:
             raise ConfigError(f"train.seq_len_warmup.start ({warmup.start}) must be below the data's seq_len ({seq_len})")
@@ -121,7 +122,7 @@ def train(cfg: TrainConfig) -> dict:
         train_loader = StreamingLoader(
             make_batches(train_sources, cfg.data, cfg.train.global_batch_size, micro_batch, d, cfg.data.shuffle,
                          exclusions=exclusions, scheduled=True),
-            cfg.data.num_workers, cfg.data.prefetch_batches,
+            cfg.data.num_workers, cfg.data.prefetch_batches, from_step=cfg.data.from_step,
         )
         eval_batches, tags = None, None
         if eval_sources is not None:
@@ -152,6 +153,9 @@ def train(cfg: TrainConfig) -> dict:
         cleanup.callback(watchdog.stop)
         from_main = functools.partial(broadcast_from_main, dist_info=d)
         state = checkpointer.resume(model, optimizer, train_loader)
+        if state.step < cfg.data.from_step:  # launch checks this first; training.train may be started directly
+            raise ConfigError(f"data.from_step={cfg.data.from_step} goes on from the run's checkpoint of that step; "
+                              f"the newest is of step {state.step}: train the earlier data phase first")
         if state.step == 0 and cfg.init_from is not None:  # a checkpoint of this run wins over init_from
             source = load_weights(model, cfg.init_from, model_cfg, d.is_main, from_main)
             if d.is_main:
@@ -262,9 +266,12 @@ def train(cfg: TrainConfig) -> dict:
                         "mfu": flops_per_token * tokens_per_s / (peak * d.world_size) if peak else None,
                         "memory_gb": memory_gb(d.device),
                         "samples": state.loader["position"],
-                        "tokens": state.loader["position"] * seq_len,  # consumed from the data
+                        "tokens": tokens_consumed(state.loader, seq_len),  # consumed from the data, all phases
                         **({"seq_len": length} if warmup.steps else {}),
                     }
+                    if len(train_sources) > 1:  # what each dataset or source of the mixture has supplied so far
+                        drawn = train_loader.dataset.order.draws_before(state.loader["position"])
+                        last.update({f"tokens/{name}": int(n) * seq_len for name, n in zip(mixture, drawn.tolist())})
                     metrics.log(step, last)
                     metrics.advance(step, last["loss"], lr, tokens_per_s)
                     if d.is_main and math.isfinite(last["loss"]):  # a skipped step's loss judges nothing

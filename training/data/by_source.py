@@ -69,3 +69,10 @@ def per_source(losses: np.ndarray, counts: np.ndarray, names: list[str]) -> dict
 def metric_name(source: str) -> str:
     """``source`` as MLflow takes it in a metric name (letters, digits, ``_-. /``; anything else becomes ``_``)."""
     return re.sub(r"[^A-Za-z0-9_\-. /]", "_", source)
+
+
+def mixture_names(sources: list[Source]) -> list[str]:
+    """A metric name for each dataset of a mixture (``tokens/<name>``): its source, else its path; the position
+    added where two agree."""
+    names = [metric_name(s.source or s.path) for s in sources]
+    return [f"{n}#{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]

@@ -212,12 +212,17 @@ class StreamingLoader:
 
     The state is the number of global samples consumed in whole steps, so it means the same on any
     number of ranks and workers; ``load_state_dict`` refuses state from different datasets or seed.
+
+    A data phase that starts later in a run (``data.from_step``, e.g. a long-context stage on a dataset packed
+    at another seq_len) counts its position from 0 in its own order, and its state also keeps the step it
+    starts at and the tokens the earlier phases consumed (``tokens_consumed``).
     """
 
-    def __init__(self, dataset: TokenBatches, num_workers: int = 1, prefetch_batches: int = 4):
+    def __init__(self, dataset: TokenBatches, num_workers: int = 1, prefetch_batches: int = 4, from_step: int = 0):
         self.dataset = dataset
         self.num_workers, self.prefetch_batches = num_workers, prefetch_batches
         self.position = dataset.start
+        self.from_step, self.tokens_before = from_step, 0
         self._micro_consumed = 0
 
     @property
@@ -245,10 +250,12 @@ class StreamingLoader:
 
     def _identity(self) -> dict:
         return {"seed": self.dataset.order.seed,
-                "datasets": [(s.path, s.split, s.fingerprint or s.url) for s in self.dataset.sources]}
+                "datasets": [(s.path, s.split, s.fingerprint or s.url, *([s.source] if s.source else []))
+                             for s in self.dataset.sources]}
 
     def state_dict(self) -> dict:
-        return {"position": self.position, **self._identity()}
+        phase = {"from_step": self.from_step, "tokens_before": self.tokens_before} if self.from_step else {}
+        return {"position": self.position, **self._identity(), **phase}
 
     def load_state_dict(self, state: dict) -> None:
         mine = self._identity()
@@ -256,7 +263,20 @@ class StreamingLoader:
             theirs = state[key] if key == "seed" else [tuple(x) for x in state[key]]
             if theirs != mine[key]:
                 raise ValueError(f"loader state is for {key}={theirs!r}, this run has {mine[key]!r}")
+        if state.get("from_step", 0) != self.from_step:
+            raise ValueError(f"loader state is for data from step {state.get('from_step', 0)}, this run's data.from_step "
+                             f"is {self.from_step}")
         self.position = int(state["position"])
+        self.tokens_before = int(state.get("tokens_before", 0))
+
+    def start_phase(self, tokens_before: int) -> None:
+        """This data's first step (data.from_step): its order from position 0, after ``tokens_before`` tokens."""
+        self.position, self.tokens_before = 0, tokens_before
+
+
+def tokens_consumed(loader_state: dict, seq_len: int) -> int:
+    """Tokens a run has consumed from its data: the earlier data phases' (data.from_step) and this one's."""
+    return loader_state.get("tokens_before", 0) + loader_state["position"] * seq_len
 
 
 

@@ -9,7 +9,9 @@ checkpoint therefore only needs the number of samples consumed, and resumes on a
 
 Within one dataset, each epoch shuffles the shard order and then the samples inside windows of a
 few consecutive shards, so a rank reads from a handful of shards at a time (cache locality).
-Several datasets are interleaved by proportion in fixed blocks of ``MIX_BLOCK`` positions.
+Several datasets are interleaved by proportion in fixed blocks of ``MIX_BLOCK`` positions; a "dataset" of the
+mixture may be one source of a dataset the ETL packed by source (``data.datasets[].source``), which draws
+from that source's samples only.
 """
 from __future__ import annotations
 
@@ -26,11 +28,23 @@ MIX_BLOCK = 1000  # mixture proportions are exact over every block of this many 
 
 
 class DatasetOrder:
-    """The order of one dataset's samples in each epoch (a pure function of seed, dataset, epoch)."""
+    """The order of one dataset's samples in each epoch (a pure function of seed, dataset, epoch).
 
-    def __init__(self, shard_sizes: list[int], seed: int, dataset_index: int, shuffle: bool, window_shards: int):
-        self.shard_sizes = np.asarray(shard_sizes, np.int64)
-        self.shard_starts = np.concatenate([[0], np.cumsum(self.shard_sizes)[:-1]]).astype(np.int64)
+    ``members``: only these sample indices (one source of a dataset packed by source), ascending; each shard
+    then counts only its members, and the order is the same shard-then-window shuffle over them."""
+
+    def __init__(self, shard_sizes: list[int], seed: int, dataset_index: int, shuffle: bool, window_shards: int,
+                 members: np.ndarray | None = None):
+        sizes = np.asarray(shard_sizes, np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        if members is None:
+            self.shard_members = None
+            self.shard_sizes, self.shard_starts = sizes, starts
+        else:  # a shard's members, and where they start in the members' own numbering
+            self.shard_members = np.split(members, np.searchsorted(members, starts[1:]))
+            self.shard_sizes = np.array([len(m) for m in self.shard_members], np.int64)
+            self.shard_starts = np.concatenate([[0], np.cumsum(self.shard_sizes)[:-1]]).astype(np.int64)
+        self.members = members
         self.num_samples = int(self.shard_sizes.sum())
         self.seed, self.dataset_index = seed, dataset_index
         self.shuffle, self.window_shards = shuffle, window_shards
@@ -57,6 +71,8 @@ class DatasetOrder:
             shards = shard_order[window * self.window_shards:(window + 1) * self.window_shards]
             samples = np.concatenate([np.arange(self.shard_starts[s], self.shard_starts[s] + self.shard_sizes[s])
                                       for s in shards])
+            if self.members is not None:
+                samples = self.members[samples]
             self._windows[key] = self._rng(epoch, window).permutation(samples)
             while len(self._windows) > 4:
                 self._windows.popitem(last=False)
@@ -65,7 +81,8 @@ class DatasetOrder:
     def samples(self, draw_start: int, draw_stop: int) -> np.ndarray:
         """Sample indices of draws ``[draw_start, draw_stop)``; draw d is epoch d // N, place d % N."""
         if not self.shuffle:
-            return np.arange(draw_start, draw_stop, dtype=np.int64) % self.num_samples
+            places = np.arange(draw_start, draw_stop, dtype=np.int64) % self.num_samples
+            return places if self.members is None else self.members[places]
         out, draw = [], draw_start
         while draw < draw_stop:
             epoch, place = divmod(draw, self.num_samples)
@@ -89,9 +106,12 @@ class GlobalOrder:
     """
 
     def __init__(self, shard_sizes: list[list[int]], proportions: list[float], seed: int, shuffle: bool,
-                 window_shards: int, phases: list[tuple[int | None, list[float]]] | None = None):
-        self.datasets = [DatasetOrder(sizes, seed, i, shuffle, window_shards) for i, sizes in enumerate(shard_sizes)]
-        sizes = [d.num_samples for d in self.datasets]
+                 window_shards: int, phases: list[tuple[int | None, list[float]]] | None = None,
+                 members: list[np.ndarray | None] | None = None):
+        members = members or [None] * len(shard_sizes)
+        self.datasets = [DatasetOrder(sizes, seed, i, shuffle, window_shards, mine)
+                         for i, (sizes, mine) in enumerate(zip(shard_sizes, members))]
+        sizes = [int(np.sum(s)) for s in shard_sizes]  # sample ids number each dataset's whole split
         self.sample_id_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.seed = seed
         phases = phases or [(None, proportions)]
@@ -189,15 +209,17 @@ class BatchLayout:
 
 def build_order(sources: list[Source], seed: int, shuffle: bool, window_shards: int,
                 phases: list[tuple[int | None, list[float]]] | None = None) -> GlobalOrder:
-    """The global order over ``sources`` (reads each index.json for the shard sizes), by ``phases`` when given."""
+    """The global order over ``sources`` (reads each index.json for the shard sizes, and the source numbers of
+    a source of a dataset packed by source), by ``phases`` when given."""
     sizes = [MDSReader(s.url).sample_counts for s in sources]
-    return GlobalOrder(sizes, [s.proportion for s in sources], seed, shuffle, window_shards, phases)
+    return GlobalOrder(sizes, [s.proportion for s in sources], seed, shuffle, window_shards, phases,
+                       [s.members() for s in sources])
 
 
-def schedule_phases(schedule: list, global_batch: int) -> list[tuple[int | None, list[float]]] | None:
+def schedule_phases(schedule: list, global_batch: int, from_step: int = 0) -> list[tuple[int | None, list[float]]] | None:
     """``data.schedule`` (PhaseSections, or their dicts as run_info.json keeps them) as positions of the global
-    stream; None without one. A phase ends at ``until_step x global_batch``: the spike policy's skipped
-    positions count as consumed."""
+    stream; None without one. A phase ends at ``(until_step - from_step) x global_batch``, ``from_step`` being
+    where this data starts (data.from_step): the spike policy's skipped positions count as consumed."""
     phases = [p if isinstance(p, dict) else {"until_step": p.until_step, "proportions": p.proportions} for p in schedule]
-    return [(None if p["until_step"] is None else p["until_step"] * global_batch, list(p["proportions"]))
+    return [(None if p["until_step"] is None else (p["until_step"] - from_step) * global_batch, list(p["proportions"]))
             for p in phases] or None

@@ -38,7 +38,7 @@ def resolve_sources(cfg: TrainConfig, check_model: bool = True) -> tuple[list[So
     if data.instruction is not None:
         train, held_out = instruction_sources(data.instruction, instruction_seq_len(cfg), data.seed)
     else:
-        train = [resolve_source(s.path, data.train_split, s.version, s.proportion) for s in data.datasets]
+        train = [resolve_source(s.path, data.train_split, s.version, s.proportion, s.source) for s in data.datasets]
     seq_len = check_sources(train)
     model = cfg.model.build()
     if model.attn_uses_sequence_id:
@@ -65,7 +65,7 @@ def resolve_sources(cfg: TrainConfig, check_model: bool = True) -> tuple[list[So
         else:
             # Under data.schedule the eval split is mixed by the first phase's proportions, the same all run long.
             mix = data.schedule[0].proportions if data.schedule else [s.proportion for s in data.datasets]
-            evals = [resolve_source(s.path, data.eval_split, s.version, share) for s, share in zip(data.datasets, mix)]
+            evals = [resolve_source(s.path, data.eval_split, s.version, share, s.source) for s, share in zip(data.datasets, mix)]
         needed = cfg.eval.batches * cfg.eval_global_batch_size
         available = sum(s.num_samples for s in evals)
         if needed > available:
@@ -153,7 +153,7 @@ def make_batches(sources: list[Source], data: DataSection, global_batch: int, mi
     """This rank's batches over ``sources``, cached and prefetched as the config's data section says, with the
     tokens of ``exclusions`` marked, and each token's source number when ``tags`` are given; mixed by
     ``data.schedule`` when ``scheduled`` (the train split)."""
-    phases = schedule_phases(data.schedule, global_batch) if scheduled else None
+    phases = schedule_phases(data.schedule, global_batch, data.from_step) if scheduled else None
     order = build_order(sources, data.seed, shuffle, data.shuffle_window_shards, phases)
     layout = BatchLayout(global_batch, micro_batch, d.rank, d.world_size)
     cache = CacheSettings(data.cache_dir or default_cache_root(), int(data.cache_limit_gb * 1e9),

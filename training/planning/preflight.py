@@ -198,17 +198,17 @@ def _shards_to_verify(count: int, wanted: int, rng: np.random.Generator) -> list
 def check_tokens(ctx: Context) -> Check:
     """What each dataset supplies to the run's positions, through the global order (data.schedule included)."""
     cfg = ctx.cfg
-    positions = cfg.train.max_steps * cfg.train.global_batch_size
+    positions = (cfg.train.max_steps - cfg.data.from_step) * cfg.train.global_batch_size
     planned = positions * ctx.seq_len
     order = build_order(ctx.sources, cfg.data.seed, cfg.data.shuffle, cfg.data.shuffle_window_shards,
-                        schedule_phases(cfg.data.schedule, cfg.train.global_batch_size))
+                        schedule_phases(cfg.data.schedule, cfg.train.global_batch_size, cfg.data.from_step))
     short = []
     for source, draws in zip(ctx.sources, order.draws_before(positions).tolist()):
         needed = draws * ctx.seq_len
-        held = source.num_samples * ctx.seq_len
+        held = source.drawable * ctx.seq_len
         if needed > held:
             short.append(f"{source.path} supplies {needed:,.0f} tokens but holds {held:,} ({needed / held:.2f} epochs)")
-    available = sum(s.num_samples for s in ctx.sources) * ctx.seq_len
+    available = sum(s.drawable for s in ctx.sources) * ctx.seq_len
     if short:
         status: Status = "WARN" if ctx.options.allow_repeat else "FAIL"
         return Check("tokens", status, f"the run reads {planned:,} tokens: " + "; ".join(short))

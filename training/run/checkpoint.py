@@ -38,10 +38,10 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_o
                                                      set_model_state_dict, set_optimizer_state_dict)
 
 from shards import storage
-from shards.config import ConfigError
+from shards.config import ConfigError, from_dict
 
-from ..config import TrainConfig
-from ..data.loader import StreamingLoader
+from ..config import ModelSection, TrainConfig
+from ..data.loader import StreamingLoader, tokens_consumed
 from ..data.sources import Source
 from .journal import Journal
 from .watchdog import FaultPlan
@@ -210,7 +210,8 @@ def rng_key(rank: int) -> str:
 # --------------------------------------------------------------------------- the trainer's checkpointer
 
 def describe_data(sources: list[Source]) -> list[dict]:
-    return [{k: s.describe()[k] for k in ("path", "split", "version", "fingerprint")} for s in sources]
+    return [{k: v for k, v in s.describe().items() if k in ("path", "split", "version", "fingerprint", "source")}
+            for s in sources]
 
 
 class Checkpointer:
@@ -257,12 +258,16 @@ class Checkpointer:
             self._journal_if_missing(url, manifest)
             self.journal.record("resume", step=manifest["step"], checkpoint=url, tokens=manifest["tokens"],
                                 saved_world_size=manifest["world_size"], world_size=self.world_size)
+            if state.loader.get("from_step") == state.step and state.loader["position"] == 0:
+                self.journal.record("data_phase", step=state.step, tokens_before=state.loader["tokens_before"],
+                                    data=self.data, seq_len=self.seq_len)
         return state
 
     def load(self, url: str, manifest: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
              loader: StreamingLoader) -> TrainState:
         """Restore model, optimizer, RNG and loader states in place from the complete checkpoint ``url``."""
-        same_data = check_data(manifest, self.data, self.section.allow_data_change, url)
+        new_phase = starts_data_phase(manifest, self.cfg, url)
+        same_data = new_phase or check_data(manifest, self.data, self.section.allow_data_change, url)
         state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
         restore_rng = self.rank < manifest["world_size"]
         if restore_rng:
@@ -275,10 +280,13 @@ class Checkpointer:
         saved_loader = manifest["loader"]
         if not same_data:  # allowed: the sample count carries over to the new data
             saved_loader = {**saved_loader, "datasets": loader.state_dict()["datasets"]}
-        try:
-            loader.load_state_dict(saved_loader)
-        except ValueError as err:  # e.g. another data.seed: a different global sample order
-            raise ConfigError(f"cannot resume from {url}: {err}") from None
+        if new_phase:
+            loader.start_phase(manifest["tokens"])
+        else:
+            try:
+                loader.load_state_dict(saved_loader)
+            except ValueError as err:  # e.g. another data.seed: a different global sample order
+                raise ConfigError(f"cannot resume from {url}: {err}") from None
         self.last_saved_step = manifest["step"]
         return TrainState(step=manifest["step"], loader=loader.state_dict(), spike=manifest.get("spike", {}))
 
@@ -304,7 +312,7 @@ class Checkpointer:
         if self.rank == 0:  # the manifest first: from then on it outranks the newer ones (latest_complete)
             written = {k: v for k, v in manifest.items() if k != "files"}
             finalize(url, {**written, "loader": state.loader, "spike": state.spike,
-                           "tokens": state.loader["position"] * self.seq_len, "samples": state.loader["position"]})
+                           "tokens": tokens_consumed(state.loader, self.seq_len), "samples": state.loader["position"]})
             for step in list_steps(self.root):
                 if step > manifest["step"]:
                     remove(storage.join(self.root, step_name(step)))
@@ -346,7 +354,7 @@ class Checkpointer:
         self.close()  # one save at a time
         url = storage.join(self.root, step_name(state.step))
         manifest = {
-            "format": FORMAT_VERSION, "step": state.step, "tokens": state.loader["position"] * self.seq_len,
+            "format": FORMAT_VERSION, "step": state.step, "tokens": tokens_consumed(state.loader, self.seq_len),
             "samples": state.loader["position"], "world_size": self.world_size, "reason": reason,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "torch": torch.__version__,
             "loader": state.loader, "spike": state.spike, "data": self.data, "config": self.cfg.to_dict(),
@@ -396,6 +404,26 @@ class Checkpointer:
                             reason=manifest["reason"], bytes=size, seconds=round(time.perf_counter() - started, 2),
                             blocking_seconds=round(blocking, 3),
                             removed=[step_name(s) for s in removed])
+
+
+def starts_data_phase(manifest: dict, cfg: TrainConfig, url: str) -> bool:
+    """True when the checkpoint ``url`` ends the data phase before ``data.from_step``: the run goes on from it on
+    the new data (its order from position 0). A ConfigError when the checkpoint and data.from_step do not meet."""
+    saved_from, from_step = manifest["loader"].get("from_step", 0), cfg.data.from_step
+    if saved_from == from_step:
+        return False
+    if saved_from > from_step or manifest["step"] != from_step:
+        raise ConfigError(
+            f"cannot resume from {url}: it was saved at step {manifest['step']} on data that starts at step "
+            f"{saved_from}, but data.from_step is {from_step}. A new data phase goes on from the checkpoint of "
+            f"exactly its first step: set data.from_step to {manifest['step']}, or train the earlier phase to step "
+            f"{from_step} first (its train.max_steps)")
+    saved_model = from_dict(ModelSection, manifest["config"]["model"], "checkpoint config.model").build()
+    model = cfg.model.build()
+    if model.position == "learned" and saved_model.max_seq_len != model.max_seq_len:
+        raise ConfigError(f"cannot resume from {url} at max_seq_len {model.max_seq_len}: its learned position table "
+                          f"has {saved_model.max_seq_len} rows; a longer-context phase needs position: alibi or rope")
+    return True
 
 
 def check_data(manifest: dict, current: list[dict], allowed: bool, url: str) -> bool:

@@ -65,7 +65,8 @@ def load_run(run_dir: Path) -> tuple[dict, list[Source]]:
             raise ExplainError(f"{recorded['path']} is not a versioned dataset built by the ETL: it has no "
                                "provenance to trace (instruction data and plain MDS folders have none)")
         try:
-            source = resolve_source(recorded["path"], recorded["split"], recorded["version"], recorded["proportion"])
+            source = resolve_source(recorded["path"], recorded["split"], recorded["version"], recorded["proportion"],
+                                    recorded.get("source"))
         except (FileNotFoundError, ValueError) as err:
             raise ExplainError(f"the run's dataset {recorded['path']} v={recorded['version']} cannot be read "
                                f"({err}); a relative path is read from the working directory, so run this where "
@@ -106,15 +107,17 @@ def spiked_branch(mine: list[dict], step: int, which: int | None = None) -> int:
     return mine[-1 if which is None else which - 1]["rollbacks"] - 1
 
 
-def step_start(run_dir: Path, step: int, global_batch: int, rollbacks: int | None = None) -> int:
-    """The global position of ``step``'s first sample: ``(step - 1) x global_batch``, unless the spike policy
+def step_start(run_dir: Path, step: int, global_batch: int, rollbacks: int | None = None, from_step: int = 0) -> int:
+    """The global position of ``step``'s first sample: ``(step - 1 - from_step) x global_batch`` (``from_step``:
+    where the run's data phase starts, data.from_step), unless the spike policy
     rolled back to a checkpoint before ``step`` (training.run.spike): then, after the latest such rollback (of
     the first ``rollbacks``, when given), the steps after its target continued from the end of its skipped
     positions."""
-    start = (step - 1) * global_batch
+    start = (step - 1 - from_step) * global_batch
     for event in rollback_events(run_dir):
-        if (rollbacks is None or event["rollbacks"] <= rollbacks) and event["target_step"] < step:
-            start = event["skipped_positions"][1] + (step - 1 - event["target_step"]) * global_batch
+        in_phase = from_step < event["step"]  # a rollback of this data phase, not an earlier one's
+        if (rollbacks is None or event["rollbacks"] <= rollbacks) and in_phase and event["target_step"] < step:
+            start = event["skipped_positions"][1] + (step - 1 - max(event["target_step"], from_step)) * global_batch
     return start
 
 
@@ -126,9 +129,9 @@ def step_samples(run_dir: Path, info: dict, sources: list[Source], step: int,
     origin = "ledger"
     if not records:
         data, batch = info["config"]["data"], info["config"]["train"]["global_batch_size"]
-        phases = schedule_phases(data.get("schedule", []), batch)
+        phases = schedule_phases(data.get("schedule", []), batch, data.get("from_step", 0))
         order = build_order(sources, data["seed"], data["shuffle"], data["shuffle_window_shards"], phases)
-        start = step_start(run_dir, step, batch, rollbacks)
+        start = step_start(run_dir, step, batch, rollbacks, data.get("from_step", 0))
         datasets, samples = order.locate(start, start + batch)
         records = [{"position": start + i, "sample_id": int(sid), "spans": None}
                    for i, sid in enumerate(order.sample_ids(datasets, samples))]
@@ -174,6 +177,11 @@ def explain_step(run_dir: Path, step: int, top: int = 20, excerpt_chars: int = 2
     max_steps = info["config"]["train"]["max_steps"]
     if not 1 <= step <= max_steps:
         raise ExplainError(f"step {step} is not a step of this run (1 ... {max_steps})")
+    from_step = info["config"]["data"].get("from_step", 0)
+    if step <= from_step:
+        raise ExplainError(f"step {step} trained on the data phase before step {from_step + 1} (data.from_step), "
+                           "and run_info.json describes the data from there on; explain it from a copy of the run "
+                           "folder taken before that phase started")
     mine = [e for e in rollback_events(run_dir) if e["step"] == step]
     branch = spiked_branch(mine, step, which) if spiked else None
     rolled_back = len(mine)

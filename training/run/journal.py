@@ -9,8 +9,9 @@ evaluation point: the loss on track, behind or ahead of the expected band, train
 ``gate_stop`` (the gate stopped the run), ``spike`` (the spike policy judged a step a spike: by its loss
 or its gradient norm, and what it did) and ``rollback`` (to which checkpoint, the global sample positions
 skipped, the learning-rate scale; training.run.spike), ``exclude_docs`` (at every start with
-``data.exclude_docs``: the list's file, sha256 and ids, how many the train split holds, from which step) and
-``finish``. A ``checkpoint`` event carries the save's
+``data.exclude_docs``: the list's file, sha256 and ids, how many the train split holds, from which step),
+``data_phase`` (a new data phase, ``data.from_step``, started from the checkpoint of its first step: its data,
+seq_len and the tokens consumed before it) and ``finish``. A ``checkpoint`` event carries the save's
 ``seconds`` and its ``blocking_seconds`` (what training waited; less for an asynchronous save), which
 ``python -m training.plan --save-journal`` reads.
 Every event carries the time, the attempt and the rank that wrote it. Each start of the ranks is a new
@@ -256,6 +257,10 @@ def _describe(event: dict) -> str:
         return (f"data.exclude_docs {event['file']} (sha256 {event['sha256'][:12]}, {event['ids']} ids): "
                 f"{event['found']} found in {event['samples']} samples (traced from {event['traced_from']}), their "
                 f"tokens carry no loss from step {event['step'] + 1}{missing}{context}")
+    if kind == "data_phase":
+        data = ", ".join(f"{d['path']} v{d['version']}" for d in event["data"])
+        return (f"new data phase from step {event['step']}: {data} at seq_len {event['seq_len']}, its order from "
+                f"position 0, after {event['tokens_before']:,} tokens")
     if kind == "finish":
         return f"finished: {event['status']}"
     return json.dumps({k: v for k, v in event.items() if k not in ("time", "event", "attempt", "rank", "step")})
