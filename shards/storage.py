@@ -14,6 +14,8 @@ import uuid
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+_TMP_MARK = ".tmp-"  # in the name of atomic_write_bytes's temporary files
+
 
 def open_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem for ``url`` and the path inside it (fsspec caches the instances)."""
@@ -54,7 +56,7 @@ def atomic_write_bytes(url: str, data: bytes) -> None:
         return
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = os.path.join(folder, f".{os.path.basename(path)}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -65,6 +67,18 @@ def atomic_write_bytes(url: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def remove_partial_writes(url: str) -> list[str]:
+    """Delete the temporary files that writers killed mid-write (SIGKILL, a lost executor) left in folder
+    ``url`` (local only: object-store writes leave none); returns their names."""
+    if not is_local(url):
+        return []
+    fs, path = open_fs(url)
+    left = [name for name in list_names(url) if name.startswith(".") and _TMP_MARK in name]
+    for name in left:
+        fs.rm(f"{path.rstrip('/')}/{name}")
+    return left
 
 
 def list_names(url: str) -> list[str]:

@@ -69,6 +69,7 @@ from shards.config import ConfigError
 from shards.mds import check_hash_names, parse_compression
 
 from ..delta import read_table
+from ..executor_drill import drill
 from ..paths import to_fsspec_url
 from ..stages.base import Stage, StageContext, StageResult
 from .info import TokenizeInfo
@@ -307,6 +308,7 @@ def _write_shard(spec: _WriteSpec, split: str, shard: int, samples: list[dict]) 
     blob = encode_shard(samples, spec.columns, spec.compression, spec.hashes, spec.size_limit,
                         basename=shard_basename(shard))
     storage.atomic_write_bytes(storage.join(spec.split_dirs[split], blob.basename), blob.data)
+    drill("shuffle_and_write")  # a shard written, its index entry not yet returned: the retry rewrites it
     return split, shard, len(samples), json.dumps(blob.entry, sort_keys=True), hashlib.sha256(blob.data).hexdigest()
 
 
@@ -399,6 +401,9 @@ class ShuffleAndWrite(Stage[ShuffleWriteParams]):
         for split in splits:
             entries = sorted((r["shard"], r["samples"], r["entry"], r["sha256"]) for r in written if r["split"] == split)
             _check_shards(split, entries, order.num_samples(split), per_shard)
+            left = storage.remove_partial_writes(spec.split_dirs[split])  # the retries wrote those shards
+            if left:
+                log.warning("split %s: removed %d partial shard writes of killed tasks: %s", split, len(left), left)
             merge_index(spec.split_dirs[split], [json.loads(e[2]) for e in entries])
             shard_sha256[split] = [e[3] for e in entries]
         sources = None if info.sources is None else _write_sources(p, info, order, version_dir)

@@ -43,6 +43,7 @@ from pyspark.sql.types import BinaryType, IntegerType, StructField, StructType
 from shards import token_dtype_for_vocab
 from shards.config import ConfigError
 
+from ..executor_drill import drill
 from ..stages.base import Stage, StageContext, StageResult
 from ..worker_cache import built_once
 from .info import INFO_SCHEMA
@@ -211,6 +212,7 @@ def _encode_batches(batches: Iterator[pa.RecordBatch], spec: _EncodeSpec) -> Ite
     tokenizer = _worker_tokenizer(spec)
     dtype = np.dtype(spec.token_dtype).newbyteorder("<")
     for batch in batches:
+        drill("tokenize")
         texts = batch.column(batch.schema.get_field_index("text"))
         for start, stop in _chunks(texts, ENCODE_CHUNK_BYTES):
             part = batch.slice(start, stop - start)

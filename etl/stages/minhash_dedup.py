@@ -36,6 +36,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType
 
 from ..delta import merge_into, read_table, table_exists, table_properties, write_table
+from ..executor_drill import drill
 from ..text import minhash
 from .base import Stage, StageContext, StageResult
 
@@ -120,6 +121,7 @@ def _sign_batches(settings: dict):
     def sign(batches):
         hasher = _hasher(settings["num_perm"], settings["seed"])
         for batch in batches:
+            drill("minhash_dedup")
             signatures, has_shingles = hasher.signatures_of_texts(batch.column("text"), spec)
             keep = np.flatnonzero(has_shingles)  # a document without shingles never matches anything
             signatures = signatures[keep]

@@ -412,3 +412,27 @@ def test_s3_round_trip(s3_prefix, tmp_path):
     assert [s["id"] for s in reader] == [s["id"] for s in samples]
     for shard_idx in range(reader.num_shards):
         reader.verify(shard_idx)
+
+
+def test_partial_writes_of_killed_writers_are_removed_and_nothing_else(tmp_path):
+    """A writer SIGKILLed inside atomic_write_bytes leaves its temporary file; shuffle_and_write deletes it."""
+    import multiprocessing
+    import os
+    import signal
+
+    from shards import storage
+
+    storage.atomic_write_bytes(str(tmp_path / "shard.00000.mds"), b"whole")
+
+    def killed_mid_write():
+        real_fsync = os.fsync
+        os.fsync = lambda fd: (real_fsync(fd), os.kill(os.getpid(), signal.SIGKILL))
+        storage.atomic_write_bytes(str(tmp_path / "shard.00001.mds"), b"partial")
+
+    writer = multiprocessing.get_context("fork").Process(target=killed_mid_write)
+    writer.start()
+    writer.join()
+    assert writer.exitcode == -signal.SIGKILL
+    left = storage.remove_partial_writes(str(tmp_path))
+    assert len(left) == 1 and left[0].startswith(".shard.00001.mds.tmp-")
+    assert storage.list_names(str(tmp_path)) == ["shard.00000.mds"]

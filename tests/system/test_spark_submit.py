@@ -1,11 +1,15 @@
-"""spark-submit exactly as docs/cluster.md writes it, the way a cluster runs it.
+"""spark-submit exactly as docs/cluster.md writes it, on a real Spark standalone cluster.
 
-The command runs on local[2] from a copy of the repository's tracked files outside the repository,
-after `make wheel`, with the demo's inputs (jobs/demo.py's corpus, tokenizer and eval set, small)
-under demo_out/. Its Python has Kiln's dependencies but not Kiln: a virtualenv whose only .pth file
-adds the project virtualenv's site-packages, so Kiln's editable-install hook never runs. Kiln's
-source folders are removed from the copy after the wheel is built, since local executors share the
-working directory and Python puts it on their path: Kiln must reach them through --py-files.
+The cluster (tests/system/spark_cluster.py) is a master and two workers of one core each on 127.0.0.1,
+each its own JVM, whose executors run in the workers' own folders with their own Python workers. The
+command runs from a copy of the repository's tracked files outside the repository, after `make wheel`,
+with the demo's inputs (jobs/demo.py's corpus, tokenizer and eval set, small) under demo_out/. Its Python
+has Kiln's dependencies but not Kiln: a virtualenv whose only .pth file adds the project virtualenv's
+site-packages, so Kiln's editable-install hook never runs, and Kiln's source folders are removed from the
+copy after the wheel is built: Kiln reaches the executors through --py-files alone. The cluster loses an
+executor in the middle of minhash_dedup, of tokenize and of shuffle_and_write (drills: etl/executor_drill.py),
+and still every Delta table of the run holds the rows, and the dataset the bytes, of the same corpus run
+through the same stages in one undisturbed local[2] session (the suite's shared demo run).
 """
 from __future__ import annotations
 
@@ -21,17 +25,28 @@ from pathlib import Path
 
 import pytest
 import yaml
+from deltalake import DeltaTable
+
+from spark_cluster import StandaloneCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "cluster.md"
+DOCUMENTED_MASTER = "spark://127.0.0.1:7077"
 
 
-def documented_spark_submit() -> str:
-    """The spark-submit command of docs/cluster.md's fenced blocks, continuation lines joined."""
+def documented(program: str) -> str:
+    """The one fenced block of docs/cluster.md whose command starts with ``program``, continuation lines joined."""
     blocks = re.findall(r"```bash\n(.*?)```", DOCS.read_text(), re.DOTALL)
-    commands = [re.sub(r"\\\n\s*", "", block).strip() for block in blocks if block.startswith("spark-submit")]
-    assert len(commands) == 1, f"expected one spark-submit block in {DOCS}, found {commands}"
+    commands = [re.sub(r"\\\n\s*", "", block).strip() for block in blocks if block.startswith(program)]
+    assert len(commands) == 1, f"expected one {program} block in {DOCS}, found {commands}"
     return commands[0]
+
+
+def documented_spark_submit(cluster: StandaloneCluster) -> str:
+    """The documented spark-submit, sent to ``cluster``'s master (the page's is 127.0.0.1:7077)."""
+    command = documented("spark-submit")
+    assert DOCUMENTED_MASTER in command
+    return command.replace(DOCUMENTED_MASTER, cluster.url)
 
 
 @pytest.fixture(scope="module")
@@ -61,40 +76,100 @@ def submit_dir(tmp_path_factory) -> Path:
     subprocess.run(["make", "wheel", f"PY={sys.executable}"], cwd=work, check=True, capture_output=True)
     for package in ("etl", "shards", "training"):
         shutil.rmtree(work / package)
-    _, _, texts = build_corpus(work / "demo_out", n_docs=150, planted=8)
+    # The corpus and tokenizer of the suite's shared demo run (tests/conftest.py demo_etl), to compare with.
+    _, _, texts = build_corpus(work / "demo_out", n_docs=150, planted=6)
     train_tokenizer(texts, work / "demo_out", vocab_size=512)
     return work
 
 
-def _submit(command: str, work: Path, python: Path) -> subprocess.CompletedProcess:
+def _env(python: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("AWS_", "KILN_", "PYSPARK_", "SPARK_")) and key != "PYTHONPATH"}
     env.update(PYSPARK_PYTHON=str(python), PYSPARK_DRIVER_PYTHON=str(python), OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false",
                # spark-submit from the project's virtualenv; `python` is the cluster's.
                PATH=f"{python.parent}:{Path(sys.executable).parent}:{os.environ['PATH']}")
-    return subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=1500)
+    return env
+
+
+def _submit(command: str, work: Path, python: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", command], cwd=work, env=_env(python), capture_output=True, text=True,
+                          timeout=1500)
+
+
+DRILLED_STAGES = ("minhash_dedup", "tokenize", "shuffle_and_write")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, cluster_python):
+    """Two workers that lose executors to drills (etl/executor_drill.py): the first task of minhash_dedup's
+    signatures, of tokenize's encoding and of shuffle_and_write's shard writes (after a shard) kills the
+    executor it runs in."""
+    folder = tmp_path_factory.mktemp("cluster")
+    (folder / "drills").mkdir()
+    env = {**_env(cluster_python), "KILN_EXECUTOR_DRILL": ",".join(DRILLED_STAGES),
+           "KILN_EXECUTOR_DRILL_DIR": str(folder / "drills")}
+    started = StandaloneCluster(folder, workers=2, cores=1, env=env)
+    yield started.start()
+    started.stop()
+
+
+def table_rows(folder: Path, root: Path) -> dict[str, list[str]]:
+    """Every Delta table under ``folder``: its rows, sorted, without run ids and timings, paths under ``root``
+    written as ROOT."""
+    tables = {}
+    for log in sorted(folder.rglob("_delta_log")):
+        table = DeltaTable(str(log.parent)).to_pyarrow_table()
+        keep = [c for c in table.column_names if c != "run_id" and "seconds" not in c and "time" not in c]
+        rows = (repr(row).replace(str(root), "ROOT") for row in table.select(keep).to_pylist())
+        tables[log.parent.relative_to(folder).as_posix()] = sorted(rows)
+    return tables
+
+
+def dataset_bytes(dataset: Path) -> dict[str, str]:
+    """sha256 of every file of the newest version's splits (shards and index.json)."""
+    import hashlib
+
+    version = max(dataset.glob("v=*"), key=lambda p: int(p.name[2:]))
+    return {p.relative_to(version).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(version.rglob("*")) if p.is_file() and p.parent.name in ("train", "val")}
 
 
 @pytest.mark.timeout(1800)
-def test_documented_spark_submit_runs_every_demo_stage(submit_dir, cluster_python):
-    command = documented_spark_submit()
+def test_documented_spark_submit_runs_every_demo_stage_on_a_cluster(submit_dir, cluster_python, cluster, demo_etl):
+    assert _submit(documented("sed"), submit_dir, cluster_python).returncode == 0  # the config, paths absolute
+    command = documented_spark_submit(cluster)
     assert "--packages io.delta:delta-spark_2.13:4.0.1" in command and "--py-files dist/kiln-0.1.0.zip" in command
     done = _submit(command, submit_dir, cluster_python)
-    assert done.returncode == 0, done.stderr[-6000:]
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
     config = yaml.safe_load((submit_dir / "configs" / "demo_pipeline.yaml").read_text())
     stages = ["ingest"] + [stage["name"] for stage in config["stages"]]
     for stage in stages:
         assert re.search(rf"^\[\s*{stage}\]\s+[\d,]+ in ->", done.stdout, re.M), (stage, done.stdout)
-    funnel = json.loads((submit_dir / "demo_out" / "etl" / "report" / "funnel.json").read_text())
+    output = submit_dir / "demo_out" / "etl"
+    funnel = json.loads((output / "report" / "funnel.json").read_text())
     assert [step["stage"] for step in funnel["steps"]] == stages
     toxicity = next(step for step in funnel["steps"] if step["stage"] == "toxicity")
     assert toxicity["rejected"], toxicity  # the planted abusive documents, scored with the wheel's word lists
-    assert (submit_dir / "demo_out" / "etl" / "dataset").is_dir()
+    assert all(step["docs_in"] == step["docs_out"] + sum(step["rejected"].values()) for step in funnel["steps"])
+    # The work ran on the workers, each executor in a folder of its own; each drill killed one, which the
+    # cluster replaced, and the stage's lost tasks ran again.
+    for i in range(2):
+        assert list((cluster.folder / f"worker-{i}").glob("app-*/*/stderr")), f"worker {i} ran no executor"
+    assert sorted(p.name for p in (cluster.folder / "drills").iterdir()) == sorted(DRILLED_STAGES)
+    executors = list(cluster.folder.glob("worker-*/app-*/*/stderr"))
+    assert len(executors) >= 2 + len(DRILLED_STAGES), executors
+    # The same rows in every Delta table (no document lost or doubled), and the same dataset bytes (no stray
+    # shard files), as the undisturbed local[2] run of the same corpus.
+    mine, local = table_rows(output, submit_dir / "demo_out"), table_rows(demo_etl["etl"], demo_etl["out"])
+    assert sorted(mine) == sorted(local)
+    differ = [name for name in mine if mine[name] != local[name]]
+    assert not differ, f"tables whose rows differ from the local[2] run's: {differ}"
+    assert dataset_bytes(output / "dataset") == dataset_bytes(demo_etl["etl"] / "dataset")
 
 
-def test_spark_submit_without_delta_is_one_line_naming_the_fix(submit_dir, cluster_python):
-    command = documented_spark_submit().replace("--packages io.delta:delta-spark_2.13:4.0.1 ", "")
+def test_spark_submit_without_delta_is_one_line_naming_the_fix(submit_dir, cluster_python, cluster):
+    command = documented_spark_submit(cluster).replace("--packages io.delta:delta-spark_2.13:4.0.1 ", "")
     done = _submit(command, submit_dir, cluster_python)
     output = done.stdout + done.stderr  # spark-submit passes the Python driver's stderr to its stdout
     assert done.returncode == 2, output[-4000:]

@@ -1,0 +1,92 @@
+"""A Spark standalone cluster on 127.0.0.1, started from the installed pyspark, for the cluster tests.
+
+The pip pyspark has no sbin scripts, so the master and each worker are started with ``spark-class`` and
+their class names, each in its own JVM; a worker starts its executors as JVMs of their own, each with its
+own Python workers, in the worker's work folder (not the caller's working directory). The cluster is
+ready when the master's status page lists every worker alive; ``stop`` kills the whole process groups.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pyspark
+
+SPARK_CLASS = Path(pyspark.__file__).parent / "bin" / "spark-class"
+MASTER = "org.apache.spark.deploy.master.Master"
+WORKER = "org.apache.spark.deploy.worker.Worker"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class StandaloneCluster:
+    """A master and ``workers`` workers of ``cores`` cores each; ``url`` is what spark-submit's --master takes."""
+
+    def __init__(self, folder: Path, workers: int = 2, cores: int = 1, memory: str = "2g", env: dict | None = None):
+        self.folder, self.workers, self.cores, self.memory = folder, workers, cores, memory
+        self.env = {**(env or os.environ), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1"}
+        self.port, self.ui_port = free_port(), free_port()
+        self.url = f"spark://127.0.0.1:{self.port}"
+        self.processes: list[subprocess.Popen] = []
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "w")
+        process = subprocess.Popen([str(SPARK_CLASS), *args], cwd=self.folder, env=self.env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def start(self, timeout: float = 120) -> "StandaloneCluster":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._start("master", [MASTER, "--host", "127.0.0.1", "--port", str(self.port),
+                               "--webui-port", str(self.ui_port)])
+        for i in range(self.workers):
+            work = self.folder / f"worker-{i}"
+            work.mkdir(exist_ok=True)
+            self._start(f"worker-{i}", [WORKER, "--host", "127.0.0.1", "--cores", str(self.cores), "--memory",
+                                        self.memory, "--work-dir", str(work), "--webui-port", str(free_port()),
+                                        self.url])
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if len(self.alive_workers()) == self.workers:
+                return self
+            if any(p.poll() is not None for p in self.processes):
+                break
+            time.sleep(0.5)
+        self.stop()
+        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(self.folder.glob("*.log")))
+        raise RuntimeError(f"the standalone cluster did not come up with {self.workers} workers:\n{logs}")
+
+    def status(self) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ui_port}/json/", timeout=5) as page:
+            return json.load(page)
+
+    def alive_workers(self) -> list[dict]:
+        try:
+            return [w for w in self.status()["workers"] if w["state"] == "ALIVE"]
+        except OSError:
+            return []
+
+    def executor_pids(self) -> list[int]:
+        """The executor JVMs the workers run now."""
+        found = subprocess.run(["pgrep", "-f", "org.apache.spark.executor.CoarseGrainedExecutorBackend"],
+                               capture_output=True, text=True).stdout.split()
+        mine = str(self.folder)
+        return [int(pid) for pid in found if mine in Path(f"/proc/{pid}/cwd").resolve().as_posix()]
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.processes = []
