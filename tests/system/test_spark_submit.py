@@ -79,6 +79,7 @@ def submit_dir(tmp_path_factory) -> Path:
     # The corpus and tokenizer of the suite's shared demo run (tests/conftest.py demo_etl), to compare with.
     _, _, texts = build_corpus(work / "demo_out", n_docs=150, planted=6)
     train_tokenizer(texts, work / "demo_out", vocab_size=512)
+    subprocess.run(["bash", "-c", documented("sed")], cwd=work, check=True)  # the config, its paths absolute
     return work
 
 
@@ -137,7 +138,6 @@ def dataset_bytes(dataset: Path) -> dict[str, str]:
 
 @pytest.mark.timeout(1800)
 def test_documented_spark_submit_runs_every_demo_stage_on_a_cluster(submit_dir, cluster_python, cluster, demo_etl):
-    assert _submit(documented("sed"), submit_dir, cluster_python).returncode == 0  # the config, paths absolute
     command = documented_spark_submit(cluster)
     assert "--packages io.delta:delta-spark_2.13:4.0.1" in command and "--py-files dist/kiln-0.1.0.zip" in command
     done = _submit(command, submit_dir, cluster_python)
@@ -176,6 +176,16 @@ def test_spark_submit_without_delta_is_one_line_naming_the_fix(submit_dir, clust
     assert ("error: Delta Lake's classes are not in Spark's JVM: pass --packages io.delta:delta-spark_2.13:4.0.1 "
             "to spark-submit (or --jars with the jars of scripts/fetch_jars.sh)\n") in output, output[-4000:]
     assert "Traceback" not in output and "ClassNotFoundException" not in output, output[-4000:]
+
+
+def test_spark_submit_without_the_wheel_is_one_line_naming_the_fix(submit_dir, cluster_python, cluster):
+    command = documented_spark_submit(cluster).replace("--py-files dist/kiln-0.1.0.zip ", "")
+    done = _submit(command, submit_dir, cluster_python)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-4000:]
+    assert ("error: Kiln's code is not on this Python's path (No module named 'etl'): pass --py-files "
+            "dist/kiln-0.1.0.zip to spark-submit (`make wheel` builds it)") in output, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
 
 
 def test_zip_for_py_files_carries_the_word_lists(submit_dir, cluster_python):
