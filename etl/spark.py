@@ -185,7 +185,29 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("KILN_SPARK_LOG_LEVEL", "ERROR"))
     _check_delta(getattr(spark, "_jvm", None))  # None on Spark Connect, where the server holds the jars
+    if not spark.sparkContext.master.startswith("local"):
+        _check_executors_import_kiln(spark)
     return spark
+
+
+def _imports_kiln(batches):
+    """Runs on an executor: importing this very module there is the test."""
+    for batch in batches:
+        yield batch
+
+
+def _check_executors_import_kiln(spark: SparkSession) -> None:
+    """On a cluster the driver may have Kiln while the executors do not (no --py-files, a library installed on
+    the driver alone): every stage would then fail with a Python worker's traceback. One tiny job says so first."""
+    try:
+        spark.range(1, numPartitions=1).mapInArrow(_imports_kiln, "id long").collect()
+    except Exception as err:  # a Py4J or PythonException carrying the executor's ImportError
+        if "No module named 'etl'" not in str(err):
+            raise
+        raise SparkSetupError(
+            "the executors cannot import Kiln (No module named 'etl'): pass --py-files dist/kiln-0.1.0.zip to "
+            "spark-submit (`make wheel` builds it), or install dist/kiln-0.1.0-py3-none-any.whl on the cluster"
+        ) from None
 
 
 def _check_delta(jvm) -> None:

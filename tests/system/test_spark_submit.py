@@ -188,6 +188,17 @@ def test_spark_submit_without_the_wheel_is_one_line_naming_the_fix(submit_dir, c
     assert "Traceback" not in output, output[-4000:]
 
 
+def test_executors_without_kiln_are_one_line_naming_the_fix(submit_dir, cluster_python, cluster):
+    """The driver imports Kiln (from the zip on its own path) but the executors get nothing to import."""
+    command = documented_spark_submit(cluster).replace("--py-files dist/kiln-0.1.0.zip ", "")
+    done = _submit(f"PYTHONPATH=dist/kiln-0.1.0.zip {command}", submit_dir, cluster_python)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-4000:]
+    assert ("error: the executors cannot import Kiln (No module named 'etl'): pass --py-files dist/kiln-0.1.0.zip "
+            "to spark-submit") in output, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+
+
 def test_zip_for_py_files_carries_the_word_lists(submit_dir, cluster_python):
     """The toxicity stage's built-in lists load from the zip (package data read with importlib.resources)."""
     code = ("import etl; from etl.text.toxicity_scorers import WordListScorer; "
