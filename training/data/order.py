@@ -38,12 +38,10 @@ class DatasetOrder:
         sizes = np.asarray(shard_sizes, np.int64)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         if members is None:
-            self.shard_members = None
             self.shard_sizes, self.shard_starts = sizes, starts
-        else:  # a shard's members, and where they start in the members' own numbering
-            self.shard_members = np.split(members, np.searchsorted(members, starts[1:]))
-            self.shard_sizes = np.array([len(m) for m in self.shard_members], np.int64)
-            self.shard_starts = np.concatenate([[0], np.cumsum(self.shard_sizes)[:-1]]).astype(np.int64)
+        else:  # each shard's members, numbered in the members' own order (members are ascending)
+            self.shard_starts = np.searchsorted(members, starts).astype(np.int64)
+            self.shard_sizes = np.diff(np.append(self.shard_starts, len(members))).astype(np.int64)
         self.members = members
         self.num_samples = int(self.shard_sizes.sum())
         self.seed, self.dataset_index = seed, dataset_index
