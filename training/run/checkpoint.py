@@ -400,9 +400,10 @@ class Checkpointer:
         self.faults.during_save(manifest["step"])
         size = sum(finalize(url, manifest)["files"].values())
         removed = apply_retention(self.root, self.section.keep_last, self.section.keep_every)
+        seconds = time.perf_counter() - started  # both rounded alike, so blocking never reads above the whole save
         self.journal.record("checkpoint", step=manifest["step"], name=step_name(manifest["step"]), url=url,
-                            reason=manifest["reason"], bytes=size, seconds=round(time.perf_counter() - started, 2),
-                            blocking_seconds=round(blocking, 3),
+                            reason=manifest["reason"], bytes=size, seconds=round(seconds, 3),
+                            blocking_seconds=round(min(blocking, seconds), 3),
                             removed=[step_name(s) for s in removed])
 
 
