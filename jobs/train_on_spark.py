@@ -30,7 +30,22 @@ import tempfile
 from pathlib import Path
 
 
-def _rank(config_text: str, overrides: list[str]) -> None:
+class _ImportPaths:
+    """Pickles as the Python path of the process that pickles it, and unpickles by adding that path.
+
+    TorchDistributor pickles the rank's call again inside the Spark task, whose Python worker imports
+    Kiln from --py-files: Spark adds those to the worker's sys.path, not to PYTHONPATH, so the torchrun
+    processes it starts would not find Kiln. Passed as the call's first argument, this carries them over.
+    """
+
+    def __getstate__(self) -> list[str]:
+        return [path for path in sys.path if path]
+
+    def __setstate__(self, paths: list[str]) -> None:
+        sys.path.extend(path for path in paths if path not in sys.path)
+
+
+def _rank(_: _ImportPaths, config_text: str, overrides: list[str]) -> None:
     """One rank, in the process torchrun starts inside a Spark task (RANK, WORLD_SIZE, MASTER_ADDR set)."""
     from training.train import main
 
@@ -62,7 +77,7 @@ def train_on_spark(config: str, num_processes: int, overrides: list[str] | tuple
     if __name__ != "__main__":  # imported (a notebook): the workers have Kiln's packages, not jobs/
         cloudpickle.register_pickle_by_value(sys.modules[__name__])
     distributor = TorchDistributor(num_processes=num_processes, local_mode=False, use_gpu=use_gpu)
-    distributor.run(_rank, Path(config).read_text(), list(overrides))
+    distributor.run(_rank, _ImportPaths(), Path(config).read_text(), list(overrides))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -197,7 +197,8 @@ def words(command: str) -> tuple[list[str], list[str]]:
 # reads [[command, kind], ...] (filled in) as JSON on stdin and prints each one's problems as a JSON list
 # of lists. One process checks them all, so torch, pyspark and the stages are imported once.
 
-SCRIPT_COMMANDS = {"jobs/run_pipeline.py": "etl run", "jobs/refresh.py": "etl refresh"}
+SCRIPT_COMMANDS = {"jobs/run_pipeline.py": "etl run", "jobs/refresh.py": "etl refresh",
+                   "jobs/train_on_spark.py": "training.launch"}
 TRAINING_CONFIG_COMMANDS = ("training.launch", "training.preflight", "training.sweep", "training.train")
 
 
@@ -299,6 +300,8 @@ class Checker:
 
                 config = load_config(positional[0], [p for p in positional[1:] if "=" in p])
                 nnodes, nproc = (int(values.get(f"--{key}", ["1"])[0]) for key in ("nnodes", "nproc-per-node"))
+                if "--num-processes" in values:  # jobs/train_on_spark.py: one rank per Spark task
+                    nnodes, nproc = int(values["--num-processes"][0]), 1
                 check_world_size(config, nnodes * nproc, nproc)
                 if command == "training.launch" and kind == "check":
                     from training.launch import validate
@@ -337,7 +340,9 @@ class Checker:
                        if not f.endswith((".zip", ".egg", ".py"))]
             problems = [f"--py-files {', '.join(shipped)}: the executors import only .zip, .egg and .py files"
                         ] if shipped else []  # Spark puts only these on the executors' Python path
-            if not any("io.delta:delta-spark" in p for p in options.get("--packages", [])) and "--jars" not in options:
+            reads_delta = SCRIPT_COMMANDS[every[script]].startswith("etl")  # training reads shards, not tables
+            if reads_delta and not any("io.delta:delta-spark" in p for p in options.get("--packages", [])) \
+                    and "--jars" not in options:
                 problems.append("no Delta Lake jars: spark-submit needs --packages io.delta:delta-spark_... (or --jars)")
             if problems:
                 return problems

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -28,23 +29,26 @@ import yaml
 from deltalake import DeltaTable
 
 from spark_cluster import StandaloneCluster
+from tests.training.token_datasets import write_token_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "cluster.md"
 DOCUMENTED_MASTER = "spark://127.0.0.1:7077"
 
 
-def documented(program: str) -> str:
-    """The one fenced block of docs/cluster.md whose command starts with ``program``, continuation lines joined."""
+def documented(program: str, naming: str = "") -> str:
+    """The one fenced block of docs/cluster.md whose command starts with ``program`` and holds ``naming``,
+    continuation lines joined."""
     blocks = re.findall(r"```bash\n(.*?)```", DOCS.read_text(), re.DOTALL)
     commands = [re.sub(r"\\\n\s*", "", block).strip() for block in blocks if block.startswith(program)]
-    assert len(commands) == 1, f"expected one {program} block in {DOCS}, found {commands}"
+    commands = [command for command in commands if naming in command]
+    assert len(commands) == 1, f"expected one {program} block naming {naming!r} in {DOCS}, found {commands}"
     return commands[0]
 
 
-def documented_spark_submit(cluster: StandaloneCluster) -> str:
-    """The documented spark-submit, sent to ``cluster``'s master (the page's is 127.0.0.1:7077)."""
-    command = documented("spark-submit")
+def documented_spark_submit(cluster: StandaloneCluster, job: str = "jobs/run_pipeline.py") -> str:
+    """The documented spark-submit of ``job``, sent to ``cluster``'s master (the page's is 127.0.0.1:7077)."""
+    command = documented("spark-submit", job)
     assert DOCUMENTED_MASTER in command
     return command.replace(DOCUMENTED_MASTER, cluster.url)
 
@@ -79,7 +83,7 @@ def submit_dir(tmp_path_factory) -> Path:
     # The corpus and tokenizer of the suite's shared demo run (tests/conftest.py demo_etl), to compare with.
     _, _, texts = build_corpus(work / "demo_out", n_docs=150, planted=6)
     train_tokenizer(texts, work / "demo_out", vocab_size=512)
-    subprocess.run(["bash", "-c", documented("sed")], cwd=work, check=True)  # the config, its paths absolute
+    subprocess.run(["bash", "-c", documented("sed", "demo_pipeline.yaml")], cwd=work, check=True)  # the config, its paths absolute
     return work
 
 
@@ -217,3 +221,60 @@ def test_databricks_job_installs_the_cluster_extra():
     assert [lib["pypi"]["package"] for lib in libraries if "pypi" in lib] == cluster
     assert [lib["whl"] for lib in libraries if "whl" in lib] == ["dbfs:/kiln/dist/kiln-0.1.0-py3-none-any.whl"]
     assert not [r for r in cluster if "==" in r], "the cluster extra gives ranges, so a runtime keeps its own versions"
+
+
+TRAIN_STEPS = 6
+
+
+def _train_config(path: Path, data: Path, output_dir: Path) -> None:
+    """A tiny training run with absolute paths (the ranks open them on the workers) and a sample ledger."""
+    path.write_text(textwrap.dedent(f"""\
+        output_dir: {output_dir}
+        model: {{preset: tiny, overrides: {{d_model: 32, n_heads: 2, max_seq_len: 32}}}}
+        data: {{datasets: [{{path: {data}}}], num_workers: 0, eval_split: null}}
+        train: {{max_steps: {TRAIN_STEPS}, global_batch_size: 8, micro_batch_size: 2}}
+        optimizer: {{lr: 1.0e-2}}
+        schedule: {{warmup_steps: 0, decay: constant}}
+        checkpoint: {{every_steps: {TRAIN_STEPS}}}
+        logging: {{every_steps: 1, sample_ledger: true, progress_bar: false, mlflow: false, plot: false}}
+        """))
+
+
+def _ledger(run_dir: Path) -> dict[str, list]:
+    """Each rank's ledger: (step, positions, sample ids) per record."""
+    return {path.name: [(r["step"], r["positions"], r["sample_ids"]) for r in map(json.loads, path.read_text().splitlines())]
+            for path in sorted((run_dir / "ledger").glob("rank-*.jsonl"))}
+
+
+@pytest.mark.timeout(900)
+def test_training_through_torch_distributor_on_the_cluster_matches_launch(submit_dir, cluster_python, cluster):
+    """The documented spark-submit of jobs/train_on_spark.py: two ranks in two Spark tasks on the two workers
+    (TorchDistributor, local_mode=False, gloo) train the sample sequence and the weights of
+    `python -m training.launch --nproc-per-node 2` with the same config."""
+    import torch
+
+    from training.weights.checkpoint_reader import read_model_state
+
+    work = submit_dir / "demo_out" / "torch_distributor"
+    write_token_dataset(str(work / "data"), {"train": 200}, seq_len=32, size_limit=1 << 11)
+    _train_config(submit_dir / "demo_out" / "cluster_train.yaml", work / "data", work / "runs")
+    command = documented_spark_submit(cluster, "jobs/train_on_spark.py")
+    earlier_apps = set(cluster.folder.glob("worker-*/app-*"))
+    done = _submit(command + " name=spark", submit_dir, cluster_python)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    # The two ranks ran in executors, one on each worker, not in the driver.
+    assert "Started distributed training with 2 executor processes" in done.stdout, done.stdout[-4000:]
+    assert sorted(app.parent.name for app in set(cluster.folder.glob("worker-*/app-*")) - earlier_apps) == ["worker-0", "worker-1"]
+    launch = subprocess.run([sys.executable, "-m", "training.launch", str(submit_dir / "demo_out" / "cluster_train.yaml"),
+                             "--nproc-per-node", "2", "name=launch"], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=600)
+    assert launch.returncode == 0, (launch.stdout + launch.stderr)[-6000:]
+
+    spark_run, launched = work / "runs" / "spark", work / "runs" / "launch"
+    assert len(_ledger(spark_run)) == 2 and _ledger(spark_run) == _ledger(launched)
+    records = [record for rank in _ledger(spark_run).values() for record in rank]
+    assert {step for step, _, _ in records} == set(range(1, TRAIN_STEPS + 1))
+    assert sorted(p for _, positions, _ in records for p in positions) == list(range(TRAIN_STEPS * 8))
+    _, expected = read_model_state(str(launched / "checkpoints"))
+    _, got = read_model_state(str(spark_run / "checkpoints"))
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
