@@ -9,7 +9,9 @@ site-packages, so Kiln's editable-install hook never runs, and Kiln's source fol
 copy after the wheel is built: Kiln reaches the executors through --py-files alone. The cluster loses an
 executor in the middle of minhash_dedup, of tokenize and of shuffle_and_write (drills: etl/executor_drill.py),
 and still every Delta table of the run holds the rows, and the dataset the bytes, of the same corpus run
-through the same stages in one undisturbed local[2] session (the suite's shared demo run).
+through the same stages in one undisturbed local[2] session (the suite's shared demo run). On the same
+cluster, jobs/train_on_spark.py trains through TorchDistributor, one rank on each worker, the samples and
+weights of `python -m training.launch` with two ranks.
 """
 from __future__ import annotations
 
