@@ -216,13 +216,22 @@ def test_zip_for_py_files_carries_the_word_lists(submit_dir, cluster_python):
     assert where.endswith("dist/kiln-0.1.0.zip/etl/__init__.py") and languages == "['de', 'en', 'es', 'fr']"
 
 
-def test_databricks_job_installs_the_cluster_extra():
-    job = json.loads((ROOT / "jobs" / "schedules" / "databricks_refresh_job.json").read_text())
-    libraries = job["tasks"][0]["libraries"]
-    cluster = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["cluster"]
-    assert [lib["pypi"]["package"] for lib in libraries if "pypi" in lib] == cluster
-    assert [lib["whl"] for lib in libraries if "whl" in lib] == ["dbfs:/kiln/dist/kiln-0.1.0-py3-none-any.whl"]
-    assert not [r for r in cluster if "==" in r], "the cluster extra gives ranges, so a runtime keeps its own versions"
+@pytest.mark.parametrize("name", ["databricks_refresh_job.json", "databricks_etl_then_train_job.json"])
+def test_databricks_job_installs_the_cluster_extra(name):
+    """Each task installs the wheel and its side's cluster extra (ranges, so a runtime keeps its own
+    versions), and runs a job script that exists; a training task runs after the ETL task."""
+    job = json.loads((ROOT / "jobs" / "schedules" / name).read_text())
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for task in job["tasks"]:
+        script = task["spark_python_task"]["python_file"].removeprefix("dbfs:/kiln/")
+        assert (ROOT / script).is_file(), script
+        extra = extras["cluster-training" if script == "jobs/train_on_spark.py" else "cluster"]
+        libraries = task["libraries"]
+        assert [lib["pypi"]["package"] for lib in libraries if "pypi" in lib] == extra
+        assert [lib["whl"] for lib in libraries if "whl" in lib] == ["dbfs:/kiln/dist/kiln-0.1.0-py3-none-any.whl"]
+        assert not [r for r in extra if "==" in r]
+        if script == "jobs/train_on_spark.py":
+            assert [d["task_key"] for d in task["depends_on"]] == ["etl"]
 
 
 TRAIN_STEPS = 6
