@@ -221,9 +221,8 @@ def main() -> None:
     print(f"\nprojection to {args.project_docs:,.0f} documents on {args.project_cores} cores (each stage at its "
           f"marginal cost per document, linear scale-out assumed): {hours:,.1f} hours; by stage (h): "
           + ", ".join(f"{s} {v / 3600:.2f}" for s, v in sorted(projection.items(), key=lambda kv: -kv[1])))
-    if len(sizes) > 1:
-        plot(results, work / "scale_curve.png")
-        print(f"plot: {work / 'scale_curve.png'}")
+    plot(results, work / "scale_curve.png")
+    print(f"plot: {work / 'scale_curve.png'}")
 
 
 if __name__ == "__main__":
