@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,10 +39,14 @@ InputFormat = Literal["jsonl", "parquet", "text", "delta", "warc", "wet"]
 
 @dataclass
 class InputSpec:
-    """One input: files (glob) or a Delta table, and how its fields map to ours."""
+    """One input: files (glob), a Delta table's folder, or a table in Spark's catalog; how its fields map to ours."""
 
-    path: str  # a file, folder or glob (local, relative to the working directory, or s3a://), or a Delta table's folder
-    source: str  # a short name for this input; ids are namespaced by it and it is a column
+    # A file, folder or glob (local, relative to the working directory, or s3a://), or a Delta table's folder.
+    path: str | None = None
+    source: str = ""  # a short name for this input; ids are namespaced by it and it is a column
+    # Instead of a path: a table in the session's catalog, `db.name` or `catalog.schema.table` (Unity
+    # Catalog), read with spark.table; it needs id_field, as a Delta folder does.
+    table: str | None = None
     format: InputFormat = "jsonl"  # jsonl (plain, .gz, .zst), parquet, text (a document per file), delta, warc or wet (plain or .gz)
     text_field: str = "text"  # the field or column holding the document text
     # The input's own document id; when absent the id is derived from (source, file, row). An id
@@ -55,8 +60,29 @@ class InputSpec:
     def __post_init__(self):
         if not self.source or "/" in self.source:
             raise ValueError(f"source must be a non-empty name without '/', got {self.source!r}")
+        if (self.path is None) == (self.table is None):
+            raise ValueError(f"input {self.source!r}: give a path (files or a Delta folder) or a table (a catalog "
+                             f"name), one of the two")
+        if self.table is not None:
+            if not TABLE_NAME.fullmatch(self.table):
+                raise ValueError(f"input {self.source!r}: table {self.table!r} is not a catalog name: "
+                                 "db.name or catalog.schema.table")
+            if self.format not in ("jsonl", "delta"):  # jsonl: the default, left as it is
+                raise ValueError(f"input {self.source!r}: format {self.format!r} does not apply to a catalog table")
+            if not self.id_field:
+                raise ValueError(f"input {self.source!r}: a catalog table needs id_field (file positions are not stable in Delta)")
+            self.format = "delta"
         if self.format in ("warc", "wet") and (self.id_field or self.keep_fields):
             raise ValueError("id_field and keep_fields do not apply to warc/wet inputs (their URL and date are kept in meta)")
+
+    @property
+    def where(self) -> str:
+        """The path, or the catalog table, for messages."""
+        return self.path if self.table is None else f"table {self.table}"
+
+
+# A catalog table's name: two or three identifiers, each plain or in backticks.
+TABLE_NAME = re.compile(r"(?:\w+|`[^`]+`)(?:\.(?:\w+|`[^`]+`)){1,2}")
 
 
 @dataclass
@@ -178,7 +204,7 @@ def make_paths_absolute(config: PipelineConfig, master: str) -> None:
 def check_inputs_exist(config: PipelineConfig) -> None:
     """Each local input matches a file, and a Delta input is a table, before Spark starts."""
     for i, spec in enumerate(config.inputs):
-        local = local_fs_path(spec.path)
+        local = local_fs_path(spec.path) if spec.table is None else None  # a catalog table: checked by ingest
         if local is not None and not glob.glob(local):
             raise ConfigError(f"config.inputs[{i}].path: no file or table matches {spec.path!r}")
         if spec.format == "delta" and local is not None and not os.path.isdir(os.path.join(local, "_delta_log")):

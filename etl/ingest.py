@@ -2,8 +2,8 @@
 
 Files (JSONL plain/.gz/.zst, one-document-per-file text, WARC/WET web archives) are read by Python
 tasks, one task per file, so that each malformed line, invalid UTF-8 sequence or empty document becomes a rejected row
-with its reason instead of being dropped or killing the job. Parquet and Delta inputs are read by
-Spark's own readers. Ids are ``<source>/<input id>`` when the input has ids, else
+with its reason instead of being dropped or killing the job. Parquet and Delta inputs (folders, or
+tables named in Spark's catalog) are read by Spark's own readers. Ids are ``<source>/<input id>`` when the input has ids, else
 ``<source>/<relative file>:<row>``: both are the same on every rerun, whatever the partitioning.
 
 An input that holds one id more than once keeps the newest copy: the one in the file modified
@@ -31,6 +31,8 @@ import pyarrow as pa
 import zstandard
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+
+from shards.config import ConfigError
 
 from .config import InputSpec, PipelineConfig
 from .delta import read_table
@@ -291,18 +293,17 @@ def _read_files(
 
 
 def _read_table(spark: SparkSession, spec: InputSpec, max_bytes: int, files: list[str] | None = None) -> DataFrame:
-    path = to_spark_path(spec.path)
     if spec.format == "delta":
         # Delta has no row numbers (files are rewritten by OPTIMIZE anyway): the row is null.
-        df = read_table(spark, spec.path).select(
+        df = (_catalog_table(spark, spec) if spec.table else read_table(spark, spec.path)).select(
             "*", "_metadata.file_name", "_metadata.file_modification_time", F.lit(None).cast("long").alias("row_index"))
     else:
-        paths = [to_spark_path(f) for f in files] if files is not None else [path]
+        paths = [to_spark_path(f) for f in (files if files is not None else [spec.path])]
         df = spark.read.parquet(*paths).select(
             "*", "_metadata.file_name", "_metadata.file_modification_time", "_metadata.row_index")
     missing = [c for c in [spec.text_field, spec.id_field, *spec.keep_fields] if c and c not in df.columns]
     if missing:
-        raise ValueError(f"input {spec.source!r} ({spec.path}): no column {missing[0]!r}; columns are {df.columns}")
+        raise ValueError(f"input {spec.source!r} ({spec.where}): no column {missing[0]!r}; columns are {df.columns}")
     if spec.id_field:
         doc_id = F.concat(F.lit(spec.source + "/"), F.col(spec.id_field).cast("string"))
     elif spec.format == "delta":
@@ -331,6 +332,17 @@ def _read_table(spark: SparkSession, spec: InputSpec, max_bytes: int, files: lis
         F.unix_micros("file_modification_time").alias("_modified"), F.col("file_name").alias("_file"),
         F.col("row_index").alias("_row"), F.lit(None).cast("long").alias("_crawled"),
     )
+
+
+def _catalog_table(spark: SparkSession, spec: InputSpec) -> DataFrame:
+    """The input's catalog table; one that is not there is a config error naming it and the session's catalog."""
+    if not spark.catalog.tableExists(spec.table):
+        current = f"{spark.catalog.currentCatalog()}.{spark.catalog.currentDatabase()}"
+        raise ConfigError(
+            f"input {spec.source!r}: no table {spec.table} in Spark's catalog (the current schema is {current}): "
+            "create it or correct the name (db.name, or catalog.schema.table on Unity Catalog); a table that outlives "
+            "the job needs a persistent catalog: Databricks' own, or spark.sql.catalogImplementation=hive on plain Spark")
+    return spark.table(spec.table)
 
 
 def ingest(spark: SparkSession, config: PipelineConfig, files: list[tuple[str, str, str]] | None = None) -> DataFrame:

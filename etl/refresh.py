@@ -167,7 +167,7 @@ def dataset_source(spark: SparkSession, config: PipelineConfig, stages: list[Sta
 def check_refreshable(config: PipelineConfig, stages: list[Stage]) -> None:
     for i, spec in enumerate(config.inputs):
         if spec.format == "delta":
-            raise ConfigError(f"config.inputs[{i}]: refresh takes new input files, and {spec.path!r} is a Delta "
+            raise ConfigError(f"config.inputs[{i}]: refresh takes new input files, and {spec.where!r} is a Delta "
                               "table; use jsonl, text or parquet files")
     for stage in stages:
         if stage.name in INCREMENTAL_STAGES and not stage.params.incremental:

@@ -1,6 +1,6 @@
 """spark-submit exactly as docs/cluster.md writes it, on a real Spark standalone cluster.
 
-The cluster (tests/system/spark_cluster.py) is a master and two workers of one core each on 127.0.0.1,
+The cluster (etl/devtools/spark_cluster.py) is a master and two workers of one core each on 127.0.0.1,
 each its own JVM, whose executors run in the workers' own folders with their own Python workers. The
 command runs from a copy of the repository's tracked files outside the repository, after `make wheel`,
 with the demo's inputs (jobs/demo.py's corpus, tokenizer and eval set, small) under demo_out/. Its Python
@@ -21,7 +21,6 @@ import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 import textwrap
 import tomllib
 from pathlib import Path
@@ -30,22 +29,24 @@ import pytest
 import yaml
 from deltalake import DeltaTable
 
-from spark_cluster import StandaloneCluster
+from etl.devtools.spark_cluster import StandaloneCluster, python_without_kiln
 from tests.training.subprocess_env import child_env
 from tests.training.token_datasets import write_token_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "cluster.md"
+OPERATIONS = ROOT / "docs" / "operations.md"
 DOCUMENTED_MASTER = "spark://127.0.0.1:7077"
 
 
-def documented(program: str, naming: str = "") -> str:
-    """The one fenced block of docs/cluster.md whose command starts with ``program`` and holds ``naming``,
-    continuation lines joined."""
-    blocks = re.findall(r"```bash\n(.*?)```", DOCS.read_text(), re.DOTALL)
-    commands = [re.sub(r"\\\n\s*", "", block).strip() for block in blocks if block.startswith(program)]
-    commands = [command for command in commands if naming in command]
-    assert len(commands) == 1, f"expected one {program} block naming {naming!r} in {DOCS}, found {commands}"
+def documented(program: str, naming: str = "", page: Path = DOCS) -> str:
+    """The one command of ``page``'s bash blocks that starts with ``program`` and holds ``naming``,
+    continuation lines joined, a trailing comment left out."""
+    blocks = re.findall(r"```bash\n(.*?)```", page.read_text(), re.DOTALL)
+    lines = [re.sub(r"\s+#\s.*$", "", line).strip() for block in blocks
+             for line in re.sub(r"\\\n\s*", "", block).splitlines()]
+    commands = [line for line in lines if line.startswith(program) and naming in line]
+    assert len(commands) == 1, f"expected one {program} command naming {naming!r} in {page}, found {commands}"
     return commands[0]
 
 
@@ -59,13 +60,8 @@ def documented_spark_submit(cluster: StandaloneCluster, job: str = "jobs/run_pip
 @pytest.fixture(scope="module")
 def cluster_python(tmp_path_factory) -> Path:
     """A Python with the project's dependencies on its path but not Kiln, like a cluster's executors."""
-    venv = tmp_path_factory.mktemp("cluster-python")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = Path(subprocess.check_output([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                        text=True).strip())
-    (site / "project_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    python = venv / "bin" / "python"
-    check = subprocess.run([python, "-c", "import pyspark, delta, ftfy, etl"], cwd=venv, capture_output=True, text=True)
+    python = python_without_kiln(tmp_path_factory.mktemp("cluster-python") / "venv")
+    check = subprocess.run([python, "-c", "import pyspark, delta, ftfy, etl"], cwd=python.parent, capture_output=True, text=True)
     assert "No module named 'etl'" in check.stderr, check.stderr  # the dependencies are there, Kiln is not
     return python
 
@@ -128,7 +124,8 @@ def table_rows(folder: Path, root: Path) -> dict[str, list[str]]:
     tables = {}
     for log in sorted(folder.rglob("_delta_log")):
         table = DeltaTable(str(log.parent)).to_pyarrow_table()
-        keep = [c for c in table.column_names if c != "run_id" and "seconds" not in c and "time" not in c]
+        keep = [c for c in table.column_names if c != "run_id" and "seconds" not in c and "time" not in c
+                and not c.endswith("_at")]
         rows = (repr(row).replace(str(root), "ROOT") for row in table.select(keep).to_pylist())
         tables[log.parent.relative_to(folder).as_posix()] = sorted(rows)
     return tables
@@ -174,6 +171,59 @@ def test_documented_spark_submit_runs_every_demo_stage_on_a_cluster(submit_dir, 
     assert not differ, f"tables whose rows differ from the local[2] run's: {differ}"
     assert dataset_bytes(output / "dataset") == dataset_bytes(demo_etl["etl"] / "dataset")
 
+
+
+def _nightly_config(work: Path, inputs: Path, output: Path) -> Path:
+    """configs/nightly_pipeline.yaml reading ``inputs`` and writing ``output``, the demo's tokenizer and
+    eval set by absolute path (a cluster refuses relative paths)."""
+    text = (work / "configs" / "nightly_pipeline.yaml").read_text()
+    config = yaml.safe_load(text.replace("demo_out/raw/", f"{inputs}/").replace("demo_out/", f"{work}/demo_out/"))
+    config["output"] = str(output / "out")
+    path = output / "nightly.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.timeout(1200)
+def test_documented_refresh_on_the_cluster_matches_local(submit_dir, cluster_python, cluster, tmp_path):
+    """docs/operations.md's refresh on a cluster, after a refresh took the first files and a new input file
+    arrived, leaves the tables and the dataset version that its local command (local[2]) leaves."""
+    inputs = tmp_path / "raw"
+    shutil.copytree(submit_dir / "demo_out" / "raw", inputs)  # modification times kept: the same files
+    new_file, held_back = inputs / "forum" / "posts.jsonl", tmp_path / "posts.jsonl"
+    new_file.rename(held_back)
+    local, on_cluster = tmp_path / "local", tmp_path / "cluster"
+    local_command = documented("python -m etl refresh", page=OPERATIONS)
+    cluster_command = documented("spark-submit", "jobs/refresh.py", page=OPERATIONS).replace(
+        "spark-submit", f"spark-submit --master {cluster.url}", 1)
+    local_env = child_env(KILN_SPARK_MASTER="local[2]", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+    def local_refresh() -> str:
+        config = local / "nightly.yaml"
+        done = subprocess.run(["bash", "-c", local_command.replace("configs/nightly_pipeline.yaml", str(config))],
+                              cwd=local, env=local_env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+        return done.stdout
+
+    _nightly_config(submit_dir, inputs, local)
+    local_refresh()  # the first night, locally; the cluster takes over from a copy of its output
+    shutil.copytree(local / "out", on_cluster / "out")
+    cluster_config = _nightly_config(submit_dir, inputs, on_cluster)
+    held_back.rename(new_file)
+    assert re.search(r"^\[\s*ingest\]\s+\d+ in ->", local_refresh(), re.M)
+    done = _submit(cluster_command.replace("configs/nightly_pipeline.yaml", str(cluster_config)), submit_dir,
+                   cluster_python)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    assert re.search(r"^\[\s*accumulate\]", done.stdout, re.M), done.stdout[-4000:]
+
+    mine, expected = table_rows(on_cluster / "out", on_cluster), table_rows(local / "out", local)
+    taken = mine["_state/refresh_files"]
+    assert any(str(new_file) in row for row in taken), taken
+    assert sorted(mine) == sorted(expected)
+    differ = [name for name in mine if mine[name] != expected[name]]
+    assert not differ, f"tables whose rows differ from the local refresh's: {differ}"
+    assert dataset_bytes(on_cluster / "out" / "dataset") == dataset_bytes(local / "out" / "dataset")
 
 def test_spark_submit_without_delta_is_one_line_naming_the_fix(submit_dir, cluster_python, cluster):
     command = documented_spark_submit(cluster).replace("--packages io.delta:delta-spark_2.13:4.0.1 ", "")

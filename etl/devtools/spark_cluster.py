@@ -1,4 +1,5 @@
-"""A Spark standalone cluster on 127.0.0.1, started from the installed pyspark, for the cluster tests.
+"""A Spark standalone cluster on 127.0.0.1, started from the installed pyspark, for the cluster tests
+and bench/cluster_bench.py.
 
 The pip pyspark has no sbin scripts, so the master and each worker are started with ``spark-class`` and
 their class names, each in its own JVM; a worker starts its executors as JVMs of their own, each with its
@@ -12,6 +13,8 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import sysconfig
 import time
 import urllib.request
 from pathlib import Path
@@ -21,6 +24,16 @@ import pyspark
 SPARK_CLASS = Path(pyspark.__file__).parent / "bin" / "spark-class"
 MASTER = "org.apache.spark.deploy.master.Master"
 WORKER = "org.apache.spark.deploy.worker.Worker"
+
+
+def python_without_kiln(folder: Path) -> Path:
+    """A Python with this environment's packages on its path but not Kiln, like a cluster's executors:
+    a virtualenv whose only .pth file adds our site-packages, so Kiln's editable-install hook never runs."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    python = folder / "bin" / "python"
+    site = subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True)
+    (Path(site.strip()) / "project_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
 
 
 def free_port() -> int:
