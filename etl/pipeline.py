@@ -9,6 +9,8 @@ Layout under the output root:
     rejected_curated/  the same for rows removed from the `pii` stage on (their text is redacted)
     report/            report.html (one self-contained page) and report.json, funnel.json, funnel (Delta),
                        the plots: etl/report/
+    _checkpoints/      on a cluster only, while a run lasts: checkpoints that cut long lineages
+                       (minhash_dedup), on storage that outlives an executor; removed when the run finishes
 
 Every step overwrites its own tables, so running the same job twice leaves the same contents.
 The funnel is checked at the end: documents read = documents kept + documents rejected, exactly.
@@ -23,16 +25,17 @@ from __future__ import annotations
 
 import time
 
+import fsspec
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from .config import PipelineConfig
+from .config import PipelineConfig, is_local_master
 from .dataset.publish import publish, split_stages
 from .delta import read_table, set_properties, table_exists, write_table
 from .funnel import PipelineRun, StepCounts, new_run_id
 from .ingest import ingest, split_skipped
-from .paths import join_path, to_spark_path
+from .paths import join_path, to_fsspec_url, to_spark_path
 from .progress import step_progress
 from .run_state import RUN_ID_PROPERTY, mark_complete, mark_running
 from .spark import get_spark
@@ -94,6 +97,9 @@ def _kept_rows(annotated: DataFrame) -> DataFrame:
     return annotated.filter(F.col("reason").isNull()).drop("reason", "detail")
 
 
+CHECKPOINTS = "_checkpoints"  # under the output root, see _checkpoint_where_executors_are_lost
+
+
 class Pipeline:
     def __init__(self, config: PipelineConfig, stages: list[Stage], spark: SparkSession):
         self.config = config
@@ -134,7 +140,24 @@ class Pipeline:
         return run
 
     def new_run(self) -> PipelineRun:
+        self._checkpoint_where_executors_are_lost()
         return PipelineRun(self.config, new_run_id())
+
+    def _checkpoint_where_executors_are_lost(self) -> None:
+        """On a cluster, checkpoints go to <output>/_checkpoints. A local checkpoint (the default) lives in
+        the executor that computed it: when that executor is lost, every later task that reads it fails
+        (CHECKPOINT_RDD_BLOCK_ID_NOT_FOUND, four times, and the job with it; seen in an incremental
+        minhash_dedup on the test cluster). In local mode there is no executor to lose apart from the job."""
+        context = self.spark.sparkContext
+        if not is_local_master(context.master) and not context.getCheckpointDir():
+            context.setCheckpointDir(self.table_path(CHECKPOINTS))
+
+    def _remove_checkpoints(self) -> None:
+        """Checkpoints hold documents' text and ids; none outlives the run that wrote it."""
+        folder = self.table_path(CHECKPOINTS)
+        fs, path = fsspec.core.url_to_fs(to_fsspec_url(folder))
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
 
     def ingest(self, run: PipelineRun, files: list[tuple[str, str, str]] | None = None, progress=print) -> None:
         """The funnel's first step: every input, or only `files` (url, relative path, source)."""
@@ -210,6 +233,7 @@ class Pipeline:
             from .report import write_report  # here, not at the top: it sets matplotlib's Agg backend on import
 
             write_report(self.spark, run, {s.name: s.params for s in self.stages}, progress)
+        self._remove_checkpoints()
         return run
 
     def _steps_by_zone(self) -> dict[str, list[str]]:

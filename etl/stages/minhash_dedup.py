@@ -177,7 +177,8 @@ def _exact_similarity_batches(shingle: str, ngram: int):
 
 def materialize(df: DataFrame) -> DataFrame:
     """Compute now and cut the lineage: a reliable checkpoint when the session has a checkpoint
-    directory, else a local one (executor storage, memory then disk)."""
+    directory (on a cluster the pipeline sets one: etl/pipeline.py), else a local one (executor
+    storage, memory then disk)."""
     if df.sparkSession.sparkContext.getCheckpointDir():
         return df.checkpoint(eager=True)
     return df.localCheckpoint(eager=True)
