@@ -22,7 +22,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from bench.minhash_corpus import components, core_scores, ground_truth, make_corpus, shingles  # noqa: E402
+from bench.process_tree import TreeSampler  # noqa: E402
 from etl.text import minhash  # noqa: E402
 
 DATATROVE_PYTHON = ROOT / ".cache" / "venv-datatrove" / "bin" / "python"
@@ -277,48 +277,6 @@ def quality(args) -> None:
     print(json.dumps(results))
 
 
-class PeakRss(threading.Thread):
-    """Samples the summed resident memory of this process and all its descendants."""
-
-    def __init__(self, interval: float = 0.2):
-        super().__init__(daemon=True)
-        self.interval, self.peak, self.peak_jvm, self.stopped = interval, 0, 0, False
-
-    @staticmethod
-    def _tree(pid: int) -> list[int]:
-        out, stack = [], [pid]
-        while stack:
-            p = stack.pop()
-            out.append(p)
-            try:
-                with open(f"/proc/{p}/task/{p}/children") as handle:
-                    stack.extend(int(c) for c in handle.read().split())
-            except OSError:
-                pass
-        return out
-
-    @staticmethod
-    def _rss(pid: int) -> tuple[int, bool]:
-        try:
-            with open(f"/proc/{pid}/status") as handle:
-                status = handle.read()
-            with open(f"/proc/{pid}/comm") as handle:
-                is_java = handle.read().strip() == "java"
-        except OSError:
-            return 0, False
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024, is_java
-        return 0, False
-
-    def run(self):
-        while not self.stopped:
-            sizes = [self._rss(p) for p in self._tree(os.getpid())]
-            self.peak = max(self.peak, sum(s for s, _ in sizes))
-            self.peak_jvm = max(self.peak_jvm, sum(s for s, java in sizes if java))
-            time.sleep(self.interval)
-
-
 def scale(args) -> None:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -334,7 +292,7 @@ def scale(args) -> None:
             writer.write_table(table, row_group_size=50_000)
         writer.close()
         print(f"wrote {args.docs:,} short documents in {time.perf_counter() - start:.0f}s")
-    monitor = PeakRss()
+    monitor = TreeSampler(os.getpid(), interval=0.2)
     monitor.start()
     spark = _spark(2)
     from etl.stages.base import StageContext
@@ -354,7 +312,7 @@ def scale(args) -> None:
     print(json.dumps({
         "docs": args.docs, "seconds": round(seconds, 1), "docs_per_s": round(args.docs / seconds),
         "removed": removed, "metrics": metrics,
-        "peak_rss_gib_driver_tree": round(monitor.peak / 2**30, 2), "peak_rss_gib_jvm": round(monitor.peak_jvm / 2**30, 2),
+        "peak_rss_gib": {kind: round(value / 2**30, 2) for kind, value in monitor.peak.items()},
         "driver_memory": os.environ.get("KILN_DRIVER_MEMORY", "4g"),
     }))
 

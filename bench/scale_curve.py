@@ -35,7 +35,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -43,54 +42,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.process_tree import TreeSampler  # noqa: E402
+
 STEP_LINE = re.compile(r"^\[\s*(\S+)\]\s+([\d,]+) in ->\s+([\d,]+) kept\s+\(([\d.]+)s\)")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-class TreeSampler(threading.Thread):
-    """Peak RSS of a process tree (split into the root, Java and other processes) and its CPU seconds."""
-
-    def __init__(self, root: int, interval: float = 0.5):
-        super().__init__(daemon=True)
-        self.root, self.interval, self.stopped = root, interval, False
-        self.peak = {"driver": 0, "jvm": 0, "workers": 0}
-        self.cpu = 0.0  # the largest total seen: processes that end take their CPU time with them
-
-    def _tree(self) -> list[int]:
-        out, stack = [], [self.root]
-        while stack:
-            pid = stack.pop()
-            out.append(pid)
-            for task in Path(f"/proc/{pid}/task").glob("*"):  # a JVM starts the Python daemon from another thread
-                try:
-                    stack.extend(int(c) for c in (task / "children").read_text().split())
-                except OSError:
-                    pass
-        return out
-
-    def sample(self) -> float:
-        rss = {"driver": 0, "jvm": 0, "workers": 0}
-        cpu = 0.0
-        for pid in self._tree():
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-                comm = Path(f"/proc/{pid}/comm").read_text().strip()
-                pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            cpu += sum(int(v) for v in fields[11:15]) / CLOCK_TICKS  # utime, stime, cutime, cstime
-            kind = "driver" if pid == self.root else "jvm" if comm == "java" else "workers"
-            rss[kind] += pages * os.sysconf("SC_PAGE_SIZE")
-        for kind, value in rss.items():
-            self.peak[kind] = max(self.peak[kind], value)
-        self.cpu = max(self.cpu, cpu)
-        return self.cpu
-
-    def run(self) -> None:
-        while not self.stopped:
-            self.sample()
-            time.sleep(self.interval)
 
 
 def prepare(size: int, work: Path, tokenizer: Path | None) -> tuple[Path, Path]:
