@@ -1,14 +1,34 @@
 """Writing and reading the pipeline's Delta tables through Spark, the same way everywhere. Small tables
 read on the driver without a Spark job go through delta-rs (shards.provenance.open_delta_table).
 
-``delta.tables`` is imported where it is used: under spark-submit's ``--packages``, Delta's Python
-module may come from its jar, which is on Python's path only once the SparkContext has started.
+Every statement is Spark SQL or the DataFrame reader and writer, never Delta's Python API
+(``delta.tables.DeltaTable``): on Spark Connect (Databricks shared and serverless compute) that API
+needs Delta's Connect plugin on the server, while SQL needs only Delta's SQL extension, which every
+Delta-enabled server has. ``_temp_view`` names a DataFrame for a MERGE.
 """
 from __future__ import annotations
 
+import uuid
+from contextlib import contextmanager
+
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
 from .paths import to_spark_path
+
+
+def _sql_name(path: str) -> str:
+    return f"delta.`{to_spark_path(path)}`"
+
+
+@contextmanager
+def _temp_view(df: DataFrame):
+    name = f"kiln_source_{uuid.uuid4().hex}"
+    df.createOrReplaceTempView(name)
+    try:
+        yield name
+    finally:
+        df.sparkSession.catalog.dropTempView(name)
 
 
 def write_table(
@@ -35,7 +55,7 @@ def write_table(
 
 def set_properties(spark: SparkSession, path: str, properties: dict[str, str]) -> None:
     assignments = ", ".join(f"'{k}' = '{v}'" for k, v in sorted(properties.items()))
-    spark.sql(f"ALTER TABLE delta.`{to_spark_path(path)}` SET TBLPROPERTIES ({assignments})")
+    spark.sql(f"ALTER TABLE {_sql_name(path)} SET TBLPROPERTIES ({assignments})")
 
 
 def read_table(spark: SparkSession, path: str, version: int | None = None) -> DataFrame:
@@ -46,35 +66,31 @@ def read_table(spark: SparkSession, path: str, version: int | None = None) -> Da
 
 
 def table_exists(spark: SparkSession, path: str) -> bool:
-    from delta.tables import DeltaTable
-
-    return DeltaTable.isDeltaTable(spark, to_spark_path(path))
+    try:
+        spark.sql(f"DESCRIBE DETAIL {_sql_name(path)}").collect()
+    except AnalysisException as err:
+        if err.getCondition() == "DELTA_MISSING_DELTA_TABLE":
+            return False
+        raise
+    return True
 
 
 def table_version(spark: SparkSession, path: str) -> int:
-    from delta.tables import DeltaTable
-
-    history = DeltaTable.forPath(spark, to_spark_path(path)).history(1).select("version").collect()
+    history = spark.sql(f"DESCRIBE HISTORY {_sql_name(path)} LIMIT 1").select("version").collect()
     return int(history[0]["version"])
 
 
 def table_properties(spark: SparkSession, path: str) -> dict[str, str]:
-    from delta.tables import DeltaTable
-
-    return DeltaTable.forPath(spark, to_spark_path(path)).detail().select("properties").collect()[0]["properties"]
+    return spark.sql(f"DESCRIBE DETAIL {_sql_name(path)}").select("properties").collect()[0]["properties"]
 
 
 def create_table_if_not_exists(spark: SparkSession, path: str, columns: list[tuple[str, str, bool]],
                                properties: dict[str, str]) -> None:
     """An empty table with ``columns`` (name, SQL type, nullable) and ``properties``, unless one is there."""
-    from delta.tables import DeltaTable
-
-    builder = DeltaTable.createIfNotExists(spark).location(to_spark_path(path))
-    for name, sql_type, nullable in columns:
-        builder = builder.addColumn(name, sql_type, nullable=nullable)
-    for key, value in properties.items():
-        builder = builder.property(key, value)
-    builder.execute()
+    listed = ", ".join(f"`{name}` {sql_type}{'' if nullable else ' NOT NULL'}" for name, sql_type, nullable in columns)
+    assignments = ", ".join(f"'{k}' = '{v}'" for k, v in sorted(properties.items()))
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {_sql_name(path)} ({listed}) USING DELTA"
+              + (f" TBLPROPERTIES ({assignments})" if properties else ""))
 
 
 def append_rows(df: DataFrame, path: str) -> None:
@@ -82,29 +98,26 @@ def append_rows(df: DataFrame, path: str) -> None:
     df.write.format("delta").mode("append").save(to_spark_path(path))
 
 
-def merge_into(spark: SparkSession, path: str, source: DataFrame, key: str):
-    """A MERGE of ``source`` (aliased ``s``) into the table (aliased ``t``) on equal ``key``: the builder,
-    for the caller to add its clauses and ``execute()``."""
-    from delta.tables import DeltaTable
-
-    return DeltaTable.forPath(spark, to_spark_path(path)).alias("t").merge(source.alias("s"), f"t.`{key}` = s.`{key}`")
+def merge_into(spark: SparkSession, path: str, source: DataFrame, key: str, clauses: str,
+               evolve_schema: bool = False) -> None:
+    """MERGE ``source`` (aliased ``s``) into the table (aliased ``t``) on equal ``key``, with the SQL
+    ``clauses`` (WHEN MATCHED ... / WHEN NOT MATCHED ...). ``evolve_schema``: columns the table lacks are
+    added to it."""
+    evolution = " WITH SCHEMA EVOLUTION" if evolve_schema else ""
+    with _temp_view(source) as view:
+        spark.sql(f"MERGE{evolution} INTO {_sql_name(path)} t USING {view} s ON t.`{key}` = s.`{key}` {clauses}")
 
 
 def insert_new_rows(spark: SparkSession, path: str, rows: DataFrame, key: str, evolve_schema: bool = False) -> None:
     """A MERGE that only inserts: the rows whose ``key`` the table lacks; rows it has stay as they are.
     ``evolve_schema``: columns the table lacks are added to it."""
-    merge = merge_into(spark, path, rows, key)
-    if evolve_schema:
-        merge = merge.withSchemaEvolution()
-    merge.whenNotMatchedInsertAll().execute()
+    merge_into(spark, path, rows, key, "WHEN NOT MATCHED THEN INSERT *", evolve_schema)
 
 
 def delete_rows(spark: SparkSession, path: str, key: str, targets: DataFrame) -> None:
     """Delete the rows whose ``key`` is one of ``targets.id``, and rewrite the files that held them."""
-    from delta.tables import DeltaTable
-
     # A MERGE rather than DELETE ... IN (...): the ids never enter the table's log.
-    DeltaTable.forPath(spark, to_spark_path(path)).alias("t").merge(
-        targets.alias("e"), f"t.`{key}` = e.id").whenMatchedDelete().execute()
+    with _temp_view(targets) as view:
+        spark.sql(f"MERGE INTO {_sql_name(path)} t USING {view} e ON t.`{key}` = e.id WHEN MATCHED THEN DELETE")
     # Deletion vectors (on by default on Databricks) only mark rows deleted: rewrite those files.
-    spark.sql(f"REORG TABLE delta.`{to_spark_path(path)}` APPLY (PURGE)").collect()
+    spark.sql(f"REORG TABLE {_sql_name(path)} APPLY (PURGE)").collect()

@@ -465,12 +465,11 @@ class MinHashDedup(Stage):
         source = new_rows.withColumn("_relabel", F.lit(False)).unionByName(
             relabeled.withColumn("_relabel", F.lit(True)), allowMissingColumns=True
         )
-        (
-            merge_into(ctx.spark, path, source, "id")
-            .whenMatchedUpdate(condition="s._relabel", set={"cluster_id": "s.cluster_id"})
-            .whenNotMatchedInsert(condition="NOT s._relabel", values={c: f"s.{c}" for c in new_rows.columns})
-            .execute()
-        )
+        columns = ", ".join(f"`{c}`" for c in new_rows.columns)
+        values = ", ".join(f"s.`{c}`" for c in new_rows.columns)
+        merge_into(ctx.spark, path, source, "id",
+                   "WHEN MATCHED AND s._relabel THEN UPDATE SET cluster_id = s.cluster_id "
+                   f"WHEN NOT MATCHED AND NOT s._relabel THEN INSERT ({columns}) VALUES ({values})")
 
     def _decisions_from_index(self, spark: SparkSession, path: str, docs: DataFrame) -> DataFrame:
         """(id, cluster_id, kept_id, similarity) of this run's documents in clusters of two or more."""
