@@ -33,6 +33,7 @@ from pyspark.sql import SparkSession
 from shards.config import ConfigError
 
 from .paths import is_url, join_path, local_fs_path
+from .spark import is_connect
 
 InputFormat = Literal["jsonl", "parquet", "text", "delta", "warc", "wet"]
 
@@ -159,9 +160,11 @@ class PipelineConfig:
 def spark_master() -> str:
     """The master of the job's Spark session, known before the session starts: the active session's,
     spark-submit's (its JVM is already running), else KILN_SPARK_MASTER, else local."""
+    if os.environ.get("SPARK_REMOTE"):  # Spark Connect: the server, and its master, are elsewhere
+        return os.environ["SPARK_REMOTE"]
     active = SparkSession.getActiveSession()
     if active is not None:
-        return active.sparkContext.master
+        return "spark-connect" if is_connect(active) else active.sparkContext.master
     if "PYSPARK_GATEWAY_PORT" in os.environ:  # launched by spark-submit, whose JVM holds --master
         SparkContext._ensure_initialized()
         return SparkConf().get("spark.master", "local[*]")

@@ -37,6 +37,7 @@ from shards.config import ConfigError
 from .config import InputSpec, PipelineConfig
 from .delta import read_table
 from .paths import to_fsspec_url, to_spark_path
+from .spark import default_parallelism
 from .web.warc import read_records
 
 # Everything ingest emits, kept or not; `reason` null means the row is a document. The columns
@@ -288,7 +289,7 @@ def _read_files(
     if not listing:
         return None
     files = spark.createDataFrame(listing, "url string, rel string, source string")
-    files = files.repartition(min(len(listing), max(spark.sparkContext.defaultParallelism * 4, 1)), "url")
+    files = files.repartition(min(len(listing), max(default_parallelism(spark) * 4, 1)), "url")
     return files.mapInArrow(_read_files_task({s.source: s for s in specs}, max_bytes), INGEST_SCHEMA)
 
 

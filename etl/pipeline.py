@@ -38,7 +38,7 @@ from .ingest import ingest, split_skipped
 from .paths import join_path, to_fsspec_url, to_spark_path
 from .progress import step_progress
 from .run_state import RUN_ID_PROPERTY, mark_complete, mark_running
-from .spark import get_spark
+from .spark import get_spark, is_connect
 from .stages.base import Stage, StageContext
 
 
@@ -148,6 +148,8 @@ class Pipeline:
         the executor that computed it: when that executor is lost, every later task that reads it fails
         (CHECKPOINT_RDD_BLOCK_ID_NOT_FOUND, four times, and the job with it; seen in an incremental
         minhash_dedup on the test cluster). In local mode there is no executor to lose apart from the job."""
+        if is_connect(self.spark):  # the server's own spark.checkpoint.dir decides (etl.spark.checkpoint_dir)
+            return
         context = self.spark.sparkContext
         if not is_local_master(context.master) and not context.getCheckpointDir():
             context.setCheckpointDir(self.table_path(CHECKPOINTS))

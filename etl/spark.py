@@ -12,6 +12,12 @@ resolve (and print) nothing. The cache is ``$KILN_CACHE``, else ``$XDG_CACHE_HOM
 at it (``scripts/fetch_jars.sh`` fills such a folder with Maven). Under spark-submit the JVM is
 already running when Kiln starts, so the jars must come on its command line (``--packages`` or
 ``--jars``); Kiln checks that Delta's classes arrived and says so in one line when they did not.
+
+With ``SPARK_REMOTE=sc://host:port`` (Spark Connect: Databricks shared and serverless compute, or
+``pyspark.sql.connect``'s own server) the session is a client of that server, which holds the jars,
+the master and the executors; Kiln sets only its runtime SQL settings. A Connect session has no
+SparkContext, so the few things Kiln takes from one go through ``default_parallelism``,
+``checkpoint_dir`` and ``ship`` here.
 """
 from __future__ import annotations
 
@@ -110,16 +116,22 @@ def _jars_in(folder: str) -> list[str]:
     return jars
 
 
+# Settings a running session takes (and so a Spark Connect client may set).
+SESSION_CONF = {
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.session.timeZone": "UTC",
+    # Never keep min/max statistics of document text in _delta_log (PII must not leak there).
+    "spark.databricks.delta.properties.defaults.dataSkippingNumIndexedCols": "0",
+}
+
+
 def _defaults(with_s3: bool) -> dict[str, str]:
     """Settings Kiln needs; each is applied only when the launcher did not set it."""
     conf = {
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.sql.session.timeZone": "UTC",
         "spark.ui.showConsoleProgress": "false",
-        # Never keep min/max statistics of document text in _delta_log (PII must not leak there).
-        "spark.databricks.delta.properties.defaults.dataSkippingNumIndexedCols": "0",
+        **SESSION_CONF,
     }
     if not _under_spark_submit():  # there the JVM's class path is fixed by spark-submit's own arguments
         jar_dir = os.environ.get("KILN_SPARK_JARS")
@@ -158,6 +170,8 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    if os.environ.get("SPARK_REMOTE"):
+        return _connect(app_name, extra_conf or {})
     if with_s3 is None:
         with_s3 = bool(os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("KILN_SPARK_S3"))
     if _under_spark_submit():
@@ -184,10 +198,58 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("KILN_SPARK_LOG_LEVEL", "ERROR"))
-    _check_delta(getattr(spark, "_jvm", None))  # None on Spark Connect, where the server holds the jars
+    _check_delta(spark._jvm)
     if not spark.sparkContext.master.startswith("local"):
         _check_executors_import_kiln(spark)
     return spark
+
+
+def _connect(app_name: str, extra_conf: dict[str, str]) -> SparkSession:
+    """A Spark Connect session to ``SPARK_REMOTE``, with Kiln's session settings unless the config sets them."""
+    url = os.environ["SPARK_REMOTE"]
+    try:
+        spark = SparkSession.builder.remote(url).appName(app_name).getOrCreate()
+    except ImportError as missing:
+        raise SparkSetupError(f"Spark Connect needs pyspark's connect client ({missing}): "
+                              "pip install 'pyspark[connect]==4.0.1'") from None
+    for key, value in {**SESSION_CONF, **extra_conf}.items():
+        spark.conf.set(key, value)
+    _check_executors_import_kiln(spark)
+    return spark
+
+
+def is_connect(spark: SparkSession) -> bool:
+    """A Spark Connect client session (no SparkContext, no JVM on this side)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """Cores Spark schedules on; on Spark Connect, spark.default.parallelism, else the shuffle partitions."""
+    if not is_connect(spark):
+        return spark.sparkContext.defaultParallelism
+    return int(spark.conf.get("spark.default.parallelism", None) or spark.conf.get("spark.sql.shuffle.partitions"))
+
+
+def checkpoint_dir(spark: SparkSession) -> str | None:
+    """Where reliable checkpoints go, if anywhere (None: only local checkpoints)."""
+    if not is_connect(spark):
+        return spark.sparkContext.getCheckpointDir()
+    return spark.conf.get("spark.checkpoint.dir", None)
+
+
+class _Inline:
+    """What ``ship`` gives on Spark Connect: the value itself, read the way a broadcast is read."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def ship(spark: SparkSession, value):
+    """``value`` for the executors, read there as ``.value``: a broadcast (sent once per executor), or on
+    Spark Connect, which has no broadcast variables, inside each task's closure."""
+    if is_connect(spark):
+        return _Inline(value)
+    return spark.sparkContext.broadcast(value)
 
 
 def _imports_kiln(batches):

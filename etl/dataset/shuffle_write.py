@@ -71,6 +71,7 @@ from shards.mds import check_hash_names, parse_compression
 from ..delta import read_table
 from ..executor_drill import drill
 from ..paths import to_fsspec_url
+from ..spark import default_parallelism
 from ..stages.base import Stage, StageContext, StageResult
 from .info import TokenizeInfo
 from .tokenize import binary_tokens
@@ -384,7 +385,7 @@ class ShuffleAndWrite(Stage[ShuffleWriteParams]):
         spec = _WriteSpec({s: split_path(version_dir, s) for s in splits}, columns, info.token_dtype,
                           p.compression, p.hashes, p.size_limit)
         total_shards = sum(-(-order.num_samples(s) // per_shard) for s in splits)
-        tasks = p.write_tasks or max(1, min(total_shards, ctx.spark.sparkContext.defaultParallelism))
+        tasks = p.write_tasks or max(1, min(total_shards, default_parallelism(ctx.spark)))
         log.info("writing %s: %d shards of up to %d samples in %d tasks", version_dir, total_shards, per_shard, tasks)
 
         samples = read_table(ctx.spark, info.paths["samples"], info.versions["samples"])

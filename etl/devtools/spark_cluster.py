@@ -1,5 +1,5 @@
-"""A Spark standalone cluster on 127.0.0.1, started from the installed pyspark, for the cluster tests
-and bench/cluster_bench.py.
+"""A Spark standalone cluster, and a Spark Connect server, on 127.0.0.1, started from the installed
+pyspark, for the cluster tests and bench/cluster_bench.py.
 
 The pip pyspark has no sbin scripts, so the master and each worker are started with ``spark-class`` and
 their class names, each in its own JVM; a worker starts its executors as JVMs of their own, each with its
@@ -103,3 +103,52 @@ class StandaloneCluster:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         self.processes = []
+
+
+CONNECT_SERVER = "org.apache.spark.sql.connect.service.SparkConnectServer"
+
+
+class ConnectServer:
+    """A Spark Connect server on 127.0.0.1 (its jar ships in pyspark) running ``local[cores]``, with Delta's
+    SQL extension and catalog; ``url`` is what ``SPARK_REMOTE`` takes. Its Python workers run ``python``."""
+
+    def __init__(self, folder: Path, python: str = sys.executable, cores: int = 2, env: dict | None = None):
+        from etl.spark import DELTA_PACKAGE, resolved_jars
+
+        self.folder, self.python, self.cores = folder, python, cores
+        self.jars = resolved_jars([DELTA_PACKAGE])
+        self.port = free_port()
+        self.url = f"sc://127.0.0.1:{self.port}"
+        self.env = {**(env or os.environ), "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": python}
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> "ConnectServer":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        settings = {
+            "spark.connect.grpc.binding.port": str(self.port),
+            "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+            "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+            "spark.sql.shuffle.partitions": "8", "spark.databricks.delta.snapshotPartitions": "2",
+        }
+        submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
+        command = [str(submit), "--class", CONNECT_SERVER, "--master", f"local[{self.cores}]", "--driver-memory", "3g",
+                   "--jars", ",".join(self.jars)]
+        for key, value in settings.items():
+            command += ["--conf", f"{key}={value}"]
+        log = open(self.folder / "server.log", "w")
+        self.process = subprocess.Popen(command, cwd=self.folder, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline and self.process.poll() is None:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"the Spark Connect server did not start:\n{(self.folder / 'server.log').read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None

@@ -32,6 +32,7 @@ from pyspark.sql.types import IntegerType, StringType
 
 from shards.config import ConfigError
 
+from ..spark import ship
 from .base import BatchVerdicts, DocumentStage, StageContext, StageResult
 
 NGRAMS_COLUMN = "contamination_ngrams"
@@ -148,8 +149,8 @@ def match_counts(text: str | None, eval_ngrams: EvalNgrams, n: int) -> tuple[int
     return hits, (int(eval_ngrams.sources[slots[found.argmax()]]) if hits else None)
 
 
-def _match_batch(params: DecontaminateParams, broadcast, batch: pa.RecordBatch) -> BatchVerdicts:
-    eval_ngrams: EvalNgrams = broadcast.value
+def _match_batch(params: DecontaminateParams, shipped, batch: pa.RecordBatch) -> BatchVerdicts:
+    eval_ngrams: EvalNgrams = shipped.value
     counts, sources, reasons, details = [], [], [], []
     for text in batch.column("text").to_pylist():
         hits, source = match_counts(text, eval_ngrams, params.ngram)
@@ -189,6 +190,6 @@ class Decontaminate(DocumentStage[DecontaminateParams]):
 
     def run(self, docs: DataFrame, ctx: StageContext) -> StageResult:
         eval_ngrams = load_eval_ngrams(self.params.eval_paths, self.params.ngram)
-        broadcast = ctx.spark.sparkContext.broadcast(eval_ngrams)
-        annotated = self.annotate(docs, partial(_match_batch, self.params, broadcast))
+        shipped = ship(ctx.spark, eval_ngrams)
+        annotated = self.annotate(docs, partial(_match_batch, self.params, shipped))
         return StageResult(annotated, metrics=partial(_metrics, self.params, eval_ngrams))

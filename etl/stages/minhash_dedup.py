@@ -37,6 +37,7 @@ from pyspark.sql.types import NumericType
 
 from ..delta import merge_into, read_table, table_exists, table_properties, write_table
 from ..executor_drill import drill
+from ..spark import checkpoint_dir
 from ..text import minhash
 from .base import Stage, StageContext, StageResult
 
@@ -179,7 +180,7 @@ def materialize(df: DataFrame) -> DataFrame:
     """Compute now and cut the lineage: a reliable checkpoint when the session has a checkpoint
     directory (on a cluster the pipeline sets one: etl/pipeline.py), else a local one (executor
     storage, memory then disk)."""
-    if df.sparkSession.sparkContext.getCheckpointDir():
+    if checkpoint_dir(df.sparkSession):
         return df.checkpoint(eager=True)
     return df.localCheckpoint(eager=True)
 

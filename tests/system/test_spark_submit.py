@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deltalake import DeltaTable
 
 from etl.devtools.spark_cluster import StandaloneCluster, python_without_kiln
+from tests.system.same_results import dataset_bytes, table_rows
 from tests.training.subprocess_env import child_env
 from tests.training.token_datasets import write_token_dataset
 
@@ -124,28 +124,6 @@ def cluster(tmp_path_factory, cluster_python):
     started = StandaloneCluster(folder, workers=2, cores=1, env=env)
     yield started.start()
     started.stop()
-
-
-def table_rows(folder: Path, root: Path) -> dict[str, list[str]]:
-    """Every Delta table under ``folder``: its rows, sorted, without run ids and timings, paths under ``root``
-    written as ROOT."""
-    tables = {}
-    for log in sorted(folder.rglob("_delta_log")):
-        table = DeltaTable(str(log.parent)).to_pyarrow_table()
-        keep = [c for c in table.column_names if c != "run_id" and "seconds" not in c and "time" not in c
-                and not c.endswith("_at")]
-        rows = (repr(row).replace(str(root), "ROOT") for row in table.select(keep).to_pylist())
-        tables[log.parent.relative_to(folder).as_posix()] = sorted(rows)
-    return tables
-
-
-def dataset_bytes(dataset: Path) -> dict[str, str]:
-    """sha256 of every file of the newest version's splits (shards and index.json)."""
-    import hashlib
-
-    version = max(dataset.glob("v=*"), key=lambda p: int(p.name[2:]))
-    return {p.relative_to(version).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(version.rglob("*")) if p.is_file() and p.parent.name in ("train", "val")}
 
 
 @pytest.mark.timeout(1800)
