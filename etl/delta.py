@@ -8,17 +8,21 @@ Delta-enabled server has. ``_temp_view`` names a DataFrame for a MERGE.
 """
 from __future__ import annotations
 
+import os
 import uuid
 from contextlib import contextmanager
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
-from .paths import to_spark_path
+from .paths import is_url, to_spark_path
 
 
 def _sql_name(path: str) -> str:
-    return f"delta.`{to_spark_path(path)}`"
+    """The table as SQL names it: Delta reads ``delta.`path` `` as a path only when it is absolute (a
+    relative local path, as ``dedup-explain demo_out/etl ID`` gives, is made so against the working directory)."""
+    spark_path = to_spark_path(path)
+    return f"delta.`{spark_path if is_url(spark_path) else os.path.abspath(spark_path)}`"
 
 
 @contextmanager

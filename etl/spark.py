@@ -32,6 +32,7 @@ from pathlib import Path
 import pyspark
 from py4j.java_gateway import JavaClass
 from pyspark import SparkConf, SparkContext
+from pyspark.errors import AnalysisException
 from pyspark.sql import SparkSession
 
 SCALA_VERSION = "2.13"
@@ -213,7 +214,11 @@ def _connect(app_name: str, extra_conf: dict[str, str]) -> SparkSession:
         raise SparkSetupError(f"Spark Connect needs pyspark's connect client ({missing}): "
                               "pip install 'pyspark[connect]==4.0.1'") from None
     for key, value in {**SESSION_CONF, **extra_conf}.items():
-        spark.conf.set(key, value)
+        try:
+            spark.conf.set(key, value)
+        except AnalysisException as err:  # a static setting (spark.driver.memory, ...) belongs to the server
+            raise SparkSetupError(f"spark_conf {key}: a Spark Connect client cannot set it ({err.getCondition()}); "
+                                  "set it where the server starts") from None
     _check_executors_import_kiln(spark)
     return spark
 
@@ -266,6 +271,9 @@ def _check_executors_import_kiln(spark: SparkSession) -> None:
     except Exception as err:  # a Py4J or PythonException carrying the executor's ImportError
         if "No module named 'etl'" not in str(err):
             raise
+        if is_connect(spark):
+            raise SparkSetupError("the Spark Connect server's Python workers cannot import Kiln (No module named "
+                                  "'etl'): install dist/kiln-0.1.0-py3-none-any.whl in the server's Python") from None
         raise SparkSetupError(
             "the executors cannot import Kiln (No module named 'etl'): pass --py-files dist/kiln-0.1.0.zip to "
             "spark-submit (`make wheel` builds it), or install dist/kiln-0.1.0-py3-none-any.whl on the cluster"

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pyspark
 
+from ..spark import DELTA_PACKAGE, resolved_jars
+
 SPARK_CLASS = Path(pyspark.__file__).parent / "bin" / "spark-class"
 MASTER = "org.apache.spark.deploy.master.Master"
 WORKER = "org.apache.spark.deploy.worker.Worker"
@@ -113,8 +115,6 @@ class ConnectServer:
     SQL extension and catalog; ``url`` is what ``SPARK_REMOTE`` takes. Its Python workers run ``python``."""
 
     def __init__(self, folder: Path, python: str = sys.executable, cores: int = 2, env: dict | None = None):
-        from etl.spark import DELTA_PACKAGE, resolved_jars
-
         self.folder, self.python, self.cores = folder, python, cores
         self.jars = resolved_jars([DELTA_PACKAGE])
         self.port = free_port()

@@ -56,3 +56,15 @@ def test_a_connect_client_refuses_relative_paths(connect_server, tmp_path):
     assert done.returncode == 2, (done.stdout + done.stderr)[-3000:]
     assert f"config error: config.output: 'out' is relative, but Spark's master is '{connect_server.url}'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_static_setting_in_spark_conf_is_one_line_naming_the_fix(connect_server, tmp_path):
+    """The server's JVM started before the client: its memory and jars are the server's to set."""
+    (tmp_path / "in.jsonl").write_text('{"id": "a", "text": "hello"}\n')
+    (tmp_path / "pipeline.yaml").write_text(f"output: {tmp_path}/out\ninputs: [{{path: {tmp_path}/in.jsonl, source: web}}]\n"
+                                            "stages: [{name: fix_encoding}]\nspark_conf: {spark.driver.memory: 2g}\n")
+    done = subprocess.run([sys.executable, "-m", "etl", "run", "pipeline.yaml"], cwd=tmp_path,
+                          env=child_env(SPARK_REMOTE=connect_server.url), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, (done.stdout + done.stderr)[-3000:]
+    assert done.stderr.splitlines()[-1] == ("error: spark_conf spark.driver.memory: a Spark Connect client cannot set "
+                                            "it (CANNOT_MODIFY_CONFIG); set it where the server starts"), done.stderr[-3000:]

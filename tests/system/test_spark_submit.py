@@ -11,7 +11,8 @@ executor in the middle of minhash_dedup, of tokenize and of shuffle_and_write (d
 and still every Delta table of the run holds the rows, and the dataset the bytes, of the same corpus run
 through the same stages in one undisturbed local[2] session (the suite's shared demo run). On the same
 cluster, jobs/train_on_spark.py trains through TorchDistributor, one rank on each worker, the samples and
-weights of `python -m training.launch` with two ranks.
+weights of `python -m training.launch` with two ranks, and docs/operations.md's refresh takes a new input
+file to the same tables and dataset as a local refresh.
 """
 from __future__ import annotations
 
@@ -156,7 +157,6 @@ def test_documented_spark_submit_runs_every_demo_stage_on_a_cluster(submit_dir, 
     differ = [name for name in mine if mine[name] != local[name]]
     assert not differ, f"tables whose rows differ from the local[2] run's: {differ}"
     assert dataset_bytes(output / "dataset") == dataset_bytes(demo_etl["etl"] / "dataset")
-
 
 
 def _nightly_config(work: Path, inputs: Path, output: Path) -> Path:
