@@ -35,6 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from etl.devtools.same_results import table_rows  # noqa: E402
 from etl.devtools.spark_cluster import StandaloneCluster, python_without_kiln  # noqa: E402
 from etl.spark import DELTA_PACKAGE  # noqa: E402
 
@@ -74,17 +75,6 @@ def submit(name: str, master: str, config: Path, python: Path, py_files: Path | 
     return wall, stages
 
 
-def table_rows(out: Path) -> dict[str, list[str]]:
-    from deltalake import DeltaTable
-
-    rows = {}
-    for log in sorted(out.rglob("_delta_log")):
-        table = DeltaTable(str(log.parent)).to_pyarrow_table()
-        keep = [c for c in table.column_names if c != "run_id" and "seconds" not in c and "time" not in c]
-        rows[log.parent.relative_to(out).as_posix()] = sorted(map(repr, table.select(keep).to_pylist()))
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=100_000)
@@ -117,9 +107,9 @@ def main() -> None:
     finally:
         cluster.stop()
 
-    reference = table_rows(work / "runs" / "local" / "out")
+    reference = table_rows(work / "runs" / "local" / "out", work / "runs" / "local")
     for name in ("local+zip", "cluster"):
-        mine = table_rows(work / "runs" / name / "out")
+        mine = table_rows(work / "runs" / name / "out", work / "runs" / name)
         differ = sorted(t for t in set(mine) | set(reference) if mine.get(t) != reference.get(t))
         if differ:
             sys.exit(f"{name} and local disagree on the rows of {differ}")

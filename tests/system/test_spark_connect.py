@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from etl.devtools.spark_cluster import ConnectServer
-from tests.system.same_results import dataset_bytes, table_rows
+from etl.devtools.same_results import dataset_bytes, table_rows
 from tests.training.subprocess_env import child_env
 
 ROOT = Path(__file__).resolve().parents[2]

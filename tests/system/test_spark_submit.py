@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from etl.devtools.spark_cluster import StandaloneCluster, python_without_kiln
-from tests.system.same_results import dataset_bytes, table_rows
+from etl.devtools.same_results import dataset_bytes, table_rows
 from tests.training.subprocess_env import child_env
 from tests.training.token_datasets import write_token_dataset
 

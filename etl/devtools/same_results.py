@@ -1,5 +1,6 @@
 """What two runs of the same pipeline must share, read from their outputs: the cluster and Connect tests
-compare their run with the suite's local[2] run (tests/conftest.py demo_etl)."""
+compare their run with the suite's local[2] run (tests/conftest.py demo_etl), bench/cluster_bench.py
+its three runs with one another."""
 from __future__ import annotations
 
 import hashlib
