@@ -132,11 +132,16 @@ def test_a_kill_right_after_the_rollback_resumes_to_the_same_weights(launches):
     events = [e["event"] for e in read_events(run / "journal.jsonl")]
     assert set(events[events.index("rollback") + 1:]) == {"failure"}  # the kill, and the other rank losing it
     assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-00000004"]  # 2: retention
-    shutil.copytree(run, run.with_name("one-rank"))  # the same kill, resumed on 1 rank instead of 2 (below)
+    shutil.copytree(run, run.with_name("one-rank"))  # the same kill, resumed on 1 rank instead of 2
+    # A launch, as a user resumes, not a run in this process: after the whole suite (in CI and here, though
+    # in no subset of it) the in-process run's weights differed from the launched ones in the last bits.
+    resumed_on_one = start_launch(launches["work"], "one-rank", ["spike.action=rollback", *SPIKE_KEYS], nproc=1,
+                                  KILN_FAULT_PLAN="")
     finish(launches["launch"]("killed"))
     finish(launches["rollback"])
     assert same(final_weights(run), final_weights(launches["rollback"][1]))
-    one_rank = train_here(launches["work"], "name=one-rank", "spike.action=rollback", *SPIKE_KEYS, KILN_FAULT_PLAN="")
+    finish(resumed_on_one)
+    one_rank = resumed_on_one[1]
     manifests = [json.loads((r / "checkpoints" / "step-00000010" / "manifest.json").read_text())
                  for r in (run, one_rank)]
     assert manifests[0]["loader"] == manifests[1]["loader"]
