@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from etl.devtools.same_results import table_rows  # noqa: E402
-from etl.devtools.spark_cluster import StandaloneCluster, python_without_kiln  # noqa: E402
+from etl.devtools.spark_cluster import StandaloneCluster, python_without_kiln, submit_env  # noqa: E402
 from etl.spark import DELTA_PACKAGE  # noqa: E402
 
 STAGES = ("fix_encoding", "quality", "exact_dedup", "minhash_dedup")
@@ -61,12 +61,8 @@ def submit(name: str, master: str, config: Path, python: Path, py_files: Path | 
     if py_files:
         command += ["--py-files", str(py_files)]
     command += [str(ROOT / "jobs" / "run_pipeline.py"), "--config", str(config)]
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYSPARK_", "SPARK_", "KILN_"))
-           and key != "PYTHONPATH"}
-    env.update(PYSPARK_PYTHON=str(python), PYSPARK_DRIVER_PYTHON=str(python), OMP_NUM_THREADS="1",
-               TOKENIZERS_PARALLELISM="false", PATH=f"{python.parent}:{Path(sys.executable).parent}:{env['PATH']}")
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=config.parent, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=config.parent, env=submit_env(python), capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{name} failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-4000:]}")

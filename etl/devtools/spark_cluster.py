@@ -38,6 +38,20 @@ def python_without_kiln(folder: Path) -> Path:
     return python
 
 
+def submit_env(python: Path, conf_dir: Path | None = None) -> dict[str, str]:
+    """The environment of a spark-submit as from a cluster's edge node: this machine's Kiln, Spark, PySpark
+    and S3 settings and PYTHONPATH left out (so only --py-files brings Kiln), ``python`` (from
+    :func:`python_without_kiln`) for the driver and the executors' Python workers, one intra-op thread
+    each, ``conf_dir`` as SPARK_CONF_DIR when given, and spark-submit itself from this virtualenv."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("AWS_", "KILN_", "PYSPARK_", "SPARK_")) and key != "PYTHONPATH"}
+    env.update(PYSPARK_PYTHON=str(python), PYSPARK_DRIVER_PYTHON=str(python), OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false", PATH=f"{python.parent}:{Path(sys.executable).parent}:{env['PATH']}")
+    if conf_dir is not None:
+        env["SPARK_CONF_DIR"] = str(conf_dir)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from etl.devtools.spark_cluster import StandaloneCluster, python_without_kiln
+from etl.devtools.spark_cluster import StandaloneCluster, python_without_kiln, submit_env
 from etl.devtools.same_results import dataset_bytes, table_rows
 from tests.training.subprocess_env import child_env
 from tests.training.token_datasets import write_token_dataset
@@ -95,14 +95,8 @@ def submit_dir(tmp_path_factory) -> Path:
 
 
 def _env(python: Path) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("AWS_", "KILN_", "PYSPARK_", "SPARK_")) and key != "PYTHONPATH"}
-    env.update(PYSPARK_PYTHON=str(python), PYSPARK_DRIVER_PYTHON=str(python), OMP_NUM_THREADS="1",
-               SPARK_CONF_DIR=str(python.parent.parent / "conf"),
-               TOKENIZERS_PARALLELISM="false",
-               # spark-submit from the project's virtualenv; `python` is the cluster's.
-               PATH=f"{python.parent}:{Path(sys.executable).parent}:{os.environ['PATH']}")
-    return env
+    """spark-submit's environment, with the cluster image's settings beside ``python`` (cluster_python)."""
+    return submit_env(python, python.parent.parent / "conf")
 
 
 def _submit(command: str, work: Path, python: Path) -> subprocess.CompletedProcess:
