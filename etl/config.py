@@ -123,6 +123,22 @@ class ReportConfig:
 
 
 @dataclass
+class CatalogConfig:
+    """Catalog mode: every table the run writes is also a table in Spark's catalog (external: its data stays
+    in its folder), ``<schema>.<stage>``, ``<schema>.rejected``..., and Kiln's statements name them so."""
+
+    schema: str  # the schema (database) the tables go in, `name` or `catalog.schema` (Unity Catalog); created if missing
+
+    def __post_init__(self):
+        if not SCHEMA_NAME.fullmatch(self.schema):
+            raise ValueError(f"catalog.schema {self.schema!r} is not a schema name: name or catalog.schema")
+
+
+# A schema's name: one or two identifiers, each plain or in backticks.
+SCHEMA_NAME = re.compile(r"(?:\w+|`[^`]+`)(?:\.(?:\w+|`[^`]+`))?")
+
+
+@dataclass
 class PipelineConfig:
     output: str  # root of every table, the report and (by default) the dataset; local (relative: to the working directory) or s3a://
     inputs: list[InputSpec]  # read and unioned by ingest
@@ -138,6 +154,8 @@ class PipelineConfig:
     # Raw-zone tables (before the `pii` stage, and `rejected`) keep files an overwrite replaced for
     # this many hours, then VACUUM removes them; null: Delta's defaults (7 days, never vacuumed by us).
     raw_zone_retention_hours: int | None = None
+    # Catalog mode: {schema: kiln_run1} registers each table as kiln_run1.<stage> (docs/cluster.md); null: paths only.
+    catalog: CatalogConfig | None = None
 
     def __post_init__(self):
         if isinstance(self.report, bool):

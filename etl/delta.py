@@ -5,6 +5,12 @@ Every statement is Spark SQL or the DataFrame reader and writer, never Delta's P
 (``delta.tables.DeltaTable``): on Spark Connect (Databricks shared and serverless compute) that API
 needs Delta's Connect plugin on the server, while SQL needs only Delta's SQL extension, which every
 Delta-enabled server has. ``_temp_view`` names a DataFrame for a MERGE.
+
+Catalog mode (``catalog: {schema: kiln_run1}``, see :func:`name_tables`): every table under the run's
+output and state folders is also a table in Spark's catalog, ``kiln_run1.quality``, its data still in its
+folder (an external table), and every statement here names it so, never ``delta.`path` ``: Unity Catalog
+refuses path access to a table it governs. The folder of a table nested in another (exact_dedup/kept_ids)
+becomes ``__`` in its name (``exact_dedup__kept_ids``).
 """
 from __future__ import annotations
 
@@ -15,14 +21,45 @@ from contextlib import contextmanager
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
+from .config import PipelineConfig
 from .paths import is_url, to_spark_path
 
 
-def _sql_name(path: str) -> str:
-    """The table as SQL names it: Delta reads ``delta.`path` `` as a path only when it is absolute (a
-    relative local path, as ``dedup-explain demo_out/etl ID`` gives, is made so against the working directory)."""
+# Folder -> (schema, prefix): the tables below the folder are <schema>.<prefix><path below it, '/' as '__'>.
+_NAMED_FOLDERS: dict[str, tuple[str, str]] = {}
+
+
+def _absolute(path: str) -> str:
+    """The path as Spark reads it, absolute: Delta reads ``delta.`path` `` as a path only when it is
+    (a relative local path, as ``dedup-explain demo_out/etl ID`` gives, is made so against the working directory)."""
     spark_path = to_spark_path(path)
-    return f"delta.`{spark_path if is_url(spark_path) else os.path.abspath(spark_path)}`"
+    return (spark_path if is_url(spark_path) else os.path.abspath(spark_path)).rstrip("/")
+
+
+def name_tables(spark: SparkSession, config: PipelineConfig) -> None:
+    """In catalog mode, from here on in this process, the tables under the config's output and state
+    folders are named in its schema (created if missing): ``<schema>.<stage>``, and
+    ``<schema>.state__<table>`` for the state folder's (the dedup indexes, the refresh's file list)."""
+    if config.catalog is None:
+        return
+    schema = config.catalog.schema
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    _NAMED_FOLDERS[_absolute(config.state_root)] = (schema, "state__")
+    _NAMED_FOLDERS.setdefault(_absolute(config.output), (schema, ""))
+
+
+def catalog_name(path: str) -> str | None:
+    """The table's name in the catalog, or None when its folder is not under one :func:`name_tables` named."""
+    table = _absolute(path)
+    for folder, (schema, prefix) in sorted(_NAMED_FOLDERS.items(), key=lambda item: -len(item[0])):
+        if table.startswith(folder + "/"):
+            return f"{schema}.`{prefix}{table[len(folder) + 1:].replace('/', '__')}`"
+    return None
+
+
+def sql_name(path: str) -> str:
+    """The table as a SQL statement names it: its catalog name in catalog mode, else ``delta.`path` ``."""
+    return catalog_name(path) or f"delta.`{_absolute(path)}`"
 
 
 @contextmanager
@@ -52,17 +89,29 @@ def write_table(
         writer = writer.option("overwriteSchema", "true")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
-    writer.save(path)
+    _save(writer, path)
     if properties:
         set_properties(df.sparkSession, path, properties)
 
 
+def _save(writer, path: str) -> None:
+    """Write to the table's folder, through its catalog name in catalog mode (registering it there)."""
+    name = catalog_name(path)
+    if name is None:
+        writer.save(path)
+    else:
+        writer.option("path", _absolute(path)).saveAsTable(name)
+
+
 def set_properties(spark: SparkSession, path: str, properties: dict[str, str]) -> None:
     assignments = ", ".join(f"'{k}' = '{v}'" for k, v in sorted(properties.items()))
-    spark.sql(f"ALTER TABLE {_sql_name(path)} SET TBLPROPERTIES ({assignments})")
+    spark.sql(f"ALTER TABLE {sql_name(path)} SET TBLPROPERTIES ({assignments})")
 
 
 def read_table(spark: SparkSession, path: str, version: int | None = None) -> DataFrame:
+    name = catalog_name(path)
+    if name is not None:
+        return spark.sql(f"SELECT * FROM {name}" + (f" VERSION AS OF {version}" if version is not None else ""))
     reader = spark.read.format("delta")
     if version is not None:
         reader = reader.option("versionAsOf", version)
@@ -71,21 +120,21 @@ def read_table(spark: SparkSession, path: str, version: int | None = None) -> Da
 
 def table_exists(spark: SparkSession, path: str) -> bool:
     try:
-        spark.sql(f"DESCRIBE DETAIL {_sql_name(path)}").collect()
+        spark.sql(f"DESCRIBE DETAIL {sql_name(path)}").collect()
     except AnalysisException as err:
-        if err.getCondition() == "DELTA_MISSING_DELTA_TABLE":
+        if err.getCondition() in ("DELTA_MISSING_DELTA_TABLE", "TABLE_OR_VIEW_NOT_FOUND"):
             return False
         raise
     return True
 
 
 def table_version(spark: SparkSession, path: str) -> int:
-    history = spark.sql(f"DESCRIBE HISTORY {_sql_name(path)} LIMIT 1").select("version").collect()
+    history = spark.sql(f"DESCRIBE HISTORY {sql_name(path)} LIMIT 1").select("version").collect()
     return int(history[0]["version"])
 
 
 def table_properties(spark: SparkSession, path: str) -> dict[str, str]:
-    return spark.sql(f"DESCRIBE DETAIL {_sql_name(path)}").select("properties").collect()[0]["properties"]
+    return spark.sql(f"DESCRIBE DETAIL {sql_name(path)}").select("properties").collect()[0]["properties"]
 
 
 def create_table_if_not_exists(spark: SparkSession, path: str, columns: list[tuple[str, str, bool]],
@@ -93,13 +142,14 @@ def create_table_if_not_exists(spark: SparkSession, path: str, columns: list[tup
     """An empty table with ``columns`` (name, SQL type, nullable) and ``properties``, unless one is there."""
     listed = ", ".join(f"`{name}` {sql_type}{'' if nullable else ' NOT NULL'}" for name, sql_type, nullable in columns)
     assignments = ", ".join(f"'{k}' = '{v}'" for k, v in sorted(properties.items()))
-    spark.sql(f"CREATE TABLE IF NOT EXISTS {_sql_name(path)} ({listed}) USING DELTA"
+    location = f" LOCATION '{_absolute(path)}'" if catalog_name(path) else ""
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {sql_name(path)} ({listed}) USING DELTA{location}"
               + (f" TBLPROPERTIES ({assignments})" if properties else ""))
 
 
 def append_rows(df: DataFrame, path: str) -> None:
     """Append to a Delta table (creating it): for logs of what happened, never for data a rerun rewrites."""
-    df.write.format("delta").mode("append").save(to_spark_path(path))
+    _save(df.write.format("delta").mode("append"), to_spark_path(path))
 
 
 def merge_into(spark: SparkSession, path: str, source: DataFrame, key: str, clauses: str,
@@ -109,7 +159,7 @@ def merge_into(spark: SparkSession, path: str, source: DataFrame, key: str, clau
     added to it."""
     evolution = " WITH SCHEMA EVOLUTION" if evolve_schema else ""
     with _temp_view(source) as view:
-        spark.sql(f"MERGE{evolution} INTO {_sql_name(path)} t USING {view} s ON t.`{key}` = s.`{key}` {clauses}")
+        spark.sql(f"MERGE{evolution} INTO {sql_name(path)} t USING {view} s ON t.`{key}` = s.`{key}` {clauses}")
 
 
 def insert_new_rows(spark: SparkSession, path: str, rows: DataFrame, key: str, evolve_schema: bool = False) -> None:
@@ -122,6 +172,6 @@ def delete_rows(spark: SparkSession, path: str, key: str, targets: DataFrame) ->
     """Delete the rows whose ``key`` is one of ``targets.id``, and rewrite the files that held them."""
     # A MERGE rather than DELETE ... IN (...): the ids never enter the table's log.
     with _temp_view(targets) as view:
-        spark.sql(f"MERGE INTO {_sql_name(path)} t USING {view} e ON t.`{key}` = e.id WHEN MATCHED THEN DELETE")
+        spark.sql(f"MERGE INTO {sql_name(path)} t USING {view} e ON t.`{key}` = e.id WHEN MATCHED THEN DELETE")
     # Deletion vectors (on by default on Databricks) only mark rows deleted: rewrite those files.
-    spark.sql(f"REORG TABLE {_sql_name(path)} APPLY (PURGE)").collect()
+    spark.sql(f"REORG TABLE {sql_name(path)} APPLY (PURGE)").collect()

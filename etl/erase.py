@@ -38,9 +38,9 @@ from shards import list_versions, read_manifest, storage, version_path
 
 from .config import PipelineConfig
 from .dataset.publish import publish, split_stages
-from .delta import delete_rows, read_table
+from .delta import delete_rows, name_tables, read_table, sql_name
 from .funnel import new_run_id
-from .paths import join_path, to_fsspec_url, to_spark_path
+from .paths import join_path, to_fsspec_url
 from .pipeline import Pipeline
 from .refresh import dataset_source
 from .run_state import incomplete_run, mark_complete, mark_running
@@ -117,6 +117,7 @@ def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: Spar
     if refused:
         raise ErasureError(refused)
     spark = spark or get_spark("kiln-erase", config.spark_conf)
+    name_tables(spark, config)
     run_id = new_run_id()
     tables = _all_tables(config)
     if not tables:
@@ -271,9 +272,9 @@ def _vacuum(spark: SparkSession, path: str, nested: list[str]) -> None:
     """Delete now every file the table no longer references. LITE finds them in the log, so the
     tables nested in this one are never touched; once the log no longer reaches back that far,
     only FULL (a listing of the folder) finds them, which a table with nested tables cannot take."""
-    spark_path = to_spark_path(path)
+    table = sql_name(path)
     try:
-        spark.sql(f"VACUUM delta.`{spark_path}` LITE RETAIN 0 HOURS").collect()
+        spark.sql(f"VACUUM {table} LITE RETAIN 0 HOURS").collect()
     except SPARK_ERRORS as err:
         if "DELTA_CANNOT_VACUUM_LITE" not in str(err):
             raise
@@ -281,9 +282,9 @@ def _vacuum(spark: SparkSession, path: str, nested: list[str]) -> None:
             raise ErasureError(
                 f"{path}: its log no longer lists every file it dropped, so only VACUUM FULL could delete "
                 f"them, and that would also delete the tables nested in it ({', '.join(nested)}). Copy those "
-                f"tables elsewhere, run VACUUM delta.`{spark_path}` RETAIN 0 HOURS, and copy them back."
+                f"tables elsewhere, run VACUUM {table} RETAIN 0 HOURS, and copy them back."
             ) from None
-        spark.sql(f"VACUUM delta.`{spark_path}` RETAIN 0 HOURS").collect()
+        spark.sql(f"VACUUM {table} RETAIN 0 HOURS").collect()
 
 
 def _print_summary(report: ErasureReport, progress) -> None:

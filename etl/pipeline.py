@@ -32,10 +32,10 @@ from pyspark.sql import functions as F
 
 from .config import PipelineConfig, is_local_master
 from .dataset.publish import publish, split_stages
-from .delta import read_table, set_properties, table_exists, write_table
+from .delta import name_tables, read_table, set_properties, sql_name, table_exists, write_table
 from .funnel import PipelineRun, StepCounts, new_run_id
 from .ingest import ingest, split_skipped
-from .paths import join_path, to_fsspec_url, to_spark_path
+from .paths import join_path, to_fsspec_url
 from .progress import step_progress
 from .run_state import RUN_ID_PROPERTY, mark_complete, mark_running
 from .spark import get_spark, is_connect
@@ -105,6 +105,7 @@ class Pipeline:
         self.config = config
         self.stages = stages
         self.spark = spark
+        name_tables(spark, config)
 
     def table_path(self, name: str) -> str:
         return join_path(self.config.output, name)
@@ -251,7 +252,7 @@ class Pipeline:
             path = self._rejected_table(zone)
             if table_exists(self.spark, path):
                 listed = ", ".join(f"'{n}'" for n in names)
-                self.spark.sql(f"DELETE FROM delta.`{path}`" + (f" WHERE stage NOT IN ({listed})" if names else ""))
+                self.spark.sql(f"DELETE FROM {sql_name(path)}" + (f" WHERE stage NOT IN ({listed})" if names else ""))
 
     def _mark_rejected_zones(self) -> None:
         for zone in ("raw", "curated"):
@@ -268,7 +269,7 @@ class Pipeline:
         for path in paths:
             if table_exists(self.spark, path):
                 set_properties(self.spark, path, retention)
-                self.spark.sql(f"VACUUM delta.`{to_spark_path(path)}` LITE RETAIN {hours} HOURS").collect()
+                self.spark.sql(f"VACUUM {sql_name(path)} LITE RETAIN {hours} HOURS").collect()
 
     def _check_accounting(self, run: PipelineRun) -> None:
         if run.funnel_end is not None:

@@ -8,6 +8,8 @@ import html
 import json
 import shlex
 
+from ..delta import sql_name
+from ..paths import join_path
 from .collect import MINHASH
 
 CSS = """
@@ -74,7 +76,7 @@ def more_command(example: dict, output: str) -> str:
     if notebook:
         return f"python -m notebooks.run notebooks/{notebook}.py --param OUTPUT={out}"
     table = "rejected" if example["zone"] == "raw" else "rejected_curated"
-    return (f"spark.sql(\"SELECT id, detail, text FROM delta.`{output}/{table}` "
+    return (f"spark.sql(\"SELECT id, detail, text FROM {sql_name(join_path(output, table))} "
             f"WHERE stage = '{example['stage']}' AND reason = '{example['reason']}'\")")
 
 
