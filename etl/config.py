@@ -125,7 +125,8 @@ class ReportConfig:
 @dataclass
 class CatalogConfig:
     """Catalog mode: every table the run writes is also a table in Spark's catalog (external: its data stays
-    in its folder), ``<schema>.<stage>``, ``<schema>.rejected``..., and Kiln's statements name them so."""
+    in its folder), ``<schema>.<stage>``, ``<schema>.rejected``..., and Kiln's statements name them so. It needs
+    a persistent catalog (Databricks' own, or Hive's), and a schema of its own for each output."""
 
     schema: str  # the schema (database) the tables go in, `name` or `catalog.schema` (Unity Catalog); created if missing
 

@@ -17,12 +17,16 @@ from __future__ import annotations
 import os
 import uuid
 from contextlib import contextmanager
+from urllib.parse import urlparse
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
+from shards import storage
+from shards.config import ConfigError
+
 from .config import PipelineConfig
-from .paths import is_url, to_spark_path
+from .paths import is_url, join_path, to_fsspec_url, to_spark_path
 
 
 # Folder -> (schema, prefix): the tables below the folder are <schema>.<prefix><path below it, '/' as '__'>.
@@ -36,16 +40,53 @@ def _absolute(path: str) -> str:
     return (spark_path if is_url(spark_path) else os.path.abspath(spark_path)).rstrip("/")
 
 
+def delta_tables(root: str) -> list[str]:
+    """Every Delta table under `root` (each folder holding a _delta_log), nested ones included."""
+    if not storage.exists(to_fsspec_url(root)):
+        return []
+    found = set()
+    for rel in storage.list_files(to_fsspec_url(root)):
+        table, is_log, _ = ("/" + rel).partition("/_delta_log/")
+        if is_log:
+            found.add(join_path(root, table))
+    return sorted(found)
+
+
 def name_tables(spark: SparkSession, config: PipelineConfig) -> None:
     """In catalog mode, from here on in this process, the tables under the config's output and state
     folders are named in its schema (created if missing): ``<schema>.<stage>``, and
-    ``<schema>.state__<table>`` for the state folder's (the dedup indexes, the refresh's file list)."""
+    ``<schema>.state__<table>`` for the state folder's (the dedup indexes, the refresh's file list).
+
+    The catalog and the folders are made to agree first: a table on disk the schema lacks is registered
+    (else it would read as absent and be overwritten: a dedup index, the refresh's list of files); a
+    name whose folder is gone is dropped; a name of another output's table is refused, since every
+    statement would go to that table instead."""
+    folders = (_absolute(config.output), _absolute(config.state_root))
+    for folder in folders:
+        _NAMED_FOLDERS.pop(folder, None)
     if config.catalog is None:
         return
+    if spark.conf.get("spark.sql.catalogImplementation", "in-memory") == "in-memory":
+        raise ConfigError("catalog: Spark's catalog here is in-memory, gone when the job ends: catalog mode needs a "
+                          "persistent one (Databricks' own, or spark.sql.catalogImplementation=hive on plain Spark)")
     schema = config.catalog.schema
     spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-    _NAMED_FOLDERS[_absolute(config.state_root)] = (schema, "state__")
-    _NAMED_FOLDERS.setdefault(_absolute(config.output), (schema, ""))
+    _NAMED_FOLDERS[folders[0]] = (schema, "")
+    _NAMED_FOLDERS[folders[1]] = (schema, "state__")
+    for row in spark.sql(f"SHOW TABLES IN {schema}").collect():
+        if row.isTemporary:
+            continue
+        name = f"{schema}.`{row.tableName}`"
+        detail = spark.sql(f"DESCRIBE DETAIL {name}").collect()[0]
+        location = detail.location or ""
+        location = _absolute(urlparse(location).path if location.startswith("file:") else location)
+        if catalog_name(location) is None:
+            raise ConfigError(f"catalog: {name} is the table at {location}, not one of this run's (under "
+                              f"{config.output}): give each output a schema of its own, or DROP TABLE {name}")
+        if detail.format != "delta":  # its folder is gone (an output deleted): the name alone is left
+            spark.sql(f"DROP TABLE {name}")
+    for path in [*delta_tables(config.output), *delta_tables(config.state_root)]:
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {catalog_name(path)} USING DELTA LOCATION '{_absolute(path)}'")
 
 
 def catalog_name(path: str) -> str | None:

@@ -38,7 +38,7 @@ from shards import list_versions, read_manifest, storage, version_path
 
 from .config import PipelineConfig
 from .dataset.publish import publish, split_stages
-from .delta import delete_rows, name_tables, read_table, sql_name
+from .delta import delete_rows, delta_tables, name_tables, read_table, sql_name
 from .funnel import new_run_id
 from .paths import join_path, to_fsspec_url
 from .pipeline import Pipeline
@@ -96,18 +96,6 @@ def read_request(path: str) -> tuple[list[str], list[str]]:
     if not ids and not hashes:
         raise ErasureError(f"{path}: no document id or content hash in it")
     return sorted(ids), sorted(hashes)
-
-
-def delta_tables(root: str) -> list[str]:
-    """Every Delta table under `root` (each folder holding a _delta_log), nested ones included."""
-    if not storage.exists(to_fsspec_url(root)):
-        return []
-    found = set()
-    for rel in storage.list_files(to_fsspec_url(root)):
-        table, is_log, _ = ("/" + rel).partition("/_delta_log/")
-        if is_log:
-            found.add(join_path(root, table))
-    return sorted(found)
 
 
 def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: SparkSession | None = None,

@@ -5,6 +5,7 @@ statement naming them so. Every command is a separate process, run as a user typ
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -105,6 +106,13 @@ def test_an_input_table_in_catalog_mode_two_runs_and_an_erasure_all_by_name(cata
     # ... and the second run's overwrite, the raw zone's VACUUM and the erasure's MERGE and VACUUM on its name.
     assert history["fix_encoding"].count("CREATE OR REPLACE TABLE AS SELECT") == 2, history
     assert all("MERGE" in history[t] and history[t][-1] == "VACUUM END" for t in ("ingest", "fix_encoding", "rejected")), history
+    # The schema now names this output's tables: another output there would send every statement to them.
+    done = run(catalog, "-m", "etl", "run", write_config(catalog, "kiln_src.docs", output="other",
+                                                           catalog={"schema": "kiln_run1"}))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, (done.stdout + done.stderr)[-4000:]
+    assert re.fullmatch(r"config error: catalog: kiln_run1\.`\w+` is the table at \S+/named/[\w/]+, not one of this "
+                        r"run's \(under \S+/other\): give each output a schema of its own, or DROP TABLE kiln_run1\.`\w+`",
+                        done.stderr.splitlines()[-1]), done.stderr[-2000:]
 
 
 def test_no_statement_names_a_table_by_its_path_outside_etl_delta():
@@ -139,3 +147,15 @@ def test_table_inputs_are_checked_when_the_config_loads(entry, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         InputSpec(**entry)
 
+
+
+def test_catalog_mode_refuses_a_catalog_that_ends_with_the_job(spark, tmp_path):
+    """The suite's shared session has Spark's default in-memory catalog: its names would be gone next run."""
+    from etl.config import CatalogConfig, InputSpec, PipelineConfig
+    from etl.delta import name_tables
+    from shards.config import ConfigError
+
+    config = PipelineConfig(output=str(tmp_path / "out"), inputs=[InputSpec(path="in.jsonl", source="web")], stages=[],
+                            catalog=CatalogConfig(schema="kiln_memory"))
+    with pytest.raises(ConfigError, match="catalog: Spark's catalog here is in-memory, gone when the job ends"):
+        name_tables(spark, config)
