@@ -77,14 +77,17 @@ def name_tables(spark: SparkSession, config: PipelineConfig) -> None:
         if row.isTemporary:
             continue
         name = f"{schema}.`{row.tableName}`"
-        detail = spark.sql(f"DESCRIBE DETAIL {name}").collect()[0]
-        location = detail.location or ""
+        try:
+            location = spark.sql(f"DESCRIBE DETAIL {name}").collect()[0].location or ""
+        except AnalysisException as err:
+            if err.getCondition() not in ("DELTA_PATH_DOES_NOT_EXIST", "DELTA_MISSING_DELTA_TABLE"):
+                raise
+            spark.sql(f"DROP TABLE {name}")  # its folder is gone (an output deleted): only the name was left
+            continue
         location = _absolute(urlparse(location).path if location.startswith("file:") else location)
         if catalog_name(location) is None:
             raise ConfigError(f"catalog: {name} is the table at {location}, not one of this run's (under "
                               f"{config.output}): give each output a schema of its own, or DROP TABLE {name}")
-        if detail.format != "delta":  # its folder is gone (an output deleted): the name alone is left
-            spark.sql(f"DROP TABLE {name}")
     for path in [*delta_tables(config.output), *delta_tables(config.state_root)]:
         spark.sql(f"CREATE TABLE IF NOT EXISTS {catalog_name(path)} USING DELTA LOCATION '{_absolute(path)}'")
 

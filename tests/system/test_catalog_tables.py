@@ -159,3 +159,25 @@ def test_catalog_mode_refuses_a_catalog_that_ends_with_the_job(spark, tmp_path):
                             catalog=CatalogConfig(schema="kiln_memory"))
     with pytest.raises(ConfigError, match="catalog: Spark's catalog here is in-memory, gone when the job ends"):
         name_tables(spark, config)
+
+
+def test_catalog_mode_registers_tables_on_disk_and_drops_names_whose_folder_is_gone(tmp_path):
+    """Catalog mode switched on for an output that has tables, one of whose registered folders was deleted."""
+    script = textwrap.dedent(f"""\
+        import shutil
+        from etl.config import CatalogConfig, InputSpec, PipelineConfig
+        from etl.delta import name_tables
+        from etl.spark import get_spark
+        spark = get_spark("agree", {hive_conf(tmp_path)!r})
+        spark.sql("CREATE SCHEMA kiln_agree")
+        spark.range(3).write.format("delta").option("path", "{tmp_path}/out/gone").saveAsTable("kiln_agree.gone")
+        spark.range(3).write.format("delta").save("{tmp_path}/out/_state/exact_dedup_index")
+        shutil.rmtree("{tmp_path}/out/gone")
+        config = PipelineConfig(output="{tmp_path}/out", inputs=[InputSpec(path="in.jsonl", source="web")], stages=[],
+                                catalog=CatalogConfig(schema="kiln_agree"))
+        name_tables(spark, config)
+        print(sorted(r.tableName for r in spark.sql("SHOW TABLES IN kiln_agree").collect()))
+        """)
+    done = run(tmp_path, "-c", script)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.splitlines()[-1] == "['state__exact_dedup_index']"
