@@ -37,6 +37,8 @@ def _absolute(path: str) -> str:
     """The path as Spark reads it, absolute: Delta reads ``delta.`path` `` as a path only when it is
     (a relative local path, as ``dedup-explain demo_out/etl ID`` gives, is made so against the working directory)."""
     spark_path = to_spark_path(path)
+    if spark_path.startswith("file:"):  # as DESCRIBE DETAIL gives a local table's location
+        spark_path = urlparse(spark_path).path
     return (spark_path if is_url(spark_path) else os.path.abspath(spark_path)).rstrip("/")
 
 
@@ -50,6 +52,11 @@ def delta_tables(root: str) -> list[str]:
         if is_log:
             found.add(join_path(root, table))
     return sorted(found)
+
+
+def run_tables(config: PipelineConfig) -> list[str]:
+    """Every Delta table of the config's run: under its output and its state folder (often inside the output)."""
+    return sorted(set(delta_tables(config.output)) | set(delta_tables(config.state_root)))
 
 
 def name_tables(spark: SparkSession, config: PipelineConfig) -> None:
@@ -84,11 +91,11 @@ def name_tables(spark: SparkSession, config: PipelineConfig) -> None:
                 raise
             spark.sql(f"DROP TABLE {name}")  # its folder is gone (an output deleted): only the name was left
             continue
-        location = _absolute(urlparse(location).path if location.startswith("file:") else location)
+        location = _absolute(location)
         if catalog_name(location) is None:
             raise ConfigError(f"catalog: {name} is the table at {location}, not one of this run's (under "
                               f"{config.output}): give each output a schema of its own, or DROP TABLE {name}")
-    for path in [*delta_tables(config.output), *delta_tables(config.state_root)]:
+    for path in run_tables(config):
         spark.sql(f"CREATE TABLE IF NOT EXISTS {catalog_name(path)} USING DELTA LOCATION '{_absolute(path)}'")
 
 

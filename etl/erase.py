@@ -38,7 +38,7 @@ from shards import list_versions, read_manifest, storage, version_path
 
 from .config import PipelineConfig
 from .dataset.publish import publish, split_stages
-from .delta import delete_rows, delta_tables, name_tables, read_table, sql_name
+from .delta import delete_rows, name_tables, read_table, run_tables, sql_name
 from .funnel import new_run_id
 from .paths import join_path, to_fsspec_url
 from .pipeline import Pipeline
@@ -107,7 +107,7 @@ def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: Spar
     spark = spark or get_spark("kiln-erase", config.spark_conf)
     name_tables(spark, config)
     run_id = new_run_id()
-    tables = _all_tables(config)
+    tables = run_tables(config)
     if not tables:
         raise ErasureError(f"no Delta table under {config.output} or {config.state_root}: nothing to erase from")
     mark_running(config.output, run_id, "erase")
@@ -145,7 +145,7 @@ def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: Spar
             new_version = None
             unchecked.pop(current, None)
     targets.unpersist()
-    tables = _all_tables(config)
+    tables = run_tables(config)
     with _retention_check_off(spark):
         _each_table(tables, lambda path: _vacuum(spark, path, [t for t in tables if t.startswith(path + "/")]), "vacuuming")
     progress(f"vacuumed {len(tables)} tables (retention 0)")
@@ -165,10 +165,6 @@ def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: Spar
     _print_summary(report, progress)
     progress(f"report: {report_path}")
     return report
-
-
-def _all_tables(config: PipelineConfig) -> list[str]:
-    return sorted(set(delta_tables(config.output)) | set(delta_tables(config.state_root)))
 
 
 def _each_table(tables: list[str], work, what: str) -> list:
