@@ -26,7 +26,6 @@ from __future__ import annotations
 import time
 
 import fsspec
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -38,7 +37,7 @@ from .ingest import ingest, split_skipped
 from .paths import join_path, to_fsspec_url
 from .progress import step_progress
 from .run_state import RUN_ID_PROPERTY, mark_complete, mark_running
-from .spark import get_spark, is_connect
+from .spark import CACHE_LEVEL, get_spark, is_connect
 from .stages.base import Stage, StageContext
 
 
@@ -167,7 +166,7 @@ class Pipeline:
         self._reset_rejected()
         with step_progress(self.spark, "ingest", 1, len(self.stages) + 1):
             start = time.time()
-            annotated = ingest(self.spark, self.config, files).persist(StorageLevel.MEMORY_AND_DISK)
+            annotated = ingest(self.spark, self.config, files).persist(CACHE_LEVEL)
             docs, skipped = split_skipped(annotated)  # web-archive records that are not documents
             self._write_step(run, "ingest", docs, self._zone(-1))
             run.steps.append(_step_counts("ingest", docs, None, time.time() - start))
@@ -192,7 +191,7 @@ class Pipeline:
             with step_progress(self.spark, stage.name, self.stages.index(stage) + 2, len(self.stages) + 1):
                 start = time.time()
                 result = stage.run(read_table(self.spark, source), ctx)
-                annotated = result.docs.persist(StorageLevel.MEMORY_AND_DISK)
+                annotated = result.docs.persist(CACHE_LEVEL)
                 if "reason" not in annotated.columns:
                     raise RuntimeError(f"stage {stage.name!r} returned documents without a 'reason' column")
                 self._write_step(run, stage.name, annotated, self._zone(self.stages.index(stage)))

@@ -25,7 +25,6 @@ import datetime
 from dataclasses import dataclass
 
 import fsspec
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -39,7 +38,7 @@ from .ingest import file_modified, list_input_files
 from .paths import join_path, to_fsspec_url
 from .pipeline import Pipeline
 from .run_state import incomplete_run, mark_complete, mark_running
-from .spark import get_spark
+from .spark import CACHE_LEVEL, get_spark
 from .stages.base import NoParams, Stage, StageContext, StageResult
 
 CUMULATIVE_TABLE = "cumulative"
@@ -143,7 +142,7 @@ class Accumulate(Stage):
             .withColumn("reason", F.when(differs, F.lit("id_already_published")))
             .withColumn("detail", F.when(differs, F.lit("other content than the published document with this id")))
             .drop("_published")
-            .persist(StorageLevel.MEMORY_AND_DISK)
+            .persist(CACHE_LEVEL)
         )
         new = annotated.where(F.col("reason").isNull()).drop("reason", "detail").join(published, "id", "left_anti")
         inserted = new.count()

@@ -19,7 +19,6 @@ from functools import partial
 from typing import Literal
 
 import pyarrow as pa
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType
@@ -27,6 +26,7 @@ from pyspark.sql.types import DoubleType
 from shards.config import ConfigError
 
 from ..paths import local_fs_path
+from ..spark import CACHE_LEVEL
 from ..text import classifiers
 from ..worker_cache import built_once
 from .base import BatchVerdicts, DocumentStage, StageContext, StageResult
@@ -134,7 +134,7 @@ class Classify(DocumentStage[ClassifyParams]):
         if fraction is None:
             return StageResult(scored, metrics=partial(_metrics, None, self.params.min_score))
         # Cached: the threshold is computed from it, and the verdicts then read it; the model runs once.
-        scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
+        scored = scored.persist(CACHE_LEVEL)
         threshold = _top_fraction_threshold(scored, fraction, self.params.quantile_error)
         below = F.col(SCORE_COLUMN) < F.lit(threshold)
         how = f"the best {fraction:g}, by approxQuantile with relative error {self.params.quantile_error:g}"

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pandas as pd
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from ..delta import create_table_if_not_exists, insert_new_rows, read_table, table_properties, table_version
+from ..spark import CACHE_LEVEL
 from .base import Stage, StageContext, StageResult
 
 INDEX_TABLE = "exact_dedup_index"
@@ -103,7 +103,7 @@ class ExactDedup(Stage):
             return StageResult(annotated, tables={"kept_ids": _kept_ids(annotated)}, metrics=_metrics)
 
         # Cached before the MERGE; the pipeline reuses this very DataFrame (and unpersists it).
-        annotated = annotated.persist(StorageLevel.MEMORY_AND_DISK)
+        annotated = annotated.persist(CACHE_LEVEL)
         kept = annotated.filter(F.col("reason").isNull()).select(
             F.col(HASH_COLUMN).alias("text_hash"), F.col("id").alias("kept_id"), F.lit(ctx.run_id).alias("run_id")
         )
