@@ -20,7 +20,11 @@ class TreeSampler(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.interval, self.stopped = root, interval, False
         self.peak = {"driver": 0, "jvm": 0, "workers": 0, "total": 0}  # total: the largest sum at one sample
-        self.cpu = 0.0  # the largest total seen: processes that end take their CPU time with them
+        # Each process's own CPU seconds when last seen, by (pid, start time): a process that ends keeps
+        # what it had used (Spark ends idle Python workers mid-run; summing only the living processes
+        # read as a drop, and the 1M scale run lost two stages' CPU that way).
+        self.cpu_by_process: dict[tuple[int, int], float] = {}
+        self._lock = threading.Lock()  # sample() runs in this thread and in the caller's
 
     def _tree(self) -> list[int]:
         out, stack = [], [self.root]
@@ -35,8 +39,11 @@ class TreeSampler(threading.Thread):
         return out
 
     def sample(self) -> float:
+        with self._lock:
+            return self._sample()
+
+    def _sample(self) -> float:
         rss = {"driver": 0, "jvm": 0, "workers": 0}
-        cpu = 0.0
         for pid in self._tree():
             try:
                 stat = Path(f"/proc/{pid}/stat").read_text()
@@ -45,14 +52,20 @@ class TreeSampler(threading.Thread):
             except OSError:
                 continue
             fields = stat.rsplit(")", 1)[1].split()
-            cpu += sum(int(v) for v in fields[11:15]) / CLOCK_TICKS  # utime, stime, cutime, cstime
+            # utime and stime only: a reaped child's time also lands in its parent's cutime, counted twice
+            self.cpu_by_process[pid, int(fields[19])] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
             kind = "driver" if pid == self.root else "jvm" if comm == "java" else "workers"
             rss[kind] += pages * os.sysconf("SC_PAGE_SIZE")
         rss["total"] = sum(rss.values())
         for kind, value in rss.items():
             self.peak[kind] = max(self.peak[kind], value)
-        self.cpu = max(self.cpu, cpu)
-        return self.cpu
+        return sum(self.cpu_by_process.values())
+
+    @property
+    def cpu(self) -> float:
+        """CPU seconds of every process of the tree seen so far (up to a sampling interval short per process)."""
+        with self._lock:
+            return sum(self.cpu_by_process.values())
 
     def run(self) -> None:
         while not self.stopped:
