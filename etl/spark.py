@@ -122,7 +122,8 @@ def _jars_in(folder: str) -> list[str]:
 # spill; at 1M demo documents (local[2], 4 GB driver) the tokenize stage then ran out of heap, and once
 # smaller cached batches cured that, its samples' sort could no longer get execution memory. DISK_ONLY
 # passed there (tokenize 311 s), and at 100k documents it took the same time as MEMORY_AND_DISK
-# (39.8 s against 39.6 s) and still passed with a 550 MB driver, where MEMORY_AND_DISK failed at 700 MB.
+# (39.8 s against 39.6 s) and still passed with a 550 MB driver, where MEMORY_AND_DISK failed at 700 MB
+# (both with 1,000-row cached batches; with the default 10,000, DISK_ONLY passed at 700 MB too).
 CACHE_LEVEL = StorageLevel.DISK_ONLY
 
 # Settings a running session takes (and so a Spark Connect client may set).
