@@ -38,7 +38,7 @@ from shards import list_versions, read_manifest, storage, version_path
 
 from .config import PipelineConfig
 from .dataset.publish import publish, split_stages
-from .delta import delete_rows, name_tables, read_table, run_tables, sql_name
+from .delta import delete_rows, read_table, run_tables, sql_name
 from .funnel import new_run_id
 from .paths import join_path, to_fsspec_url
 from .pipeline import Pipeline
@@ -105,7 +105,7 @@ def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: Spar
     if refused:
         raise ErasureError(refused)
     spark = spark or get_spark("kiln-erase", config.spark_conf)
-    name_tables(spark, config)
+    pipeline = Pipeline(replace(config, report=False), stages, spark)  # names the tables, in catalog mode
     run_id = new_run_id()
     tables = run_tables(config)
     if not tables:
@@ -137,7 +137,6 @@ def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: Spar
     source = dataset_source(spark, config, stages)
     current = complete[-1] if complete else None  # nothing is published between the listing and here
     if dataset is not None and (source in rows or current in holding or current in unchecked):
-        pipeline = Pipeline(replace(config, report=False), stages, spark)
         run = pipeline.new_run()
         new_version = publish(pipeline, run, dataset, progress, source=source)
         pipeline.finish(run, progress)
