@@ -50,6 +50,21 @@ def load_pipeline_config(path: str, overrides: list[str] = (), check_inputs: boo
     return validate_pipeline_config(data, check_inputs)
 
 
+def check_one_session(paths: list[str], configs: list[PipelineConfig]) -> None:
+    """Configs run in turn by one command share its Spark session, made with the first one's
+    spark_conf, and must not write over each other."""
+    for path, config in zip(paths[1:], configs[1:]):
+        if config.spark_conf != configs[0].spark_conf:
+            raise ConfigError(f"{path}: spark_conf {config.spark_conf} differs from {paths[0]}'s "
+                              f"{configs[0].spark_conf}, which makes the Spark session they share: "
+                              "give them the same spark_conf, or run this config in a command of its own")
+    outputs: dict[str, str] = {}
+    for path, config in zip(paths, configs):
+        if config.output in outputs:
+            raise ConfigError(f"{path} and {outputs[config.output]} both write to {config.output}: give each its own output")
+        outputs[config.output] = path
+
+
 def validate_pipeline_config(data: dict, check_inputs: bool = True) -> tuple[PipelineConfig, list[Stage]]:
     """The typed config and its stages, every path made absolute and every check that needs no
     Spark done; ``check_inputs=False`` skips checking that the inputs exist (erasure needs none)."""

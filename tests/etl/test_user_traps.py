@@ -145,6 +145,20 @@ def test_yaml_float_override_on_the_etl_side(workdir):
     assert_config_error(done, "config.stages[2].params.seq_len: expected int, got 1000.0")
 
 
+def test_several_configs_that_would_collide_fail_before_spark_starts(workdir):
+    """`etl run A B` runs both in one Spark session: made with A's spark_conf, so B may not ask for
+    another, and B may not write over A's output."""
+    data = yaml.safe_load((workdir / "pipeline.yaml").read_text())
+    (workdir / "same_output.yaml").write_text(yaml.safe_dump(data))
+    (workdir / "other_conf.yaml").write_text(yaml.safe_dump(
+        {**data, "output": "out/other", "spark_conf": {"spark.sql.shuffle.partitions": "4"}}))
+    done = kiln(workdir, "run", "pipeline.yaml", "same_output.yaml")
+    assert_config_error(done, f"same_output.yaml and pipeline.yaml both write to {workdir}/out/run1: give each its own output")
+    done = kiln(workdir, "run", "pipeline.yaml", "other_conf.yaml")
+    assert_config_error(done, "other_conf.yaml: spark_conf {'spark.sql.shuffle.partitions': '4'} differs from pipeline.yaml's {}")
+    assert not (workdir / "out" / "other").exists(), "nothing was written"
+
+
 # --------------------------------------------------------------------------- pre-flight checks of stages
 
 def test_missing_tokenizer_fails_before_spark_starts(workdir):
