@@ -1,25 +1,21 @@
 """``data.schedule``: mixture proportions that change by phase (training.data.order).
 
 Through the order function over 30 mixing blocks a phase, each dataset's share of every phase is the
-configured one, and each dataset's samples continue across a phase boundary instead of starting again. On
-a short run the ledger holds exactly the order's samples, and a run SIGKILLed in the middle of phase 2 and
-launched again ends with the same ledger and bitwise the same weights as an uninterrupted one.
+configured one, and each dataset's samples continue across a phase boundary instead of starting again.
+Schedules that cannot work are config errors. A short run on 2 ranks, and one SIGKILLed in phase 2 and
+launched again, are in test_source_mixture.py: its schedule is over two sources of one dataset, which
+reach the order function as two datasets do.
 """
 from __future__ import annotations
 
-import json
 import textwrap
 
 import numpy as np
 import pytest
-import torch
 
-from tests.training.subprocess_env import finish, start_launch
 from tests.training.token_datasets import write_token_dataset
 from training.config import load_config
-from training.data.order import MIX_BLOCK, GlobalOrder, build_order, schedule_phases
-from training.data.sources import resolve_source
-from training.weights.checkpoint_reader import read_model_state
+from training.data.order import MIX_BLOCK, GlobalOrder
 
 SIZES = [[400] * 5, [300] * 5]  # two datasets' shards
 PHASES = [(30 * MIX_BLOCK, [0.7, 0.3]), (None, [0.2, 0.8])]
@@ -66,38 +62,6 @@ def work(tmp_path_factory):
         logging: {{every_steps: 1, sample_ledger: true, progress_bar: false, mlflow: false, plot: false}}
         """))
     return work
-
-
-def ledger(run) -> list[tuple[int, int]]:
-    """(position, sample id) of every sample the run trained on, the last attempt's where steps were redone."""
-    lines = [json.loads(line) for path in sorted((run / "ledger").glob("rank-*.jsonl"))
-             for line in path.read_text().splitlines()]
-    latest = {}
-    for line in sorted(lines, key=lambda line: line["attempt"]):
-        for position, sample in zip(line["positions"], line["sample_ids"]):
-            latest[position] = sample
-    return sorted(latest.items())
-
-
-def test_a_run_trains_on_the_orders_samples_and_a_kill_in_phase_two_resumes_to_the_same_weights(work):
-    """Two launches on 2 ranks side by side: one uninterrupted, one SIGKILLed after step 6 (phase 2) and
-    launched again."""
-    whole = start_launch(work, "whole", [], nproc=2, KILN_FAULT_PLAN="")
-    killed = start_launch(work, "killed", [], nproc=2, KILN_FAULT_PLAN="kill_at_step=6@1")
-    cfg = load_config(work / "train.yaml", ["name=check"])
-    sources = [resolve_source(str(work / name), "train") for name in ("web", "books")]
-    order = build_order(sources, cfg.data.seed, True, cfg.data.shuffle_window_shards,
-                        schedule_phases(cfg.data.schedule, BATCH))
-    expected = order.sample_ids(*order.locate(0, STEPS * BATCH))
-    first, second = expected[:4 * BATCH] < 200, expected[4 * BATCH:] < 200  # web holds sample ids 0-199
-    assert first.sum() > second.sum()  # web's phase, then books'
-    finish(whole)
-    assert [sample for _, sample in ledger(whole[1])] == expected.tolist()
-    finish(killed, succeeds=False)
-    finish(start_launch(work, "killed", [], nproc=2, KILN_FAULT_PLAN=""))
-    assert ledger(killed[1]) == ledger(whole[1])
-    mine, theirs = (read_model_state(str(run / "checkpoints"))[1] for run in (killed[1], whole[1]))
-    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 @pytest.mark.parametrize("schedule, message", [

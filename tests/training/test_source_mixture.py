@@ -9,9 +9,11 @@ sources, then:
 * through the order function, a two-phase schedule over two sources of that dataset gives each source
   its share of the tokens within 1% in every phase (30 mixing blocks a phase), counted from the
   sources file the ETL wrote;
-* a short run (``python -m training.launch``) trains on exactly the order's samples, each from its
-  configured source, and logs each source's tokens to metrics.jsonl; the same run SIGKILLed in phase 2
-  and launched again ends with the same ledger and bitwise the same weights.
+* a short run on 2 ranks (``python -m training.launch``) trains on exactly the order's samples, each
+  from its configured source, and logs each source's tokens to metrics.jsonl; the same run with one rank
+  SIGKILLed in phase 2 and launched again ends with the same ledger and bitwise the same weights. (This
+  is also test_schedule.py's run of a schedule over two datasets: sources of one dataset and separate
+  datasets reach the order function the same way.)
 """
 from __future__ import annotations
 
@@ -184,10 +186,11 @@ def test_a_two_phase_schedule_over_two_sources_gives_each_its_tokens(work):
 
 
 def test_a_run_mixes_the_sources_of_one_dataset_and_logs_their_tokens(work):
-    """Side by side: a run, and the same run SIGKILLed in phase 2 (after step 7) and launched again."""
+    """Side by side on 2 ranks: a run, and the same run with rank 1 SIGKILLed in phase 2 (after step 7)
+    and launched again."""
     write_train_config(work)
-    launch = start_launch(work, "mix", [], nproc=1, KILN_FAULT_PLAN="")
-    killed = start_launch(work, "killed", [], nproc=1, KILN_FAULT_PLAN="kill_at_step=7@0")
+    launch = start_launch(work, "mix", [], nproc=2, KILN_FAULT_PLAN="")
+    killed = start_launch(work, "killed", [], nproc=2, KILN_FAULT_PLAN="kill_at_step=7@1")
     cfg = load_config(work / "train.yaml", ["name=check"])
     dataset = str(work / "out" / "dataset")
     sources = [resolve_source(dataset, "train", source=s.source) for s in cfg.data.datasets]
@@ -196,9 +199,7 @@ def test_a_run_mixes_the_sources_of_one_dataset_and_logs_their_tokens(work):
     datasets, samples = order.locate(0, STEPS * BATCH)
     finish(launch)
     run = launch[1]
-    ledger = [json.loads(line) for line in (run / "ledger" / "rank-00000.jsonl").read_text().splitlines()]
-    trained = [sid for line in ledger for sid in line["sample_ids"]]
-    assert trained == order.sample_ids(datasets, samples).tolist()
+    assert [sample for _, sample in ledger_of(run)] == order.sample_ids(datasets, samples).tolist()
     numbers = source_numbers(f"{dataset}/v={sources[0].version}", "train", read_manifest(dataset))
     assert (numbers[samples] == np.array([s.source_number for s in sources])[datasets]).all()
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -208,7 +209,7 @@ def test_a_run_mixes_the_sources_of_one_dataset_and_logs_their_tokens(work):
     assert last["tokens/web"] + last["tokens/books"] == last["tokens"]
 
     finish(killed, succeeds=False)
-    finish(start_launch(work, "killed", [], nproc=1, KILN_FAULT_PLAN=""))
+    finish(start_launch(work, "killed", [], nproc=2, KILN_FAULT_PLAN=""))
     assert ledger_of(killed[1]) == ledger_of(run)
     mine, theirs = (read_model_state(str(r / "checkpoints"))[1] for r in (killed[1], run))
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
@@ -216,7 +217,8 @@ def test_a_run_mixes_the_sources_of_one_dataset_and_logs_their_tokens(work):
 
 def ledger_of(run) -> list[tuple[int, int]]:
     """(position, sample id) of every sample the run trained on, the last attempt's where steps were redone."""
-    lines = [json.loads(line) for line in (run / "ledger" / "rank-00000.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for path in sorted((run / "ledger").glob("rank-*.jsonl"))
+             for line in path.read_text().splitlines()]
     latest = {}
     for line in sorted(lines, key=lambda line: line["attempt"]):
         latest.update(zip(line["positions"], line["sample_ids"]))
