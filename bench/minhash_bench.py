@@ -2,6 +2,7 @@
 
     python bench/minhash_bench.py quality --docs 20000       # F1 at 0.7 / 0.8, docs/s side by side
     python bench/minhash_bench.py scale --docs 1000000       # 1M short documents, peak RSS
+    python bench/minhash_bench.py whole --docs 10000         # `python -m etl run` vs datatrove, as typed
 
 `quality` builds the planted corpus (bench/minhash_corpus.py), its exact ground truth, then runs on
 the same corpus and machine:
@@ -11,6 +12,12 @@ the same corpus and machine:
     insert/query + union-find, one process) vs datatrove 0.10.1's four-step MinHash pipeline
     (LocalPipelineExecutor, 2 workers, in .cache/venv-datatrove: scripts/side_install_datatrove.sh);
 and prints document-level precision/recall/macro F1 (text-dedup's CORE scoring) and documents/s.
+
+`whole` times each side's whole command from the shell, start-up included: `python -m etl run` of a
+config that holds only minhash_dedup (its JVM start, the JSONL ingest, the stage, the report, as a
+user gets them; once with the default verify=exact, once with verify=estimated) against a script of datatrove's documented MinHash example (JsonlReader, the four
+steps, JsonlWriter of the kept and of the removed documents; LocalPipelineExecutor, 2 workers), on
+the same JSONL files, in turns, each twice. Both clusterings are scored against exact-Jaccard truth.
 
 `scale` writes N short documents to Parquet, runs the stage on local[2], and samples the resident
 memory of the driver process tree (Python driver + JVM + Python workers) every 0.2 s.
@@ -317,6 +324,130 @@ def scale(args) -> None:
     }))
 
 
+_DATATROVE_WHOLE = r"""
+import sys
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
+                                              MinhashDedupFilter, MinhashDedupSignature)
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.writers import JsonlWriter
+from datatrove.utils.hashing import HashConfig
+
+src, work, bands, rows, tasks = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+
+
+def main():
+    config = MinhashConfig(n_grams=5, num_buckets=bands, hashes_per_bucket=rows, seed=1, hash_config=HashConfig(precision=64))
+    common = dict(workers=2, logging_dir=f"{work}/logs", skip_completed=False)
+    LocalPipelineExecutor(pipeline=[JsonlReader(src, id_key="id"), MinhashDedupSignature(output_folder=f"{work}/sigs", config=config)],
+                          tasks=tasks, **common).run()
+    LocalPipelineExecutor(pipeline=[MinhashDedupBuckets(input_folder=f"{work}/sigs", output_folder=f"{work}/buckets", config=config)],
+                          tasks=bands, **common).run()
+    LocalPipelineExecutor(pipeline=[MinhashDedupCluster(input_folder=f"{work}/buckets", output_folder=f"{work}/remove",
+                                                        config=config, save_cluster_id=True)],
+                          tasks=1, workers=1, logging_dir=f"{work}/logs", skip_completed=False).run()
+    LocalPipelineExecutor(pipeline=[JsonlReader(src, id_key="id"),
+                                    MinhashDedupFilter(input_folder=f"{work}/remove", load_cluster_ids=True,
+                                                       exclusion_writer=JsonlWriter(f"{work}/removed")),
+                                    JsonlWriter(f"{work}/kept")],
+                          tasks=tasks, **common).run()
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def whole(args) -> None:
+    """Both whole commands from the shell, start-up included, in turns."""
+    import shutil
+
+    import yaml
+
+    from bench.etl_vs_datatrove import DATATROVE_EXTRAS, ensure_datatrove
+
+    ensure_datatrove()
+    workdir = Path(args.workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    jsonl_dir = workdir / "jsonl"
+    jsonl_dir.mkdir(parents=True)
+    corpus = make_corpus(args.docs, args.seed, paragraphs_per_doc=(6, 16))  # web-length documents
+    ids, texts = corpus.ids, corpus.texts
+    files = 8
+    for f in range(files):
+        with open(jsonl_dir / f"part{f}.jsonl", "w") as handle:
+            for i in range(f, len(ids), files):
+                handle.write(json.dumps({"id": ids[i], "text": texts[i]}) + "\n")
+    print(f"corpus: {len(ids):,} documents in {files} JSONL files, {sum(len(t) for t in texts) / len(texts):,.0f} "
+          f"characters on average", flush=True)
+    truth = ground_truth(texts, args.threshold)
+
+    from etl.stages.minhash_dedup import MinHashDedupParams
+
+    bands, rows = MinHashDedupParams(threshold=args.threshold).band_rows()
+    configs = {}
+    for verify in ("exact", "estimated"):  # the default, and the cheaper verification
+        configs[verify] = workdir / f"minhash_only_{verify}.yaml"
+        configs[verify].write_text(yaml.safe_dump({
+            "output": str(workdir / f"kiln-{verify}"),
+            "inputs": [{"path": str(jsonl_dir / "*.jsonl"), "id_field": "id", "source": "web"}],
+            "stages": [{"name": "minhash_dedup", "params": {"threshold": args.threshold, "verify": verify}}]}))
+    script = workdir / "datatrove_minhash.py"
+    script.write_text(_DATATROVE_WHOLE)
+    # datatrove.pipeline.dedup imports tokenizers and the MinHash steps need xxhash: the extras folder
+    # has tokenizers, .venv lends xxhash (same interpreter), as in datatrove_job above.
+    import xxhash
+
+    extra = workdir / "extra"
+    extra.mkdir()
+    package = Path(xxhash.__file__).parent
+    for path in [package, *package.parent.glob("xxhash-*.dist-info")]:
+        (extra / path.name).symlink_to(path)
+    datatrove_env = {**os.environ, "PYTHONPATH": f"{DATATROVE_EXTRAS}{os.pathsep}{extra}"}
+    kiln_env = {k: v for k, v in os.environ.items() if k != "KILN_SPARK_MASTER"}
+    commands = {
+        **{f"kiln-{verify}": ([sys.executable, "-m", "etl", "run", str(config)], kiln_env, ROOT)
+           for verify, config in configs.items()},
+        "datatrove": ([str(DATATROVE_PYTHON), str(script), str(jsonl_dir), str(workdir / "datatrove"), str(bands),
+                       str(rows), str(files)], datatrove_env, workdir),
+    }
+    seconds = {name: [] for name in commands}
+    for round_ in range(args.rounds):
+        for name, (command, env, cwd) in commands.items():
+            shutil.rmtree(workdir / name, ignore_errors=True)
+            start = time.perf_counter()
+            done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
+            seconds[name].append(time.perf_counter() - start)
+            if done.returncode != 0:
+                sys.exit(f"{name} failed:\n{(done.stdout + done.stderr)[-4000:]}")
+            print(f"round {round_ + 1}: {name} {seconds[name][-1]:.1f} s", flush=True)
+    # Scores of the last round's outputs.
+    spark = _spark(2)
+    scores = {}
+    for verify in configs:
+        clusters = spark.read.format("delta").load(str(workdir / f"kiln-{verify}" / "minhash_dedup" / "clusters"))
+        # Kiln's ids carry their source ("web/d0000001"); the truth's are the file's own.
+        cluster_of = {i.split("/", 1)[1]: c for i, c in clusters.select("id", "cluster_id").collect()}
+        scores[f"kiln-{verify}"] = core_scores(truth, [cluster_of.get(i, i) for i in ids])
+    cluster_of = {}
+    for rank, path in enumerate(sorted(jsonl_dir.glob("*.jsonl"))):
+        with open(path) as handle:
+            rank_ids = [json.loads(line)["id"] for line in handle]
+        clusters_file = workdir / "datatrove" / "remove" / f"{rank:06d}.clusters"
+        if clusters_file.exists():
+            for doc, cluster in np.fromfile(clusters_file, dtype="<u4").reshape(-1, 2).tolist():
+                cluster_of[rank_ids[doc]] = f"c{cluster}"
+    scores["datatrove"] = core_scores(truth, [cluster_of.get(i, i) for i in ids])
+    best = {name: min(values) for name, values in seconds.items()}
+    print(f"\nwhole command, {len(ids):,} documents, threshold {args.threshold} ({bands}x{rows}), best of {args.rounds}:")
+    for name in commands:
+        each = ", ".join(f"{d / k:.2f}x" for k, d in zip(seconds[name], seconds["datatrove"]))
+        print(f"  {name:<20} {best[name]:6.1f} s  {len(ids) / best[name]:5,.0f} docs/s  F1 {scores[name]['macro_f1']:.3f}  "
+              f"vs datatrove {best['datatrove'] / best[name]:.2f}x (each round: {each})")
+    print(json.dumps({"docs": len(ids), "seconds": {k: [round(v, 1) for v in vs] for k, vs in seconds.items()},
+                      "f1": {k: round(v["macro_f1"], 4) for k, v in scores.items()}}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -333,6 +464,13 @@ def main() -> None:
     s.add_argument("--verify", default="exact")
     s.add_argument("--workdir", default="/tmp/minhash_scale")
     s.set_defaults(func=scale)
+    w = sub.add_parser("whole")
+    w.add_argument("--docs", type=int, default=10_000)
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--threshold", type=float, default=0.8)
+    w.add_argument("--rounds", type=int, default=2)
+    w.add_argument("--workdir", default="/tmp/minhash_whole")
+    w.set_defaults(func=whole)
     args = parser.parse_args()
     args.func(args)
 

@@ -128,8 +128,10 @@ EDITS = (
 )
 
 
-def make_corpus(n_docs: int, seed: int = 0, short: bool = False, dup_share: float = 0.25) -> Corpus:
-    """About n_docs documents; ``short`` gives 1-3 sentence documents (for the scale run)."""
+def make_corpus(n_docs: int, seed: int = 0, short: bool = False, dup_share: float = 0.25,
+                paragraphs_per_doc: tuple[int, int] = (2, 6)) -> Corpus:
+    """About n_docs documents; ``short`` gives 1-3 sentence documents (for the scale run); more
+    paragraphs per document give web-length ones (6-16: about 3,000 characters, as web pages)."""
     rng = random.Random(seed)
     pool = sentences()
     vocabulary = sorted({w for s in pool for w in s.split()})
@@ -145,7 +147,7 @@ def make_corpus(n_docs: int, seed: int = 0, short: bool = False, dup_share: floa
         if short:
             paragraphs = _paragraphs(rng, pool, 1, (1, 3))
         else:
-            paragraphs = _paragraphs(rng, pool, rng.randint(2, 6), (2, 5))
+            paragraphs = _paragraphs(rng, pool, rng.randint(*paragraphs_per_doc), (2, 5))
         if rng.random() < 0.2:
             paragraphs[-1] = _typographic(paragraphs[-1], rng)
         if not short and rng.random() < 0.3:
