@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from shards.config import ConfigError
@@ -108,9 +109,35 @@ def build_model(model_cfg: MPTConfig, par: ParallelSection, d: Distributed) -> n
 
 
 def grad_norm_and_clip(model: nn.Module, max_norm: float | None) -> torch.Tensor:
-    """The total gradient norm (before clipping) as a 0-dim tensor on the device, the same on every rank;
-    clips to ``max_norm`` when set. Not read on the host here: the step must not wait for it."""
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm is not None else float("inf"))
-    if hasattr(norm, "full_tensor"):
-        norm = norm.full_tensor()
+    """The total gradient norm (before clipping) as a 0-dim float32 tensor on the device, the same on every
+    rank; clips to ``max_norm`` when set. Not read on the host here: the step must not wait for it.
+
+    The squares are summed in float64 (each rank its shards, then one all-reduce) and the norm rounded to
+    float32 once, so it does not depend on how the gradients are sharded. torch's clip_grad_norm_ sums
+    each shard in float32: on an AVX-512 Xeon its norm differed in the last bit between 1 and 2 ranks, and
+    so did the clipped weights of a run resumed on 1 rank from the 2-rank run's checkpoint."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros((), dtype=torch.float32)
+    locals_, layout = [], None
+    for grad in grads:
+        if isinstance(grad, DTensor):
+            if layout not in (None, (grad.device_mesh, grad.placements)):
+                raise RuntimeError(f"gradients on two layouts, {layout[1]} and {grad.placements}: one norm needs one")
+            layout = grad.device_mesh, grad.placements
+            grad = grad.to_local()
+        locals_.append(grad)
+    squares = sum(torch.linalg.vector_norm(g, dtype=torch.float64).square() for g in locals_)
+    if layout is not None:  # add up the shards; replicas (hybrid sharding's other dimension) hold the same
+        mesh, placements = layout
+        for dim, placement in enumerate(placements):
+            if placement.is_shard():
+                dist.all_reduce(squares, group=mesh.get_group(dim))
+            elif not placement.is_replicate():
+                raise RuntimeError(f"gradient placement {placement}: expected shards or replicas")
+    norm = squares.sqrt().float()
+    if max_norm is not None:
+        scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)  # as clip_grad_norm_ computes it
+        for g in locals_:
+            g.mul_(scale)
     return norm
