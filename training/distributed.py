@@ -14,8 +14,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.tensor import DTensor
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 
 from shards.config import ConfigError
 
@@ -118,7 +118,7 @@ def grad_norm_and_clip(model: nn.Module, max_norm: float | None) -> torch.Tensor
     so did the clipped weights of a run resumed on 1 rank from the 2-rank run's checkpoint."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
-        return torch.zeros((), dtype=torch.float32)
+        return torch.zeros((), dtype=torch.float32, device=next(model.parameters()).device)
     locals_, layout = [], None
     for grad in grads:
         if isinstance(grad, DTensor):
