@@ -15,9 +15,10 @@ and prints document-level precision/recall/macro F1 (text-dedup's CORE scoring) 
 
 `whole` times each side's whole command from the shell, start-up included: `python -m etl run` of a
 config that holds only minhash_dedup (its JVM start, the JSONL ingest, the stage, the report, as a
-user gets them; once with the default verify=exact, once with verify=estimated) against a script of datatrove's documented MinHash example (JsonlReader, the four
-steps, JsonlWriter of the kept and of the removed documents; LocalPipelineExecutor, 2 workers), on
-the same JSONL files, in turns, each twice. Both clusterings are scored against exact-Jaccard truth.
+user gets them; once with the default verify=exact, once with verify=estimated) against a script of
+datatrove's documented MinHash example (JsonlReader, the four steps, JsonlWriter of the kept and of
+the removed documents; LocalPipelineExecutor, 2 workers), on the same JSONL files, in turns,
+`--rounds` times (default 2). Every clustering is scored against exact-Jaccard truth.
 
 `scale` writes N short documents to Parquet, runs the stage on local[2], and samples the resident
 memory of the driver process tree (Python driver + JVM + Python workers) every 0.2 s.
@@ -166,8 +167,33 @@ if __name__ == "__main__":
 '''
 
 
+def _lend(folder: Path, *modules) -> str:
+    """datatrove's MinHash needs `tokenizers` (imported by datatrove.pipeline.dedup) and `xxhash`, which
+    its side venv does not install: a folder that holds only .venv's copies of ``modules`` (same
+    interpreter), for its PYTHONPATH."""
+    folder.mkdir()
+    for module in modules:
+        package = Path(module.__file__).parent
+        for path in [package, *package.parent.glob(f"{module.__name__}-*.dist-info")]:
+            (folder / path.name).symlink_to(path)
+    return str(folder)
+
+
+def _datatrove_clusters(jsonl_dir: Path, remove_dir: Path) -> dict[str, str]:
+    """Cluster membership from datatrove's own output: <rank>.clusters holds (document index within the
+    rank's input file, cluster id) as uint32 pairs for every clustered document, kept or removed."""
+    cluster_of = {}
+    for rank, path in enumerate(sorted(jsonl_dir.glob("*.jsonl"))):
+        with open(path) as handle:
+            rank_ids = [json.loads(line)["id"] for line in handle]
+        clusters_file = remove_dir / f"{rank:06d}.clusters"
+        if clusters_file.exists():
+            for doc, cluster in np.fromfile(clusters_file, dtype="<u4").reshape(-1, 2).tolist():
+                cluster_of[rank_ids[doc]] = f"c{cluster}"
+    return cluster_of
+
+
 def datatrove_job(jsonl_dir: Path, ids: list[str], bands: int, rows: int, workdir: Path, workers: int = 2) -> tuple[float, list]:
-    import glob
     import shutil
 
     work = workdir / "datatrove"
@@ -175,34 +201,15 @@ def datatrove_job(jsonl_dir: Path, ids: list[str], bands: int, rows: int, workdi
     work.mkdir(parents=True)
     script = work / "run.py"
     script.write_text(_DATATROVE_SCRIPT)
-    # datatrove's MinHash needs `tokenizers` (imported by datatrove.pipeline.dedup) and `xxhash`, which
-    # the side venv does not install: lend it .venv's (tokenizers 0.22.1, xxhash 3.6.0, same
-    # interpreter) through a folder that holds only those two packages.
     import tokenizers
     import xxhash
 
-    extra = work / "extra"
-    extra.mkdir()
-    for module in (tokenizers, xxhash):
-        package = Path(module.__file__).parent
-        for path in [package, *package.parent.glob(f"{module.__name__}-*.dist-info")]:
-            (extra / path.name).symlink_to(path)
-    env = {**os.environ, "PYTHONPATH": str(extra)}
+    env = {**os.environ, "PYTHONPATH": _lend(work / "extra", tokenizers, xxhash)}
     start = time.perf_counter()
     subprocess.run([str(DATATROVE_PYTHON), str(script), str(jsonl_dir), str(work), str(bands), str(rows), str(workers)],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     seconds = time.perf_counter() - start
-    # Cluster membership from datatrove's own output: <rank>.clusters holds (document index within
-    # the rank's input file, cluster id) as uint32 pairs for every clustered document, kept or removed.
-    cluster_of = {}
-    for rank, path in enumerate(sorted(glob.glob(str(jsonl_dir / "*.jsonl")))):
-        with open(path) as handle:
-            rank_ids = [json.loads(line)["id"] for line in handle]
-        clusters_file = work / "remove" / f"{rank:06d}.clusters"
-        if clusters_file.exists():
-            pairs = np.fromfile(clusters_file, dtype="<u4").reshape(-1, 2)
-            for doc, cluster in pairs.tolist():
-                cluster_of[rank_ids[doc]] = f"c{cluster}"
+    cluster_of = _datatrove_clusters(jsonl_dir, work / "remove")
     return seconds, [cluster_of.get(i, i) for i in ids]
 
 
@@ -394,16 +401,9 @@ def whole(args) -> None:
             "stages": [{"name": "minhash_dedup", "params": {"threshold": args.threshold, "verify": verify}}]}))
     script = workdir / "datatrove_minhash.py"
     script.write_text(_DATATROVE_WHOLE)
-    # datatrove.pipeline.dedup imports tokenizers and the MinHash steps need xxhash: the extras folder
-    # has tokenizers, .venv lends xxhash (same interpreter), as in datatrove_job above.
-    import xxhash
+    import xxhash  # tokenizers and orjson (for JsonlReader) come from the extras folder
 
-    extra = workdir / "extra"
-    extra.mkdir()
-    package = Path(xxhash.__file__).parent
-    for path in [package, *package.parent.glob("xxhash-*.dist-info")]:
-        (extra / path.name).symlink_to(path)
-    datatrove_env = {**os.environ, "PYTHONPATH": f"{DATATROVE_EXTRAS}{os.pathsep}{extra}"}
+    datatrove_env = {**os.environ, "PYTHONPATH": f"{DATATROVE_EXTRAS}{os.pathsep}{_lend(workdir / 'extra', xxhash)}"}
     kiln_env = {k: v for k, v in os.environ.items() if k != "KILN_SPARK_MASTER"}
     commands = {
         **{f"kiln-{verify}": ([sys.executable, "-m", "etl", "run", str(config)], kiln_env, ROOT)
@@ -429,14 +429,7 @@ def whole(args) -> None:
         # Kiln's ids carry their source ("web/d0000001"); the truth's are the file's own.
         cluster_of = {i.split("/", 1)[1]: c for i, c in clusters.select("id", "cluster_id").collect()}
         scores[f"kiln-{verify}"] = core_scores(truth, [cluster_of.get(i, i) for i in ids])
-    cluster_of = {}
-    for rank, path in enumerate(sorted(jsonl_dir.glob("*.jsonl"))):
-        with open(path) as handle:
-            rank_ids = [json.loads(line)["id"] for line in handle]
-        clusters_file = workdir / "datatrove" / "remove" / f"{rank:06d}.clusters"
-        if clusters_file.exists():
-            for doc, cluster in np.fromfile(clusters_file, dtype="<u4").reshape(-1, 2).tolist():
-                cluster_of[rank_ids[doc]] = f"c{cluster}"
+    cluster_of = _datatrove_clusters(jsonl_dir, workdir / "datatrove" / "remove")
     scores["datatrove"] = core_scores(truth, [cluster_of.get(i, i) for i in ids])
     best = {name: min(values) for name, values in seconds.items()}
     print(f"\nwhole command, {len(ids):,} documents, threshold {args.threshold} ({bands}x{rows}), best of {args.rounds}:")
