@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gc
 import uuid
+import zipfile
+import zipimport
 
 import pyarrow as pa
 
@@ -30,3 +32,32 @@ def test_a_spark_task_freezes_the_heap_after_building(spark):
 
     rows = spark.range(1, numPartitions=1).mapInArrow(probe, "before long, after long, same boolean").collect()
     assert [(r["after"] > r["before"], r["same"]) for r in rows] == [(True, True)]
+
+
+def test_a_spark_worker_reads_a_zip_again_only_when_it_changed(spark, tmp_path):
+    """PySpark's worker invalidates the import caches before every task; a worker running Kiln's code
+    re-reads an archive then only if it changed. The driver's importers are left as Python made them."""
+    archive = str(tmp_path / "modules.zip")
+
+    def write(*modules):
+        with zipfile.ZipFile(archive, "w") as handle:
+            for name in modules:
+                handle.writestr(f"{name}.py", "value = 1\n")
+
+    write("first")
+    assert not hasattr(zipimport.zipimporter.invalidate_caches, "reads_only_changed")
+
+    def probe(batches):
+        for _ in batches:
+            pass
+        importer = zipimport.zipimporter(archive)
+        importer.invalidate_caches()
+        directory = importer._files
+        importer.invalidate_caches()
+        unchanged_kept = importer._files is directory  # not read again
+        write("first", "second")
+        importer.invalidate_caches()
+        yield pa.RecordBatch.from_pydict({"kept": [unchanged_kept], "names": [sorted(importer._files)]})
+
+    rows = spark.range(1, numPartitions=1).mapInArrow(probe, "kept boolean, names array<string>").collect()
+    assert [(r["kept"], r["names"]) for r in rows] == [(True, ["first.py", "second.py"])]
