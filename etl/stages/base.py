@@ -93,7 +93,8 @@ class DocumentStage(Stage[P]):
     """A stage that judges each document by itself, on Arrow batches inside ``mapInArrow``.
 
     A subclass declares ``columns`` (name -> Spark type; the Arrow type is derived from it) and builds
-    its run from ``annotate(docs, batch_function)``. Output columns: the input's (``text`` and
+    its run from ``annotate(docs, batch_function)`` (classify, which needs only the text in Python,
+    from ``without_own_columns`` and a scalar UDF). Output columns: the input's (``text`` and
     ``content_hash`` updated where the stage rewrote a text), then the stage's own columns and
     ``reason``, ``detail``, in the order ``verdict_first`` says.
     """
@@ -110,13 +111,18 @@ class DocumentStage(Stage[P]):
         verdict = {name: StringType() for name in VERDICT_COLUMNS}
         return {**verdict, **self.columns} if self.verdict_first else {**self.columns, **verdict}
 
-    def annotate(self, docs: DataFrame, batch_function: BatchFunction) -> DataFrame:
-        """``docs`` with the stage's columns and verdicts, ``batch_function`` run on every Arrow batch."""
+    def without_own_columns(self, docs: DataFrame) -> DataFrame:
+        """``docs`` less the columns the stage replaces; any other column the stage adds is an error."""
         docs = docs.drop(*[name for name in self.replaces if name in docs.columns])
-        added = self.output_columns()
-        for name in added:
+        for name in self.output_columns():
             if name in docs.columns:
                 raise ValueError(f"{self.name}: the input already has a column {name!r}; is the stage configured twice?")
+        return docs
+
+    def annotate(self, docs: DataFrame, batch_function: BatchFunction) -> DataFrame:
+        """``docs`` with the stage's columns and verdicts, ``batch_function`` run on every Arrow batch."""
+        docs = self.without_own_columns(docs)
+        added = self.output_columns()
         schema = StructType(docs.schema.fields + [StructField(name, kind) for name, kind in added.items()])
         arrow_types = {name: to_arrow_type(kind) for name, kind in added.items()}
         return docs.mapInArrow(lambda batches: _annotated_batches(batches, batch_function, arrow_types), schema)
