@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import time
 import zipimport
 from typing import Callable, TypeVar
 
@@ -63,15 +64,20 @@ def lighten_spark_worker() -> None:
 
 def _invalidate_if_changed(reread: Callable[[zipimport.zipimporter], None]):
     def invalidate_caches(importer: zipimport.zipimporter) -> None:
-        """The archive's directory read again only if its size or time changed since this importer read it."""
+        """The archive's directory read again unless this importer read it since the file last changed:
+        same file, size, modification and change times (a copy that keeps the modification time still
+        changes the change time), not modified in the last 2 s (a write in progress), read whole."""
         try:
             stat = os.stat(importer.archive)
-            stamp = (stat.st_mtime_ns, stat.st_size)
+            stamp = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
         except OSError:  # gone: the original call drops it
             stamp = None
-        if stamp is None or getattr(importer, "_kiln_read_at", None) != stamp:
-            reread(importer)
-            importer._kiln_read_at = stamp
+        if stamp is not None and getattr(importer, "_kiln_read_at", None) == stamp:
+            return
+        reread(importer)
+        settled = stamp is not None and time.time_ns() - stamp[3] > 2_000_000_000
+        read_whole = importer.archive in zipimport._zip_directory_cache
+        importer._kiln_read_at = stamp if settled and read_whole else None
 
     invalidate_caches.reads_only_changed = True
     return invalidate_caches

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import gc
+import os
+import time
 import uuid
 import zipfile
 import zipimport
@@ -44,20 +46,27 @@ def test_a_spark_worker_reads_a_zip_again_only_when_it_changed(spark, tmp_path):
             for name in modules:
                 handle.writestr(f"{name}.py", "value = 1\n")
 
-    write("first")
+    write("first", "one")
     assert not hasattr(zipimport.zipimporter.invalidate_caches, "reads_only_changed")
 
     def probe(batches):
+        import etl  # noqa: F401  (what every task running Kiln's code does)
+
         for _ in batches:
             pass
+        patched = getattr(zipimport.zipimporter.invalidate_caches, "reads_only_changed", False)
+        os.utime(archive, ns=(0, 0))  # settled long ago
         importer = zipimport.zipimporter(archive)
         importer.invalidate_caches()
         directory = importer._files
         importer.invalidate_caches()
         unchanged_kept = importer._files is directory  # not read again
-        write("first", "second")
+        time.sleep(0.05)  # a tick of the file system's clock
+        write("first", "two")  # the same size, and the old modification time: only the change time moved
+        os.utime(archive, ns=(0, 0))
         importer.invalidate_caches()
-        yield pa.RecordBatch.from_pydict({"kept": [unchanged_kept], "names": [sorted(importer._files)]})
+        yield pa.RecordBatch.from_pydict({"patched": [patched], "kept": [unchanged_kept],
+                                          "names": [sorted(importer._files)]})
 
-    rows = spark.range(1, numPartitions=1).mapInArrow(probe, "kept boolean, names array<string>").collect()
-    assert [(r["kept"], r["names"]) for r in rows] == [(True, ["first.py", "second.py"])]
+    rows = spark.range(1, numPartitions=1).mapInArrow(probe, "patched boolean, kept boolean, names array<string>").collect()
+    assert [(r["patched"], r["kept"], r["names"]) for r in rows] == [(True, True, ["first.py", "two.py"])]
