@@ -97,7 +97,9 @@ def _score_udf(params: ClassifyParams):
     def scores(texts: pd.Series) -> pd.Series:
         return pd.Series(_classifier(params).score(texts.tolist()), dtype="float64")
 
-    return F.pandas_udf(scores, DoubleType())
+    # Nondeterministic for the optimizer: a filter on the verdicts is not pushed below the scoring,
+    # which would run the model once for the filter and again for the columns.
+    return F.pandas_udf(scores, DoubleType()).asNondeterministic()
 
 
 def rejection_reason(name: str, threshold: float) -> str:
