@@ -35,6 +35,8 @@ from pyspark import SparkConf, SparkContext, StorageLevel
 from pyspark.errors import AnalysisException
 from pyspark.sql import SparkSession
 
+from .jvm_archive import DriverArchive
+
 SCALA_VERSION = "2.13"
 DELTA_VERSION = "4.0.1"  # delta-spark's jar is built per Spark minor version: keep in step with pyspark
 HADOOP_VERSION = "3.4.1"  # the Hadoop that pyspark 4.0 bundles; hadoop-aws must match it
@@ -203,10 +205,19 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
         builder = builder.config("spark.sql.sources.parallelPartitionDiscovery.parallelism", "8")
         # Python workers run the interpreter that runs us (the project's virtualenv), not the system one.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    for key, value in {**_defaults(with_s3), **(extra_conf or {})}.items():
+    conf = {**_defaults(with_s3), **(extra_conf or {})}
+    archive = None
+    if not _under_spark_submit() and "spark.driver.extraJavaOptions" not in conf and not given.contains(
+            "spark.driver.extraJavaOptions"):  # a user's own driver options are left alone
+        archive = DriverArchive(cache_dir(), conf.get("spark.jars", ""))
+        if archive.options:
+            conf["spark.driver.extraJavaOptions"] = archive.options
+    for key, value in conf.items():
         if not given.contains(key):
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    if archive is not None:
+        archive.adopt_at_exit(spark)
     spark.sparkContext.setLogLevel(os.environ.get("KILN_SPARK_LOG_LEVEL", "ERROR"))
     _check_delta(spark._jvm)
     if not spark.sparkContext.master.startswith("local"):

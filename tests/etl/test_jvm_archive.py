@@ -1,0 +1,58 @@
+"""etl.jvm_archive: the first `python -m etl run` leaves a class-data archive in Kiln's cache, the next
+one starts its JVM from it, and a dump that was never finished is neither used nor left behind."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from etl.jvm_archive import DriverArchive
+from etl.spark import DELTA_PACKAGE, resolved_jars
+
+
+def _run(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "etl", "run", "pipeline.yaml"], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
+
+
+def test_the_second_run_maps_the_classes_the_first_one_archived(tmp_path):
+    jars = tmp_path / "jars"  # the suite's jars, so this fresh cache fetches nothing
+    jars.mkdir()
+    for jar in resolved_jars([DELTA_PACKAGE]):
+        os.symlink(jar, jars / os.path.basename(jar))
+    cache = tmp_path / "cache"
+    env = {**os.environ, "KILN_SPARK_MASTER": "local[2]", "KILN_CACHE": str(cache), "KILN_SPARK_JARS": str(jars)}
+    for key in ("AWS_ENDPOINT_URL", "KILN_SPARK_S3", "PYTHONPATH", "JAVA_TOOL_OPTIONS", "KILN_JVM_ARCHIVE"):
+        env.pop(key, None)
+    with open(tmp_path / "docs.jsonl", "w") as handle:
+        for i in range(3):
+            handle.write(json.dumps({"id": f"d{i}", "text": f"Note {i}: the tide comes in twice a day."}) + "\n")
+    (tmp_path / "pipeline.yaml").write_text("output: out\ninputs: [{path: docs.jsonl, source: notes, id_field: id}]\n"
+                                            "stages: [{name: fix_encoding}]\nreport: {enabled: false}\n")
+    # A dump left by a process that died mid-way (pid 2**22 + 1 is above Linux's pid limit) must go.
+    (cache / "jvm").mkdir(parents=True)
+    stale = DriverArchive(cache, ",".join(sorted(str(j) for j in jars.iterdir())))
+    assert stale.options.startswith("-XX:ArchiveClassesAtExit="), stale.options
+    archive = stale._archive
+    truncated = archive.with_name(f"{archive.name}.{2**22 + 1}.dump")
+    truncated.write_bytes(b"\0" * 4096)
+
+    first = _run(tmp_path, env)
+    assert "cds" not in first.stdout + first.stderr  # the JVM's archive messages stay out of the terminal
+    assert sorted(p.name for p in (cache / "jvm").iterdir()) == [archive.name]
+    assert archive.stat().st_size > 10_000_000
+
+    log = tmp_path / "class-load.txt"  # where each class came from, as the JVM itself reports it
+    _run(tmp_path, {**env, "JAVA_TOOL_OPTIONS": f"-Xlog:class+load=info:file={log}"})
+    sources = [line for line in log.read_text().splitlines() if " org.apache.spark.sql.delta.DeltaLog " in line]
+    assert sources and all("source: shared objects file (top)" in line for line in sources), sources
+    assert sorted(p.name for p in (cache / "jvm").iterdir()) == [archive.name]
+
+
+def test_off_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setenv("KILN_JVM_ARCHIVE", "off")
+    assert DriverArchive(tmp_path, "a.jar").options == ""
