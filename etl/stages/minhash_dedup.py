@@ -1,6 +1,6 @@
 """minhash_dedup: near-duplicate removal with MinHash LSH, deterministic, optionally incremental.
 
-How a run goes (every step a Spark job; nothing per document or per pair reaches the driver):
+How a run goes (every step a Spark job; no document, and no pair beyond a small graph's, reaches the driver):
 
 1. signatures and band hashes per document, vectorised over Arrow batches (``etl.text.minhash``);
 2. candidate pairs: every document sharing a (band, band hash) bucket is linked to the bucket's
@@ -9,7 +9,9 @@ How a run goes (every step a Spark job; nothing per document or per pair reaches
    Jaccard similarity reaches the threshold, which drops LSH false positives;
 4. connected components by alternating large-star / small-star rounds on an edge DataFrame, with
    the lineage cut (checkpointed) after every round; each component is labelled by its smallest
-   id, which no partitioning can change;
+   id, which no partitioning can change. Up to ``driver_cc_max_pairs`` verified pairs (500,000 by
+   default: tens of MB) go to the driver instead, for a union-find with the same labels, since at
+   that size the rounds' many small Spark jobs cost more than the work;
 5. one document kept per component: the smallest key (priority column, rule, id), where the rule
    is smallest id, longest text or best quality score. The others get reason ``near_duplicate`` and
    the kept id as ``detail``; ``<output>/minhash_dedup/clusters`` lists (id, cluster_id, kept_id,
@@ -73,6 +75,9 @@ class MinHashDedupParams:
     # Match against (and grow) the index of every document processed before.
     incremental: bool = False
     max_cc_rounds: int = 60  # connected components must converge within this many star rounds
+    # Up to this many verified pairs, connected components are found on the driver (one collect and a
+    # union-find) instead of in star rounds, each a few Spark jobs; 0 always runs the rounds.
+    driver_cc_max_pairs: int = 500_000
 
     def __post_init__(self):
         if not 0.0 < self.threshold < 1.0:
@@ -218,19 +223,26 @@ def _is_star_forest(edges: DataFrame) -> bool:
     return violations.limit(1).count() == 0
 
 
-def connected_components(edges: DataFrame, max_rounds: int = 60) -> tuple[DataFrame, int]:
+def connected_components(edges: DataFrame, max_rounds: int = 60, driver_max_pairs: int = 0) -> tuple[DataFrame, int]:
     """(id, component) for every node of an undirected edge list (columns a, b), the component
-    being its smallest id; and the number of rounds it took.
+    being its smallest id; and the number of star rounds it took (0 when found on the driver).
 
     Alternating large-star / small-star (Kiveris et al., "Connected Components in MapReduce and
     Beyond", 2014): only group-by-min aggregations and joins, so no partition ever holds more than
-    its share of edges, and the lineage is cut after each round.
+    its share of edges, and the lineage is cut after each round. A graph of at most
+    `driver_max_pairs` distinct edges is solved on the driver instead, with the same labels.
     """
     current = materialize(
         edges.where(F.col("a") != F.col("b"))
         .select(F.greatest("a", "b").alias("node"), F.least("a", "b").alias("parent"))
         .distinct()
     )
+    if driver_max_pairs > 0:
+        pairs = current.limit(driver_max_pairs + 1).toArrow()
+        if pairs.num_rows <= driver_max_pairs:
+            found = _components_on_driver(pairs.column("node").to_pylist(), pairs.column("parent").to_pylist())
+            table = pa.table({"id": list(found), "component": list(found.values())}, schema=_COMPONENTS_ARROW)
+            return edges.sparkSession.createDataFrame(table), 0
     rounds = 0
     while not _is_star_forest(current):
         rounds += 1
@@ -240,6 +252,28 @@ def connected_components(edges: DataFrame, max_rounds: int = 60) -> tuple[DataFr
     roots = current.select(F.col("parent").alias("id")).distinct().withColumn("component", F.col("id"))
     members = current.select(F.col("node").alias("id"), F.col("parent").alias("component"))
     return members.unionByName(roots), rounds
+
+
+_COMPONENTS_ARROW = pa.schema([("id", pa.string()), ("component", pa.string())])
+
+
+def _components_on_driver(nodes: list[str], parents: list[str]) -> dict[str, str]:
+    """Union-find over the pairs (node, parent): every id of a pair -> the smallest id of its component."""
+    root: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        top = x
+        while root.setdefault(top, top) != top:
+            top = root[top]
+        while root[x] != top:  # path compression
+            root[x], x = top, root[x]
+        return top
+
+    for a, b in zip(nodes, parents):
+        ra, rb = find(a), find(b)
+        if ra != rb:  # the smaller id stays the root, so a component's root is its smallest id
+            root[max(ra, rb)] = min(ra, rb)
+    return {x: find(x) for x in root}
 
 
 def candidate_edges(rows: DataFrame) -> DataFrame:
@@ -390,7 +424,7 @@ class MinHashDedup(Stage):
             touched = edges.select(F.col("a").alias("id")).unionByName(edges.select(F.col("b").alias("id"))).distinct()
             old_members = touched.join(index.select("id", "cluster_id"), "id")
             graph = graph.unionByName(old_members.select(F.col("id").alias("a"), F.col("cluster_id").alias("b")))
-        components, rounds = connected_components(graph, params.max_cc_rounds)
+        components, rounds = connected_components(graph, params.max_cc_rounds, params.driver_cc_max_pairs)
         counts["cc_rounds"] = rounds
 
         new_members = components.join(new.select("id", "priority", "rank"), "id")

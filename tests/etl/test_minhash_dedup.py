@@ -47,9 +47,11 @@ SETTINGS = {"verify": "estimated", "priority_column": "batch"}
 
 @pytest.fixture(scope="module")
 def full_runs(spark, docs, tmp_path_factory):
-    """One full run per input partitioning, keeping the earliest batch first."""
+    """One full run per input partitioning, keeping the earliest batch first; the 16-partition run finds
+    its connected components in star rounds, the others on the driver."""
     tmp = tmp_path_factory.mktemp("full")
-    return {n: _run(spark, docs.repartition(n), tmp, f"p{n}", **SETTINGS) for n in (1, 4, 16)}
+    return {n: _run(spark, docs.repartition(n), tmp, f"p{n}", **SETTINGS, driver_cc_max_pairs=0 if n == 16 else 500_000)
+            for n in (1, 4, 16)}
 
 
 def test_same_kept_set_whatever_the_partitioning(full_runs):
@@ -115,9 +117,14 @@ def test_connected_components_label_by_smallest_id(spark):
     edges = spark.createDataFrame(
         [("e", "d"), ("d", "c"), ("c", "b"), ("b", "a"), ("x", "y"), ("z", "y"), ("q", "q")], "a string, b string"
     )
+    expected = {"a": "a", "b": "a", "c": "a", "d": "a", "e": "a", "x": "x", "y": "x", "z": "x"}
     found, rounds = connected_components(edges)
-    assert dict(found.collect()) == {"a": "a", "b": "a", "c": "a", "d": "a", "e": "a", "x": "x", "y": "x", "z": "x"}
-    assert rounds >= 1
+    assert dict(found.collect()) == expected and rounds >= 1
+    for limit in (7, 6):  # 6 distinct pairs: on the driver at 6 and more, in rounds below
+        found, rounds = connected_components(edges, driver_max_pairs=limit)
+        assert dict(found.collect()) == expected and rounds == 0
+    found, rounds = connected_components(edges, driver_max_pairs=5)
+    assert dict(found.collect()) == expected and rounds >= 1
 
 
 def test_pipeline_run_macro_f1_and_dedup_explain(spark, corpus, tmp_path, capsys):
