@@ -178,7 +178,10 @@ def configure_logging(level: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
+    from . import jvm_archive
     from .spark import SparkSetupError  # local, after parsing: see the module's docstring
+
+    jvm_archive.WRITE_AT_EXIT = True  # this process ends with its command
 
     try:
         return args.func(args)

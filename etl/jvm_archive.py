@@ -8,9 +8,9 @@ development VM: a session's start fell from 5.1 s to 3.1 s, and the first Delta 
 replaceWhere and ALTER TABLE after it from 9.6 s to 7.8 s (best of two each).
 
 The archive lives in Kiln's cache (``etl.spark.cache_dir``), one per Java, pyspark and jar list,
-about 180 MB. The first session without one writes it at exit: its end waits for the JVM's dump (a
-few seconds, once; a process that starts while none exists writes its own, and one that ends
-after another's was kept skips its dump). A JVM given a truncated archive crashes (SIGBUS) instead of ignoring it, so a
+about 190 MB. The first ``python -m etl`` command without one writes it at exit (see WRITE_AT_EXIT):
+its end waits for the JVM's dump (ten seconds or so, once; a command that starts while none exists
+writes its own, and one that ends after another's was kept skips its dump). A JVM given a truncated archive crashes (SIGBUS) instead of ignoring it, so a
 dump becomes the archive only after its JVM exited cleanly and a ``java -version`` maps it without
 harm, and then by an atomic rename. Set ``KILN_JVM_ARCHIVE=off`` to start without one.
 """
@@ -23,6 +23,12 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+
+# Whether this process may write the archive. A JVM recording its classes runs slower (at 10,000
+# documents the minhash-only run's ingest took 14.1 s against 12.1 s, its minhash step 18.9 s against
+# 16.9 s), which a notebook or a test session would pay for as long as it lives; so only `python -m
+# etl`, whose process ends with its job, sets this. Every other process maps an archive that exists.
+WRITE_AT_EXIT = False
 
 # The JVM's own messages about the archive (one it cannot use, classes it skips while dumping) are
 # not the user's concern: without the archive the JVM simply loads classes from the jars.
@@ -70,6 +76,8 @@ class DriverArchive:
         archive = _archive_path(cache, java, jars)
         if archive.exists():
             self.options = f"-XX:SharedArchiveFile={archive} {_QUIET}"
+            return
+        if not WRITE_AT_EXIT:
             return
         _remove_stale_dumps(archive)
         archive.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from etl import jvm_archive
 from etl.jvm_archive import DriverArchive
 from etl.spark import DELTA_PACKAGE, resolved_jars
 
@@ -35,7 +36,7 @@ def test_the_second_run_maps_the_classes_the_first_one_archived(tmp_path):
                                             "stages: [{name: fix_encoding}]\nreport: {enabled: false}\n")
     # A dump left by a process that died mid-way (pid 2**22 + 1 is above Linux's pid limit) must go.
     (cache / "jvm").mkdir(parents=True)
-    stale = DriverArchive(cache, ",".join(sorted(str(j) for j in jars.iterdir())))
+    stale = _writing(cache, ",".join(sorted(str(j) for j in jars.iterdir())))
     assert stale.options.startswith("-XX:ArchiveClassesAtExit="), stale.options
     archive = stale._archive
     truncated = archive.with_name(f"{archive.name}.{2**22 + 1}.dump")
@@ -53,6 +54,17 @@ def test_the_second_run_maps_the_classes_the_first_one_archived(tmp_path):
     assert sorted(p.name for p in (cache / "jvm").iterdir()) == [archive.name]
 
 
-def test_off_when_asked(tmp_path, monkeypatch):
+def _writing(cache: Path, jars: str) -> DriverArchive:
+    """The archive as `python -m etl` sees it (it may write one)."""
+    jvm_archive.WRITE_AT_EXIT = True
+    try:
+        return DriverArchive(cache, jars)
+    finally:
+        jvm_archive.WRITE_AT_EXIT = False
+
+
+def test_only_etl_commands_write_one_and_none_when_asked(tmp_path, monkeypatch):
+    assert DriverArchive(tmp_path, "a.jar").options == ""  # a test session, a notebook: no dump
+    assert _writing(tmp_path, "a.jar").options.startswith("-XX:ArchiveClassesAtExit=")
     monkeypatch.setenv("KILN_JVM_ARCHIVE", "off")
-    assert DriverArchive(tmp_path, "a.jar").options == ""
+    assert _writing(tmp_path, "a.jar").options == ""
