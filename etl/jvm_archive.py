@@ -64,10 +64,13 @@ def _archive_path(cache: Path, java: Path, jars: str) -> Path:
 class DriverArchive:
     """The JVM options for a driver this process starts, and what to do when that JVM exits."""
 
-    def __init__(self, cache: Path, jars: str):
+    def __init__(self, cache: Path, jars: str, given_options: bool = False):
+        """`given_options`: the session's conf sets driver JVM options, which Kiln leaves alone."""
         self.options = ""
         self._dump: Path | None = None
         self._archive: Path | None = None
+        if given_options or user_sets_driver_options():
+            return
         java = _java()
         if os.environ.get("KILN_JVM_ARCHIVE", "on").lower() in ("off", "0", "false", "no") or java is None:
             return
@@ -108,10 +111,26 @@ class DriverArchive:
                 capture_output=True, timeout=60).returncode == 0
             if sound:
                 self._dump.replace(self._archive)
-        except (OSError, subprocess.SubprocessError):
-            pass  # no archive this time; the next session tries again
+        except Exception:  # noqa: BLE001 - at exit, with Spark half gone, nothing may fail the process
+            pass  # no archive this time; the next command tries again
         finally:
             self._dump.unlink(missing_ok=True)
+
+
+def user_sets_driver_options() -> bool:
+    """Whether driver JVM options come from where spark-submit's launcher reads them and Kiln's conf
+    would override them: PYSPARK_SUBMIT_ARGS or a spark-defaults.conf."""
+    if any(flag in os.environ.get("PYSPARK_SUBMIT_ARGS", "") for flag in ("extraJavaOptions", "--driver-java-options")):
+        return True
+    import pyspark
+
+    folders = [os.environ.get("SPARK_CONF_DIR"), os.path.join(os.environ.get("SPARK_HOME") or os.path.dirname(pyspark.__file__), "conf")]
+    for folder in filter(None, folders):
+        defaults = Path(folder) / "spark-defaults.conf"
+        if defaults.exists() and any(line.strip().startswith("spark.driver.extraJavaOptions")
+                                     for line in defaults.read_text(errors="replace").splitlines()):
+            return True
+    return False
 
 
 def _alive(dump: str) -> bool:

@@ -207,9 +207,9 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     conf = {**_defaults(with_s3), **(extra_conf or {})}
     archive = None
-    if not _under_spark_submit() and "spark.driver.extraJavaOptions" not in conf and not given.contains(
-            "spark.driver.extraJavaOptions"):  # a user's own driver options are left alone
-        archive = DriverArchive(cache_dir(), conf.get("spark.jars", ""))
+    if not _under_spark_submit():  # there the driver JVM runs already
+        given_options = "spark.driver.extraJavaOptions" in conf or given.contains("spark.driver.extraJavaOptions")
+        archive = DriverArchive(cache_dir(), conf.get("spark.jars", ""), given_options)
         if archive.options:
             conf["spark.driver.extraJavaOptions"] = archive.options
     for key, value in conf.items():

@@ -54,11 +54,11 @@ def test_the_second_run_maps_the_classes_the_first_one_archived(tmp_path):
     assert sorted(p.name for p in (cache / "jvm").iterdir()) == [archive.name]
 
 
-def _writing(cache: Path, jars: str) -> DriverArchive:
+def _writing(cache: Path, jars: str, given_options: bool = False) -> DriverArchive:
     """The archive as `python -m etl` sees it (it may write one)."""
     jvm_archive.WRITE_AT_EXIT = True
     try:
-        return DriverArchive(cache, jars)
+        return DriverArchive(cache, jars, given_options)
     finally:
         jvm_archive.WRITE_AT_EXIT = False
 
@@ -66,5 +66,18 @@ def _writing(cache: Path, jars: str) -> DriverArchive:
 def test_only_etl_commands_write_one_and_none_when_asked(tmp_path, monkeypatch):
     assert DriverArchive(tmp_path, "a.jar").options == ""  # a test session, a notebook: no dump
     assert _writing(tmp_path, "a.jar").options.startswith("-XX:ArchiveClassesAtExit=")
+    assert _writing(tmp_path, "a.jar", given_options=True).options == ""  # the user's driver options stay
     monkeypatch.setenv("KILN_JVM_ARCHIVE", "off")
     assert _writing(tmp_path, "a.jar").options == ""
+
+
+def test_driver_options_of_the_user_are_found_where_the_launcher_reads_them(tmp_path, monkeypatch):
+    for key in ("PYSPARK_SUBMIT_ARGS", "SPARK_CONF_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    assert not jvm_archive.user_sets_driver_options()
+    monkeypatch.setenv("PYSPARK_SUBMIT_ARGS", "--driver-java-options -Dx=1 pyspark-shell")
+    assert jvm_archive.user_sets_driver_options()
+    monkeypatch.delenv("PYSPARK_SUBMIT_ARGS")
+    (tmp_path / "spark-defaults.conf").write_text("spark.driver.extraJavaOptions  -Dx=1\n")
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    assert jvm_archive.user_sets_driver_options()
