@@ -61,6 +61,7 @@ _ARROW_SCHEMA = pa.schema(
         ("_crawled", pa.int64()),  # a web page's crawl date (WARC-Date, microseconds); null for other inputs
     ]
 )
+_LISTING_SCHEMA = pa.schema([("url", pa.string()), ("rel", pa.string()), ("source", pa.string())])
 _ORIGIN_COLUMNS = ("_origin", "_modified", "_file", "_row", "_crawled")
 # A web archive's record that is not a document; split_skipped counts these rows and drops them.
 SKIPPED = "skipped_record"
@@ -288,7 +289,9 @@ def _read_files(
     """One task per listed file (url, relative path, source)."""
     if not listing:
         return None
-    files = spark.createDataFrame(listing, "url string, rel string, source string")
+    # From Arrow: a local relation in the JVM, so no Python task runs just to unpickle the listing.
+    files = spark.createDataFrame(pa.table({name: [row[i] for row in listing] for i, name in enumerate(("url", "rel", "source"))},
+                                           schema=_LISTING_SCHEMA))
     files = files.repartition(min(len(listing), max(default_parallelism(spark) * 4, 1)), "url")
     return files.mapInArrow(_read_files_task({s.source: s for s in specs}, max_bytes), INGEST_SCHEMA)
 
