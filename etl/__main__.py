@@ -175,22 +175,26 @@ def configure_logging(level: str | None) -> None:
         os.environ["KILN_SPARK_LOG_LEVEL"] = SPARK_LOG_LEVELS[level]  # read by etl.spark.get_spark
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, as_program: bool = False) -> int:
+    """`as_program`: this process is `python -m etl` and ends with the command (etl/jvm_archive.py)."""
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     from . import jvm_archive
     from .spark import SparkSetupError  # local, after parsing: see the module's docstring
 
-    jvm_archive.WRITE_AT_EXIT = True  # this process ends with its command
-
+    jvm_archive.WRITE_AT_EXIT = as_program and args.command in ("run", "refresh")
+    code = 1
     try:
-        return args.func(args)
+        code = args.func(args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
-        return 2
+        code = 2
     except SparkSetupError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        code = 2
+    finally:
+        jvm_archive.WRITE_AT_EXIT = jvm_archive.WRITE_AT_EXIT and code == 0
+    return code
 
 
 def submit_main(command: str, argv: list[str]) -> int:
@@ -199,4 +203,4 @@ def submit_main(command: str, argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(as_program=True))

@@ -7,12 +7,13 @@ and map that archive at the next start (``-XX:SharedArchiveFile``). Measured on 
 development VM: a session's start fell from 5.1 s to 3.1 s, and the first Delta write, read,
 replaceWhere and ALTER TABLE after it from 9.6 s to 7.8 s (best of two each).
 
-The archive lives in Kiln's cache (``etl.spark.cache_dir``), one per Java, pyspark and jar list,
-about 190 MB. The first ``python -m etl`` command without one writes it at exit (see WRITE_AT_EXIT):
-its end waits for the JVM's dump (ten seconds or so, once; a command that starts while none exists
-writes its own, and one that ends after another's was kept skips its dump). A JVM given a truncated archive crashes (SIGBUS) instead of ignoring it, so a
-dump becomes the archive only after its JVM exited cleanly and a ``java -version`` maps it without
-harm, and then by an atomic rename. Set ``KILN_JVM_ARCHIVE=off`` to start without one.
+The archive lives in Kiln's cache (``etl.spark.cache_dir``), one per Java, pyspark, jar list and
+driver memory, about 190 MB. The first ``python -m etl run`` or ``refresh`` without one writes it
+when it ends, if it succeeded (see WRITE_AT_EXIT): that end waits for the JVM's dump, ten seconds or
+so, once. A JVM given a truncated or altered archive crashes (SIGBUS) instead of ignoring it, so a
+dump becomes the archive only after its JVM exited cleanly and another JVM mapped it with its
+checksum verified, and then by a hard link that fails if another command got there first; every
+JVM that maps it verifies the checksum again (0.1 s). Set ``KILN_JVM_ARCHIVE=off`` to start without.
 """
 from __future__ import annotations
 
@@ -20,19 +21,25 @@ import atexit
 import glob
 import hashlib
 import os
+import re
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 # Whether this process may write the archive. A JVM recording its classes runs slower (at 10,000
 # documents the minhash-only run's ingest took 14.1 s against 12.1 s, its minhash step 18.9 s against
 # 16.9 s), which a notebook or a test session would pay for as long as it lives; so only `python -m
-# etl`, whose process ends with its job, sets this. Every other process maps an archive that exists.
+# etl run|refresh`, whose process ends with its job, sets this, and clears it again when the command
+# fails (its classes would be a poor archive). Every other process maps an archive that exists.
 WRITE_AT_EXIT = False
 
 # The JVM's own messages about the archive (one it cannot use, classes it skips while dumping) are
 # not the user's concern: without the archive the JVM simply loads classes from the jars.
-_QUIET = "-Xlog:cds=off -Xlog:cds+dynamic=off"
+_QUIET = ("-Xlog:cds=off", "-Xlog:cds+dynamic=off")
+_STALE_SECONDS = 3600  # a dump of another host's process, or this old, is an abandoned one
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
 def _java() -> Path | None:
@@ -54,21 +61,28 @@ def _java_major(java: Path) -> int | None:
     return None
 
 
-def _archive_path(cache: Path, java: Path, jars: str) -> Path:
+def _archive_path(cache: Path, java: Path, conf: dict[str, str]) -> Path:
+    """One archive per everything that decides whether a JVM can map it: the Java, the class path
+    (pyspark's jars, spark.jars, extra class paths) and the heap size (above 32 GB the JVM's base
+    archive differs)."""
     import pyspark
 
-    key = "\n".join([str(java), str(java.stat().st_mtime_ns), os.path.dirname(pyspark.__file__), pyspark.__version__, jars])
+    key = "\n".join([
+        str(java), str(java.stat().st_mtime_ns), os.path.dirname(pyspark.__file__), pyspark.__version__,
+        conf.get("spark.jars", ""), conf.get("spark.driver.extraClassPath", ""), conf.get("spark.driver.memory", ""),
+        os.environ.get("SPARK_DIST_CLASSPATH", ""),
+    ])
     return cache / "jvm" / f"spark-classes-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsa"
 
 
 class DriverArchive:
     """The JVM options for a driver this process starts, and what to do when that JVM exits."""
 
-    def __init__(self, cache: Path, jars: str, given_options: bool = False):
-        """`given_options`: the session's conf sets driver JVM options, which Kiln leaves alone."""
+    def __init__(self, cache: Path, conf: dict[str, str], given_options: bool = False):
+        """`conf`: the session's settings; `given_options`: they set driver JVM options, which Kiln
+        leaves alone."""
         self.options = ""
         self._dump: Path | None = None
-        self._archive: Path | None = None
         if given_options or user_sets_driver_options():
             return
         java = _java()
@@ -76,45 +90,48 @@ class DriverArchive:
             return
         if (_java_major(java) or 0) < 17:
             return
-        archive = _archive_path(cache, java, jars)
-        if archive.exists():
-            self.options = f"-XX:SharedArchiveFile={archive} {_QUIET}"
-            return
-        if not WRITE_AT_EXIT:
-            return
-        _remove_stale_dumps(archive)
+        self._java = java
+        self._archive = archive = _archive_path(cache, java, conf)
         archive.parent.mkdir(parents=True, exist_ok=True)
-        self._archive, self._java = archive, java
-        self._dump = archive.with_name(f"{archive.name}.{os.getpid()}.dump")
-        self.options = f"-XX:ArchiveClassesAtExit={self._dump} {_QUIET}"
+        _remove_stale_dumps(archive.parent)
+        if archive.exists():
+            self.options = " ".join([f"-XX:SharedArchiveFile={archive}", "-XX:+VerifySharedSpaces", *_QUIET])
+        elif WRITE_AT_EXIT:
+            self._dump = archive.with_name(f"{archive.name}.{_HOST}.{os.getpid()}.dump")
+            self.options = " ".join([f"-XX:ArchiveClassesAtExit={self._dump}", *_QUIET])
 
-    def adopt_at_exit(self, spark) -> None:
-        """When this process ends: stop Spark, let its JVM exit and dump, then keep a sound dump."""
-        if self._dump is None:
-            return
-        atexit.register(self._finish, spark)
+    def adopt_at_exit(self, proc) -> None:
+        """When this process ends, stop Spark and keep the dump of its JVM (`proc`, the gateway's
+        process, started by this session with self.options) if it is sound."""
+        if self._dump is not None and proc is not None and proc.stdin is not None:
+            atexit.register(self._finish, proc)
 
-    def _finish(self, spark) -> None:
-        proc = getattr(spark.sparkContext._gateway, "proc", None)
+    def _finish(self, proc) -> None:
+        from pyspark.sql import SparkSession
+
         try:
-            spark.stop()
-            if proc is None or proc.stdin is None:
-                return
-            if self._archive.exists():  # another process finished one meanwhile: skip this dump
-                proc.kill()
-                proc.wait(timeout=60)
-                return
+            active = SparkSession.getActiveSession()
+            if active is not None:
+                active.stop()
+            if not WRITE_AT_EXIT or self._archive.exists():
+                return  # the JVM dumps as it exits after us; a later session removes that dump
             proc.stdin.close()  # the gateway exits when its stdin closes, and then writes the dump
             proc.wait(timeout=300)
-            sound = proc.returncode == 0 and self._dump.exists() and subprocess.run(
-                [str(self._java), f"-XX:SharedArchiveFile={self._dump}", *_QUIET.split(), "-version"],
-                capture_output=True, timeout=60).returncode == 0
-            if sound:
-                self._dump.replace(self._archive)
+            if proc.returncode == 0 and self._dump.exists() and self._maps(self._dump):
+                os.link(self._dump, self._archive)  # never replaces one another command kept first
         except Exception:  # noqa: BLE001 - at exit, with Spark half gone, nothing may fail the process
             pass  # no archive this time; the next command tries again
-        finally:
+        if proc.poll() is not None:
             self._dump.unlink(missing_ok=True)
+
+    def _maps(self, archive: Path) -> bool:
+        """Whether a JVM maps `archive` and its checksum holds. A crash's report stays in the cache."""
+        folder = archive.parent
+        done = subprocess.run(
+            [str(self._java), f"-XX:SharedArchiveFile={archive}", "-XX:+VerifySharedSpaces", *_QUIET,
+             f"-XX:ErrorFile={folder / 'hs_err_%p.log'}", "-XX:-CreateCoredumpOnCrash", "-version"],
+            cwd=folder, capture_output=True, timeout=60)
+        return done.returncode == 0
 
 
 def user_sets_driver_options() -> bool:
@@ -133,22 +150,25 @@ def user_sets_driver_options() -> bool:
     return False
 
 
-def _alive(dump: str) -> bool:
-    """Whether the process named in a dump's file name (<archive>.<pid>.dump) still runs."""
-    pid = dump.rsplit(".", 2)[-2]
-    if not pid.isdigit():
-        return False
+def _remove_stale_dumps(folder: Path) -> None:
+    """Dumps nobody will adopt: of a process on this host that is gone (killed, failed, or one that
+    found an archive already there), or over an hour old (another host's, or abandoned)."""
+    now = time.time()
+    for path in glob.glob(os.path.join(glob.escape(str(folder)), "*.dump")):
+        host, pid = (Path(path).name.rsplit(".", 3) + ["", ""])[1:3]
+        try:
+            stale = (host == _HOST and pid.isdigit() and not _alive(int(pid))) or now - os.path.getmtime(path) > _STALE_SECONDS
+            if stale:
+                os.unlink(path)
+        except OSError:
+            pass  # removed meanwhile by another process
+
+
+def _alive(pid: int) -> bool:
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # another user's process
     return True
-
-
-def _remove_stale_dumps(archive: Path) -> None:
-    """Dumps of processes that died before finishing them (killed, or a JVM that crashed)."""
-    for path in glob.glob(f"{archive}.*.dump"):
-        if not _alive(path):
-            Path(path).unlink(missing_ok=True)

@@ -207,17 +207,19 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     conf = {**_defaults(with_s3), **(extra_conf or {})}
     archive = None
-    if not _under_spark_submit():  # there the driver JVM runs already
+    launches_jvm = SparkContext._gateway is None and not _under_spark_submit()
+    if launches_jvm:
         given_options = "spark.driver.extraJavaOptions" in conf or given.contains("spark.driver.extraJavaOptions")
-        archive = DriverArchive(cache_dir(), conf.get("spark.jars", ""), given_options)
+        memory = conf.get("spark.driver.memory", os.environ.get("KILN_DRIVER_MEMORY", "4g"))
+        archive = DriverArchive(cache_dir(), {**conf, "spark.driver.memory": memory}, given_options)
         if archive.options:
             conf["spark.driver.extraJavaOptions"] = archive.options
     for key, value in conf.items():
         if not given.contains(key):
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    if archive is not None:
-        archive.adopt_at_exit(spark)
+    if archive is not None and not is_connect(spark):  # spark.api.mode may have made it a Connect client
+        archive.adopt_at_exit(getattr(SparkContext._gateway, "proc", None))
     spark.sparkContext.setLogLevel(os.environ.get("KILN_SPARK_LOG_LEVEL", "ERROR"))
     _check_delta(spark._jvm)
     if not spark.sparkContext.master.startswith("local"):

@@ -9,9 +9,9 @@ How a run goes (every step a Spark job; no document, and no pair beyond a small 
    Jaccard similarity reaches the threshold, which drops LSH false positives;
 4. connected components by alternating large-star / small-star rounds on an edge DataFrame, with
    the lineage cut (checkpointed) after every round; each component is labelled by its smallest
-   id, which no partitioning can change. Up to ``driver_cc_max_pairs`` verified pairs (500,000 by
-   default: tens of MB) go to the driver instead, for a union-find with the same labels, since at
-   that size the rounds' many small Spark jobs cost more than the work;
+   id, which no partitioning can change. A graph of up to ``driver_cc_max_pairs`` pairs (500,000 by
+   default, about 100 MB of Python objects) goes to the driver instead, for a union-find with the
+   same labels, since at that size the rounds' many small Spark jobs cost more than the work;
 5. one document kept per component: the smallest key (priority column, rule, id), where the rule
    is smallest id, longest text or best quality score. The others get reason ``near_duplicate`` and
    the kept id as ``detail``; ``<output>/minhash_dedup/clusters`` lists (id, cluster_id, kept_id,
@@ -75,8 +75,9 @@ class MinHashDedupParams:
     # Match against (and grow) the index of every document processed before.
     incremental: bool = False
     max_cc_rounds: int = 60  # connected components must converge within this many star rounds
-    # Up to this many verified pairs, connected components are found on the driver (one collect and a
-    # union-find) instead of in star rounds, each a few Spark jobs; 0 always runs the rounds.
+    # Up to this many pairs in the graph (the verified pairs, and in incremental runs the links to
+    # indexed clusters), connected components are found on the driver (one collect and a union-find,
+    # about 100 MB at 500,000) instead of in star rounds, each a few Spark jobs; 0: always the rounds.
     driver_cc_max_pairs: int = 500_000
 
     def __post_init__(self):
@@ -92,6 +93,8 @@ class MinHashDedupParams:
             raise ValueError(f"bands x rows = {self.bands} x {self.rows} must be positive and at most num_perm {self.num_perm}")
         if self.keep == "quality" and not self.quality_column:
             raise ValueError("keep: 'quality' needs quality_column (the score column to maximise)")
+        if not 0 <= self.driver_cc_max_pairs <= 50_000_000:
+            raise ValueError(f"driver_cc_max_pairs must be between 0 (never on the driver) and 50,000,000, got {self.driver_cc_max_pairs}")
         if self.verify == "exact" and self.incremental:
             raise ValueError("verify: 'exact' needs both texts of a pair, and the incremental index keeps no text; use 'estimated'")
 
@@ -237,12 +240,12 @@ def connected_components(edges: DataFrame, max_rounds: int = 60, driver_max_pair
         .select(F.greatest("a", "b").alias("node"), F.least("a", "b").alias("parent"))
         .distinct()
     )
-    if driver_max_pairs > 0:
-        pairs = current.limit(driver_max_pairs + 1).toArrow()
-        if pairs.num_rows <= driver_max_pairs:
-            found = _components_on_driver(pairs.column("node").to_pylist(), pairs.column("parent").to_pylist())
-            table = pa.table({"id": list(found), "component": list(found.values())}, schema=_COMPONENTS_ARROW)
-            return edges.sparkSession.createDataFrame(table), 0
+    if 0 < driver_max_pairs and current.count() <= driver_max_pairs:  # counting a checkpoint is cheap
+        pairs = current.toArrow()
+        found = _components_on_driver(pairs.column("node").to_pylist(), pairs.column("parent").to_pylist())
+        id_type = current.schema["node"].dataType
+        table = edges.sparkSession.createDataFrame(pa.table({"id": list(found), "component": list(found.values())}))
+        return table.select(F.col("id").cast(id_type), F.col("component").cast(id_type)), 0
     rounds = 0
     while not _is_star_forest(current):
         rounds += 1
@@ -252,9 +255,6 @@ def connected_components(edges: DataFrame, max_rounds: int = 60, driver_max_pair
     roots = current.select(F.col("parent").alias("id")).distinct().withColumn("component", F.col("id"))
     members = current.select(F.col("node").alias("id"), F.col("parent").alias("component"))
     return members.unionByName(roots), rounds
-
-
-_COMPONENTS_ARROW = pa.schema([("id", pa.string()), ("component", pa.string())])
 
 
 def _components_on_driver(nodes: list[str], parents: list[str]) -> dict[str, str]:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from etl import jvm_archive
@@ -34,18 +35,24 @@ def test_the_second_run_maps_the_classes_the_first_one_archived(tmp_path):
             handle.write(json.dumps({"id": f"d{i}", "text": f"Note {i}: the tide comes in twice a day."}) + "\n")
     (tmp_path / "pipeline.yaml").write_text("output: out\ninputs: [{path: docs.jsonl, source: notes, id_field: id}]\n"
                                             "stages: [{name: fix_encoding}]\nreport: {enabled: false}\n")
-    # A dump left by a process that died mid-way (pid 2**22 + 1 is above Linux's pid limit) must go.
+    # Dumps nobody will adopt go: one of a process on this host that died mid-way (pid 2**22 + 1 is
+    # above Linux's pid limit), one of another host over an hour old; another host's fresh one stays.
     (cache / "jvm").mkdir(parents=True)
-    stale = _writing(cache, ",".join(sorted(str(j) for j in jars.iterdir())))
-    assert stale.options.startswith("-XX:ArchiveClassesAtExit="), stale.options
-    archive = stale._archive
-    truncated = archive.with_name(f"{archive.name}.{2**22 + 1}.dump")
-    truncated.write_bytes(b"\0" * 4096)
+    conf = {"spark.jars": ",".join(sorted(str(j) for j in jars.iterdir())), "spark.driver.memory": "4g"}
+    writing = _writing(cache, conf)
+    assert writing.options.startswith("-XX:ArchiveClassesAtExit="), writing.options
+    archive = writing._archive
+    (cache / "jvm" / f"{archive.name}.{jvm_archive._HOST}.{2**22 + 1}.dump").write_bytes(b"\0" * 4096)
+    abandoned = cache / "jvm" / f"{archive.name}.elsewhere.1.dump"
+    abandoned.write_bytes(b"\0")
+    os.utime(abandoned, (time.time() - 7200, time.time() - 7200))
+    (cache / "jvm" / f"{archive.name}.elsewhere.2.dump").write_bytes(b"\0")
 
     first = _run(tmp_path, env)
     assert "cds" not in first.stdout + first.stderr  # the JVM's archive messages stay out of the terminal
-    assert sorted(p.name for p in (cache / "jvm").iterdir()) == [archive.name]
+    assert sorted(p.name for p in (cache / "jvm").iterdir()) == [archive.name, f"{archive.name}.elsewhere.2.dump"]
     assert archive.stat().st_size > 10_000_000
+    (cache / "jvm" / f"{archive.name}.elsewhere.2.dump").unlink()
 
     log = tmp_path / "class-load.txt"  # where each class came from, as the JVM itself reports it
     _run(tmp_path, {**env, "JAVA_TOOL_OPTIONS": f"-Xlog:class+load=info:file={log}"})
@@ -54,21 +61,31 @@ def test_the_second_run_maps_the_classes_the_first_one_archived(tmp_path):
     assert sorted(p.name for p in (cache / "jvm").iterdir()) == [archive.name]
 
 
-def _writing(cache: Path, jars: str, given_options: bool = False) -> DriverArchive:
-    """The archive as `python -m etl` sees it (it may write one)."""
+def _writing(cache: Path, conf: dict[str, str], given_options: bool = False) -> DriverArchive:
+    """The archive as `python -m etl run` sees it (it may write one)."""
     jvm_archive.WRITE_AT_EXIT = True
     try:
-        return DriverArchive(cache, jars, given_options)
+        return DriverArchive(cache, conf, given_options)
     finally:
         jvm_archive.WRITE_AT_EXIT = False
 
 
 def test_only_etl_commands_write_one_and_none_when_asked(tmp_path, monkeypatch):
-    assert DriverArchive(tmp_path, "a.jar").options == ""  # a test session, a notebook: no dump
-    assert _writing(tmp_path, "a.jar").options.startswith("-XX:ArchiveClassesAtExit=")
-    assert _writing(tmp_path, "a.jar", given_options=True).options == ""  # the user's driver options stay
+    conf = {"spark.jars": "a.jar"}
+    assert DriverArchive(tmp_path, conf).options == ""  # a test session, a notebook: no dump
+    assert _writing(tmp_path, conf).options.startswith("-XX:ArchiveClassesAtExit=")
+    assert _writing(tmp_path, conf, given_options=True).options == ""  # the user's driver options stay
+    assert _writing(tmp_path, {**conf, "spark.driver.memory": "64g"})._archive != _writing(tmp_path, conf)._archive
     monkeypatch.setenv("KILN_JVM_ARCHIVE", "off")
-    assert _writing(tmp_path, "a.jar").options == ""
+    assert _writing(tmp_path, conf).options == ""
+
+
+def test_main_called_in_a_process_that_goes_on_writes_none(tmp_path):
+    """Tests and scripts call etl.__main__.main() in a process that outlives the command."""
+    from etl.__main__ import main
+
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert jvm_archive.WRITE_AT_EXIT is False
 
 
 def test_driver_options_of_the_user_are_found_where_the_launcher_reads_them(tmp_path, monkeypatch):

@@ -77,8 +77,9 @@ def test_kept_document_follows_priority_then_id(full_runs, docs):
 def test_incremental_batches_match_one_full_run(spark, docs, full_runs, tmp_path):
     settings = SETTINGS
     kept, decisions = set(), {}
-    for batch in range(BATCHES):
-        annotated, _ = _run(spark, docs.where(F.col("batch") == batch), tmp_path, "inc", incremental=True, **settings)
+    for batch in range(BATCHES):  # the middle batch links to indexed clusters in star rounds, the others on the driver
+        annotated, _ = _run(spark, docs.where(F.col("batch") == batch), tmp_path, "inc", incremental=True, **settings,
+                            driver_cc_max_pairs=0 if batch == 1 else 500_000)
         kept |= _kept(annotated)
         decisions.update(annotated)
     assert kept == _kept(full_runs[4][0])
@@ -125,6 +126,8 @@ def test_connected_components_label_by_smallest_id(spark):
         assert dict(found.collect()) == expected and rounds == 0
     found, rounds = connected_components(edges, driver_max_pairs=5)
     assert dict(found.collect()) == expected and rounds >= 1
+    found, rounds = connected_components(edges.where(F.col("a") == "q"), driver_max_pairs=5)  # no pair at all
+    assert found.collect() == [] and found.dtypes == [("id", "string"), ("component", "string")]
 
 
 def test_pipeline_run_macro_f1_and_dedup_explain(spark, corpus, tmp_path, capsys):
