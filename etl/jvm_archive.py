@@ -92,7 +92,10 @@ class DriverArchive:
             return
         self._java = java
         self._archive = archive = _archive_path(cache, java, conf)
-        archive.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            archive.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return  # a cache Kiln cannot write to: start without an archive
         _remove_stale_dumps(archive.parent)
         if archive.exists():
             self.options = " ".join([f"-XX:SharedArchiveFile={archive}", "-XX:+VerifySharedSpaces", *_QUIET])
@@ -118,7 +121,7 @@ class DriverArchive:
             proc.stdin.close()  # the gateway exits when its stdin closes, and then writes the dump
             proc.wait(timeout=300)
             if proc.returncode == 0 and self._dump.exists() and self._maps(self._dump):
-                os.link(self._dump, self._archive)  # never replaces one another command kept first
+                _adopt(self._dump, self._archive)
         except Exception:  # noqa: BLE001 - at exit, with Spark half gone, nothing may fail the process
             pass  # no archive this time; the next command tries again
         if proc.poll() is not None:
@@ -132,6 +135,18 @@ class DriverArchive:
              f"-XX:ErrorFile={folder / 'hs_err_%p.log'}", "-XX:-CreateCoredumpOnCrash", "-version"],
             cwd=folder, capture_output=True, timeout=60)
         return done.returncode == 0
+
+
+def _adopt(dump: Path, archive: Path) -> None:
+    """The dump becomes the archive, never replacing one another command kept first (a JVM may have
+    it mapped); a file system without hard links gets a rename instead."""
+    try:
+        os.link(dump, archive)
+    except FileExistsError:
+        pass
+    except OSError:
+        if not archive.exists():
+            dump.replace(archive)
 
 
 def user_sets_driver_options() -> bool:

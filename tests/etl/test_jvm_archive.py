@@ -76,6 +76,7 @@ def test_only_etl_commands_write_one_and_none_when_asked(tmp_path, monkeypatch):
     assert _writing(tmp_path, conf).options.startswith("-XX:ArchiveClassesAtExit=")
     assert _writing(tmp_path, conf, given_options=True).options == ""  # the user's driver options stay
     assert _writing(tmp_path, {**conf, "spark.driver.memory": "64g"})._archive != _writing(tmp_path, conf)._archive
+    assert _writing(Path("/proc/kiln-cache"), conf).options == ""  # a cache nobody can write to
     monkeypatch.setenv("KILN_JVM_ARCHIVE", "off")
     assert _writing(tmp_path, conf).options == ""
 
