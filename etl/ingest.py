@@ -290,8 +290,8 @@ def _read_files(
     if not listing:
         return None
     # From Arrow: a local relation in the JVM, so no Python task runs just to unpickle the listing.
-    files = spark.createDataFrame(pa.table({name: [row[i] for row in listing] for i, name in enumerate(("url", "rel", "source"))},
-                                           schema=_LISTING_SCHEMA))
+    columns = {name: [row[i] for row in listing] for i, name in enumerate(_LISTING_SCHEMA.names)}
+    files = spark.createDataFrame(pa.table(columns, schema=_LISTING_SCHEMA))
     files = files.repartition(min(len(listing), max(default_parallelism(spark) * 4, 1)), "url")
     return files.mapInArrow(_read_files_task({s.source: s for s in specs}, max_bytes), INGEST_SCHEMA)
 

@@ -98,7 +98,7 @@ class DriverArchive:
             return  # a cache Kiln cannot write to: start without an archive
         _remove_stale_dumps(archive.parent)
         if archive.exists():
-            self.options = " ".join([f"-XX:SharedArchiveFile={archive}", "-XX:+VerifySharedSpaces", *_QUIET])
+            self.options = " ".join(_mapping(archive))
         elif WRITE_AT_EXIT:
             self._dump = archive.with_name(f"{archive.name}.{_HOST}.{os.getpid()}.dump")
             self.options = " ".join([f"-XX:ArchiveClassesAtExit={self._dump}", *_QUIET])
@@ -131,10 +131,15 @@ class DriverArchive:
         """Whether a JVM maps `archive` and its checksum holds. A crash's report stays in the cache."""
         folder = archive.parent
         done = subprocess.run(
-            [str(self._java), f"-XX:SharedArchiveFile={archive}", "-XX:+VerifySharedSpaces", *_QUIET,
-             f"-XX:ErrorFile={folder / 'hs_err_%p.log'}", "-XX:-CreateCoredumpOnCrash", "-version"],
+            [str(self._java), *_mapping(archive), f"-XX:ErrorFile={folder / 'hs_err_%p.log'}",
+             "-XX:-CreateCoredumpOnCrash", "-version"],
             cwd=folder, capture_output=True, timeout=60)
         return done.returncode == 0
+
+
+def _mapping(archive: Path) -> list[str]:
+    """JVM options that map `archive`, its checksum verified (a damaged one would crash the JVM)."""
+    return [f"-XX:SharedArchiveFile={archive}", "-XX:+VerifySharedSpaces", *_QUIET]
 
 
 def _adopt(dump: Path, archive: Path) -> None:

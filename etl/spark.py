@@ -194,11 +194,12 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
         check_java()
     given = SparkConf()
     builder = SparkSession.builder.appName(app_name)
+    driver_memory = os.environ.get("KILN_DRIVER_MEMORY", "4g")  # for a local session
     if not given.contains("spark.master"):
         builder = builder.master(os.environ.get("KILN_SPARK_MASTER", "local[*]"))
         # Local runs: few shuffle partitions suit a laptop-sized machine.
         builder = builder.config("spark.sql.shuffle.partitions", os.environ.get("KILN_SHUFFLE_PARTITIONS", "8"))
-        builder = builder.config("spark.driver.memory", os.environ.get("KILN_DRIVER_MEMORY", "4g"))
+        builder = builder.config("spark.driver.memory", driver_memory)
         # Delta reads its log with 50 tasks by default; on one machine that is pure overhead.
         builder = builder.config("spark.databricks.delta.snapshotPartitions", "2")
         # VACUUM FULL lists files in this many tasks (default 10000): half a minute of overhead locally.
@@ -210,7 +211,7 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
     launches_jvm = SparkContext._gateway is None and not _under_spark_submit()
     if launches_jvm:
         given_options = "spark.driver.extraJavaOptions" in conf or given.contains("spark.driver.extraJavaOptions")
-        memory = conf.get("spark.driver.memory", os.environ.get("KILN_DRIVER_MEMORY", "4g"))
+        memory = conf.get("spark.driver.memory", driver_memory)
         archive = DriverArchive(cache_dir(), {**conf, "spark.driver.memory": memory}, given_options)
         if archive.options:
             conf["spark.driver.extraJavaOptions"] = archive.options
