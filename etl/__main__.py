@@ -14,6 +14,16 @@ import sys
 from shards.config import ConfigError
 
 
+def _note_job_size(args, configs) -> None:
+    """A program whose configs read under SHORT_JOB_BYTES, all of it on this machine, is a short job
+    (etl.spark.QUICK_COMPILER); a process that goes on after the command is not."""
+    from . import spark
+    from .config import local_data_bytes
+
+    sizes = [local_data_bytes(config, spark.SHORT_JOB_BYTES) for config in configs] if args.as_program else [None]
+    spark.SHORT_JOB = None not in sizes and sum(sizes) <= spark.SHORT_JOB_BYTES
+
+
 def _cmd_run(args) -> int:
     from .load_config import check_one_session, load_pipeline_config  # local: see the module's docstring
     from .pipeline import run_pipeline
@@ -22,6 +32,7 @@ def _cmd_run(args) -> int:
     # second starts with a warm JVM (two recipe configs: 40 s together, 60 s as two commands).
     loaded = [load_pipeline_config(path, args.set) for path in args.config]
     check_one_session(args.config, [config for config, _ in loaded])
+    _note_job_size(args, [config for config, _ in loaded])
     for number, (path, (config, stages)) in enumerate(zip(args.config, loaded), 1):
         if len(loaded) > 1:
             print(f"config {number}/{len(loaded)}: {path}")
@@ -35,6 +46,7 @@ def _cmd_refresh(args) -> int:
     from .refresh import RefreshError, refresh
 
     config, stages = load_pipeline_config(args.config, args.set)
+    _note_job_size(args, [config])
     try:
         refresh(config, stages)
     except RefreshError as err:
@@ -49,6 +61,7 @@ def _cmd_erase(args) -> int:
 
     # The inputs may be gone (or be the very thing being taken down): only the outputs matter here.
     config, stages = load_pipeline_config(args.config, args.set, check_inputs=False)
+    _note_job_size(args, [config])
     try:
         erase(config, stages, args.ids, retire_versions=args.retire_versions)
     except ErasureError as err:
@@ -183,6 +196,7 @@ def main(argv: list[str] | None = None, as_program: bool = False) -> int:
     from .spark import SparkSetupError  # local, after parsing: see the module's docstring
 
     jvm_archive.WRITE_AT_EXIT = as_program and args.command in ("run", "refresh")
+    args.as_program = as_program
     code = 1
     try:
         code = args.func(args)

@@ -233,6 +233,34 @@ def check_inputs_exist(config: PipelineConfig) -> None:
             raise ConfigError(f"config.inputs[{i}].path: {spec.path!r} is not a Delta table (no _delta_log)")
 
 
+def local_data_bytes(config: PipelineConfig, stop_above: int) -> int | None:
+    """The bytes of the files a run of ``config`` may read on this machine: its inputs, and its output
+    and state as they stand (a refresh reads its state, an erasure its tables). None when one of them
+    is elsewhere (an object store, a catalog table), whose size is not known here. Counting stops once
+    it passes ``stop_above``."""
+    if any(spec.table is not None for spec in config.inputs):
+        return None
+    inputs = [local_fs_path(spec.path) for spec in config.inputs]
+    outputs = [local_fs_path(path) for path in (config.output, config.state_dir) if path is not None]
+    if None in inputs + outputs:
+        return None
+    places = [match for pattern in inputs for match in glob.glob(pattern)] + outputs
+    total = 0
+    for place in places:
+        if os.path.isdir(place):
+            files = (os.path.join(folder, name) for folder, _, names in os.walk(place) for name in names)
+        else:
+            files = [place] if os.path.exists(place) else []
+        for path in files:
+            try:
+                total += os.path.getsize(path)
+            except OSError:
+                continue  # removed meanwhile
+            if total > stop_above:
+                return total
+    return total
+
+
 def check_outputs_writable(config: PipelineConfig) -> None:
     for key in ("output", "state_dir"):
         if getattr(config, key) is not None:

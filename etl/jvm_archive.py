@@ -78,13 +78,11 @@ def _archive_path(cache: Path, java: Path, conf: dict[str, str]) -> Path:
 class DriverArchive:
     """The JVM options for a driver this process starts, and what to do when that JVM exits."""
 
-    def __init__(self, cache: Path, conf: dict[str, str], given_options: bool = False):
-        """`conf`: the session's settings; `given_options`: they set driver JVM options, which Kiln
-        leaves alone."""
+    def __init__(self, cache: Path, conf: dict[str, str]):
+        """`conf`: the session's settings (etl.spark.driver_java_options makes none when the user
+        gives driver JVM options)."""
         self.options = ""
         self._dump: Path | None = None
-        if given_options or user_sets_driver_options():
-            return
         java = _java()
         if os.environ.get("KILN_JVM_ARCHIVE", "on").lower() in ("off", "0", "false", "no") or java is None:
             return
@@ -152,22 +150,6 @@ def _adopt(dump: Path, archive: Path) -> None:
     except OSError:
         if not archive.exists():
             dump.replace(archive)
-
-
-def user_sets_driver_options() -> bool:
-    """Whether driver JVM options come from where spark-submit's launcher reads them and Kiln's conf
-    would override them: PYSPARK_SUBMIT_ARGS or a spark-defaults.conf."""
-    if any(flag in os.environ.get("PYSPARK_SUBMIT_ARGS", "") for flag in ("extraJavaOptions", "--driver-java-options")):
-        return True
-    import pyspark
-
-    folders = [os.environ.get("SPARK_CONF_DIR"), os.path.join(os.environ.get("SPARK_HOME") or os.path.dirname(pyspark.__file__), "conf")]
-    for folder in filter(None, folders):
-        defaults = Path(folder) / "spark-defaults.conf"
-        if defaults.exists() and any(line.strip().startswith("spark.driver.extraJavaOptions")
-                                     for line in defaults.read_text(errors="replace").splitlines()):
-            return True
-    return False
 
 
 def _remove_stale_dumps(folder: Path) -> None:

@@ -208,13 +208,12 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     conf = {**_defaults(with_s3), **(extra_conf or {})}
     archive = None
-    launches_jvm = SparkContext._gateway is None and not _under_spark_submit()
-    if launches_jvm:
-        given_options = "spark.driver.extraJavaOptions" in conf or given.contains("spark.driver.extraJavaOptions")
+    if SparkContext._gateway is None and not _under_spark_submit():  # this session launches its JVM
         memory = conf.get("spark.driver.memory", driver_memory)
-        archive = DriverArchive(cache_dir(), {**conf, "spark.driver.memory": memory}, given_options)
-        if archive.options:
-            conf["spark.driver.extraJavaOptions"] = archive.options
+        given_options = given.contains("spark.driver.extraJavaOptions")
+        options, archive = driver_java_options({**conf, "spark.driver.memory": memory}, given_options)
+        if options:
+            conf["spark.driver.extraJavaOptions"] = options
     for key, value in conf.items():
         if not given.contains(key):
             builder = builder.config(key, value)
@@ -226,6 +225,44 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
     if not spark.sparkContext.master.startswith("local"):
         _check_executors_import_kiln(spark)
     return spark
+
+
+# A JVM compiles hot code twice: quickly (C1), then, for code that stays hot, optimized (C2), whose
+# compiler threads take a 2-core machine's CPU from the job for its first minute or more. A job that
+# ends in a minute never earns that back. Measured on the 2-core VM, `python -m etl run`, best of two:
+# minhash_dedup alone on 10,000 web documents (28 MB) 32.1 s with both compilers, 24.8 s with C1 only;
+# a four-stage config on 200 short documents 26.0 s and 21.1 s; fix_encoding, quality, exact_dedup and
+# minhash_dedup on 50,000 web documents (138 MB) 95-96 s and 88-92 s, on 100,000 (275 MB) 153 s and
+# 156 s. The suite's long-lived session ran three of its files 14% slower on C1 only.
+# So C1 only is for a process that ends with one job on little data: SHORT_JOB, which `python -m etl`
+# sets when run as a program on under SHORT_JOB_BYTES of local data (etl/__main__.py).
+QUICK_COMPILER = "-XX:TieredStopAtLevel=1"
+SHORT_JOB_BYTES = 128 << 20
+SHORT_JOB = False
+
+
+def driver_java_options(conf: dict[str, str], given_options: bool) -> tuple[str, DriverArchive | None]:
+    """The options of a driver JVM that Kiln launches: its class archive (etl/jvm_archive.py), and the
+    quick compiler for a short job. None when the user gives driver options (``given_options``, the
+    conf's, or where spark-submit's launcher reads them): Kiln leaves those alone."""
+    if given_options or "spark.driver.extraJavaOptions" in conf or user_sets_driver_options():
+        return "", None
+    archive = DriverArchive(cache_dir(), conf)
+    return " ".join(filter(None, [archive.options, QUICK_COMPILER if SHORT_JOB else ""])), archive
+
+
+def user_sets_driver_options() -> bool:
+    """Whether driver JVM options come from where spark-submit's launcher reads them and Kiln's conf
+    would override them: PYSPARK_SUBMIT_ARGS or a spark-defaults.conf."""
+    if any(flag in os.environ.get("PYSPARK_SUBMIT_ARGS", "") for flag in ("extraJavaOptions", "--driver-java-options")):
+        return True
+    folders = [os.environ.get("SPARK_CONF_DIR"), os.path.join(os.environ.get("SPARK_HOME") or os.path.dirname(pyspark.__file__), "conf")]
+    for folder in filter(None, folders):
+        defaults = Path(folder) / "spark-defaults.conf"
+        if defaults.exists() and any(line.strip().startswith("spark.driver.extraJavaOptions")
+                                     for line in defaults.read_text(errors="replace").splitlines()):
+            return True
+    return False
 
 
 def _connect(app_name: str, extra_conf: dict[str, str]) -> SparkSession:

@@ -155,6 +155,9 @@ def main() -> int:
     banner("2/5 training a byte-level BPE tokenizer")
     tokenizer = train_tokenizer(texts, OUT)
     banner("3/5 ETL: every stage, Spark + Delta -> MDS shards")
+    from etl import spark
+
+    spark.SHORT_JOB = True  # a few megabytes: a short job's JVM (etl.spark.QUICK_COMPILER)
     etl_out = run_etl(raw, eval_path, tokenizer, OUT)
     dataset = etl_out / "dataset"
     banner("4/5 training a small MPT on the shards (2 ranks, FSDP2 on CPU)")

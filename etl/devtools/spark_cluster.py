@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyspark
 
-from ..spark import DELTA_PACKAGE, resolved_jars
+from ..spark import DELTA_PACKAGE, QUICK_COMPILER, resolved_jars
 
 SPARK_CLASS = Path(pyspark.__file__).parent / "bin" / "spark-class"
 MASTER = "org.apache.spark.deploy.master.Master"
@@ -63,7 +63,9 @@ class StandaloneCluster:
 
     def __init__(self, folder: Path, workers: int = 2, cores: int = 1, memory: str = "2g", env: dict | None = None):
         self.folder, self.workers, self.cores, self.memory = folder, workers, cores, memory
-        self.env = {**(env or os.environ), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1"}
+        # The master and workers only schedule: the JVM's quick compiler suffices for them.
+        self.env = {**(env or os.environ), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1",
+                    "SPARK_DAEMON_JAVA_OPTS": QUICK_COMPILER}
         self.port, self.ui_port = free_port(), free_port()
         self.url = f"spark://127.0.0.1:{self.port}"
         self.processes: list[subprocess.Popen] = []
@@ -126,7 +128,8 @@ CONNECT_SERVER = "org.apache.spark.sql.connect.service.SparkConnectServer"
 
 class ConnectServer:
     """A Spark Connect server on 127.0.0.1 (its jar ships in pyspark) running ``local[cores]``, with Delta's
-    SQL extension and catalog; ``url`` is what ``SPARK_REMOTE`` takes. Its Python workers run ``python``."""
+    SQL extension and catalog; ``url`` is what ``SPARK_REMOTE`` takes. Its Python workers run ``python``.
+    It serves a test's few small jobs, so its JVM has the quick compiler only (etl.spark.QUICK_COMPILER)."""
 
     def __init__(self, folder: Path, python: str = sys.executable, cores: int = 2, env: dict | None = None):
         self.folder, self.python, self.cores = folder, python, cores
@@ -146,7 +149,7 @@ class ConnectServer:
         }
         submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
         command = [str(submit), "--class", CONNECT_SERVER, "--master", f"local[{self.cores}]", "--driver-memory", "3g",
-                   "--jars", ",".join(self.jars)]
+                   "--driver-java-options", QUICK_COMPILER, "--jars", ",".join(self.jars)]
         for key, value in settings.items():
             command += ["--conf", f"{key}={value}"]
         log = open(self.folder / "server.log", "w")

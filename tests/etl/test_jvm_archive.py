@@ -1,5 +1,6 @@
-"""etl.jvm_archive: the first `python -m etl run` leaves a class-data archive in Kiln's cache, the next
-one starts its JVM from it, and a dump that was never finished is neither used nor left behind."""
+"""The driver JVM's options: the first `python -m etl run` leaves a class-data archive in Kiln's cache
+(etl/jvm_archive.py), the next one starts its JVM from it, and a dump that was never finished is
+neither used nor left behind; a command on little local data compiles with C1 only (etl.spark.SHORT_JOB)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,8 @@ from pathlib import Path
 
 from etl import jvm_archive
 from etl.jvm_archive import DriverArchive
-from etl.spark import DELTA_PACKAGE, resolved_jars
+from etl import spark as etl_spark
+from etl.spark import DELTA_PACKAGE, QUICK_COMPILER, driver_java_options, resolved_jars, user_sets_driver_options
 
 
 def _run(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -55,17 +57,18 @@ def test_the_second_run_maps_the_classes_the_first_one_archived(tmp_path):
     (cache / "jvm" / f"{archive.name}.elsewhere.2.dump").unlink()
 
     log = tmp_path / "class-load.txt"  # where each class came from, as the JVM itself reports it
-    _run(tmp_path, {**env, "JAVA_TOOL_OPTIONS": f"-Xlog:class+load=info:file={log}"})
+    second = _run(tmp_path, {**env, "JAVA_TOOL_OPTIONS": f"-Xlog:class+load=info:file={log} -XX:+PrintCommandLineFlags"})
     sources = [line for line in log.read_text().splitlines() if " org.apache.spark.sql.delta.DeltaLog " in line]
     assert sources and all("source: shared objects file (top)" in line for line in sources), sources
+    assert QUICK_COMPILER in second.stdout.split()  # a few bytes of input: a short job's JVM
     assert sorted(p.name for p in (cache / "jvm").iterdir()) == [archive.name]
 
 
-def _writing(cache: Path, conf: dict[str, str], given_options: bool = False) -> DriverArchive:
+def _writing(cache: Path, conf: dict[str, str]) -> DriverArchive:
     """The archive as `python -m etl run` sees it (it may write one)."""
     jvm_archive.WRITE_AT_EXIT = True
     try:
-        return DriverArchive(cache, conf, given_options)
+        return DriverArchive(cache, conf)
     finally:
         jvm_archive.WRITE_AT_EXIT = False
 
@@ -74,7 +77,6 @@ def test_only_etl_commands_write_one_and_none_when_asked(tmp_path, monkeypatch):
     conf = {"spark.jars": "a.jar"}
     assert DriverArchive(tmp_path, conf).options == ""  # a test session, a notebook: no dump
     assert _writing(tmp_path, conf).options.startswith("-XX:ArchiveClassesAtExit=")
-    assert _writing(tmp_path, conf, given_options=True).options == ""  # the user's driver options stay
     assert _writing(tmp_path, {**conf, "spark.driver.memory": "64g"})._archive != _writing(tmp_path, conf)._archive
     assert _writing(Path("/proc/kiln-cache"), conf).options == ""  # a cache nobody can write to
     monkeypatch.setenv("KILN_JVM_ARCHIVE", "off")
@@ -92,10 +94,52 @@ def test_main_called_in_a_process_that_goes_on_writes_none(tmp_path):
 def test_driver_options_of_the_user_are_found_where_the_launcher_reads_them(tmp_path, monkeypatch):
     for key in ("PYSPARK_SUBMIT_ARGS", "SPARK_CONF_DIR"):
         monkeypatch.delenv(key, raising=False)
-    assert not jvm_archive.user_sets_driver_options()
+    assert not user_sets_driver_options()
     monkeypatch.setenv("PYSPARK_SUBMIT_ARGS", "--driver-java-options -Dx=1 pyspark-shell")
-    assert jvm_archive.user_sets_driver_options()
+    assert user_sets_driver_options()
     monkeypatch.delenv("PYSPARK_SUBMIT_ARGS")
     (tmp_path / "spark-defaults.conf").write_text("spark.driver.extraJavaOptions  -Dx=1\n")
     monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
-    assert jvm_archive.user_sets_driver_options()
+    assert user_sets_driver_options()
+
+
+def test_the_quick_compiler_only_for_the_users_none_and_a_short_job(monkeypatch, tmp_path):
+    monkeypatch.delenv("PYSPARK_SUBMIT_ARGS", raising=False)
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    monkeypatch.setenv("KILN_JVM_ARCHIVE", "off")
+    monkeypatch.setattr(etl_spark, "SHORT_JOB", True)
+    assert driver_java_options({}, given_options=False)[0] == QUICK_COMPILER
+    assert driver_java_options({}, given_options=True) == ("", None)
+    assert driver_java_options({"spark.driver.extraJavaOptions": "-Xss4m"}, given_options=False) == ("", None)
+    monkeypatch.setattr(etl_spark, "SHORT_JOB", False)
+    assert driver_java_options({}, given_options=False)[0] == ""
+
+
+def test_a_short_job_is_a_program_on_little_local_data(monkeypatch, tmp_path):
+    from argparse import Namespace
+
+    from etl.__main__ import _note_job_size
+    from etl.config import InputSpec, PipelineConfig, local_data_bytes
+
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        (tmp_path / "in" / f"part{i}.jsonl").write_bytes(b"x" * 1000)
+    (tmp_path / "out" / "table").mkdir(parents=True)
+    (tmp_path / "out" / "table" / "part.parquet").write_bytes(b"y" * 500)  # a refresh's state, an erasure's table
+    config = PipelineConfig(output=str(tmp_path / "out"), stages=[],
+                            inputs=[InputSpec(path=str(tmp_path / "in" / "*.jsonl"), source="web")])
+    assert local_data_bytes(config, stop_above=10_000) == 3500
+    assert local_data_bytes(config, stop_above=1200) == 2000  # counting stops past the bound
+    on_s3 = PipelineConfig(output="s3a://bucket/out", stages=[], inputs=config.inputs)
+    a_table = PipelineConfig(output=config.output, stages=[], inputs=[InputSpec(table="db.docs", source="web", id_field="id")])
+    assert local_data_bytes(on_s3, 10_000) is None and local_data_bytes(a_table, 10_000) is None
+
+    monkeypatch.setattr(etl_spark, "SHORT_JOB_BYTES", 3500)
+    _note_job_size(Namespace(as_program=True), [config])
+    assert etl_spark.SHORT_JOB
+    _note_job_size(Namespace(as_program=True), [config, config])  # several configs, one JVM: their sum
+    assert not etl_spark.SHORT_JOB
+    for program, configs in ((False, [config]), (True, [on_s3])):  # a process that goes on; a size unknown
+        monkeypatch.setattr(etl_spark, "SHORT_JOB", True)
+        _note_job_size(Namespace(as_program=program), configs)
+        assert not etl_spark.SHORT_JOB
