@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 from ..delta import read_table, table_exists
 from ..funnel import PipelineRun
 from ..paths import join_path
+from ..spark import CACHE_LEVEL
 from ..stages.pii import PiiParams, PiiRedactor
 
 REJECTED_TABLES = {"rejected": "raw", "rejected_curated": "curated"}  # under the output root: table -> zone
@@ -144,19 +145,23 @@ def dedup_clusters(spark: SparkSession, run: PipelineRun, rejected: dict[str, Da
     members = read_table(spark, path)
     per_cluster = members.groupBy("cluster_id", "kept_id").agg(F.count("*").alias("documents"),
                                                                F.min("similarity").alias("min_similarity"))
+    per_cluster = per_cluster.persist(CACHE_LEVEL)  # read twice: the largest clusters and the size histogram
     largest = per_cluster.orderBy(F.desc("documents"), "cluster_id").limit(clusters).collect()
     sizes = per_cluster.groupBy("documents").count().orderBy("documents").collect()
-    # The pairs and both texts in one job: removed rows from the rejected table, kept ones from the stage's own.
-    removed = reduce(DataFrame.unionByName, [t.where(F.col("stage") == MINHASH).select("id", F.col("text").alias("removed_text"))
-                                             for t in rejected.values()]) if rejected else None
-    kept = read_table(spark, run.tables[MINHASH]).select(F.col("id").alias("kept_id"), F.col("text").alias("kept_text"))
-    closest = members.where(F.col("id") != F.col("kept_id")).orderBy("similarity", "id").limit(pairs).select("id", "kept_id", "similarity")
-    if removed is None:
-        closest = closest.withColumn("removed_text", F.lit(None).cast("string"))
-    rows = (closest.join(removed, "id", "left") if removed is not None else closest).join(kept, "kept_id", "left") \
-        .orderBy("similarity", "id").collect()
+    per_cluster.unpersist()
+    rows = members.where(F.col("id") != F.col("kept_id")).orderBy("similarity", "id").limit(pairs) \
+        .select("id", "kept_id", "similarity").collect()
+    # Both texts of every pair in one job, picked by id (a filter, which Delta's file statistics can
+    # skip, not a join that shuffles the tables): removed ones from the rejected tables, kept ones
+    # from the stage's own table.
+    removed_ids, kept_ids = [r["id"] for r in rows], [r["kept_id"] for r in rows]
+    parts = [t.where((F.col("stage") == MINHASH) & F.col("id").isin(removed_ids)).select("id", "text", F.lit(True).alias("removed"))
+             for t in rejected.values()]
+    parts.append(read_table(spark, run.tables[MINHASH]).where(F.col("id").isin(kept_ids))
+                 .select("id", "text", F.lit(False).alias("removed")))
+    found = {(r["removed"], r["id"]): r["text"] for r in reduce(DataFrame.unionByName, parts).collect()} if rows else {}
     missing = "(text not in this output: it came in an earlier incremental batch)"
-    texts = redact([t or missing for r in rows for t in (r["removed_text"], r["kept_text"])])
+    texts = redact([found.get(key) or missing for r in rows for key in ((True, r["id"]), (False, r["kept_id"]))])
     return {
         "cluster_sizes": {int(r["documents"]): int(r["count"]) for r in sizes},
         "largest": [{"cluster_id": r["cluster_id"], "kept_id": r["kept_id"], "documents": r["documents"],
