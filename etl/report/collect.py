@@ -91,6 +91,7 @@ class Redactor:
     def __init__(self, params: PiiParams | None):
         self.params = replace(params or PiiParams(), actions={}, default_action="redact")
         self._built: dict = {}
+        self._one_at_a_time = threading.Lock()  # the report's sections call it from two threads
         self._loading = threading.Thread(target=self._build, name="kiln-report-presidio", daemon=True)
         self._loading.start()
 
@@ -106,7 +107,8 @@ class Redactor:
         self._loading.join()
         if "error" in self._built:
             raise self._built["error"]
-        return [text for text, *_ in self._built["engine"].process(texts)]
+        with self._one_at_a_time:
+            return [text for text, *_ in self._built["engine"].process(texts)]
 
 
 def _clip(text: str | None, chars: int) -> str:
