@@ -17,7 +17,7 @@ from shards.config import ConfigError
 def _note_job_size(args, configs) -> None:
     """A program whose configs read under SHORT_JOB_BYTES, all of it on this machine, is a short job
     (etl.spark.QUICK_COMPILER); a process that goes on after the command is not."""
-    from . import spark
+    from . import spark  # local: see the module's docstring
     from .config import local_data_bytes
 
     sizes = [local_data_bytes(config, spark.SHORT_JOB_BYTES) for config in configs] if args.as_program else [None]
