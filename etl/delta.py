@@ -87,7 +87,7 @@ def name_tables(spark: SparkSession, config: PipelineConfig) -> None:
             continue
         name = f"{schema}.`{row.tableName}`"
         try:
-            location = spark.sql(f"DESCRIBE DETAIL {name}").collect()[0].location or ""
+            location = _catalog_location(spark, name)
         except AnalysisException as err:
             if err.getCondition() not in ("DELTA_PATH_DOES_NOT_EXIST", "DELTA_MISSING_DELTA_TABLE"):
                 raise
@@ -99,6 +99,18 @@ def name_tables(spark: SparkSession, config: PipelineConfig) -> None:
                               f"{config.output}): give each output a schema of its own, or DROP TABLE {name}")
     for path in run_tables(config):
         spark.sql(f"CREATE TABLE IF NOT EXISTS {catalog_name(path)} USING DELTA LOCATION '{_absolute(path)}'")
+
+
+def _catalog_location(spark: SparkSession, name: str) -> str:
+    """The table's folder as the catalog records it. DESCRIBE TABLE EXTENDED reads it from the catalog
+    (0.1 s a table on the Hive catalog); DESCRIBE DETAIL builds the Delta snapshot (0.6-0.9 s, 4 s for
+    the first in a JVM). Both fail with DELTA_PATH_DOES_NOT_EXIST when the folder is gone."""
+    detailed = False
+    for row in spark.sql(f"DESCRIBE TABLE EXTENDED {name}").collect():
+        detailed = detailed or row.col_name == "# Detailed Table Information"
+        if detailed and row.col_name == "Location":
+            return row.data_type or ""
+    return ""
 
 
 def catalog_name(path: str) -> str | None:
