@@ -91,7 +91,9 @@ def test_jars_fetched_once_into_the_user_cache_quietly_with_a_progress_line(tmp_
     if shared.is_dir():  # Ivy's download cache from earlier runs: resolved offline, same output
         ivy.mkdir(parents=True)
         (ivy / "cache").symlink_to(shared)
-    env = _etl_env(KILN_CACHE=None, XDG_CACHE_HOME=str(xdg), KILN_PROGRESS_SECONDS="1")
+    # The class archive a first run in a fresh cache writes (tests/etl/test_jvm_archive.py) would add its
+    # recording and dump, about 10 s, to a test of the jars.
+    env = _etl_env(KILN_CACHE=None, XDG_CACHE_HOME=str(xdg), KILN_PROGRESS_SECONDS="1", KILN_JVM_ARCHIVE="off")
     cmd = [sys.executable, "-m", "etl", "run", "pipeline.yaml"]
 
     first = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=900, env=env)
