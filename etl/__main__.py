@@ -14,13 +14,13 @@ import sys
 from shards.config import ConfigError
 
 
-def _note_job_size(args, configs) -> None:
-    """A program whose configs read under SHORT_JOB_BYTES, all of it on this machine, is a short job
+def _note_job_size(args, configs, reads_output: bool = False) -> None:
+    """A program whose configs read at most SHORT_JOB_BYTES, all of it on this machine, is a short job
     (etl.spark.QUICK_COMPILER); a process that goes on after the command is not."""
     from . import spark  # local: see the module's docstring
     from .config import local_data_bytes
 
-    sizes = [local_data_bytes(config, spark.SHORT_JOB_BYTES) for config in configs] if args.as_program else [None]
+    sizes = [local_data_bytes(config, spark.SHORT_JOB_BYTES, reads_output) for config in configs] if args.as_program else [None]
     spark.SHORT_JOB = None not in sizes and sum(sizes) <= spark.SHORT_JOB_BYTES
 
 
@@ -46,7 +46,7 @@ def _cmd_refresh(args) -> int:
     from .refresh import RefreshError, refresh
 
     config, stages = load_pipeline_config(args.config, args.set)
-    _note_job_size(args, [config])
+    _note_job_size(args, [config], reads_output=True)
     try:
         refresh(config, stages)
     except RefreshError as err:
@@ -61,7 +61,7 @@ def _cmd_erase(args) -> int:
 
     # The inputs may be gone (or be the very thing being taken down): only the outputs matter here.
     config, stages = load_pipeline_config(args.config, args.set, check_inputs=False)
-    _note_job_size(args, [config])
+    _note_job_size(args, [config], reads_output=True)
     try:
         erase(config, stages, args.ids, retire_versions=args.retire_versions)
     except ErasureError as err:
@@ -120,6 +120,7 @@ def _cmd_train_classifier(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m etl", description=__doc__)
+    parser.set_defaults(as_program=False)  # main() says whether this process ends with the command
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a pipeline config")
     run.add_argument("config", nargs="+", help="pipeline YAML; several run in turn in one Spark session "

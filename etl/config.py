@@ -233,18 +233,24 @@ def check_inputs_exist(config: PipelineConfig) -> None:
             raise ConfigError(f"config.inputs[{i}].path: {spec.path!r} is not a Delta table (no _delta_log)")
 
 
-def local_data_bytes(config: PipelineConfig, stop_above: int) -> int | None:
-    """The bytes of the files a run of ``config`` may read on this machine: its inputs, and its output
-    and state as they stand (a refresh reads its state, an erasure its tables). None when one of them
-    is elsewhere (an object store, a catalog table), whose size is not known here. Counting stops once
-    it passes ``stop_above``."""
+# A compressed input holds about this many times its size in text (gzipped JSONL of web text: 3-4x).
+COMPRESSED_TEXT_RATIO = 4
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zstd")
+
+
+def local_data_bytes(config: PipelineConfig, stop_above: int, reads_output: bool) -> int | None:
+    """About how many bytes a run of ``config`` reads from files on this machine: its inputs (a
+    compressed file counted at COMPRESSED_TEXT_RATIO times its size), its state (dedup indexes, the
+    refresh's list of files), and with ``reads_output`` its output's tables as they stand (a refresh
+    adds to them, an erasure rewrites them). None when one of them is elsewhere (an object store, a
+    catalog table), whose size is not known here. Counting stops once it passes ``stop_above``."""
     if any(spec.table is not None for spec in config.inputs):
         return None
     inputs = [local_fs_path(spec.path) for spec in config.inputs]
-    outputs = [local_fs_path(path) for path in (config.output, config.state_dir) if path is not None]
-    if None in inputs + outputs:
+    folders = [local_fs_path(path) for path in ([config.output] if reads_output else [config.state_root])]
+    if None in inputs + folders:
         return None
-    places = [match for pattern in inputs for match in glob.glob(pattern)] + outputs
+    places = [match for pattern in inputs for match in glob.glob(pattern, recursive=True)] + folders
     total = 0
     for place in places:
         if os.path.isdir(place):
@@ -253,9 +259,10 @@ def local_data_bytes(config: PipelineConfig, stop_above: int) -> int | None:
             files = [place] if os.path.exists(place) else []
         for path in files:
             try:
-                total += os.path.getsize(path)
+                size = os.path.getsize(path)
             except OSError:
                 continue  # removed meanwhile
+            total += size * COMPRESSED_TEXT_RATIO if path.endswith(_COMPRESSED) else size
             if total > stop_above:
                 return total
     return total

@@ -235,7 +235,7 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
 # minhash_dedup on 50,000 web documents (138 MB) 95-96 s and 88-92 s, on 100,000 (275 MB) 153 s and
 # 156 s. The suite's long-lived session ran three of its files 14% slower on C1 only.
 # So C1 only is for a process that ends with one job on little data: SHORT_JOB, which `python -m etl`
-# sets when run as a program on under SHORT_JOB_BYTES of local data (etl/__main__.py).
+# sets when run as a program that reads at most SHORT_JOB_BYTES, all of it local (etl/__main__.py).
 QUICK_COMPILER = "-XX:TieredStopAtLevel=1"
 SHORT_JOB_BYTES = 128 << 20
 SHORT_JOB = False

@@ -63,9 +63,9 @@ class StandaloneCluster:
 
     def __init__(self, folder: Path, workers: int = 2, cores: int = 1, memory: str = "2g", env: dict | None = None):
         self.folder, self.workers, self.cores, self.memory = folder, workers, cores, memory
+        self.env = {**(env or os.environ), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1"}
         # The master and workers only schedule: the JVM's quick compiler suffices for them.
-        self.env = {**(env or os.environ), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1",
-                    "SPARK_DAEMON_JAVA_OPTS": QUICK_COMPILER}
+        self.env["SPARK_DAEMON_JAVA_OPTS"] = f"{self.env.get('SPARK_DAEMON_JAVA_OPTS', '')} {QUICK_COMPILER}".strip()
         self.port, self.ui_port = free_port(), free_port()
         self.url = f"spark://127.0.0.1:{self.port}"
         self.processes: list[subprocess.Popen] = []

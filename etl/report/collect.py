@@ -148,14 +148,15 @@ def dedup_clusters(spark: SparkSession, run: PipelineRun, rejected: dict[str, Da
     per_cluster = members.groupBy("cluster_id", "kept_id").agg(F.count("*").alias("documents"),
                                                                F.min("similarity").alias("min_similarity"))
     per_cluster = per_cluster.persist(CACHE_LEVEL)  # read twice: the largest clusters and the size histogram
-    largest = per_cluster.orderBy(F.desc("documents"), "cluster_id").limit(clusters).collect()
-    sizes = per_cluster.groupBy("documents").count().orderBy("documents").collect()
-    per_cluster.unpersist()
+    try:
+        largest = per_cluster.orderBy(F.desc("documents"), "cluster_id").limit(clusters).collect()
+        sizes = per_cluster.groupBy("documents").count().orderBy("documents").collect()
+    finally:
+        per_cluster.unpersist()
     rows = members.where(F.col("id") != F.col("kept_id")).orderBy("similarity", "id").limit(pairs) \
         .select("id", "kept_id", "similarity").collect()
-    # Both texts of every pair in one job, picked by id (a filter, which Delta's file statistics can
-    # skip, not a join that shuffles the tables): removed ones from the rejected tables, kept ones
-    # from the stage's own table.
+    # Both texts of every pair in one job, picked by id (a filter while the tables are read, not a join
+    # that sorts or shuffles them): removed ones from the rejected tables, kept ones from the stage's own.
     removed_ids, kept_ids = [r["id"] for r in rows], [r["kept_id"] for r in rows]
     parts = [t.where((F.col("stage") == MINHASH) & F.col("id").isin(removed_ids)).select("id", "text", F.lit(True).alias("removed"))
              for t in rejected.values()]

@@ -121,22 +121,28 @@ def test_a_short_job_is_a_program_on_little_local_data(monkeypatch, tmp_path):
     from etl.__main__ import _note_job_size
     from etl.config import InputSpec, PipelineConfig, local_data_bytes
 
-    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "2026").mkdir(parents=True)
     for i in range(3):
-        (tmp_path / "in" / f"part{i}.jsonl").write_bytes(b"x" * 1000)
+        (tmp_path / "in" / "2026" / f"part{i}.jsonl").write_bytes(b"x" * 1000)
+    (tmp_path / "in" / "2026" / "part3.jsonl.gz").write_bytes(b"z" * 100)  # about 4x that in text
     (tmp_path / "out" / "table").mkdir(parents=True)
-    (tmp_path / "out" / "table" / "part.parquet").write_bytes(b"y" * 500)  # a refresh's state, an erasure's table
+    (tmp_path / "out" / "table" / "part.parquet").write_bytes(b"y" * 500)  # a refresh's and an erasure's table
+    (tmp_path / "out" / "_state").mkdir()
+    (tmp_path / "out" / "_state" / "index.parquet").write_bytes(b"s" * 50)  # a dedup index: every command reads it
     config = PipelineConfig(output=str(tmp_path / "out"), stages=[],
-                            inputs=[InputSpec(path=str(tmp_path / "in" / "*.jsonl"), source="web")])
-    assert local_data_bytes(config, stop_above=10_000) == 3500
-    assert local_data_bytes(config, stop_above=1200) == 2000  # counting stops past the bound
+                            inputs=[InputSpec(path=str(tmp_path / "in" / "**" / "*.jsonl*"), source="web")])
+    assert local_data_bytes(config, stop_above=10_000, reads_output=False) == 3000 + 400 + 50
+    assert local_data_bytes(config, stop_above=10_000, reads_output=True) == 3000 + 400 + 500 + 50
+    assert 1200 < local_data_bytes(config, stop_above=1200, reads_output=False) < 3450  # it stops past the bound
     on_s3 = PipelineConfig(output="s3a://bucket/out", stages=[], inputs=config.inputs)
     a_table = PipelineConfig(output=config.output, stages=[], inputs=[InputSpec(table="db.docs", source="web", id_field="id")])
-    assert local_data_bytes(on_s3, 10_000) is None and local_data_bytes(a_table, 10_000) is None
+    assert local_data_bytes(on_s3, 10_000, False) is None and local_data_bytes(a_table, 10_000, False) is None
 
-    monkeypatch.setattr(etl_spark, "SHORT_JOB_BYTES", 3500)
+    monkeypatch.setattr(etl_spark, "SHORT_JOB_BYTES", 3450)
     _note_job_size(Namespace(as_program=True), [config])
     assert etl_spark.SHORT_JOB
+    _note_job_size(Namespace(as_program=True), [config], reads_output=True)  # a refresh, an erasure
+    assert not etl_spark.SHORT_JOB
     _note_job_size(Namespace(as_program=True), [config, config])  # several configs, one JVM: their sum
     assert not etl_spark.SHORT_JOB
     for program, configs in ((False, [config]), (True, [on_s3])):  # a process that goes on; a size unknown
