@@ -18,7 +18,9 @@ from training.eval.code_exec import UID_LEASE_DIR, UID_SPAN, Sandbox, SandboxCon
 from training.eval.humaneval import build_program, pass_at_k, read_problems, score_completions
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "humaneval_mini.jsonl"
-LIMITS = dict(timeout_s=4.0, cpu_s=4, memory_mb=512, max_processes=16, workers=4)
+# The CPU limit sits above the wall clock, so an endless loop is always stopped by the timeout: with both
+# at 4 s, SIGXCPU won the race once (a full suite run, 2026-12-05).
+LIMITS = dict(timeout_s=4.0, cpu_s=8, memory_mb=512, max_processes=16, workers=4)
 
 
 def available_levels() -> list[str]:
