@@ -20,8 +20,10 @@ def _note_job_size(args, configs, reads_output: bool = False) -> None:
     from . import spark  # local: see the module's docstring
     from .config import local_data_bytes
 
-    sizes = [local_data_bytes(config, spark.SHORT_JOB_BYTES, reads_output) for config in configs] if args.as_program else [None]
-    spark.SHORT_JOB = None not in sizes and sum(sizes) <= spark.SHORT_JOB_BYTES
+    spark.SHORT_JOB = False
+    if args.as_program:
+        sizes = [local_data_bytes(config, spark.SHORT_JOB_BYTES, reads_output) for config in configs]
+        spark.SHORT_JOB = None not in sizes and sum(sizes) <= spark.SHORT_JOB_BYTES
 
 
 def _cmd_run(args) -> int:
