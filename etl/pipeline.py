@@ -24,6 +24,8 @@ completed (etl/run_state.py).
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import fsspec
 from pyspark.sql import DataFrame, SparkSession
@@ -118,13 +120,27 @@ class Pipeline:
     def _rejected_table(self, zone: str) -> str:
         return self.table_path("rejected" if zone == "raw" else "rejected_curated")
 
-    def _write_step(self, run: PipelineRun, name: str, annotated: DataFrame, zone: str) -> None:
-        properties = {"kiln.zone": zone, "kiln.stage": name, RUN_ID_PROPERTY: run.run_id}
-        write_table(_kept_rows(annotated), self.table_path(name), properties=properties)
-        write_table(
-            _rejected_rows(annotated, name), self._rejected_table(zone),
-            partition_by=["stage"], replace_where=f"stage = '{name}'",
-        )
+    def _write_step(self, run: PipelineRun, name: str, annotated: DataFrame, zone: str,
+                    tables: dict[str, DataFrame] | None = None, metrics=None) -> dict | None:
+        """Write the step's kept rows, its rejected rows and its extra `tables`, side by side, and
+        compute the stage's `metrics` beside them; returns the metrics. `annotated` must already be
+        cached (its first job computes it): writes that start together on uncached rows wait on each
+        other's blocks. Each write is a small Spark job plus seconds of driver-side Delta work (the
+        snapshot, the commit), which overlap: at 10,000 documents the minhash_dedup step's three
+        writes took 2.8 s one after the other."""
+        work = [
+            lambda: write_table(_kept_rows(annotated), self.table_path(name),
+                                properties={"kiln.zone": zone, "kiln.stage": name, RUN_ID_PROPERTY: run.run_id}),
+            lambda: write_table(_rejected_rows(annotated, name), self._rejected_table(zone),
+                                partition_by=["stage"], replace_where=f"stage = '{name}'"),
+            *[partial(write_table, table, join_path(self.table_path(name), table_name),
+                      properties={RUN_ID_PROPERTY: run.run_id}) for table_name, table in (tables or {}).items()],
+        ]
+        if metrics is not None:
+            work.append(lambda: metrics(annotated))
+        with ThreadPoolExecutor(len(work), thread_name_prefix="kiln-write") as pool:
+            done = [future.result() for future in [pool.submit(w) for w in work]]
+        return done[-1] if metrics is not None else None
 
     def run(self, progress=print) -> PipelineRun:
         """The whole pipeline; the output is marked incomplete until it is done."""
@@ -167,9 +183,10 @@ class Pipeline:
         with step_progress(self.spark, "ingest", 1, len(self.stages) + 1):
             start = time.time()
             annotated = ingest(self.spark, self.config, files).persist(CACHE_LEVEL)
-            docs, skipped = split_skipped(annotated)  # web-archive records that are not documents
+            docs, skipped = split_skipped(annotated)  # web-archive records that are not documents; computes the cache
+            run.steps.append(_step_counts("ingest", docs, None, 0.0))
             self._write_step(run, "ingest", docs, self._zone(-1))
-            run.steps.append(_step_counts("ingest", docs, None, time.time() - start))
+            run.steps[-1].seconds = round(time.time() - start, 2)
             run.steps[-1].metrics.update(skipped)
             annotated.unpersist()
             run.tables["ingest"] = self.table_path("ingest")
@@ -194,13 +211,11 @@ class Pipeline:
                 annotated = result.docs.persist(CACHE_LEVEL)
                 if "reason" not in annotated.columns:
                     raise RuntimeError(f"stage {stage.name!r} returned documents without a 'reason' column")
-                self._write_step(run, stage.name, annotated, self._zone(self.stages.index(stage)))
-                for table_name, table in result.tables.items():
-                    write_table(table, join_path(self.table_path(stage.name), table_name),
-                                properties={RUN_ID_PROPERTY: run.run_id})
-                counts = _step_counts(stage.name, annotated, totals, 0.0)
-                if result.metrics is not None:
-                    counts.metrics = result.metrics(annotated)
+                counts = _step_counts(stage.name, annotated, totals, 0.0)  # the first job: computes the cache
+                metrics = self._write_step(run, stage.name, annotated, self._zone(self.stages.index(stage)),
+                                           result.tables, result.metrics)
+                if metrics is not None:
+                    counts.metrics = metrics
                 counts.seconds = round(time.time() - start, 2)
                 if self.config.report.enabled:
                     self._sample_scores(run, stage.name, annotated, counts)
@@ -273,11 +288,11 @@ class Pipeline:
     def _check_accounting(self, run: PipelineRun) -> None:
         if run.funnel_end is not None:
             read = run.steps[0].docs_in
-            rejected = sum(
-                read_table(self.spark, self._rejected_table(zone)).count()
-                for zone in ("raw", "curated") if table_exists(self.spark, self._rejected_table(zone))
-            )
-            kept = read_table(self.spark, run.tables[run.funnel_end]).count()
+            tables = [self._rejected_table(z) for z in ("raw", "curated") if table_exists(self.spark, self._rejected_table(z))]
+            with ThreadPoolExecutor(len(tables) + 1, thread_name_prefix="kiln-count") as pool:  # each mostly its Delta log
+                kept, *rejected = pool.map(lambda path: read_table(self.spark, path).count(),
+                                           [run.tables[run.funnel_end], *tables])
+            rejected = sum(rejected)
             if read != kept + rejected:
                 raise RuntimeError(f"funnel does not add up: read {read} != kept {kept} + rejected {rejected}")
         for step in run.steps:
