@@ -15,7 +15,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from etl.dataset.tokenizer import load_tokenizer
-from etl.delta import read_table, write_table
+from etl.delta import ever_removed_files, read_table, write_table
 from etl.devtools.pii_eval import generate
 from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
@@ -246,3 +246,14 @@ def test_raw_zone_keeps_no_overwritten_files(spark, pipeline_run):
         props = {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{out / name}`").collect()}
         assert props["delta.deletedFileRetentionDuration"] == "interval 0 hours"
     assert _old_rows(spark, out / "pii") == 1  # the curated zone is not vacuumed
+
+
+def test_vacuum_runs_only_where_a_commit_removed_files(spark, pipeline_run):
+    """A table the run itself created (rejected) has no removed file for VACUUM to delete: it is not
+    vacuumed. An overwritten one (ingest) is."""
+    out = pipeline_run["out"]
+    operations = {name: [r.operation for r in spark.sql(f"DESCRIBE HISTORY delta.`{out / name}`").collect()]
+                  for name in ("ingest", "rejected")}
+    assert "VACUUM END" in operations["ingest"], operations
+    assert not any(op.startswith("VACUUM") for op in operations["rejected"]), operations
+    assert ever_removed_files(spark, str(out / "ingest")) and not ever_removed_files(spark, str(out / "rejected"))
