@@ -32,7 +32,7 @@ from pyspark.sql import SparkSession
 
 from shards.config import ConfigError
 
-from .paths import is_url, join_path, local_fs_path
+from .paths import COMPRESSED_SUFFIXES, is_url, join_path, local_fs_path
 from .spark import is_connect
 
 InputFormat = Literal["jsonl", "parquet", "text", "delta", "warc", "wet"]
@@ -48,7 +48,7 @@ class InputSpec:
     # Instead of a path: a table in the session's catalog, `db.name` or `catalog.schema.table` (Unity
     # Catalog), read with spark.table; it needs id_field, as a Delta folder does.
     table: str | None = None
-    format: InputFormat = "jsonl"  # jsonl (plain, .gz, .zst), parquet, text (a document per file), delta, warc or wet (plain or .gz)
+    format: InputFormat = "jsonl"  # jsonl (plain, .gz, .bz2, .xz, .zst), parquet, text (a document per file), delta, warc or wet (plain or .gz)
     text_field: str = "text"  # the field or column holding the document text
     # The input's own document id; when absent the id is derived from (source, file, row). An id
     # given twice keeps the copy in the newest file (then last path, last row); see docs/etl/ingest.md.
@@ -235,7 +235,6 @@ def check_inputs_exist(config: PipelineConfig) -> None:
 
 # A compressed input holds about this many times its size in text (gzipped JSONL of web text: 3-4x).
 COMPRESSED_TEXT_RATIO = 4
-_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zstd")
 
 
 def local_data_bytes(config: PipelineConfig, stop_above: int, reads_output: bool) -> int | None:
@@ -262,7 +261,7 @@ def local_data_bytes(config: PipelineConfig, stop_above: int, reads_output: bool
                 size = os.path.getsize(path)
             except OSError:
                 continue  # removed meanwhile
-            total += size * COMPRESSED_TEXT_RATIO if path.endswith(_COMPRESSED) else size
+            total += size * COMPRESSED_TEXT_RATIO if path.endswith(COMPRESSED_SUFFIXES) else size
             if total > stop_above:
                 return total
     return total

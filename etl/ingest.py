@@ -1,6 +1,6 @@
 """Ingest: raw inputs -> one documents DataFrame with stable ids, plus rejected rows with reasons.
 
-Files (JSONL plain/.gz/.zst, one-document-per-file text, WARC/WET web archives) are read by Python
+Files (JSONL plain/.gz/.bz2/.xz/.zst, one-document-per-file text, WARC/WET web archives) are read by Python
 tasks, one task per file, so that each malformed line, invalid UTF-8 sequence or empty document becomes a rejected row
 with its reason instead of being dropped or killing the job. Parquet and Delta inputs (folders, or
 tables named in Spark's catalog) are read by Spark's own readers. Ids are ``<source>/<input id>`` when the input has ids, else
@@ -19,10 +19,12 @@ newest crawl (latest ``WARC-Date``, then the duplicate-id order); the others are
 """
 from __future__ import annotations
 
+import bz2
 import datetime
 import gzip
 import io
 import json
+import lzma
 import os
 from typing import Iterator
 
@@ -123,13 +125,21 @@ def _modified_micros(url: str) -> int:
     return (value - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)) // datetime.timedelta(microseconds=1)
 
 
-def _open_decompressed(url: str):
-    raw = fsspec.open(url, "rb").open()
+def decompressed(url: str, raw):
+    """The binary file ``raw`` (opened from ``url``), decompressed as its suffix says (COMPRESSED_SUFFIXES)."""
     if url.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw)
-    if url.endswith(".zst") or url.endswith(".zstd"):
+    if url.endswith(".bz2"):
+        return bz2.BZ2File(raw)
+    if url.endswith(".xz"):
+        return lzma.LZMAFile(raw)
+    if url.endswith((".zst", ".zstd")):
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
     return raw
+
+
+def _open_decompressed(url: str):
+    return decompressed(url, fsspec.open(url, "rb").open())
 
 
 class _Rows:

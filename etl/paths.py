@@ -10,6 +10,9 @@ import re
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 
+# The compressed files Kiln reads, by suffix (etl.ingest.decompressed opens them).
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zstd")
+
 
 def to_fsspec_url(path: str) -> str:
     """Spark says s3a://, fsspec says s3://: the same object store."""

@@ -20,7 +20,7 @@ from shards import storage
 from shards.provenance import arrow_dataset, open_delta_table
 
 from ..config import InputSpec
-from ..ingest import list_input_files
+from ..ingest import decompressed, list_input_files
 from ..paths import to_fsspec_url
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def save_tokenizer(tokenizer: Tokenizer, path: str) -> str:
 # --------------------------------------------------------------------------- training texts
 
 def iter_texts(path: str, fmt: str, text_field: str = "text", max_docs: int | None = None) -> Iterator[str]:
-    """Texts of a Delta table, Parquet files, JSONL files (.gz/.zst too) or text files, in a stable order.
+    """Texts of a Delta table, Parquet files, JSONL files (compressed too) or text files, in a stable order.
 
     Read without Spark: a tokenizer trains on one machine, and a sample of the corpus is enough.
     """
@@ -155,16 +155,7 @@ def _files(url: str) -> list[str]:
 
 def _open_text(url: str) -> io.TextIOBase:
     fs, path = storage.open_fs(url)
-    raw = fs.open(path, "rb")
-    if url.endswith(".gz"):
-        import gzip
-
-        raw = gzip.GzipFile(fileobj=raw)
-    elif url.endswith((".zst", ".zstd")):
-        import zstandard
-
-        raw = zstandard.ZstdDecompressor().stream_reader(raw)
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
+    return io.TextIOWrapper(decompressed(url, fs.open(path, "rb")), encoding="utf-8", errors="replace")
 
 
 # What reading a damaged file raises (a truncated .gz: EOFError; not gzip at all: OSError).

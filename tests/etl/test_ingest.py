@@ -1,8 +1,10 @@
 """Ingest and the pipeline's accounting, on a real local Spark + Delta."""
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
+import lzma
 
 import pytest
 import zstandard
@@ -36,6 +38,9 @@ def _write_inputs(tmp_path):
     (tmp_path / "in" / "c.jsonl.zst").write_bytes(
         zstandard.ZstdCompressor().compress((json.dumps({"doc_id": "z1", "text": "from a zstd file"}) + "\n").encode())
     )
+    for suffix, module in ((".bz2", bz2), (".xz", lzma)):
+        (tmp_path / "in" / f"d.jsonl{suffix}").write_bytes(
+            module.compress((json.dumps({"doc_id": f"c{suffix[1:]}", "text": f"from a {suffix} file"}) + "\n").encode()))
     (tmp_path / "txt").mkdir()
     (tmp_path / "txt" / "one.txt").write_text("a whole text file is one document")
     (tmp_path / "txt" / "two.txt").write_bytes(b"\xc3\x28 invalid")
@@ -67,11 +72,11 @@ def test_ingest_rejects_bad_input_with_reasons(spark, tmp_path):
         "malformed_json", "missing_text", "empty_text", "too_large", "text_not_string",
         "not_an_object", "missing_id", "duplicate_id", "invalid_utf8", "invalid_unicode",
     }
-    assert kept.count() == 20 + 2 + 1
+    assert kept.count() == 20 + 4 + 1
     read = run.steps[0].docs_in
-    assert read == kept.count() + rejected.count() == 20 + 10 + 2 + 2
+    assert read == kept.count() + rejected.count() == 20 + 10 + 4 + 2
     ids = {r["id"] for r in kept.collect()}
-    assert "web/d0" in ids and "web/g1" in ids and "web/z1" in ids and "books/one.txt" in ids
+    assert {"web/d0", "web/g1", "web/z1", "web/cbz2", "web/cxz", "books/one.txt"} <= ids
     row = kept.filter("id = 'web/d1'").collect()[0]
     assert row["meta"] == {"url": "http://x/1"} and len(row["content_hash"]) == 40
 
