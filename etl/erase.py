@@ -38,7 +38,7 @@ from shards import list_versions, read_manifest, storage, version_path
 
 from .config import PipelineConfig
 from .dataset.publish import publish, split_stages
-from .delta import delete_rows, read_table, run_tables, sql_name
+from .delta import delete_rows, ever_removed_files, read_table, run_tables, sql_name
 from .funnel import new_run_id
 from .paths import join_path, to_fsspec_url
 from .pipeline import Pipeline
@@ -146,8 +146,9 @@ def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: Spar
     targets.unpersist()
     tables = run_tables(config)
     with _retention_check_off(spark):
-        _each_table(tables, lambda path: _vacuum(spark, path, [t for t in tables if t.startswith(path + "/")]), "vacuuming")
-    progress(f"vacuumed {len(tables)} tables (retention 0)")
+        vacuumed = _each_table(tables, lambda path: _vacuum(spark, path, [t for t in tables if t.startswith(path + "/")]),
+                               "vacuuming")
+    progress(f"vacuumed {sum(vacuumed)} tables (retention 0); {len(tables) - sum(vacuumed)} had never dropped a file")
 
     # 5. report, and retire the old versions if asked
     retired = []
@@ -251,10 +252,13 @@ def _retention_check_off(spark: SparkSession):
             spark.conf.set(RETENTION_CHECK, before)
 
 
-def _vacuum(spark: SparkSession, path: str, nested: list[str]) -> None:
-    """Delete now every file the table no longer references. LITE finds them in the log, so the
-    tables nested in this one are never touched; once the log no longer reaches back that far,
-    only FULL (a listing of the folder) finds them, which a table with nested tables cannot take."""
+def _vacuum(spark: SparkSession, path: str, nested: list[str]) -> bool:
+    """Delete now every file the table no longer references; False when there cannot be one (no commit
+    of its whole log removed a file). LITE finds them in the log, so the tables nested in this one are
+    never touched; once the log no longer reaches back that far, only FULL (a listing of the folder)
+    finds them, which a table with nested tables cannot take."""
+    if not ever_removed_files(spark, path):
+        return False
     table = sql_name(path)
     try:
         spark.sql(f"VACUUM {table} LITE RETAIN 0 HOURS").collect()
@@ -268,6 +272,7 @@ def _vacuum(spark: SparkSession, path: str, nested: list[str]) -> None:
                 f"tables elsewhere, run VACUUM {table} RETAIN 0 HOURS, and copy them back."
             ) from None
         spark.sql(f"VACUUM {table} RETAIN 0 HOURS").collect()
+    return True
 
 
 def _print_summary(report: ErasureReport, progress) -> None:
