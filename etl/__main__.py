@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None, as_program: bool = False) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     from . import jvm_archive
-    from .spark import SparkSetupError  # local, after parsing: see the module's docstring
+    from .delta import VacuumError  # local, after parsing: see the module's docstring
+    from .spark import SparkSetupError
 
     jvm_archive.WRITE_AT_EXIT = as_program and args.command in ("run", "refresh")
     args.as_program = as_program
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None, as_program: bool = False) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         code = 2
-    except SparkSetupError as err:
+    except (SparkSetupError, VacuumError) as err:
         print(f"error: {err}", file=sys.stderr)
         code = 2
     finally:

@@ -20,7 +20,8 @@ import uuid
 from contextlib import contextmanager
 from urllib.parse import urlparse
 
-from pyspark.errors import AnalysisException
+from py4j.protocol import Py4JJavaError
+from pyspark.errors import AnalysisException, PySparkException
 from pyspark.sql import DataFrame, SparkSession
 
 from shards import storage
@@ -30,6 +31,9 @@ from .config import PipelineConfig
 from .paths import is_url, join_path, to_fsspec_url, to_spark_path
 from .spark import is_connect
 
+
+# Errors from the JVM reach Python as either, depending on whether PySpark knows the error class.
+SPARK_ERRORS = (PySparkException, Py4JJavaError)
 
 # Folder -> (schema, prefix): the tables below the folder are <schema>.<prefix><path below it, '/' as '__'>.
 _NAMED_FOLDERS: dict[str, tuple[str, str]] = {}
@@ -221,20 +225,50 @@ _REMOVES_NO_FILES = {"SET TBLPROPERTIES", "UNSET TBLPROPERTIES", "VACUUM START",
 
 
 def ever_removed_files(spark: SparkSession, path: str) -> bool:
-    """Whether any commit of the table may have removed a data file, so that VACUUM may have one to
-    delete. Only a table whose whole log is still there (from version 0) can answer no: a table a
-    run has just created. On such a table VACUUM LITE deletes nothing yet costs 1.4-2.5 s (its two
-    logged commits)."""
-    history = spark.sql(f"DESCRIBE HISTORY {sql_name(path)}").select("version", "operation", "operationMetrics").collect()
+    """Whether any commit of the table may have removed a data file (or replaced a deletion vector),
+    so that VACUUM may have one to delete. Only a table whose whole log is still there (from version 0)
+    can answer no: one a run has just created, or one whose writes never replaced anything."""
+    history = spark.sql(f"DESCRIBE HISTORY {sql_name(path)}").select(
+        "version", "operation", "operationParameters", "operationMetrics").collect()
     if min(row.version for row in history) != 0:
         return True
 
-    def removed(row) -> bool:
+    def removed(row) -> bool:  # a commit without the metric (MERGE counts numTargetFilesRemoved) may have
         metrics = row.operationMetrics or {}
-        return (row.version > 0 and row.operation not in _REMOVES_NO_FILES
-                and not (metrics.get("numRemovedFiles") == "0" and metrics.get("numDeletionVectorsAdded", "0") == "0"))
+        removed_none = metrics.get("numRemovedFiles") == "0" and all(
+            metrics.get(key, "0") == "0" for key in ("numDeletionVectorsAdded", "numDeletionVectorsUpdated"))
+        appended = row.operation == "WRITE" and (row.operationParameters or {}).get("mode") == "Append"
+        return row.version > 0 and row.operation not in _REMOVES_NO_FILES and not removed_none and not appended
 
     return any(removed(row) for row in history)
+
+
+class VacuumError(RuntimeError):
+    """A table only VACUUM FULL could clean, which would also delete the tables nested in it."""
+
+
+def vacuum(spark: SparkSession, path: str, hours: int, nested: list[str]) -> bool:
+    """Delete the files the table's log dropped over `hours` ago; False when it cannot have one
+    (:func:`ever_removed_files`), where VACUUM would cost 1.4-2.5 s (it logs two commits) to delete
+    nothing. LITE finds the files in the log, so the tables `nested` in this one are never touched;
+    once log cleanup has dropped commits since the last VACUUM, only FULL (a listing of the folder)
+    finds them, which a table with nested tables cannot take."""
+    if not ever_removed_files(spark, path):
+        return False
+    table = sql_name(path)
+    try:
+        spark.sql(f"VACUUM {table} LITE RETAIN {hours} HOURS").collect()
+    except SPARK_ERRORS as err:
+        if "DELTA_CANNOT_VACUUM_LITE" not in str(err):
+            raise
+        if nested:
+            raise VacuumError(
+                f"{path}: its log no longer lists every file it dropped, so only VACUUM FULL could delete "
+                f"them, and that would also delete the tables nested in it ({', '.join(nested)}). Copy those "
+                f"tables elsewhere, run VACUUM {table} RETAIN {hours} HOURS, and copy them back."
+            ) from None
+        spark.sql(f"VACUUM {table} RETAIN {hours} HOURS").collect()
+    return True
 
 
 def table_properties(spark: SparkSession, path: str) -> dict[str, str]:

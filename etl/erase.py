@@ -28,8 +28,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import fsspec
-from py4j.protocol import Py4JJavaError
-from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from tqdm import tqdm
@@ -38,7 +36,7 @@ from shards import list_versions, read_manifest, storage, version_path
 
 from .config import PipelineConfig
 from .dataset.publish import publish, split_stages
-from .delta import delete_rows, ever_removed_files, read_table, run_tables, sql_name
+from .delta import SPARK_ERRORS, VacuumError, delete_rows, read_table, run_tables, vacuum
 from .funnel import new_run_id
 from .paths import join_path, to_fsspec_url
 from .pipeline import Pipeline
@@ -50,8 +48,6 @@ from .stages.exact_dedup import INDEX_TABLE as EXACT_INDEX
 
 RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"
 TABLES_AT_ONCE = 4
-# Errors from the JVM reach Python as either, depending on whether PySpark knows the error class.
-SPARK_ERRORS = (PySparkException, Py4JJavaError)
 DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate")
 _CONTENT_HASH = re.compile(r"[0-9a-f]{40}")
 
@@ -253,26 +249,11 @@ def _retention_check_off(spark: SparkSession):
 
 
 def _vacuum(spark: SparkSession, path: str, nested: list[str]) -> bool:
-    """Delete now every file the table no longer references; False when there cannot be one (no commit
-    of its whole log removed a file). LITE finds them in the log, so the tables nested in this one are
-    never touched; once the log no longer reaches back that far, only FULL (a listing of the folder)
-    finds them, which a table with nested tables cannot take."""
-    if not ever_removed_files(spark, path):
-        return False
-    table = sql_name(path)
+    """Delete now every file the table no longer references (retention 0); False when it has none."""
     try:
-        spark.sql(f"VACUUM {table} LITE RETAIN 0 HOURS").collect()
-    except SPARK_ERRORS as err:
-        if "DELTA_CANNOT_VACUUM_LITE" not in str(err):
-            raise
-        if nested:
-            raise ErasureError(
-                f"{path}: its log no longer lists every file it dropped, so only VACUUM FULL could delete "
-                f"them, and that would also delete the tables nested in it ({', '.join(nested)}). Copy those "
-                f"tables elsewhere, run VACUUM {table} RETAIN 0 HOURS, and copy them back."
-            ) from None
-        spark.sql(f"VACUUM {table} RETAIN 0 HOURS").collect()
-    return True
+        return vacuum(spark, path, 0, nested)
+    except VacuumError as err:
+        raise ErasureError(str(err)) from None
 
 
 def _print_summary(report: ErasureReport, progress) -> None:

@@ -125,6 +125,11 @@ def _modified_micros(url: str) -> int:
     return (value - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)) // datetime.timedelta(microseconds=1)
 
 
+# What reading a damaged or unreadable file raises (a truncated .gz: EOFError; not gzip at all: OSError;
+# xz's and zstd's decoders raise their own).
+UNREADABLE_FILE_ERRORS = (OSError, EOFError, ValueError, lzma.LZMAError, zstandard.ZstdError)
+
+
 def decompressed(url: str, raw):
     """The binary file ``raw`` (opened from ``url``), decompressed as its suffix says (COMPRESSED_SUFFIXES)."""
     if url.endswith(".gz"):
@@ -282,7 +287,7 @@ def _read_files_task(specs: dict[str, InputSpec], max_bytes: int):
                         yield from _web_rows(url, rel, spec, max_bytes, rows)
                     else:
                         _text_file_rows(url, rel, spec, max_bytes, rows)
-                except (OSError, EOFError, ValueError) as err:
+                except UNREADABLE_FILE_ERRORS as err:
                     # A truncated archive or unreadable file: one rejected row for the whole file.
                     rows.add(None, f"{source}/{rel}", source, None, None, "unreadable_file", f"{type(err).__name__}: {err}"[:300])
                 if len(rows) >= 2048:

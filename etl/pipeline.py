@@ -17,13 +17,14 @@ The funnel is checked at the end: documents read = documents kept + documents re
 A run is ingest plus `run_stages` over the configured stages; `run_stages` also runs a slice of them
 from another table (etl/refresh.py builds the dataset from its cumulative table that way).
 Tables are marked with the property kiln.zone = raw | curated; with raw_zone_retention_hours set,
-raw-zone tables keep overwritten files only that long (VACUUM LITE after each run, on every table
-whose log has removed a file). Every table a step writes also carries kiln.run_id, and
-``<output>/_state/run.json`` says whether the last run completed (etl/run_state.py).
+raw-zone tables keep overwritten files only that long (VACUUM after each run: etl.delta.vacuum).
+Every table a step writes also carries kiln.run_id, and ``<output>/_state/run.json`` says whether
+the last run completed (etl/run_state.py).
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -33,7 +34,7 @@ from pyspark.sql import functions as F
 
 from .config import PipelineConfig, is_local_master
 from .dataset.publish import publish, split_stages
-from .delta import ever_removed_files, name_tables, read_table, set_properties, sql_name, table_exists, write_table
+from .delta import name_tables, read_table, run_tables, set_properties, sql_name, table_exists, vacuum, write_table
 from .funnel import PipelineRun, StepCounts, new_run_id
 from .ingest import ingest, split_skipped
 from .paths import join_path, to_fsspec_url
@@ -121,7 +122,8 @@ class Pipeline:
         return self.table_path("rejected" if zone == "raw" else "rejected_curated")
 
     def _write_step(self, run: PipelineRun, name: str, annotated: DataFrame, zone: str,
-                    tables: dict[str, DataFrame] | None = None, metrics=None) -> dict | None:
+                    tables: dict[str, DataFrame] | None = None,
+                    metrics: Callable[[DataFrame], dict] | None = None) -> dict | None:
         """Write the step's kept rows, its rejected rows and its extra `tables`, side by side, and
         compute the stage's `metrics` beside them; returns the metrics. `annotated` must already be
         cached (its first job computes it): writes that start together on uncached rows wait on each
@@ -274,31 +276,31 @@ class Pipeline:
                 set_properties(self.spark, self._rejected_table(zone), {"kiln.zone": zone})
 
     def _vacuum_raw_zone(self, hours: int) -> None:
-        """Keep overwritten raw-zone files (earlier runs' raw text) only `hours`. VACUUM LITE removes
-        just the files the table's own log has dropped, never the extra tables nested inside it."""
+        """Keep overwritten raw-zone files (earlier runs' raw text) only `hours` (etl.delta.vacuum: never
+        the files of the extra tables nested inside a table)."""
         steps = self._steps_by_zone()["raw"]
         paths = [self.table_path(name) for name in steps] + [self._rejected_table("raw")]
         retention = {"delta.deletedFileRetentionDuration": f"interval {hours} hours",
                      "delta.logRetentionDuration": f"interval {max(hours, 1)} hours"}
+        tables = run_tables(self.config)
 
-        def vacuum(path: str) -> None:
+        def vacuum_raw(path: str) -> None:
             if table_exists(self.spark, path):
                 set_properties(self.spark, path, retention)
-                if ever_removed_files(self.spark, path):  # a table this run created has nothing to vacuum
-                    self.spark.sql(f"VACUUM {sql_name(path)} LITE RETAIN {hours} HOURS").collect()
+                vacuum(self.spark, path, hours, [t for t in tables if t.startswith(path + "/")])
 
         # Side by side: a VACUUM LITE of a small table is 1.4-2.5 s of driver-side log work and commits.
         with ThreadPoolExecutor(len(paths), thread_name_prefix="kiln-vacuum") as pool:
-            list(pool.map(vacuum, paths))
+            list(pool.map(vacuum_raw, paths))
 
     def _check_accounting(self, run: PipelineRun) -> None:
         if run.funnel_end is not None:
             read = run.steps[0].docs_in
             tables = [self._rejected_table(z) for z in ("raw", "curated") if table_exists(self.spark, self._rejected_table(z))]
             with ThreadPoolExecutor(len(tables) + 1, thread_name_prefix="kiln-count") as pool:  # each mostly its Delta log
-                kept, *rejected = pool.map(lambda path: read_table(self.spark, path).count(),
-                                           [run.tables[run.funnel_end], *tables])
-            rejected = sum(rejected)
+                kept, *rejected_per_table = pool.map(lambda path: read_table(self.spark, path).count(),
+                                                     [run.tables[run.funnel_end], *tables])
+            rejected = sum(rejected_per_table)
             if read != kept + rejected:
                 raise RuntimeError(f"funnel does not add up: read {read} != kept {kept} + rejected {rejected}")
         for step in run.steps:

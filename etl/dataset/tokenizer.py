@@ -20,7 +20,7 @@ from shards import storage
 from shards.provenance import arrow_dataset, open_delta_table
 
 from ..config import InputSpec
-from ..ingest import decompressed, list_input_files
+from ..ingest import UNREADABLE_FILE_ERRORS, decompressed, list_input_files
 from ..paths import to_fsspec_url
 
 log = logging.getLogger(__name__)
@@ -158,8 +158,6 @@ def _open_text(url: str) -> io.TextIOBase:
     return io.TextIOWrapper(decompressed(url, fs.open(path, "rb")), encoding="utf-8", errors="replace")
 
 
-# What reading a damaged file raises (a truncated .gz: EOFError; not gzip at all: OSError).
-_UNREADABLE = (OSError, EOFError, ValueError)
 
 
 def _readable_lines(file_url: str) -> Iterator[str]:
@@ -171,7 +169,7 @@ def _readable_lines(file_url: str) -> Iterator[str]:
             for line in lines:
                 yield line
                 read += 1
-    except _UNREADABLE as err:
+    except UNREADABLE_FILE_ERRORS as err:
         log.warning("%s: unreadable after line %d (%s: %s); skipped the rest of the file",
                     file_url, read, type(err).__name__, err)
 
@@ -197,7 +195,7 @@ def _file_texts(url: str, text_field: str) -> Iterator[str]:
         try:
             with _open_text(file_url) as f:
                 text = f.read()
-        except _UNREADABLE as err:
+        except UNREADABLE_FILE_ERRORS as err:
             log.warning("%s: unreadable (%s: %s); skipped", file_url, type(err).__name__, err)
             continue
         yield text

@@ -46,7 +46,8 @@ class StageResult:
     # Extra tables written to <output>/<stage>/<name> (e.g. dedup clusters).
     tables: dict[str, DataFrame] = field(default_factory=dict)
     # Counters for the report (e.g. PII entities per type), computed by the pipeline on the
-    # annotated documents once they are materialised; returns plain JSON values.
+    # annotated documents once they are cached, in a thread beside the writes of the step's tables
+    # (so it must not read those tables); returns plain JSON values.
     metrics: Callable[[DataFrame], dict[str, Any]] | None = None
 
 

@@ -159,7 +159,7 @@ def _top_fraction_threshold(scored: DataFrame, fraction: float, error: float) ->
 
 def _metrics(cached: DataFrame | None, threshold: float | None, annotated: DataFrame) -> dict:
     """The score's distribution and the threshold used; releases the cached scores (the pipeline has
-    written the stage's tables when it asks for its metrics)."""
+    cached the annotated documents, which everything after reads, when it asks for its metrics)."""
     quantiles = annotated.approxQuantile(SCORE_COLUMN, [0.1, 0.5, 0.9], 0.01)
     mean = annotated.agg(F.avg(SCORE_COLUMN)).collect()[0][0]
     if cached is not None:

@@ -14,7 +14,7 @@ import pytest
 import pyarrow.parquet as pq
 
 from etl.__main__ import main
-from etl.delta import read_table, set_properties, write_table
+from etl.delta import append_rows, ever_removed_files, read_table, set_properties, vacuum, write_table
 from etl.erase import RETENTION_CHECK, ErasureError, _retention_check_off, _vacuum
 from etl.refresh import refresh
 from etl.dataset.tokenizer import load_tokenizer
@@ -121,6 +121,23 @@ def test_a_malformed_request_is_an_error(tmp_path, capsys):
     request.write_text("web/1\nnot an id\n")
     assert main(["erase", config_path, "--ids", str(request)]) == 1
     assert "request.txt:2: neither a document id" in capsys.readouterr().err
+
+
+def test_a_table_that_never_dropped_a_file_is_passed_over_until_its_log_is_cleaned_up(spark, tmp_path):
+    """Nothing to delete, so no VACUUM (and no record of one). Once log cleanup has dropped its first
+    commits, whether a file was dropped cannot be told, and LITE has no earlier VACUUM to start from:
+    the table is vacuumed FULL, its rows intact."""
+    table = str(tmp_path / "t")
+    write_table(spark.createDataFrame([("web/0", "text 0")], "id string, text string"), table)
+    set_properties(spark, table, {"delta.checkpointInterval": "1"})
+    append_rows(spark.createDataFrame([("web/1", "text 1")], "id string, text string"), table)
+    assert not ever_removed_files(spark, table) and not vacuum(spark, table, 0, [])
+    for commit in ("00000000000000000000.json", "00000000000000000001.json"):  # what log cleanup does
+        (tmp_path / "t" / "_delta_log" / commit).unlink()
+    assert ever_removed_files(spark, table)
+    with _retention_check_off(spark):
+        assert vacuum(spark, table, 0, [])
+    assert sorted(r["text"] for r in read_table(spark, table).collect()) == ["text 0", "text 1"]
 
 
 def test_vacuum_finds_what_a_cleaned_up_log_forgot(spark, tmp_path):

@@ -81,6 +81,25 @@ def test_ingest_rejects_bad_input_with_reasons(spark, tmp_path):
     assert row["meta"] == {"url": "http://x/1"} and len(row["content_hash"]) == 40
 
 
+def test_a_damaged_compressed_file_is_one_rejected_row_naming_it(spark, tmp_path):
+    """A download cut short, or bytes that are not the format its suffix says: the file is one
+    `unreadable_file` row, and the other files' documents are read."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "good.jsonl").write_text(json.dumps({"doc_id": "ok", "text": "a readable document"}) + "\n")
+    packed = lzma.compress("".join(json.dumps({"doc_id": f"x{i}", "text": "words " * 50}) + "\n" for i in range(50)).encode())
+    (tmp_path / "in" / "cut.jsonl.xz").write_bytes(packed[: len(packed) // 2])
+    (tmp_path / "in" / "not.jsonl.xz").write_bytes(b"plain text, not xz")
+    (tmp_path / "in" / "not.jsonl.zst").write_bytes(b"plain text, not zstd")
+    config, stages = _config(tmp_path, inputs=[{"path": str(tmp_path / "in" / "*"), "source": "web", "id_field": "doc_id"}])
+    run = run_pipeline(config, stages, spark, progress=lambda line: None)
+    rejected = {r["id"]: (r["reason"], r["detail"]) for r in read_table(spark, str(tmp_path / "out" / "rejected")).collect()}
+    assert {i for i, (reason, _) in rejected.items() if reason == "unreadable_file"} == {
+        "web/cut.jsonl.xz", "web/not.jsonl.xz", "web/not.jsonl.zst"}, rejected
+    assert rejected["web/not.jsonl.xz"][1].startswith("LZMAError") and rejected["web/not.jsonl.zst"][1].startswith("ZstdError")
+    kept = {r["id"] for r in read_table(spark, run.final_table).collect()}
+    assert "web/ok" in kept and kept <= {"web/ok"} | {f"web/x{i}" for i in range(50)}  # lines before the cut are read
+
+
 def test_rerun_leaves_identical_contents(spark, tmp_path):
     _write_inputs(tmp_path)
     config, stages = _config(tmp_path)
