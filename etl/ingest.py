@@ -26,6 +26,7 @@ import io
 import json
 import lzma
 import os
+from contextlib import contextmanager
 from typing import Iterator
 
 import fsspec
@@ -143,8 +144,11 @@ def decompressed(url: str, raw):
     return raw
 
 
+@contextmanager
 def _open_decompressed(url: str):
-    return decompressed(url, fsspec.open(url, "rb").open())
+    """The file's bytes, decompressed; the file under the decompressor is closed with it."""
+    with fsspec.open(url, "rb") as raw, decompressed(url, raw) as handle:
+        yield handle
 
 
 class _Rows:

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -153,11 +154,12 @@ def _files(url: str) -> list[str]:
     return [full for full, _ in list_input_files(InputSpec(path=url, source="tokenizer"))]
 
 
-def _open_text(url: str) -> io.TextIOBase:
+@contextmanager
+def _open_text(url: str) -> Iterator[io.TextIOBase]:
+    """The file's text, decompressed; the file under the decompressor is closed with it."""
     fs, path = storage.open_fs(url)
-    return io.TextIOWrapper(decompressed(url, fs.open(path, "rb")), encoding="utf-8", errors="replace")
-
-
+    with fs.open(path, "rb") as raw, io.TextIOWrapper(decompressed(url, raw), encoding="utf-8", errors="replace") as text:
+        yield text
 
 
 def _readable_lines(file_url: str) -> Iterator[str]:
