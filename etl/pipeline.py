@@ -141,8 +141,13 @@ class Pipeline:
         if metrics is not None:
             work.append(lambda: metrics(annotated))
         with ThreadPoolExecutor(len(work), thread_name_prefix="kiln-write") as pool:
-            done = [future.result() for future in [pool.submit(w) for w in work]]
-        return done[-1] if metrics is not None else None
+            futures = [pool.submit(w) for w in work]
+        failed = [future.exception() for future in futures if future.exception() is not None]
+        for other in failed[1:]:  # every failure is said, the first raised
+            failed[0].add_note(f"step {name}: another of its writes failed too: {type(other).__name__}: {str(other)[:500]}")
+        if failed:
+            raise failed[0]
+        return futures[-1].result() if metrics is not None else None
 
     def run(self, progress=print) -> PipelineRun:
         """The whole pipeline; the output is marked incomplete until it is done."""

@@ -8,10 +8,12 @@ import lzma
 
 import pytest
 import zstandard
+from pyspark.sql import functions as F
 
 from etl.delta import read_table
 from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
+from etl.stages.base import Stage, StageResult
 from shards.provenance import arrow_dataset
 
 
@@ -139,3 +141,28 @@ def test_pipeline_reads_and_writes_s3(spark, tmp_path, s3_prefix):
     run = run_pipeline(config, stages, spark, progress=lambda line: None)
     assert read_table(spark, run.final_table).count() == 20
     assert fs.exists(f"{s3_prefix}/out/report/report.html")
+
+
+class _TwoBrokenOutputs(Stage):
+    """Keeps every document, but the extra table it hands the pipeline fails as it is written, and so does its metrics."""
+
+    name = "fix_encoding"
+
+    def run(self, docs, ctx):
+        broken = docs.select("id", F.raise_error(F.lit("disk full while writing the extra table")).cast("string").alias("x"))
+
+        def metrics(annotated):
+            raise ValueError("the metrics could not be counted")
+
+        return StageResult(docs.withColumn("reason", F.lit(None).cast("string")), tables={"extra": broken}, metrics=metrics)
+
+
+def test_every_failed_write_of_a_step_is_said(spark, tmp_path):
+    """A step's writes run side by side: the first failure is raised, and the others are named in its notes."""
+    _write_inputs(tmp_path)
+    config, _ = _config(tmp_path)
+    with pytest.raises(Exception) as raised:
+        run_pipeline(config, [_TwoBrokenOutputs(None)], spark, progress=lambda line: None)
+    said = str(raised.value) + "\n".join(getattr(raised.value, "__notes__", []))
+    assert "disk full while writing the extra table" in said and "the metrics could not be counted" in said, said
+    assert "another of its writes failed too" in said
