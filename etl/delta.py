@@ -247,14 +247,15 @@ class VacuumError(RuntimeError):
     """A table only VACUUM FULL could clean, which would also delete the tables nested in it."""
 
 
-def vacuum(spark: SparkSession, path: str, hours: int, nested: list[str]) -> bool:
+def vacuum(spark: SparkSession, path: str, hours: int, tables: list[str]) -> bool:
     """Delete the files the table's log dropped over `hours` ago; False when it cannot have one
     (:func:`ever_removed_files`), where VACUUM would cost 1.4-2.5 s (it logs two commits) to delete
-    nothing. LITE finds the files in the log, so the tables `nested` in this one are never touched;
+    nothing. LITE finds the files in the log, so the `tables` nested in this one are never touched;
     once log cleanup has dropped commits since the last VACUUM, only FULL (a listing of the folder)
     finds them, which a table with nested tables cannot take."""
     if not ever_removed_files(spark, path):
         return False
+    nested = [t for t in tables if t.startswith(path + "/")]
     table = sql_name(path)
     try:
         spark.sql(f"VACUUM {table} LITE RETAIN {hours} HOURS").collect()

@@ -142,8 +142,7 @@ def erase(config: PipelineConfig, stages: list[Stage], request: str, spark: Spar
     targets.unpersist()
     tables = run_tables(config)
     with _retention_check_off(spark):
-        vacuumed = _each_table(tables, lambda path: _vacuum(spark, path, [t for t in tables if t.startswith(path + "/")]),
-                               "vacuuming")
+        vacuumed = _each_table(tables, lambda path: _vacuum(spark, path, tables), "vacuuming")
     progress(f"vacuumed {sum(vacuumed)} tables (retention 0); {len(tables) - sum(vacuumed)} had never dropped a file")
 
     # 5. report, and retire the old versions if asked
@@ -248,10 +247,11 @@ def _retention_check_off(spark: SparkSession):
             spark.conf.set(RETENTION_CHECK, before)
 
 
-def _vacuum(spark: SparkSession, path: str, nested: list[str]) -> bool:
-    """Delete now every file the table no longer references (retention 0); False when it has none."""
+def _vacuum(spark: SparkSession, path: str, tables: list[str]) -> bool:
+    """Delete now every file the table no longer references (retention 0); False when it has none.
+    `tables`: the run's, among which those nested in this one."""
     try:
-        return vacuum(spark, path, 0, nested)
+        return vacuum(spark, path, 0, tables)
     except VacuumError as err:
         raise ErasureError(str(err)) from None
 
