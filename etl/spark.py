@@ -236,7 +236,12 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
 # 156 s. The suite's long-lived session ran three of its files 14% slower on C1 only.
 # So C1 only is for a process that ends with one job on little data: SHORT_JOB, which `python -m etl`
 # sets when run as a program that reads at most SHORT_JOB_BYTES, all of it local (etl/__main__.py).
-QUICK_COMPILER = "-XX:TieredStopAtLevel=1"
+# With C1 only, the JVM reserves 48 MB for compiled code (the default without tiers) instead of 240 MB.
+# Spark, Delta and the stages' plans filled it 30-40 s into a job: "CodeCache is full. Compiler has
+# been disabled", and from then on new code ran interpreted. In `make demo` minhash_dedup's step took
+# 10.8 s against 6.3 s; the Spark Connect server of tests/system (the demo through Connect) filled it at
+# 40 s, and that test took 76.9 s against 64.9 s with the 240 MB of the JVM's tiered default.
+QUICK_COMPILER = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"
 SHORT_JOB_BYTES = 128 << 20
 SHORT_JOB = False
 
