@@ -206,7 +206,7 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
         builder = builder.config("spark.sql.sources.parallelPartitionDiscovery.parallelism", "8")
         # Python workers run the interpreter that runs us (the project's virtualenv), not the system one.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    conf = {**_defaults(with_s3), **(extra_conf or {})}
+    conf = session_conf(with_s3, extra_conf or {})
     archive = None
     if SparkContext._gateway is None and not _under_spark_submit():  # this session launches its JVM
         memory = conf.get("spark.driver.memory", driver_memory)
@@ -243,7 +243,22 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
 # 40 s, and that test took 76.9 s against 64.9 s with the 240 MB of the JVM's tiered default.
 QUICK_COMPILER = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"
 SHORT_JOB_BYTES = 128 << 20
+# A short job's queries also run on Spark's interpreter instead of compiled code. Spark otherwise writes
+# Java source for every new plan (its whole-stage code, each projection) and compiles it with Janino,
+# tens to hundreds of milliseconds a plan, which a job whose steps last seconds never earns back.
+# Measured on the 2-core VM: `make demo`'s eleven steps took 35 s against 46 s; a refresh of the
+# nightly config 27.6-28.0 s against 34.4-36.5 s (with only whole-stage code off, 31.7-34.1 s). The
+# rows are the same: the demo's Delta tables and dataset bytes were compared. factoryMode is an internal
+# setting, the interpreter Spark falls back to when compiling fails and its own tests run every
+# expression through. A config's spark_conf overrides either.
+INTERPRETED_PLANS = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
 SHORT_JOB = False
+
+
+def session_conf(with_s3: bool, extra_conf: dict[str, str]) -> dict[str, str]:
+    """Kiln's settings for a session it makes: its defaults, a short job's interpreted plans, then the
+    config's own ``spark_conf`` (``extra_conf``), which wins."""
+    return {**_defaults(with_s3), **(INTERPRETED_PLANS if SHORT_JOB else {}), **extra_conf}
 
 
 def driver_java_options(conf: dict[str, str], given_options: bool) -> tuple[str, DriverArchive | None]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyspark
 
-from ..spark import DELTA_PACKAGE, QUICK_COMPILER, resolved_jars
+from ..spark import DELTA_PACKAGE, INTERPRETED_PLANS, QUICK_COMPILER, resolved_jars
 
 SPARK_CLASS = Path(pyspark.__file__).parent / "bin" / "spark-class"
 MASTER = "org.apache.spark.deploy.master.Master"
@@ -129,7 +129,8 @@ CONNECT_SERVER = "org.apache.spark.sql.connect.service.SparkConnectServer"
 class ConnectServer:
     """A Spark Connect server on 127.0.0.1 (its jar ships in pyspark) running ``local[cores]``, with Delta's
     SQL extension and catalog; ``url`` is what ``SPARK_REMOTE`` takes. Its Python workers run ``python``.
-    It serves a test's few small jobs, so its JVM has the quick compiler only (etl.spark.QUICK_COMPILER)."""
+    It serves a test's few small jobs, so its JVM has the quick compiler only (etl.spark.QUICK_COMPILER) and
+    its plans run interpreted (etl.spark.INTERPRETED_PLANS), as a short job's do."""
 
     def __init__(self, folder: Path, python: str = sys.executable, cores: int = 2, env: dict | None = None):
         self.folder, self.python, self.cores = folder, python, cores
@@ -146,6 +147,7 @@ class ConnectServer:
             "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
             "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
             "spark.sql.shuffle.partitions": "8", "spark.databricks.delta.snapshotPartitions": "2",
+            **INTERPRETED_PLANS,
         }
         submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
         command = [str(submit), "--class", CONNECT_SERVER, "--master", f"local[{self.cores}]", "--driver-memory", "3g",

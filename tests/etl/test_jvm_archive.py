@@ -13,7 +13,8 @@ from pathlib import Path
 from etl import jvm_archive
 from etl.jvm_archive import DriverArchive
 from etl import spark as etl_spark
-from etl.spark import DELTA_PACKAGE, QUICK_COMPILER, driver_java_options, resolved_jars, user_sets_driver_options
+from etl.spark import (DELTA_PACKAGE, INTERPRETED_PLANS, QUICK_COMPILER, driver_java_options, resolved_jars, session_conf,
+                       user_sets_driver_options)
 
 
 def _run(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -114,6 +115,15 @@ def test_the_quick_compiler_only_for_the_users_none_and_a_short_job(monkeypatch,
     assert driver_java_options({"spark.driver.extraJavaOptions": "-Xss4m"}, given_options=False) == ("", None)
     monkeypatch.setattr(etl_spark, "SHORT_JOB", False)
     assert driver_java_options({}, given_options=False)[0] == ""
+
+
+def test_a_short_job_runs_its_plans_interpreted_unless_the_config_says_otherwise(monkeypatch):
+    monkeypatch.setattr(etl_spark, "SHORT_JOB", True)
+    assert INTERPRETED_PLANS.items() <= session_conf(False, {}).items()
+    mine = session_conf(False, {"spark.sql.codegen.wholeStage": "true"})
+    assert mine["spark.sql.codegen.wholeStage"] == "true" and mine["spark.sql.codegen.factoryMode"] == "NO_CODEGEN"
+    monkeypatch.setattr(etl_spark, "SHORT_JOB", False)
+    assert not INTERPRETED_PLANS.keys() & session_conf(False, {}).keys()
 
 
 def test_a_short_job_is_a_program_on_little_local_data(monkeypatch, tmp_path):

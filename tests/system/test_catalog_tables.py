@@ -15,6 +15,7 @@ import pytest
 import yaml
 from deltalake import DeltaTable
 
+from etl.spark import INTERPRETED_PLANS
 from tests.training.subprocess_env import child_env
 
 DOCS = [{"id": f"d{i}", "text": f"Document number {i} talks about kilns, clay and glazes at some length. " * (1 + i % 3)}
@@ -23,8 +24,11 @@ DOCS.append({"id": "d20", "text": DOCS[19]["text"]})  # an exact duplicate
 
 
 def hive_conf(work: Path) -> dict[str, str]:
-    """A persistent session catalog under ``work``: Derby's metastore and the managed tables' warehouse."""
+    """A persistent session catalog under ``work``: Derby's metastore and the managed tables' warehouse.
+    With a short job's interpreted plans, which Kiln leaves to the config when an input is a catalog
+    table (its size is not known before Spark starts): the test's jobs are a few rows each."""
     return {
+        **INTERPRETED_PLANS,
         "spark.sql.catalogImplementation": "hive",
         "spark.sql.warehouse.dir": str(work / "warehouse"),
         "spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={work / 'metastore_db'};create=true",

@@ -31,7 +31,7 @@ import yaml
 
 from etl.devtools.spark_cluster import StandaloneCluster, python_without_kiln, submit_env
 from etl.devtools.same_results import dataset_bytes, table_rows
-from etl.spark import QUICK_COMPILER
+from etl.spark import INTERPRETED_PLANS, QUICK_COMPILER
 from tests.training.subprocess_env import child_env
 from tests.training.token_datasets import write_token_dataset
 
@@ -65,13 +65,15 @@ def cluster_python(tmp_path_factory) -> Path:
     beside it the Spark settings of a small cluster's image (venv/conf/spark-defaults.conf): few shuffle and
     Delta-log partitions, as Kiln sets for local runs. Spark's defaults (200 and 50 tasks) made the refresh
     on this cluster spend most of its time starting empty tasks. Its jobs last seconds, so the driver and
-    executor JVMs compile with C1 only, as Kiln's own short local jobs do (docs/cluster.md)."""
+    executor JVMs compile with C1 only, and the plans run interpreted, as Kiln's own short local jobs do
+    (docs/cluster.md)."""
     python = python_without_kiln(tmp_path_factory.mktemp("cluster-python") / "venv")
     (python.parent.parent / "conf").mkdir()
     (python.parent.parent / "conf" / "spark-defaults.conf").write_text(
         "spark.sql.shuffle.partitions 8\nspark.databricks.delta.snapshotPartitions 2\n"
         "spark.sql.sources.parallelPartitionDiscovery.parallelism 8\n"
-        f"spark.driver.extraJavaOptions {QUICK_COMPILER}\nspark.executor.extraJavaOptions {QUICK_COMPILER}\n")
+        f"spark.driver.extraJavaOptions {QUICK_COMPILER}\nspark.executor.extraJavaOptions {QUICK_COMPILER}\n"
+        + "".join(f"{key} {value}\n" for key, value in INTERPRETED_PLANS.items()))
     check = subprocess.run([python, "-c", "import pyspark, delta, ftfy, etl"], cwd=python.parent, capture_output=True, text=True)
     assert "No module named 'etl'" in check.stderr, check.stderr  # the dependencies are there, Kiln is not
     return python
