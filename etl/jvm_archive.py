@@ -42,7 +42,9 @@ _STALE_SECONDS = 3600  # a dump of another host's process, or this old, is an ab
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
-def _java() -> Path | None:
+def java_binary() -> Path | None:
+    """The java Spark's launcher runs: JAVA_HOME's bin/java (which may be missing), else the one on PATH;
+    None when JAVA_HOME is unset and no java is on PATH."""
     java_home = os.environ.get("JAVA_HOME")
     found = Path(java_home) / "bin" / "java" if java_home else shutil.which("java")
     return Path(found).resolve() if found else None
@@ -83,7 +85,7 @@ class DriverArchive:
         gives driver JVM options)."""
         self.options = ""
         self._dump: Path | None = None
-        java = _java()
+        java = java_binary()
         if os.environ.get("KILN_JVM_ARCHIVE", "on").lower() in ("off", "0", "false", "no") or java is None:
             return
         if (_java_major(java) or 0) < 17:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ from pyspark import SparkConf, SparkContext, StorageLevel
 from pyspark.errors import AnalysisException
 from pyspark.sql import SparkSession
 
-from .jvm_archive import DriverArchive
+from .jvm_archive import DriverArchive, java_binary
 
 SCALA_VERSION = "2.13"
 DELTA_VERSION = "4.0.1"  # delta-spark's jar is built per Spark minor version: keep in step with pyspark
@@ -60,11 +59,11 @@ def cache_dir() -> Path:
 
 def check_java() -> None:
     """Spark needs a JVM; without one PySpark fails with a long traceback, so say what to do first."""
-    java_home = os.environ.get("JAVA_HOME")
+    java, java_home = java_binary(), os.environ.get("JAVA_HOME")
     if java_home:
-        if not os.access(Path(java_home) / "bin" / "java", os.X_OK):
+        if not os.access(java, os.X_OK):
             raise SparkSetupError(f"JAVA_HOME={java_home} holds no bin/java: point JAVA_HOME at a Java 17 installation")
-    elif shutil.which("java") is None:
+    elif java is None:
         raise SparkSetupError("Java not found (no `java` on PATH and JAVA_HOME is not set): Spark needs Java 17; "
                               "install it (e.g. apt-get install openjdk-17-jre-headless) or set JAVA_HOME")
 
