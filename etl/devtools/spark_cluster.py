@@ -8,6 +8,7 @@ ready when the master's status page lists every worker alive; ``stop`` kills the
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -53,9 +54,16 @@ def submit_env(python: Path, conf_dir: Path | None = None) -> dict[str, str]:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` ports free now, all different: each stays bound until the last is chosen."""
+    with contextlib.ExitStack() as held:
+        probes = [held.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
 
 
 class StandaloneCluster:
@@ -135,7 +143,9 @@ class ConnectServer:
     def __init__(self, folder: Path, python: str = sys.executable, cores: int = 2, env: dict | None = None):
         self.folder, self.python, self.cores = folder, python, cores
         self.jars = resolved_jars([DELTA_PACKAGE])
-        self.port = free_port()
+        # The server's driver and block manager get ports of their own: left to the system, the driver once
+        # took the port chosen here for Spark Connect, whose service then failed to bind and the server exited.
+        self.port, self.driver_port, self.block_manager_port = free_ports(3)
         self.url = f"sc://127.0.0.1:{self.port}"
         self.env = {**(env or os.environ), "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": python}
         self.process: subprocess.Popen | None = None
@@ -144,6 +154,7 @@ class ConnectServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         settings = {
             "spark.connect.grpc.binding.port": str(self.port),
+            "spark.driver.port": str(self.driver_port), "spark.blockManager.port": str(self.block_manager_port),
             "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
             "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
             "spark.sql.shuffle.partitions": "8", "spark.databricks.delta.snapshotPartitions": "2",
