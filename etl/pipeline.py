@@ -142,7 +142,7 @@ class Pipeline:
             work.append(lambda: metrics(annotated))
         with ThreadPoolExecutor(len(work), thread_name_prefix="kiln-write") as pool:
             futures = [pool.submit(w) for w in work]
-        failed = [future.exception() for future in futures if future.exception() is not None]
+        failed = [error for error in (future.exception() for future in futures) if error is not None]
         for other in failed[1:]:  # every failure is said, the first raised
             failed[0].add_note(f"step {name}: another of its writes failed too: {type(other).__name__}: {str(other)[:500]}")
         if failed:

@@ -53,10 +53,6 @@ def submit_env(python: Path, conf_dir: Path | None = None) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
 def free_ports(count: int) -> list[int]:
     """``count`` ports free now, all different: each stays bound until the last is chosen."""
     with contextlib.ExitStack() as held:
@@ -74,7 +70,7 @@ class StandaloneCluster:
         self.env = {**(env or os.environ), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1"}
         # The master and workers only schedule: the JVM's quick compiler suffices for them.
         self.env["SPARK_DAEMON_JAVA_OPTS"] = f"{self.env.get('SPARK_DAEMON_JAVA_OPTS', '')} {QUICK_COMPILER}".strip()
-        self.port, self.ui_port = free_port(), free_port()
+        self.port, self.ui_port, *self.worker_ui_ports = free_ports(2 + workers)
         self.url = f"spark://127.0.0.1:{self.port}"
         self.processes: list[subprocess.Popen] = []
 
@@ -93,7 +89,7 @@ class StandaloneCluster:
             work = self.folder / f"worker-{i}"
             work.mkdir(exist_ok=True)
             self._start(f"worker-{i}", [WORKER, "--host", "127.0.0.1", "--cores", str(self.cores), "--memory",
-                                        self.memory, "--work-dir", str(work), "--webui-port", str(free_port()),
+                                        self.memory, "--work-dir", str(work), "--webui-port", str(self.worker_ui_ports[i]),
                                         self.url])
         deadline = time.time() + timeout
         while time.time() < deadline:
