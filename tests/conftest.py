@@ -1,5 +1,6 @@
 """Shared fixtures: one real local S3-compatible server and one real local Spark session with
-Delta for the whole test run. The S3 server starts first so Spark is configured for s3a://."""
+Delta for each pytest worker (`make test` runs two, each taking whole files). The S3 server starts
+first so Spark is configured for s3a://."""
 from __future__ import annotations
 
 import os
@@ -41,7 +42,7 @@ def s3_prefix(s3_bucket) -> str:
 
 @pytest.fixture(scope="session")
 def spark(s3_server):
-    """The run's only Spark session (local[2], Delta, s3a); tests must not stop it."""
+    """The worker's only Spark session (local[2], Delta, s3a); tests must not stop it."""
     os.environ.setdefault("KILN_SPARK_MASTER", "local[2]")
     from etl.spark import INTERPRETED_PLANS, get_spark
 
@@ -55,7 +56,7 @@ def spark(s3_server):
 @pytest.fixture(scope="session")
 def demo_etl(spark, tmp_path_factory) -> dict[str, Path]:
     """The demo's corpus at a small size through every ETL stage of configs/demo_pipeline.yaml, report
-    included, once per test run: the notebooks and the report tests read it, none may change it.
+    included, once per pytest worker: the notebooks and the report tests read it, none may change it.
     Keys: out (the demo folder), etl (the pipeline's output), tokenizer."""
     from jobs.demo import build_corpus, run_etl, train_tokenizer
 
