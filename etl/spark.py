@@ -220,6 +220,7 @@ def get_spark(app_name: str = "kiln", extra_conf: dict[str, str] | None = None, 
     if archive is not None and not is_connect(spark):  # spark.api.mode may have made it a Connect client
         archive.adopt_at_exit(getattr(SparkContext._gateway, "proc", None))
     spark.sparkContext.setLogLevel(os.environ.get("KILN_SPARK_LOG_LEVEL", "ERROR"))
+    _quiet_hive_schema_fallback(spark)
     _check_delta(spark._jvm)
     if not spark.sparkContext.master.startswith("local"):
         _check_executors_import_kiln(spark)
@@ -357,6 +358,19 @@ def _check_executors_import_kiln(spark: SparkSession) -> None:
             "the executors cannot import Kiln (No module named 'etl'): pass --py-files dist/kiln-0.1.0.zip to "
             "spark-submit (`make wheel` builds it), or install dist/kiln-0.1.0-py3-none-any.whl on the cluster"
         ) from None
+
+
+def _quiet_hive_schema_fallback(spark: SparkSession) -> None:
+    """With a Hive metastore, every overwrite of a catalog table printed `ERROR HiveAlterHandler: Failed
+    to alter table`. Delta hands the table's new columns to the metastore; Hive refuses them because
+    they differ from the placeholder column that Spark stores for a Delta table (Hive's
+    disallow.incompatible.col.type.changes), and Spark then stores the schema its own way, as it did at
+    CREATE (a WARN of HiveExternalCatalog says so, with Hive's reason). Hive's line gives no reason and
+    nothing failed; a failure that matters raises."""
+    if spark.conf.get("spark.sql.catalogImplementation", "in-memory") != "hive":
+        return
+    log4j = spark._jvm.org.apache.logging.log4j
+    log4j.core.config.Configurator.setLevel("org.apache.hadoop.hive.metastore.HiveAlterHandler", log4j.Level.OFF)
 
 
 def _check_delta(jvm) -> None:

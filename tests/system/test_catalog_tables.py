@@ -76,6 +76,8 @@ def test_an_input_table_in_catalog_mode_two_runs_and_an_erasure_all_by_name(cata
     for _ in range(2):  # the second run overwrites the registered tables
         done = run(catalog, "-m", "etl", "run", config)
         assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        # Hive's refusal of a Delta table's columns, which Spark then stores its own way, is not an error.
+        assert " ERROR " not in done.stderr, done.stderr[-4000:]
     # The input table's rows, in the table's own folder (external), read there without Spark
     kept = DeltaTable(str(catalog / "named" / "fix_encoding")).to_pyarrow_table(columns=["id", "text"]).to_pylist()
     assert sorted((row["id"], row["text"]) for row in kept) == sorted((f"web/{d['id']}", d["text"]) for d in DOCS)
