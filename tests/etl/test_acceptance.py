@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from etl.delta import read_table
 from etl.devtools.fixtures import make_fixture
 from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
+from etl.spark import INTERPRETED_PLANS
 from shards.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,8 +28,24 @@ ROOT = Path(__file__).resolve().parents[2]
 STAGES = [{"name": "fix_encoding"}, {"name": "quality"}, {"name": "exact_dedup"}]
 
 
+@contextmanager
+def compiled_plans(spark):
+    """Spark's own defaults, within the block, for the settings that make the suite's session run its
+    plans interpreted (etl.spark.INTERPRETED_PLANS): whole-stage code generation and compiled expressions."""
+    before = {key: spark.conf.get(key) for key in INTERPRETED_PLANS}
+    for key in INTERPRETED_PLANS:
+        spark.conf.unset(key)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            spark.conf.set(key, value)
+
+
 @pytest.fixture(scope="module")
 def outcome(spark, tmp_path_factory):
+    """The suite's one pipeline run whose plans Spark compiles to Java, as it does for every job over a
+    short job's size: every other run in the suite is a short job, or in a session set up like one."""
     root = tmp_path_factory.mktemp("acceptance")
     truth = make_fixture(2500, seed=11, out_dir=str(root / "input"))
     config, stages = validate_pipeline_config({
@@ -35,7 +53,9 @@ def outcome(spark, tmp_path_factory):
         "stages": STAGES, "report": False,
     })
     lines: list[str] = []
-    run = run_pipeline(config, stages, spark, progress=lines.append)
+    with compiled_plans(spark):
+        assert spark.conf.get("spark.sql.codegen.wholeStage") == "true"
+        run = run_pipeline(config, stages, spark, progress=lines.append)
     print("\n".join(lines))
     rejected = {r["id"]: (r["stage"], r["reason"], r["detail"])
                 for r in read_table(spark, str(root / "out" / "rejected")).select("id", "stage", "reason", "detail").collect()}
