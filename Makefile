@@ -33,13 +33,14 @@ side: setup
 demo: setup
 	$(PY) -m jobs.demo
 
-# Two pytest workers, each taking whole files (a file's fixtures, such as its test cluster, start once).
-# In one process the suite left a third of the 2-core machine idle, while tests waited on JVMs and
-# subprocesses: 32% idle over the run, 20:56 in all, against 17:34 with two workers. Each worker has
-# its own Spark session and shared demo run. TEST_WORKERS=0 runs the suite in pytest's own process.
+# Two pytest workers, each taking whole groups (tests/conftest.py): a file, so that its fixtures, such as
+# its test cluster, start once; and the files that read the shared demo run, which then runs once. In
+# one process the suite left a third of the 2-core machine idle, while tests waited on JVMs and
+# subprocesses: 32% idle over the run, 20:56 in all, against 17:34 with two workers taking whole files.
+# Each worker has its own Spark session. TEST_WORKERS=0 runs the suite in pytest's own process.
 TEST_WORKERS ?= 2
 test: setup side
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 # For clusters (docs/cluster.md): the wheel, to install as a cluster library, and the same packages as
 # a .zip for spark-submit --py-files (Spark puts only .zip, .egg and .py files on the executors'

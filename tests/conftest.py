@@ -1,6 +1,6 @@
 """Shared fixtures: one real local S3-compatible server and one real local Spark session with
-Delta for each pytest worker (`make test` runs two, each taking whole files). The S3 server starts
-first so Spark is configured for s3a://."""
+Delta for each pytest worker (`make test` runs two, each taking whole groups of files: see
+pytest_collection_modifyitems). The S3 server starts first so Spark is configured for s3a://."""
 from __future__ import annotations
 
 import os
@@ -16,6 +16,17 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("KILN_CACHE", str(ROOT / ".cache"))
 os.environ.setdefault("KILN_SHUFFLE_PARTITIONS", "4")
 TEST_BUCKET = "kiln-test"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Groups for `make test`'s two workers (pytest-xdist, --dist loadgroup), each run whole on one:
+    a file, so that its module fixtures (a test cluster) start once; and every file that reads the
+    shared demo run (demo_etl), so that one worker runs it, once."""
+    demo_files = {item.path for item in items if "demo_etl" in item.fixturenames}
+    for item in items:
+        group = "demo_etl" if item.path in demo_files else item.path.relative_to(ROOT).as_posix()
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
