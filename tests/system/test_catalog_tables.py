@@ -65,27 +65,29 @@ def write_config(work: Path, table: str, **more) -> str:
     return "pipeline.yaml"
 
 
-def test_an_input_table_in_catalog_mode_two_runs_and_an_erasure_all_by_name(catalog):
-    """An input named as a catalog table, read by two runs and an erasure in catalog mode; a later job
-    finds the run's tables by name. The writes went through the catalog (their history says CREATE OR
-    REPLACE TABLE AS SELECT, not a path WRITE); the raw zone's VACUUM and the erasure's MERGE and VACUUM
-    ran on names."""
+@pytest.fixture(scope="module")
+def named_run(catalog) -> dict:
+    """An input named as a catalog table, read by two runs and an erasure in catalog mode (the second run
+    with a raw zone to vacuum), then one later job that finds the run's tables by name and switches catalog
+    mode on for another output, in a schema of its own: one JVM for both, since each start of one with the
+    Hive catalog costs 8-10 s. Returns each command's result and what the later job printed."""
+    config = write_config(catalog, "kiln_src.docs", output="named", catalog={"schema": "kiln_run1"},
+                          stages=[{"name": "fix_encoding"}, {"name": "exact_dedup", "params": {"incremental": True}}])
+    first = run(catalog, "-m", "etl", "run", config)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
     config = write_config(catalog, "kiln_src.docs", output="named", raw_zone_retention_hours=0,
                           catalog={"schema": "kiln_run1"},
                           stages=[{"name": "fix_encoding"}, {"name": "exact_dedup", "params": {"incremental": True}}])
-    for _ in range(2):  # the second run overwrites the registered tables
-        done = run(catalog, "-m", "etl", "run", config)
-        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-        # Hive's refusal of a Delta table's columns, which Spark then stores its own way, is not an error.
-        assert " ERROR " not in done.stderr, done.stderr[-4000:]
-    # The input table's rows, in the table's own folder (external), read there without Spark
-    kept = DeltaTable(str(catalog / "named" / "fix_encoding")).to_pyarrow_table(columns=["id", "text"]).to_pylist()
-    assert sorted((row["id"], row["text"]) for row in kept) == sorted((f"web/{d['id']}", d["text"]) for d in DOCS)
+    second = run(catalog, "-m", "etl", "run", config)  # overwrites the registered tables
+    assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
     (catalog / "erase.txt").write_text("web/d3\nweb/d20\n")  # a kept document and a rejected one
-    done = run(catalog, "-m", "etl", "erase", config, "--ids", "erase.txt")
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    erased = run(catalog, "-m", "etl", "erase", config, "--ids", "erase.txt")
+    assert erased.returncode == 0, (erased.stdout + erased.stderr)[-4000:]
+    agree = catalog / "agree"
     script = textwrap.dedent(f"""\
-        import json
+        import json, shutil
+        from etl.config import CatalogConfig, InputSpec, PipelineConfig
+        from etl.delta import name_tables
         from etl.spark import get_spark
         spark = get_spark("read-by-name", {hive_conf(catalog)!r})
         tables = sorted(r.tableName for r in spark.sql("SHOW TABLES IN kiln_run1").collect())
@@ -94,11 +96,35 @@ def test_an_input_table_in_catalog_mode_two_runs_and_an_erasure_all_by_name(cata
         history = {{t: [r.operation for r in spark.sql(f"DESCRIBE HISTORY kiln_run1.{{t}}").orderBy("version").collect()]
                    for t in tables}}
         location = spark.sql("DESCRIBE DETAIL kiln_run1.exact_dedup__kept_ids").collect()[0].location
-        print(json.dumps({{"tables": tables, "kept": kept, "rejected": rejected, "history": history, "location": location}}))
+        # Catalog mode switched on for an output that has tables, one of whose registered folders was deleted.
+        spark.sql("CREATE SCHEMA kiln_agree")
+        spark.range(3).write.format("delta").option("path", "{agree}/out/gone").saveAsTable("kiln_agree.gone")
+        spark.range(3).write.format("delta").save("{agree}/out/_state/exact_dedup_index")
+        shutil.rmtree("{agree}/out/gone")
+        config = PipelineConfig(output="{agree}/out", inputs=[InputSpec(path="in.jsonl", source="web")], stages=[],
+                                catalog=CatalogConfig(schema="kiln_agree"))
+        name_tables(spark, config)
+        agreed = sorted(r.tableName for r in spark.sql("SHOW TABLES IN kiln_agree").collect())
+        print(json.dumps({{"tables": tables, "kept": kept, "rejected": rejected, "history": history, "location": location,
+                          "agreed": agreed}}))
         """)
-    done = run(catalog, "-c", script)
-    assert done.returncode == 0, done.stderr[-4000:]
-    found = json.loads(done.stdout.splitlines()[-1])
+    found = run(catalog, "-c", script)
+    assert found.returncode == 0, found.stderr[-4000:]
+    return {"runs": [first, second], "found": json.loads(found.stdout.splitlines()[-1])}
+
+
+def test_an_input_table_in_catalog_mode_two_runs_and_an_erasure_all_by_name(catalog, named_run):
+    """A later job finds the run's tables by name. The writes went through the catalog (their history says
+    CREATE OR REPLACE TABLE AS SELECT, not a path WRITE); the raw zone's VACUUM and the erasure's MERGE and
+    VACUUM ran on names."""
+    for done in named_run["runs"]:
+        # Hive's refusal of a Delta table's columns, which Spark then stores its own way, is not an error.
+        assert " ERROR " not in done.stderr, done.stderr[-4000:]
+    # The input table's rows, in the table's own folder (external), read there without Spark
+    kept = DeltaTable(str(catalog / "named" / "fix_encoding")).to_pyarrow_table(columns=["id", "text"]).to_pylist()
+    assert sorted((row["id"], row["text"]) for row in kept) == sorted(
+        (f"web/{d['id']}", d["text"]) for d in DOCS if d["id"] not in ("d3", "d20"))  # both erased
+    found = named_run["found"]
     assert found["tables"] == ["exact_dedup", "exact_dedup__kept_ids", "fix_encoding", "ingest", "rejected",
                                "state__exact_dedup_index"], found["tables"]
     assert found["kept"] == sorted(f"web/d{i}" for i in range(20) if i != 3)  # d3 erased
@@ -108,8 +134,9 @@ def test_an_input_table_in_catalog_mode_two_runs_and_an_erasure_all_by_name(cata
     # Each table was created through the catalog (a write to a path would have made version 0 a WRITE; only
     # the rejected table's, a slice overwrite (replaceWhere), is logged as a WRITE through saveAsTable too) ...
     assert all(operations[0].startswith("CREATE") for table, operations in history.items() if table != "rejected"), history
-    # ... and the second run's overwrite, the raw zone's VACUUM and the erasure's MERGE and VACUUM on its name.
+    # ... and the second run's overwrite and raw zone VACUUM, and the erasure's MERGE and VACUUM, on its name.
     assert history["fix_encoding"].count("CREATE OR REPLACE TABLE AS SELECT") == 2, history
+    assert "VACUUM END" in history["rejected"][:history["rejected"].index("MERGE")], history  # the second run's
     assert all("MERGE" in history[t] and history[t][-1] == "VACUUM END" for t in ("ingest", "fix_encoding", "rejected")), history
     # The schema now names this output's tables: another output there would send every statement to them.
     done = run(catalog, "-m", "etl", "run", write_config(catalog, "kiln_src.docs", output="other",
@@ -118,6 +145,12 @@ def test_an_input_table_in_catalog_mode_two_runs_and_an_erasure_all_by_name(cata
     assert re.fullmatch(r"config error: catalog: kiln_run1\.`\w+` is the table at \S+/named/[\w/]+, not one of this "
                         r"run's \(under \S+/other\): give each output a schema of its own, or DROP TABLE kiln_run1\.`\w+`",
                         done.stderr.splitlines()[-1]), done.stderr[-2000:]
+
+
+def test_catalog_mode_registers_tables_on_disk_and_drops_names_whose_folder_is_gone(named_run):
+    """An output with a table on disk its schema lacked (registered) and a registered name whose folder is gone
+    (dropped), in named_run's later job."""
+    assert named_run["found"]["agreed"] == ["state__exact_dedup_index"]
 
 
 def test_no_statement_names_a_table_by_its_path_outside_etl_delta():
@@ -164,25 +197,3 @@ def test_catalog_mode_refuses_a_catalog_that_ends_with_the_job(spark, tmp_path):
                             catalog=CatalogConfig(schema="kiln_memory"))
     with pytest.raises(ConfigError, match="catalog: Spark's catalog here is in-memory, gone when the job ends"):
         name_tables(spark, config)
-
-
-def test_catalog_mode_registers_tables_on_disk_and_drops_names_whose_folder_is_gone(tmp_path):
-    """Catalog mode switched on for an output that has tables, one of whose registered folders was deleted."""
-    script = textwrap.dedent(f"""\
-        import shutil
-        from etl.config import CatalogConfig, InputSpec, PipelineConfig
-        from etl.delta import name_tables
-        from etl.spark import get_spark
-        spark = get_spark("agree", {hive_conf(tmp_path)!r})
-        spark.sql("CREATE SCHEMA kiln_agree")
-        spark.range(3).write.format("delta").option("path", "{tmp_path}/out/gone").saveAsTable("kiln_agree.gone")
-        spark.range(3).write.format("delta").save("{tmp_path}/out/_state/exact_dedup_index")
-        shutil.rmtree("{tmp_path}/out/gone")
-        config = PipelineConfig(output="{tmp_path}/out", inputs=[InputSpec(path="in.jsonl", source="web")], stages=[],
-                                catalog=CatalogConfig(schema="kiln_agree"))
-        name_tables(spark, config)
-        print(sorted(r.tableName for r in spark.sql("SHOW TABLES IN kiln_agree").collect()))
-        """)
-    done = run(tmp_path, "-c", script)
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert done.stdout.splitlines()[-1] == "['state__exact_dedup_index']"
