@@ -183,10 +183,13 @@ def test_documented_refresh_on_the_cluster_matches_local(submit_dir, cluster_pyt
 
     inputs = tmp_path / "raw"
     shutil.copytree(submit_dir / "demo_out" / "raw", inputs)  # modification times kept: the same files
-    posts = (inputs / "forum" / "posts.jsonl").read_text().splitlines(keepends=True)
-    (inputs / "forum" / "posts.jsonl").write_text("".join(posts[:len(posts) // 2]))
-    new_file, held_back = inputs / "forum" / "posts-later.jsonl", tmp_path / "posts-later.jsonl"
-    held_back.write_text("".join(posts[len(posts) // 2:]))  # the new file that arrives after the first night
+    # The new file that arrives after the first night: the web file's last 20 documents. Most of them are
+    # new text (the forum's posts would not do: each is a near duplicate of a web page the first night
+    # kept), so the second night also publishes a dataset version.
+    pages = (inputs / "web" / "part-00000.jsonl").read_bytes().splitlines(keepends=True)  # one line is bad UTF-8
+    (inputs / "web" / "part-00000.jsonl").write_bytes(b"".join(pages[:-20]))
+    new_file, held_back = inputs / "web" / "part-00001.jsonl", tmp_path / "part-00001.jsonl"
+    held_back.write_bytes(b"".join(pages[-20:]))
     local, on_cluster = tmp_path / "local", tmp_path / "cluster"
     local_config = load_pipeline_config(str(_nightly_config(submit_dir, inputs, local)))
     cluster_config = _nightly_config(submit_dir, inputs, on_cluster)
@@ -200,6 +203,7 @@ def test_documented_refresh_on_the_cluster_matches_local(submit_dir, cluster_pyt
     done = _submit(command.replace("configs/nightly_pipeline.yaml", str(cluster_config)), submit_dir, cluster_python)
     assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
     assert re.search(r"^\[\s*accumulate\]", done.stdout, re.M), done.stdout[-4000:]
+    assert "published: dataset v=2" in done.stdout, done.stdout[-4000:]
 
     mine, expected = table_rows(on_cluster / "out", on_cluster), table_rows(local / "out", local)
     assert any(str(new_file) in row for row in mine["_state/refresh_files"]), mine["_state/refresh_files"]
