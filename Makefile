@@ -37,11 +37,10 @@ demo: setup
 # its test cluster, start once; and the files that read the shared demo run, which then runs once. In
 # one process the suite left a third of the 2-core machine idle, while tests waited on JVMs and
 # subprocesses: 32% idle over the run, 20:56 in all, against 17:34 with two workers taking whole files.
-# Each worker has its own Spark session. The longest groups start first (tests/conftest.py), in the order
-# given there, not xdist's default by number of tests. TEST_WORKERS=0 runs the suite in pytest's own process.
+# Each worker has its own Spark session. TEST_WORKERS=0 runs the suite in pytest's own process.
 TEST_WORKERS ?= 2
 test: setup side
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 # For clusters (docs/cluster.md): the wheel, to install as a cluster library, and the same packages as
 # a .zip for spark-submit --py-files (Spark puts only .zip, .egg and .py files on the executors'

@@ -18,28 +18,15 @@ os.environ.setdefault("KILN_SHUFFLE_PARTITIONS", "4")
 TEST_BUCKET = "kiln-test"
 
 
-# The longest groups and their seconds in `make test` (two workers, the 2-core Intel Xeon, 2026-12-06,
-# --durations=0 summed per group). The workers take groups in collection order, so these go first, the
-# longest first: a run that ends on a long group leaves the other worker idle for as long as its rest takes.
-LONGEST_GROUPS = {
-    "demo_etl": 511, "tests/system/test_docs_commands.py": 260, "tests/system/test_catalog_tables.py": 212,
-    "tests/etl/test_erase.py": 99, "tests/etl/test_publish_idempotent.py": 95, "tests/etl/test_jvm_archive.py": 59,
-    "tests/etl/test_spark_session.py": 59, "tests/training/test_fault_tolerance.py": 54,
-}
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """Groups for `make test`'s two workers (pytest-xdist, --dist loadgroup), each run whole on one:
     a file, so that its module fixtures (a test cluster) start once; and every file that reads the
-    shared demo run (demo_etl), so that one worker runs it, once. The longest groups come first
-    (LONGEST_GROUPS; the Makefile's --no-loadscope-reorder keeps this order), the rest as collected."""
+    shared demo run (demo_etl), so that one worker runs it, once."""
     demo_files = {item.path for item in items if "demo_etl" in item.fixturenames}
-    groups = {}
     for item in items:
-        groups[item] = group = "demo_etl" if item.path in demo_files else item.path.relative_to(ROOT).as_posix()
+        group = "demo_etl" if item.path in demo_files else item.path.relative_to(ROOT).as_posix()
         item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: -LONGEST_GROUPS.get(groups[item], 0))
 
 
 @pytest.fixture(scope="session")
