@@ -71,13 +71,11 @@ def named_run(catalog) -> dict:
     with a raw zone to vacuum), then one later job that finds the run's tables by name and switches catalog
     mode on for another output, in a schema of its own: one JVM for both, since each start of one with the
     Hive catalog costs 8-10 s. Returns each command's result and what the later job printed."""
-    config = write_config(catalog, "kiln_src.docs", output="named", catalog={"schema": "kiln_run1"},
-                          stages=[{"name": "fix_encoding"}, {"name": "exact_dedup", "params": {"incremental": True}}])
-    first = run(catalog, "-m", "etl", "run", config)
+    named = {"output": "named", "catalog": {"schema": "kiln_run1"},
+             "stages": [{"name": "fix_encoding"}, {"name": "exact_dedup", "params": {"incremental": True}}]}
+    first = run(catalog, "-m", "etl", "run", write_config(catalog, "kiln_src.docs", **named))
     assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
-    config = write_config(catalog, "kiln_src.docs", output="named", raw_zone_retention_hours=0,
-                          catalog={"schema": "kiln_run1"},
-                          stages=[{"name": "fix_encoding"}, {"name": "exact_dedup", "params": {"incremental": True}}])
+    config = write_config(catalog, "kiln_src.docs", raw_zone_retention_hours=0, **named)
     second = run(catalog, "-m", "etl", "run", config)  # overwrites the registered tables
     assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
     (catalog / "erase.txt").write_text("web/d3\nweb/d20\n")  # a kept document and a rejected one
