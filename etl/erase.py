@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import fsspec
@@ -42,7 +41,7 @@ from .paths import join_path, to_fsspec_url
 from .pipeline import Pipeline
 from .refresh import dataset_source
 from .run_state import incomplete_run, mark_complete, mark_running
-from .spark import get_spark
+from .spark import get_spark, temporary_conf
 from .stages.base import Stage
 from .stages.exact_dedup import INDEX_TABLE as EXACT_INDEX
 
@@ -232,19 +231,10 @@ def _versions_holding(spark: SparkSession, root: str, complete: list[int],
     return holding, unchecked
 
 
-@contextmanager
 def _retention_check_off(spark: SparkSession):
     """VACUUM refuses retention below 7 days unless this check is off: off for the erasure's vacuums
     only, then restored."""
-    before = spark.conf.get(RETENTION_CHECK, None)
-    spark.conf.set(RETENTION_CHECK, "false")
-    try:
-        yield
-    finally:
-        if before is None:
-            spark.conf.unset(RETENTION_CHECK)
-        else:
-            spark.conf.set(RETENTION_CHECK, before)
+    return temporary_conf(spark, {RETENTION_CHECK: "false"})
 
 
 def _vacuum(spark: SparkSession, path: str, tables: list[str]) -> bool:

@@ -26,6 +26,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyspark
@@ -327,6 +328,26 @@ class _Inline:
 
     def __init__(self, value):
         self.value = value
+
+
+@contextmanager
+def temporary_conf(spark: SparkSession, settings: dict[str, str | None]):
+    """The session's ``settings`` within the block (None: the key unset, so Spark's default holds), each
+    key set back as it was before the block when it ends."""
+    before = {key: spark.conf.get(key, None) for key in settings}
+
+    def apply(values: dict[str, str | None]) -> None:
+        for key, value in values.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+    apply(settings)
+    try:
+        yield
+    finally:
+        apply(before)
 
 
 def ship(spark: SparkSession, value):

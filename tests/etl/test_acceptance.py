@@ -8,7 +8,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import Counter, defaultdict
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,26 +19,12 @@ from etl.delta import read_table
 from etl.devtools.fixtures import make_fixture
 from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
-from etl.spark import INTERPRETED_PLANS
+from etl.spark import INTERPRETED_PLANS, temporary_conf
 from shards.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
 STAGES = [{"name": "fix_encoding"}, {"name": "quality"}, {"name": "exact_dedup"}]
-
-
-@contextmanager
-def compiled_plans(spark):
-    """Spark's own defaults, within the block, for the settings that make the suite's session run its
-    plans interpreted (etl.spark.INTERPRETED_PLANS): whole-stage code generation and compiled expressions."""
-    before = {key: spark.conf.get(key) for key in INTERPRETED_PLANS}
-    for key in INTERPRETED_PLANS:
-        spark.conf.unset(key)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            spark.conf.set(key, value)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +38,7 @@ def outcome(spark, tmp_path_factory):
         "stages": STAGES, "report": False,
     })
     lines: list[str] = []
-    with compiled_plans(spark):
+    with temporary_conf(spark, dict.fromkeys(INTERPRETED_PLANS)):  # Spark's own defaults: compiled plans
         assert spark.conf.get("spark.sql.codegen.wholeStage") == "true"
         run = run_pipeline(config, stages, spark, progress=lines.append)
     print("\n".join(lines))
