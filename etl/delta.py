@@ -286,9 +286,11 @@ def create_table_if_not_exists(spark: SparkSession, path: str, columns: list[tup
               + (f" TBLPROPERTIES ({assignments})" if properties else ""))
 
 
-def append_rows(df: DataFrame, path: str) -> None:
-    """Append to a Delta table (creating it): for logs of what happened, never for data a rerun rewrites."""
-    _save(df.write.format("delta").mode("append"), to_spark_path(path))
+def append_rows(df: DataFrame, path: str, partition_by: list[str] | None = None) -> None:
+    """Append to a Delta table (creating it, partitioned by ``partition_by``): for logs of what happened, or
+    a table the running job emptied itself (etl.pipeline's rejected rows), never for data a rerun rewrites."""
+    writer = df.write.format("delta").mode("append")
+    _save(writer.partitionBy(*partition_by) if partition_by else writer, to_spark_path(path))
 
 
 def merge_into(spark: SparkSession, path: str, source: DataFrame, key: str, clauses: str,

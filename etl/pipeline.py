@@ -12,7 +12,8 @@ Layout under the output root:
     _checkpoints/      on a cluster only, while a run lasts: checkpoints that cut long lineages
                        (minhash_dedup), on storage that outlives an executor; removed when the run finishes
 
-Every step overwrites its own tables, so running the same job twice leaves the same contents.
+Every step overwrites its own tables, so running the same job twice leaves the same contents; the
+rejected tables are emptied when a run or refresh starts, and each step appends its rows.
 The funnel is checked at the end: documents read = documents kept + documents rejected, exactly.
 A run is ingest plus `run_stages` over the configured stages; `run_stages` also runs a slice of them
 from another table (etl/refresh.py builds the dataset from its cumulative table that way).
@@ -34,7 +35,9 @@ from pyspark.sql import functions as F
 
 from .config import PipelineConfig, is_local_master
 from .dataset.publish import publish, split_stages
-from .delta import name_tables, read_table, run_tables, set_properties, sql_name, table_exists, vacuum, write_table
+from .delta import (
+    append_rows, name_tables, read_table, run_tables, set_properties, sql_name, table_exists, vacuum, write_table,
+)
 from .funnel import PipelineRun, StepCounts, new_run_id
 from .ingest import ingest, split_skipped
 from .paths import join_path, to_fsspec_url
@@ -107,6 +110,9 @@ class Pipeline:
         self.config = config
         self.stages = stages
         self.spark = spark
+        # Zones whose rejected table holds this run's rows only (emptied when it started, or not there
+        # then), each with whether the table exists now: see _reset_rejected.
+        self._rejected_this_run: dict[str, bool] = {}
         name_tables(spark, config)
 
     def table_path(self, name: str) -> str:
@@ -121,10 +127,10 @@ class Pipeline:
     def _rejected_table(self, zone: str) -> str:
         return self.table_path("rejected" if zone == "raw" else "rejected_curated")
 
-    def _write_step(self, run: PipelineRun, name: str, annotated: DataFrame, zone: str,
+    def _write_step(self, run: PipelineRun, name: str, annotated: DataFrame, zone: str, rejected: int,
                     tables: dict[str, DataFrame] | None = None,
                     metrics: Callable[[DataFrame], dict] | None = None) -> dict | None:
-        """Write the step's kept rows, its rejected rows and its extra `tables`, side by side, and
+        """Write the step's kept rows, its `rejected` rows and its extra `tables`, side by side, and
         compute the stage's `metrics` beside them; returns the metrics. `annotated` must already be
         cached (its first job computes it): writes that start together on uncached rows wait on each
         other's blocks. Each write is a small Spark job plus seconds of driver-side Delta work (the
@@ -133,11 +139,16 @@ class Pipeline:
         work = [
             lambda: write_table(_kept_rows(annotated), self.table_path(name),
                                 properties={"kiln.zone": zone, "kiln.stage": name, RUN_ID_PROPERTY: run.run_id}),
-            lambda: write_table(_rejected_rows(annotated, name), self._rejected_table(zone),
-                                partition_by=["stage"], replace_where=f"stage = '{name}'"),
             *[partial(write_table, table, join_path(self.table_path(name), table_name),
                       properties={RUN_ID_PROPERTY: run.run_id}) for table_name, table in (tables or {}).items()],
         ]
+        rejected_table = self._rejected_table(zone)
+        if zone not in self._rejected_this_run:  # a dataset republished from an erasure: replace this stage's rows
+            work.append(lambda: write_table(_rejected_rows(annotated, name), rejected_table, partition_by=["stage"],
+                                            replace_where=f"stage = '{name}'"))
+        elif rejected or not self._rejected_this_run[zone]:  # (an empty write creates the table)
+            work.append(lambda: append_rows(_rejected_rows(annotated, name), rejected_table, partition_by=["stage"]))
+            self._rejected_this_run[zone] = True
         if metrics is not None:
             work.append(lambda: metrics(annotated))
         with ThreadPoolExecutor(len(work), thread_name_prefix="kiln-write") as pool:
@@ -192,7 +203,7 @@ class Pipeline:
             annotated = ingest(self.spark, self.config, files).persist(CACHE_LEVEL)
             docs, skipped = split_skipped(annotated)  # web-archive records that are not documents; computes the cache
             run.steps.append(_step_counts("ingest", docs, None, 0.0))
-            self._write_step(run, "ingest", docs, self._zone(-1))
+            self._write_step(run, "ingest", docs, self._zone(-1), sum(run.steps[-1].rejected.values()))
             run.steps[-1].seconds = round(time.time() - start, 2)
             run.steps[-1].metrics.update(skipped)
             annotated.unpersist()
@@ -220,7 +231,7 @@ class Pipeline:
                     raise RuntimeError(f"stage {stage.name!r} returned documents without a 'reason' column")
                 counts = _step_counts(stage.name, annotated, totals, 0.0)  # the first job: computes the cache
                 metrics = self._write_step(run, stage.name, annotated, self._zone(self.stages.index(stage)),
-                                           result.tables, result.metrics)
+                                           sum(counts.rejected.values()), result.tables, result.metrics)
                 if metrics is not None:
                     counts.metrics = metrics
                 counts.seconds = round(time.time() - start, 2)
@@ -267,13 +278,19 @@ class Pipeline:
         return steps
 
     def _reset_rejected(self) -> None:
-        """Drop rejected rows of stages no longer configured, or now in the other zone, so a changed
-        pipeline's funnel stays exact and raw rows never linger in the curated table."""
-        for zone, names in self._steps_by_zone().items():
+        """Empty the rejected tables when a run or refresh starts: every step of it writes its rows again,
+        appending them, and a step that rejected none writes nothing. Each step overwriting its own slice
+        (replaceWhere) cost a Delta write per step, whose commit reads the table's files: the demo pipeline's
+        eleven steps on its 150 documents, four of which reject none, took 22-25 s against 24.5-26.5 s
+        (runs alternated, fresh and again). Rows of stages no longer configured, or now in the other
+        zone, go too, so a changed pipeline's funnel stays exact and raw rows never linger in the
+        curated table."""
+        for zone in ("raw", "curated"):
             path = self._rejected_table(zone)
-            if table_exists(self.spark, path):
-                listed = ", ".join(f"'{n}'" for n in names)
-                self.spark.sql(f"DELETE FROM {sql_name(path)}" + (f" WHERE stage NOT IN ({listed})" if names else ""))
+            exists = table_exists(self.spark, path)
+            if exists:
+                self.spark.sql(f"DELETE FROM {sql_name(path)}")
+            self._rejected_this_run[zone] = exists
 
     def _mark_rejected_zones(self) -> None:
         for zone in ("raw", "curated"):
