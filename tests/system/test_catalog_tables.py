@@ -64,12 +64,12 @@ NAMED = {"output": "named", "catalog": {"schema": "kiln_run1"},
 
 @pytest.fixture(scope="module")
 def named_run(catalog) -> dict:
-    """An input named as a catalog table, read by two runs and an erasure in catalog mode (the second run
-    with a raw zone to vacuum), then one later job that finds the run's tables by name and switches catalog
-    mode on for other outputs. The first run is a notebook's, as on Databricks: it writes the input table,
-    kiln_src.docs, then calls etl.pipeline.run_pipeline in the same session. The later job does two things
-    in one JVM, since each start of one with the Hive catalog costs 8-10 s. Returns each run's result and
-    what the later job printed."""
+    """An input named as a catalog table, read by two runs and an erasure in catalog mode, then one later
+    job that finds the run's tables by name and switches catalog mode on for other outputs. The first run
+    is a notebook's, as on Databricks: it writes the input table, kiln_src.docs, then calls
+    etl.pipeline.run_pipeline in the same session. The later job does two things in one JVM, since each
+    start of one with the Hive catalog costs 8-10 s. Returns each run's result and what the later job
+    printed."""
     config = write_config(catalog, "kiln_src.docs", **NAMED)
     notebook = textwrap.dedent(f"""\
         from etl.load_config import load_pipeline_config
@@ -82,7 +82,6 @@ def named_run(catalog) -> dict:
         """)
     first = run(catalog, "-c", notebook)
     assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
-    config = write_config(catalog, "kiln_src.docs", raw_zone_retention_hours=0, **NAMED)
     second = run(catalog, "-m", "etl", "run", config)  # overwrites the registered tables
     assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
     (catalog / "erase.txt").write_text("web/d3\nweb/d20\n")  # a kept document and a rejected one
@@ -128,8 +127,8 @@ def named_run(catalog) -> dict:
 
 def test_an_input_table_in_catalog_mode_two_runs_and_an_erasure_all_by_name(catalog, named_run):
     """A later job finds the run's tables by name. The writes went through the catalog (their history says
-    CREATE OR REPLACE TABLE AS SELECT, not a path WRITE); the raw zone's VACUUM and the erasure's MERGE and
-    VACUUM ran on names."""
+    CREATE OR REPLACE TABLE AS SELECT, not a path WRITE); the second run's DELETE of the rejected rows and
+    the erasure's MERGE and VACUUM ran on names."""
     for done in named_run["runs"]:
         # Hive's refusal of a Delta table's columns, which Spark then stores its own way, is not an error.
         assert " ERROR " not in done.stderr, done.stderr[-4000:]
@@ -144,12 +143,12 @@ def test_an_input_table_in_catalog_mode_two_runs_and_an_erasure_all_by_name(cata
     assert found["rejected"] == []  # d20, d19's duplicate, erased
     assert found["location"].endswith("named/exact_dedup/kept_ids")  # external: the data stays in its folder
     history = found["history"]
-    # Each table was created through the catalog (a write to a path would have made version 0 a WRITE; only
-    # the rejected table's, a slice overwrite (replaceWhere), is logged as a WRITE through saveAsTable too) ...
-    assert all(operations[0].startswith("CREATE") for table, operations in history.items() if table != "rejected"), history
-    # ... and the second run's overwrite and raw zone VACUUM, and the erasure's MERGE and VACUUM, on its name.
+    # Each table was created through the catalog (a write to a path would have made version 0 a WRITE) ...
+    assert all(operations[0].startswith("CREATE") for operations in history.values()), history
+    # ... and the second run's overwrite and its DELETE of the rejected rows, and the erasure's MERGE and
+    # VACUUM, on its name.
     assert history["ingest"].count("CREATE OR REPLACE TABLE AS SELECT") == 2, history
-    assert "VACUUM END" in history["rejected"][:history["rejected"].index("MERGE")], history  # the second run's
+    assert history["rejected"][:history["rejected"].index("MERGE")].count("DELETE") == 1, history
     assert all("MERGE" in history[t] and history[t][-1] == "VACUUM END" for t in ("ingest", "exact_dedup", "rejected")), history
 
 
