@@ -8,7 +8,6 @@ ready when the master's status page lists every worker alive; ``stop`` kills the
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -23,6 +22,7 @@ from pathlib import Path
 import pyspark
 
 from ..spark import DELTA_PACKAGE, INTERPRETED_PLANS, QUICK_COMPILER, resolved_jars
+from .ports import free_ports
 
 SPARK_CLASS = Path(pyspark.__file__).parent / "bin" / "spark-class"
 MASTER = "org.apache.spark.deploy.master.Master"
@@ -51,15 +51,6 @@ def submit_env(python: Path, conf_dir: Path | None = None) -> dict[str, str]:
     if conf_dir is not None:
         env["SPARK_CONF_DIR"] = str(conf_dir)
     return env
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` ports free now, all different: each stays bound until the last is chosen."""
-    with contextlib.ExitStack() as held:
-        probes = [held.enter_context(socket.socket()) for _ in range(count)]
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
 
 
 class StandaloneCluster:

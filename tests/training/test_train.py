@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,16 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from etl.devtools.ports import free_ports
 from tests.training.token_datasets import write_token_dataset
 from tests.training.subprocess_env import child_env
 
 STEPS = 24
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch_cmd(config: Path, *args: str) -> list[str]:
@@ -82,7 +76,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def runs(workdir) -> Path:
     """Four launches at once: 1 process; 2 processes (with activation checkpointing); two 1-process
     "nodes" meeting through the c10d rendezvous (hybrid sharding). Returns the runs folder."""
-    config, port = workdir / "train.yaml", free_port()
+    config, (port,) = workdir / "train.yaml", free_ports(1)
     procs = [
         start(launch_cmd(config, "name=single", "logging.mlflow=true", "logging.progress_bar=true"), workdir,
               workdir / "single.log"),
