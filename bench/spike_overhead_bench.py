@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,17 +29,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from etl.devtools.ports import free_ports
 from shards.manifest import latest_version, read_manifest, version_path
 
 REPO = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH = 16
 LOG_EVERY = 20
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _all_reduce_worker(rank: int, port: int, calls: int, backend: str, out) -> None:
@@ -63,7 +57,7 @@ def _all_reduce_worker(rank: int, port: int, calls: int, backend: str, out) -> N
 
 def all_reduce_seconds(calls: int, backend: str) -> float:
     queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_all_reduce_worker, args=(_free_port(), calls, backend, queue), nprocs=2)
+    mp.spawn(_all_reduce_worker, args=(free_ports(1)[0], calls, backend, queue), nprocs=2)
     return queue.get()
 
 
