@@ -100,7 +100,8 @@ def name_tables(spark: SparkSession, config: PipelineConfig) -> None:
         if location is None:
             continue  # a view: no folder, no table of any output's
         location = _absolute(location)
-        if catalog_name(location) is None:
+        # Under this config's folders, not catalog_name's: this process may have named another output's.
+        if not any(location.startswith(folder + "/") for folder in folders):
             raise ConfigError(f"catalog: {name} is the table at {location}, not one of this run's (under "
                               f"{config.output}): give each output a schema of its own, or DROP TABLE {name}")
     for path in run_tables(config):
