@@ -125,7 +125,7 @@ class ConnectServer:
     """A Spark Connect server on 127.0.0.1 (its jar ships in pyspark) running ``local[cores]``, with Delta's
     SQL extension and catalog; ``url`` is what ``SPARK_REMOTE`` takes. Its Python workers run ``python``.
     It serves a test's few small jobs, so its JVM has the quick compiler only (etl.spark.QUICK_COMPILER) and
-    its plans run interpreted (etl.spark.INTERPRETED_PLANS), as a short job's do."""
+    the serial collector, and its plans run interpreted (etl.spark.INTERPRETED_PLANS), as a short job's do."""
 
     def __init__(self, folder: Path, python: str = sys.executable, cores: int = 2, env: dict | None = None):
         self.folder, self.python, self.cores = folder, python, cores
@@ -149,7 +149,7 @@ class ConnectServer:
         }
         submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
         command = [str(submit), "--class", CONNECT_SERVER, "--master", f"local[{self.cores}]", "--driver-memory", "3g",
-                   "--driver-java-options", QUICK_COMPILER, "--jars", ",".join(self.jars)]
+                   "--driver-java-options", f"{QUICK_COMPILER} -XX:+UseSerialGC", "--jars", ",".join(self.jars)]
         for key, value in settings.items():
             command += ["--conf", f"{key}={value}"]
         log = open(self.folder / "server.log", "w")
