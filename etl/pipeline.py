@@ -292,9 +292,15 @@ class Pipeline:
                 self.spark.sql(f"DELETE FROM {sql_name(path)}")
             self._rejected_this_run[zone] = exists
 
+    def _rejected_exists(self, zone: str) -> bool:
+        """Whether the zone's rejected table exists: a run knows (see _reset_rejected); a republished
+        dataset asks (on Spark Connect a DESCRIBE DETAIL, 0.5 s)."""
+        known = self._rejected_this_run.get(zone)
+        return table_exists(self.spark, self._rejected_table(zone)) if known is None else known
+
     def _mark_rejected_zones(self) -> None:
         for zone in ("raw", "curated"):
-            if table_exists(self.spark, self._rejected_table(zone)):
+            if self._rejected_exists(zone):
                 set_properties(self.spark, self._rejected_table(zone), {"kiln.zone": zone})
 
     def _vacuum_raw_zone(self, hours: int) -> None:
@@ -318,7 +324,7 @@ class Pipeline:
     def _check_accounting(self, run: PipelineRun) -> None:
         if run.funnel_end is not None:
             read = run.steps[0].docs_in
-            tables = [self._rejected_table(z) for z in ("raw", "curated") if table_exists(self.spark, self._rejected_table(z))]
+            tables = [self._rejected_table(z) for z in ("raw", "curated") if self._rejected_exists(z)]
             with ThreadPoolExecutor(len(tables) + 1, thread_name_prefix="kiln-count") as pool:  # each mostly its Delta log
                 kept, *rejected_per_table = pool.map(lambda path: read_table(self.spark, path).count(),
                                                      [run.tables[run.funnel_end], *tables])
