@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from etl.devtools.ports import free_ports
+from shards.local_ports import free_ports
 from shards.manifest import latest_version, read_manifest, version_path
 
 REPO = Path(__file__).resolve().parents[1]

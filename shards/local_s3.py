@@ -8,12 +8,13 @@ It needs the `moto[server]` package (the `dev` extra). Nothing here is used in p
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from .local_ports import free_ports
 
 _ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -22,15 +23,9 @@ _ENV = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class LocalS3:
     def __init__(self, port: int | None = None, set_env: bool = True):
-        self.port = port or _free_port()
+        self.port = port or free_ports(1)[0]
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.set_env = set_env
         self._proc: subprocess.Popen | None = None

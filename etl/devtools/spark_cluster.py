@@ -22,7 +22,7 @@ from pathlib import Path
 import pyspark
 
 from ..spark import DELTA_PACKAGE, INTERPRETED_PLANS, QUICK_COMPILER, resolved_jars
-from .ports import free_ports
+from shards.local_ports import free_ports
 
 SPARK_CLASS = Path(pyspark.__file__).parent / "bin" / "spark-class"
 MASTER = "org.apache.spark.deploy.master.Master"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from etl.devtools.ports import free_ports
+from shards.local_ports import free_ports
 from tests.training.token_datasets import write_token_dataset
 from tests.training.subprocess_env import child_env
 

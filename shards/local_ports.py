@@ -1,5 +1,6 @@
-"""Ports for the servers that tests and benchmarks start on 127.0.0.1: a Spark standalone cluster, a
-Spark Connect server, a torch rendezvous.
+"""Ports for the servers that tests and benchmarks start on 127.0.0.1: the local S3 server
+(shards/local_s3.py), a Spark standalone cluster, a Spark Connect server, a torch rendezvous. Here,
+beside local_s3, because both sides use it and this package imports neither Spark nor torch.
 
 A port the system hands out (a bind to port 0) comes from its ephemeral range, which every other bind
 to 0 and every outgoing connection also draw from. Between the moment a test picks one and the moment
