@@ -4,6 +4,7 @@ pytest_collection_modifyitems). The S3 server starts first so Spark is configure
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -21,11 +22,11 @@ TEST_BUCKET = "kiln-test"
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """Groups for `make test`'s two workers (pytest-xdist, --dist loadgroup), each run whole on one:
-    a file, so that its module fixtures (a test cluster) start once; and every file that reads the
-    shared demo run (demo_etl), so that one worker runs it, once."""
-    demo_files = {item.path for item in items if "demo_etl" in item.fixturenames}
+    a file, so that its module fixtures (a test cluster) start once; and every file that reads a shared
+    run (demo_etl, refresh_nights), so that one worker runs each, once."""
+    shared_files = {item.path for item in items if {"demo_etl", "refresh_nights"} & set(item.fixturenames)}
     for item in items:
-        group = "demo_etl" if item.path in demo_files else item.path.relative_to(ROOT).as_posix()
+        group = "shared_runs" if item.path in shared_files else item.path.relative_to(ROOT).as_posix()
         item.add_marker(pytest.mark.xdist_group(group))
 
 
@@ -76,3 +77,29 @@ def demo_etl(spark, tmp_path_factory) -> dict[str, Path]:
     tokenizer = train_tokenizer(texts, out, vocab_size=512)
     etl = run_etl(raw, eval_path, tokenizer, out, spark, progress=lambda line: None)
     return {"out": out, "etl": etl, "tokenizer": tokenizer}
+
+
+@pytest.fixture(scope="session")
+def refresh_nights(spark, tmp_path_factory) -> dict:
+    """tests/etl/corpus.py's refresh corpus through two local refreshes, once per pytest worker: the first
+    night takes batch 1's two files, the second batch2.jsonl, which arrived after it. test_refresh checks
+    what each night did; the cluster's refresh test (test_spark_submit) takes over from a copy of the
+    first night's output and must end where the second left. Neither may change it. Keys: config (its
+    path), inputs, out (after the second night), night1 (a copy of out after the first), runs
+    (each night's PipelineRun), corpus."""
+    from etl.load_config import load_pipeline_config
+    from etl.refresh import refresh
+    from tests.etl.corpus import make_corpus, write_config, write_jsonl
+
+    work = tmp_path_factory.mktemp("refresh")
+    corpus = make_corpus()
+    write_jsonl(work / "in" / "batch1_a.jsonl", corpus.batch1[:50])
+    write_jsonl(work / "in" / "batch1_b.jsonl", corpus.batch1[50:])
+    config_path = write_config(work, [d["text"] for d in corpus.batch1])
+    config, stages = load_pipeline_config(config_path)
+    first = refresh(config, stages, spark, progress=lambda line: None)
+    shutil.copytree(work / "out", work / "night1" / "out")
+    write_jsonl(work / "in" / "batch2.jsonl", corpus.new + corpus.exact + corpus.near + corpus.replayed + corpus.republished)
+    second = refresh(config, stages, spark, progress=lambda line: None)
+    return {"config": config_path, "inputs": work / "in", "out": work / "out",
+            "night1": work / "night1" / "out", "runs": [first, second], "corpus": corpus}

@@ -1,8 +1,10 @@
 """Scheduled refresh on a real local Spark + Delta: only new files are taken, dedup runs against what
-was kept before, the cumulative table grows by MERGE, each refresh publishes a new dataset version."""
+was kept before, the cumulative table grows by MERGE, each refresh publishes a new dataset version. The
+two nights are the suite's (tests/conftest.py refresh_nights), which the cluster's refresh test shares."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -12,34 +14,22 @@ from etl.refresh import check_refreshable, refresh
 from etl.load_config import load_pipeline_config, validate_pipeline_config
 from shards import MDSReader, list_versions, read_manifest, version_path
 from shards.config import ConfigError
-from tests.etl.corpus import dataset_ids, ids_of, make_corpus, write_config, write_jsonl
+from tests.etl.corpus import dataset_ids, ids_of, write_config, write_jsonl
 
 
-def test_refresh_takes_only_new_files_and_publishes_a_version_each_time(spark, tmp_path, capsys):
-    corpus = make_corpus()
-    write_jsonl(tmp_path / "in" / "batch1_a.jsonl", corpus.batch1[:50])
-    write_jsonl(tmp_path / "in" / "batch1_b.jsonl", corpus.batch1[50:])
-    config_path = write_config(tmp_path, [d["text"] for d in corpus.batch1])
-    out, dataset = str(tmp_path / "out"), str(tmp_path / "out" / "dataset")
+def test_refresh_takes_only_new_files_and_publishes_a_version_each_time(spark, refresh_nights, capsys):
+    corpus, (first, second) = refresh_nights["corpus"], refresh_nights["runs"]
+    config_path, night1 = refresh_nights["config"], str(refresh_nights["night1"])
+    out, dataset = str(refresh_nights["out"]), str(refresh_nights["out"] / "dataset")
     batch1 = {f"web/{d['id']}" for d in corpus.batch1}
 
-    config, stages = load_pipeline_config(config_path)
-    run = refresh(config, stages, spark, progress=lambda line: None)
-    assert ids_of(spark, f"{out}/cumulative") == batch1
-    assert list_versions(dataset) == [1] and dataset_ids(spark, version_path(dataset, 1)) == batch1
-    assert run.steps[0].docs_in == 100 and run.funnel_end == "accumulate"
+    # The first night: batch 1's two files, published as version 1 (its output as the night left it).
+    assert ids_of(spark, f"{night1}/cumulative") == batch1
+    assert list_versions(f"{night1}/dataset") == [1]
+    assert first.steps[0].docs_in == 100 and first.funnel_end == "accumulate"
 
-    # Again over the same files: nothing is written, not even an empty commit.
-    versions = {t: table_version(spark, f"{out}/{t}") for t in ("cumulative", "tokenize", "_state/refresh_files")}
-    assert main(["refresh", config_path]) == 0
-    assert "nothing new" in capsys.readouterr().out
-    assert {t: table_version(spark, f"{out}/{t}") for t in versions} == versions
-    assert list_versions(dataset) == [1]
-
-    # Batch 2: new documents, and exact and near duplicates of batch-1 documents.
+    # The second night, batch2.jsonl: new documents, and exact and near duplicates of batch-1 documents.
     # An id published before comes back: the same document (a replay) or other content.
-    write_jsonl(tmp_path / "in" / "batch2.jsonl", corpus.new + corpus.exact + corpus.near + corpus.replayed + corpus.republished)
-    run = refresh(config, stages, spark, progress=lambda line: None)
     new = {f"web/{d['id']}" for d in corpus.new}
     replayed, republished = f"web/{corpus.replayed[0]['id']}", f"web/{corpus.republished[0]['id']}"
     assert ids_of(spark, f"{out}/accumulate") == new | {replayed}
@@ -51,9 +41,9 @@ def test_refresh_takes_only_new_files_and_publishes_a_version_each_time(spark, t
         **{f"web/{d['id']}": ("near_duplicate", f"web/{d['of']}") for d in corpus.near},
         republished: ("id_already_published", "other content than the published document with this id"),
     }
-    funnel = {s.stage: (s.docs_in, s.docs_out) for s in run.steps}
+    funnel = {s.stage: (s.docs_in, s.docs_out) for s in second.steps}
     assert funnel["ingest"] == (62, 62) and funnel["accumulate"] == (42, 41) and funnel["tokenize"] == (140, 140)
-    assert run.steps[-3].metrics == {"inserted": 40}
+    assert second.steps[-3].metrics == {"inserted": 40}
 
     assert list_versions(dataset) == [1, 2]
     v1, v2 = read_manifest(version_path(dataset, 1)), read_manifest(version_path(dataset, 2))
@@ -63,10 +53,24 @@ def test_refresh_takes_only_new_files_and_publishes_a_version_each_time(spark, t
     for split in v1.splits:  # the old version's shards are untouched
         assert len(list(MDSReader(f"{version_path(dataset, 1)}/{split}"))) == v1.num_samples[split]
 
-    # A file taken before whose contents changed is an error, not silently taken or skipped.
-    with open(tmp_path / "in" / "batch1_a.jsonl", "a") as f:
-        f.write(json.dumps({"id": "late", "text": "a late addition."}) + "\n")
-    assert main(["refresh", config_path]) == 1
+    # Again over the same files: nothing is written, not even an empty commit.
+    versions = {t: table_version(spark, f"{out}/{t}") for t in ("cumulative", "tokenize", "_state/refresh_files")}
+    assert main(["refresh", config_path]) == 0
+    assert "nothing new" in capsys.readouterr().out
+    assert {t: table_version(spark, f"{out}/{t}") for t in versions} == versions
+    assert list_versions(dataset) == [1, 2]
+
+    # A file taken before whose contents changed is an error, not silently taken or skipped. (The file
+    # is put back as it was, modification time too: the cluster's refresh test reads it.)
+    changed = refresh_nights["inputs"] / "batch1_a.jsonl"
+    before, stat = changed.read_bytes(), changed.stat()
+    try:
+        with open(changed, "a") as f:
+            f.write(json.dumps({"id": "late", "text": "a late addition."}) + "\n")
+        assert main(["refresh", config_path]) == 1
+    finally:
+        changed.write_bytes(before)
+        os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     err = capsys.readouterr().err
     assert "1 input file(s) changed after a refresh took them" in err and "batch1_a.jsonl" in err
     assert list_versions(dataset) == [1, 2]

@@ -161,61 +161,32 @@ def test_documented_spark_submit_runs_every_demo_stage_on_a_cluster(submit_dir, 
     assert dataset_bytes(output / "dataset") == dataset_bytes(demo_etl["etl"] / "dataset")
 
 
-def _nightly_config(work: Path, inputs: Path, output: Path) -> Path:
-    """configs/nightly_pipeline.yaml reading ``inputs`` and writing ``output``, the demo's tokenizer by
-    absolute path (a cluster refuses relative paths). Of its stages, minhash_dedup (its index, a MERGE, and its
-    checkpoints on a cluster) and the dataset's, and no report: the rest runs on the cluster in the test
-    above, and each costs Spark jobs in all three runs. exact_dedup's incremental index is inserted into by
-    the same etl.delta MERGE as the refresh's cumulative table."""
-    text = (work / "configs" / "nightly_pipeline.yaml").read_text()
-    config = yaml.safe_load(text.replace("demo_out/raw/", f"{inputs}/").replace("demo_out/", f"{work}/demo_out/"))
-    config["stages"] = [stage for stage in config["stages"]
-                        if stage["name"] in ("minhash_dedup", "tokenize", "shuffle_and_write")]
-    config["output"], config["report"] = str(output / "out"), False
-    path = output / "nightly.yaml"
-    path.parent.mkdir(parents=True)
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.mark.timeout(1200)
-def test_documented_refresh_on_the_cluster_matches_local(submit_dir, cluster_python, cluster, spark, tmp_path):
-    """docs/operations.md's refresh on a cluster, after a refresh took the first files and a new input file
-    arrived, leaves the tables and the dataset version that a local refresh (the suite's local[2] session)
-    leaves."""
-    from etl.load_config import load_pipeline_config
-    from etl.refresh import refresh
-
-    inputs = tmp_path / "raw"
-    shutil.copytree(submit_dir / "demo_out" / "raw", inputs)  # modification times kept: the same files
-    # The new file that arrives after the first night: the web file's last 20 documents. Most of them are
-    # new text (the forum's posts would not do: each is a near duplicate of a web page the first night
-    # kept), so the second night also publishes a dataset version.
-    pages = (inputs / "web" / "part-00000.jsonl").read_bytes().splitlines(keepends=True)  # one line is bad UTF-8
-    (inputs / "web" / "part-00000.jsonl").write_bytes(b"".join(pages[:-20]))
-    new_file, held_back = inputs / "web" / "part-00001.jsonl", tmp_path / "part-00001.jsonl"
-    held_back.write_bytes(b"".join(pages[-20:]))
-    local, on_cluster = tmp_path / "local", tmp_path / "cluster"
-    local_config = load_pipeline_config(str(_nightly_config(submit_dir, inputs, local)))
-    cluster_config = _nightly_config(submit_dir, inputs, on_cluster)
+def test_documented_refresh_on_the_cluster_matches_local(submit_dir, cluster_python, cluster, refresh_nights, tmp_path):
+    """docs/operations.md's refresh on a cluster, taking over from the first of the suite's two local
+    refreshes (tests/conftest.py refresh_nights: incremental exact_dedup and minhash_dedup, whose indexes
+    are MERGEd into, with checkpoints on a cluster, and the dataset's stages) once the second night's new
+    input file had arrived, leaves the tables and the dataset version that the local second night left."""
+    on_cluster = tmp_path / "out"
+    shutil.copytree(refresh_nights["night1"], on_cluster)  # the cluster takes over from a copy
+    config = yaml.safe_load(Path(refresh_nights["config"]).read_text())
+    (tmp_path / "nightly.yaml").write_text(yaml.safe_dump({**config, "output": str(on_cluster)}))
     command = documented("spark-submit", "jobs/refresh.py", page=OPERATIONS).replace(
         "spark-submit", f"spark-submit --master {cluster.url}", 1)
-
-    refresh(*local_config, spark, progress=lambda line: None)  # the first night, locally
-    shutil.copytree(local / "out", on_cluster / "out")  # the cluster takes over from a copy
-    held_back.rename(new_file)
-    assert refresh(*local_config, spark, progress=lambda line: None).steps[0].docs_in > 0
-    done = _submit(command.replace("configs/nightly_pipeline.yaml", str(cluster_config)), submit_dir, cluster_python)
+    done = _submit(command.replace("configs/nightly_pipeline.yaml", str(tmp_path / "nightly.yaml")), submit_dir, cluster_python)
     assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
     assert re.search(r"^\[\s*accumulate\]", done.stdout, re.M), done.stdout[-4000:]
     assert "published: dataset v=2" in done.stdout, done.stdout[-4000:]
 
-    mine, expected = table_rows(on_cluster / "out", on_cluster), table_rows(local / "out", local)
+    local = refresh_nights["out"]
+    mine, expected = table_rows(on_cluster, on_cluster), table_rows(local, local)
+    new_file = refresh_nights["inputs"] / "batch2.jsonl"
     assert any(str(new_file) in row for row in mine["_state/refresh_files"]), mine["_state/refresh_files"]
     assert sorted(mine) == sorted(expected)
     differ = [name for name in mine if mine[name] != expected[name]]
     assert not differ, f"tables whose rows differ from the local refresh's: {differ}"
-    assert dataset_bytes(on_cluster / "out" / "dataset") == dataset_bytes(local / "out" / "dataset")
+    assert dataset_bytes(on_cluster / "dataset") == dataset_bytes(local / "dataset")
+
 
 def test_spark_submit_without_delta_is_one_line_naming_the_fix(submit_dir, cluster_python, cluster):
     command = documented_spark_submit(cluster).replace("--packages io.delta:delta-spark_2.13:4.0.1 ", "")
