@@ -34,9 +34,10 @@ demo: setup
 	$(PY) -m jobs.demo
 
 # Two pytest workers, each taking whole groups (tests/conftest.py): a file, so that its fixtures, such as
-# its test cluster, start once; and the files that read the shared demo run, which then runs once. In
-# one process the suite left a third of the 2-core machine idle, while tests waited on JVMs and
-# subprocesses: 32% idle over the run, 20:56 in all, against 17:34 with two workers taking whole files.
+# its test cluster, start once; and the files that read a shared run (the demo's, the refresh nights),
+# which then runs once. In one process the suite left a third of the 2-core machine idle, while tests
+# waited on JVMs and subprocesses: 32% idle over the run, 20:56 in all, against 17:34 with two workers
+# taking whole files.
 # Each worker has its own Spark session. TEST_WORKERS=0 runs the suite in pytest's own process.
 TEST_WORKERS ?= 2
 test: setup side
