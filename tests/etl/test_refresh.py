@@ -10,8 +10,8 @@ import pytest
 
 from etl.__main__ import main
 from etl.delta import read_table, table_version
-from etl.refresh import check_refreshable, refresh
-from etl.load_config import load_pipeline_config, validate_pipeline_config
+from etl.refresh import check_refreshable
+from etl.load_config import validate_pipeline_config
 from shards import MDSReader, list_versions, read_manifest, version_path
 from shards.config import ConfigError
 from tests.etl.corpus import dataset_ids, ids_of, write_config, write_jsonl
