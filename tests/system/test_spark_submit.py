@@ -68,7 +68,8 @@ def cluster_python(tmp_path_factory) -> Path:
     executor JVMs compile with C1 only, and the plans run interpreted, as Kiln's own short local jobs do
     (docs/cluster.md); their heaps are small, so one serial collector thread replaces G1's. With the serial
     collector and 4 shuffle partitions (one task per core twice) instead of 8, the demo and refresh runs'
-    processes used about 81 and 52 CPU-seconds against 90 and 55 (one run each)."""
+    processes used about 81 and 52 CPU-seconds against 90 and 55 (one run each; the refresh was then of
+    the demo's corpus)."""
     python = python_without_kiln(tmp_path_factory.mktemp("cluster-python") / "venv")
     (python.parent.parent / "conf").mkdir()
     (python.parent.parent / "conf" / "spark-defaults.conf").write_text(
