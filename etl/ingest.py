@@ -389,9 +389,13 @@ def ingest(spark: SparkSession, config: PipelineConfig, files: list[tuple[str, s
     for part in parts[1:]:
         docs = docs.unionByName(part)
     docs = _reject_duplicate_ids(docs)
-    if any(s.format in ("warc", "wet") for s in config.inputs):
+    if _has_web_archives(config):
         docs = _reject_duplicate_urls(docs)
     return docs.drop(*_ORIGIN_COLUMNS).withColumn("content_hash", F.sha1(F.encode(F.col("text"), "UTF-8")))
+
+
+def _has_web_archives(config: PipelineConfig) -> bool:
+    return any(s.format in ("warc", "wet") for s in config.inputs)
 
 
 def _reject_duplicate_ids(docs: DataFrame) -> DataFrame:
@@ -430,9 +434,11 @@ def _reject_duplicate_urls(docs: DataFrame) -> DataFrame:
     )
 
 
-def split_skipped(annotated: DataFrame) -> tuple[DataFrame, dict[str, int]]:
+def split_skipped(annotated: DataFrame, config: PipelineConfig) -> tuple[DataFrame, dict[str, int]]:
     """The rows that are documents (kept or rejected), and how many web-archive records of each type
-    were skipped as not documents (for the funnel's metrics; none for other inputs)."""
+    were skipped as not documents (for the funnel's metrics; none, and no Spark job, for other inputs)."""
+    if not _has_web_archives(config):
+        return annotated, {}
     skipped = annotated.filter(F.col("reason") == SKIPPED).groupBy("detail").count().collect()
     counts = {f"skipped_{row['detail']}_records": row["count"] for row in sorted(skipped, key=lambda r: r["detail"])}
     return annotated.filter(F.col("reason").isNull() | (F.col("reason") != SKIPPED)), counts

@@ -201,7 +201,7 @@ class Pipeline:
         with step_progress(self.spark, "ingest", 1, len(self.stages) + 1):
             start = time.time()
             annotated = ingest(self.spark, self.config, files).persist(CACHE_LEVEL)
-            docs, skipped = split_skipped(annotated)  # web-archive records that are not documents; computes the cache
+            docs, skipped = split_skipped(annotated, self.config)  # web-archive records that are not documents
             run.steps.append(_step_counts("ingest", docs, None, 0.0))
             self._write_step(run, "ingest", docs, self._zone(-1), sum(run.steps[-1].rejected.values()))
             run.steps[-1].seconds = round(time.time() - start, 2)
