@@ -1,6 +1,6 @@
 """Kiln's ingest (Spark local[2]) against a plain single-process Python loop, on the same gzipped JSONL files.
 
-    .venv/bin/python bench/ingest_bench.py [--docs 100000] [--repeat 2] [--work /tmp/kiln-bench-ingest]
+    .venv/bin/python bench/ingest_bench.py [--docs 100000] [--fixed-docs 1000] [--repeat 2] [--work /tmp/kiln-bench-ingest]
 
 Input: the 100k-record fixture (`etl.devtools.fixtures.make_fixture`: prose of realistic length with
 planted bad lines: invalid UTF-8, malformed JSON, missing and empty text, oversized records, duplicate
@@ -14,8 +14,11 @@ sides write the same rows:
         rows written to two Parquet files with pyarrow.
 
 The kept ids of both sides are checked equal before anything is printed. The Spark session's start
-(JVM, Delta's jars) is timed apart: it is a fixed cost per job, not per document. Prints each side's
-best of `--repeat` turns, in turns, and the ratio.
+(JVM, Delta's jars) is timed apart: it is a fixed cost per job, not per document. So is, in a second
+ratio, what a run costs whatever its size (planning, Delta's log and commits, the funnel's checks):
+each side's time on a fixture of `--fixed-docs` records (one file) stands for it. Prints each side's
+best of `--repeat` turns, in turns, for both fixtures, and the ratios. Kiln writes to a new output
+each turn, as the loop writes new files.
 """
 from __future__ import annotations
 
@@ -123,14 +126,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--fixed-docs", type=int, default=1000, help="records of the run whose time stands for a run's fixed cost")
     parser.add_argument("--work", default="/tmp/kiln-bench-ingest")
     args = parser.parse_args()
     os.environ.setdefault("KILN_SPARK_MASTER", "local[2]")
 
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
-    truth = gzipped_fixture(args.docs, work)
-    files = sorted((work / "input").iterdir())
+    truth = gzipped_fixture(args.docs, work / "full")
+    small = gzipped_fixture(args.fixed_docs, work / "small")
+    files = sorted((work / "full" / "input").iterdir())
     size = sum(p.stat().st_size for p in files)
     print(f"{truth.n_records:,} records in {len(files)} gzipped JSONL files, {size / 1e6:.0f} MB; "
           f"{os.cpu_count()} CPUs, Spark local[2]; load average {os.getloadavg()[0]:.1f}", flush=True)
@@ -142,10 +147,29 @@ def main() -> None:
     startup = time.perf_counter() - start
     spark.range(1).collect()  # the first job's own start-up, outside both sides
 
-    loop_best = kiln_best = float("inf")
-    for turn in range(args.repeat):
+    kiln_best, loop_best = best_turns(spark, work / "full", truth, args.repeat)
+    print(f"the fixed cost of a run: {small.n_records:,} records, the same turns", flush=True)
+    kiln_fixed, loop_fixed = best_turns(spark, work / "small", small, args.repeat)
+
+    n = truth.n_records
+    print(f"\n| side | seconds | records/s | a run of {small.n_records:,} records (s) | records/s, that apart |\n|---|---|---|---|---|")
+    print(f"| Kiln ingest, Spark local[2] (Delta tables, funnel checked) | {kiln_best:.1f} | {n / kiln_best:,.0f} | "
+          f"{kiln_fixed:.1f} | {n / (kiln_best - kiln_fixed):,.0f} |")
+    print(f"| plain Python loop, 1 process (pyarrow Parquet) | {loop_best:.1f} | {n / loop_best:,.0f} | "
+          f"{loop_fixed:.2f} | {n / (loop_best - loop_fixed):,.0f} |")
+    print(f"\nKiln / loop throughput: {loop_best / kiln_best:.2f}x; with each side's {small.n_records:,}-record run "
+          f"apart: {(loop_best - loop_fixed) / (kiln_best - kiln_fixed):.2f}x; Spark session start (once per job, "
+          f"apart): {startup:.1f} s")
+
+
+def best_turns(spark, work: Path, truth, repeat: int) -> tuple[float, float]:
+    """Each side's best of `repeat` turns on ``work``'s input, Kiln's output new each turn as the loop's
+    files are; the kept ids and rejected counts checked equal in the first."""
+    kiln_best = loop_best = float("inf")
+    for turn in range(repeat):
         (work / "loop").mkdir(exist_ok=True)
         loop_s, loop_ids, loop_rejected = loop_ingest(work / "input", work / "loop", truth.source, truth.max_doc_bytes)
+        shutil.rmtree(work / "kiln", ignore_errors=True)
         kiln_s, counts = kiln_ingest(spark, work / "input", work / "kiln", truth.source, truth.max_doc_bytes)
         if turn == 0:
             from deltalake import DeltaTable
@@ -155,15 +179,10 @@ def main() -> None:
                 sys.exit(f"the sides disagree: kept {len(kiln_ids):,} vs {len(loop_ids):,} ids "
                          f"({len(kiln_ids ^ loop_ids)} differ), rejected {counts['rejected']:,} vs {loop_rejected:,}")
             print(f"same rows: {len(kiln_ids):,} documents kept, {loop_rejected:,} rejected on both sides", flush=True)
-        print(f"  turn {turn + 1}: Kiln {kiln_s:.1f} s, loop {loop_s:.1f} s; load average {os.getloadavg()[0]:.1f}",
+        print(f"  turn {turn + 1}: Kiln {kiln_s:.2f} s, loop {loop_s:.2f} s; load average {os.getloadavg()[0]:.1f}",
               flush=True)
         loop_best, kiln_best = min(loop_best, loop_s), min(kiln_best, kiln_s)
-
-    n = truth.n_records
-    print(f"\n| side | seconds | records/s |\n|---|---|---|")
-    print(f"| Kiln ingest, Spark local[2] (Delta tables, funnel checked) | {kiln_best:.1f} | {n / kiln_best:,.0f} |")
-    print(f"| plain Python loop, 1 process (pyarrow Parquet) | {loop_best:.1f} | {n / loop_best:,.0f} |")
-    print(f"\nKiln / loop throughput: {loop_best / kiln_best:.2f}x; Spark session start (once per job, apart): {startup:.1f} s")
+    return kiln_best, loop_best
 
 
 if __name__ == "__main__":
