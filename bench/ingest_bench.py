@@ -129,6 +129,8 @@ def main() -> None:
     parser.add_argument("--fixed-docs", type=int, default=1000, help="records of the run whose time stands for a run's fixed cost")
     parser.add_argument("--work", default="/tmp/kiln-bench-ingest")
     args = parser.parse_args()
+    if args.fixed_docs >= args.docs:
+        parser.error(f"--fixed-docs ({args.fixed_docs}) must be fewer than --docs ({args.docs}): its run's time is taken from theirs")
     os.environ.setdefault("KILN_SPARK_MASTER", "local[2]")
 
     work = Path(args.work)
