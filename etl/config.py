@@ -73,8 +73,13 @@ class InputSpec:
             if not self.id_field:
                 raise ValueError(f"input {self.source!r}: a catalog table needs id_field (file positions are not stable in Delta)")
             self.format = "delta"
-        if self.format in ("warc", "wet") and (self.id_field or self.keep_fields):
+        if self.is_web_archive and (self.id_field or self.keep_fields):
             raise ValueError("id_field and keep_fields do not apply to warc/wet inputs (their URL and date are kept in meta)")
+
+    @property
+    def is_web_archive(self) -> bool:
+        """WARC or WET: one row per record, some skipped as not documents, a URL rule beside the id rule."""
+        return self.format in ("warc", "wet")
 
     @property
     def where(self) -> str:

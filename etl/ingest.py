@@ -287,7 +287,7 @@ def _read_files_task(specs: dict[str, InputSpec], max_bytes: int):
                     rows.start_file(source, rel, _modified_micros(url))
                     if spec.format == "jsonl":
                         yield from _jsonl_rows(url, rel, spec, max_bytes, rows)
-                    elif spec.format in ("warc", "wet"):
+                    elif spec.is_web_archive:
                         yield from _web_rows(url, rel, spec, max_bytes, rows)
                     else:
                         _text_file_rows(url, rel, spec, max_bytes, rows)
@@ -395,7 +395,7 @@ def ingest(spark: SparkSession, config: PipelineConfig, files: list[tuple[str, s
 
 
 def _has_web_archives(config: PipelineConfig) -> bool:
-    return any(s.format in ("warc", "wet") for s in config.inputs)
+    return any(s.is_web_archive for s in config.inputs)
 
 
 def _reject_duplicate_ids(docs: DataFrame) -> DataFrame:
