@@ -3,9 +3,9 @@
     .venv/bin/python bench/ingest_bench.py [--docs 100000] [--fixed-docs 1000] [--repeat 2] [--work /tmp/kiln-bench-ingest]
 
 Input: the 100k-record fixture (`etl.devtools.fixtures.make_fixture`: prose of realistic length with
-planted bad lines: invalid UTF-8, malformed JSON, missing and empty text, oversized records, duplicate
-ids), every file gzipped (50 files; a gzip file is one task), all with one modification time. Both
-sides write the same rows:
+planted bad lines: invalid UTF-8, malformed JSON, missing and empty text, oversized records; no id
+repeats, so the duplicate-id rule runs on both sides but rejects nothing), every file gzipped (50
+files; a gzip file is one task), all with one modification time. Both sides write the same rows:
 
   Kiln  the `etl` pipeline with no stage after ingest and no report: documents to the `ingest` Delta
         table, every rejected line with its reason to `rejected`, the funnel counted and checked.
