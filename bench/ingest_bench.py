@@ -1,11 +1,13 @@
 """Kiln's ingest (Spark local[2]) against a plain single-process Python loop, on the same gzipped JSONL files.
 
-    .venv/bin/python bench/ingest_bench.py [--docs 100000] [--fixed-docs 1000] [--repeat 2] [--work /tmp/kiln-bench-ingest]
+    .venv/bin/python bench/ingest_bench.py [--docs 100000] [--fixed-docs 1000] [--repeat 2] [--copies 0] [--work /tmp/kiln-bench-ingest]
 
 Input: the 100k-record fixture (`etl.devtools.fixtures.make_fixture`: prose of realistic length with
 planted bad lines: invalid UTF-8, malformed JSON, missing and empty text, oversized records; no id
 repeats, so the duplicate-id rule runs on both sides but rejects nothing), every file gzipped (50
-files; a gzip file is one task), all with one modification time. Both sides write the same rows:
+files; a gzip file is one task), all with one modification time. `--copies K` adds K of those files again
+under names that sort last, so that every id in them repeats and the later copy wins on both sides (2,000
+records a file: about K x 1,960 `duplicate_id` rejections). Both sides write the same rows:
 
   Kiln  the `etl` pipeline with no stage after ingest and no report: documents to the `ingest` Delta
         table, every rejected line with its reason to `rejected`, the funnel counted and checked.
@@ -36,8 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def gzipped_fixture(docs: int, work: Path):
-    """The fixture with every file gzipped and one modification time; its truth."""
+def gzipped_fixture(docs: int, work: Path, copies: int = 0):
+    """The fixture with every file gzipped, the first `copies` files twice, and one modification time; its truth."""
     from etl.devtools.fixtures import make_fixture
 
     truth = make_fixture(docs, 1, str(work / "input"))
@@ -46,6 +48,10 @@ def gzipped_fixture(docs: int, work: Path):
             with open(path, "rb") as plain, gzip.open(f"{path}.gz", "wb", compresslevel=1) as packed:
                 shutil.copyfileobj(plain, packed)
             path.unlink()
+    for path in sorted((work / "input").iterdir())[:copies]:
+        shutil.copyfile(path, work / "input" / f"zz-again-{path.name}")
+        with gzip.open(path, "rb") as handle:
+            truth.n_records += sum(1 for _ in handle)
     for path in (work / "input").iterdir():
         os.utime(path, (1_700_000_000, 1_700_000_000))
     return truth
@@ -127,6 +133,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--fixed-docs", type=int, default=1000, help="records of the run whose time stands for a run's fixed cost")
+    parser.add_argument("--copies", type=int, default=0, help="files of the fixture given twice, so that their ids repeat")
     parser.add_argument("--work", default="/tmp/kiln-bench-ingest")
     args = parser.parse_args()
     if args.fixed_docs >= args.docs:
@@ -135,7 +142,7 @@ def main() -> None:
 
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
-    truth = gzipped_fixture(args.docs, work / "full")
+    truth = gzipped_fixture(args.docs, work / "full", args.copies)
     small = gzipped_fixture(args.fixed_docs, work / "small")
     files = sorted((work / "full" / "input").iterdir())
     size = sum(p.stat().st_size for p in files)

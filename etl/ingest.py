@@ -371,16 +371,14 @@ def _catalog_table(spark: SparkSession, spec: InputSpec) -> DataFrame:
 def ingest(spark: SparkSession, config: PipelineConfig, files: list[tuple[str, str, str]] | None = None) -> DataFrame:
     """All inputs as one annotated DataFrame (INGEST_SCHEMA plus content_hash); with `files`
     ((url, relative path, source) of file inputs), only those files."""
-    file_specs = [s for s in config.inputs if s.format in _FILE_FORMATS]
     if files is None:
         parts = [_read_table(spark, s, config.max_doc_bytes) for s in config.inputs if s.format in ("parquet", "delta")]
-        listing = [(url, rel, spec.source) for spec in file_specs for url, rel in list_input_files(spec)]
     else:
         chosen = {s.source: [url for url, _, source in files if source == s.source] for s in config.inputs}
         parts = [_read_table(spark, s, config.max_doc_bytes, chosen[s.source])
                  for s in config.inputs if s.format == "parquet" and chosen[s.source]]
-        listing = [f for f in files if f[2] in {s.source for s in file_specs}]
-    from_files = _read_files(spark, file_specs, config.max_doc_bytes, listing)
+    from_files = _read_files(spark, [s for s in config.inputs if s.format in _FILE_FORMATS], config.max_doc_bytes,
+                             file_listing(config, files))
     if from_files is not None:
         parts.append(from_files)
     if not parts:
@@ -392,6 +390,14 @@ def ingest(spark: SparkSession, config: PipelineConfig, files: list[tuple[str, s
     if _has_web_archives(config):
         docs = _reject_duplicate_urls(docs)
     return docs.drop(*_ORIGIN_COLUMNS).withColumn("content_hash", F.sha1(F.encode(F.col("text"), "UTF-8")))
+
+
+def file_listing(config: PipelineConfig, files: list[tuple[str, str, str]] | None = None) -> list[tuple[str, str, str]]:
+    """(url, relative path, source) of every file the file inputs name, or of those among `files`."""
+    file_specs = [s for s in config.inputs if s.format in _FILE_FORMATS]
+    if files is None:
+        return [(url, rel, spec.source) for spec in file_specs for url, rel in list_input_files(spec)]
+    return [f for f in files if f[2] in {s.source for s in file_specs}]
 
 
 def _has_web_archives(config: PipelineConfig) -> bool:

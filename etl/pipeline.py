@@ -36,10 +36,12 @@ from pyspark.sql import functions as F
 from .config import PipelineConfig, is_local_master
 from .dataset.publish import publish, split_stages
 from .delta import (
-    append_rows, name_tables, read_table, run_tables, set_properties, sql_name, table_exists, vacuum, write_table,
+    append_rows, count_rows, name_tables, read_table, run_tables, set_properties, sql_name, table_exists, vacuum,
+    write_table,
 )
 from .funnel import PipelineRun, StepCounts, new_run_id
 from .ingest import ingest, split_skipped
+from .ingest_direct import ingest_directly, writes_directly
 from .paths import join_path, to_fsspec_url
 from .progress import step_progress
 from .run_state import RUN_ID_PROPERTY, mark_complete, mark_running
@@ -69,8 +71,8 @@ def _totals(counts: dict, reason: str | None) -> tuple[int, int, int]:
     return tuple(sum(v[i] for v in mine) for i in range(3))
 
 
-def _step_counts(name: str, annotated: DataFrame, input_totals: tuple[int, int, int] | None, seconds: float) -> StepCounts:
-    counts = _counts(annotated)
+def _step_counts(name: str, counts: dict, input_totals: tuple[int, int, int] | None, seconds: float) -> StepCounts:
+    """The step's funnel entry from its `_counts`."""
     kept = _totals(counts, None)
     reasons = sorted({r for r, _ in counts if r is not None})
     if input_totals is None:  # ingest: what came in is everything it read
@@ -200,13 +202,21 @@ class Pipeline:
         self._reset_rejected()
         with step_progress(self.spark, "ingest", 1, len(self.stages) + 1):
             start = time.time()
-            annotated = ingest(self.spark, self.config, files).persist(CACHE_LEVEL)
-            docs, skipped = split_skipped(annotated, self.config)  # web-archive records that are not documents
-            run.steps.append(_step_counts("ingest", docs, None, 0.0))
-            self._write_step(run, "ingest", docs, self._zone(-1), sum(run.steps[-1].rejected.values()))
+            zone, kept_path = self._zone(-1), self.table_path("ingest")
+            if writes_directly(self.spark, self.config, kept_path, self._rejected_table(zone)):
+                properties = {"kiln.zone": zone, "kiln.stage": "ingest", RUN_ID_PROPERTY: run.run_id}
+                counts = ingest_directly(self.spark, self.config, files, kept_path, self._rejected_table(zone),
+                                         properties, {"kiln.zone": zone})
+                run.steps.append(_step_counts("ingest", counts, None, 0.0))
+                self._rejected_this_run[zone] = True
+            else:
+                annotated = ingest(self.spark, self.config, files).persist(CACHE_LEVEL)
+                docs, skipped = split_skipped(annotated, self.config)  # web-archive records that are not documents
+                run.steps.append(_step_counts("ingest", _counts(docs), None, 0.0))
+                self._write_step(run, "ingest", docs, zone, sum(run.steps[-1].rejected.values()))
+                run.steps[-1].metrics.update(skipped)
+                annotated.unpersist()
             run.steps[-1].seconds = round(time.time() - start, 2)
-            run.steps[-1].metrics.update(skipped)
-            annotated.unpersist()
             run.tables["ingest"] = self.table_path("ingest")
             run.funnel_end = "ingest"
         progress(_progress_line(run.steps[-1]))
@@ -229,7 +239,7 @@ class Pipeline:
                 annotated = result.docs.persist(CACHE_LEVEL)
                 if "reason" not in annotated.columns:
                     raise RuntimeError(f"stage {stage.name!r} returned documents without a 'reason' column")
-                counts = _step_counts(stage.name, annotated, totals, 0.0)  # the first job: computes the cache
+                counts = _step_counts(stage.name, _counts(annotated), totals, 0.0)  # the first job: computes the cache
                 metrics = self._write_step(run, stage.name, annotated, self._zone(self.stages.index(stage)),
                                            sum(counts.rejected.values()), result.tables, result.metrics)
                 if metrics is not None:
@@ -326,8 +336,7 @@ class Pipeline:
             read = run.steps[0].docs_in
             tables = [self._rejected_table(z) for z in ("raw", "curated") if self._rejected_exists(z)]
             with ThreadPoolExecutor(len(tables) + 1, thread_name_prefix="kiln-count") as pool:  # each mostly its Delta log
-                kept, *rejected_per_table = pool.map(lambda path: read_table(self.spark, path).count(),
-                                                     [run.tables[run.funnel_end], *tables])
+                kept, *rejected_per_table = pool.map(partial(count_rows, self.spark), [run.tables[run.funnel_end], *tables])
             rejected = sum(rejected_per_table)
             if read != kept + rejected:
                 raise RuntimeError(f"funnel does not add up: read {read} != kept {kept} + rejected {rejected}")
