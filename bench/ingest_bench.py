@@ -10,7 +10,8 @@ under names that sort last, so that every id in them repeats and the later copy 
 records a file: about K x 1,960 `duplicate_id` rejections). Both sides write the same rows:
 
   Kiln  the `etl` pipeline with no stage after ingest and no report: documents to the `ingest` Delta
-        table, every rejected line with its reason to `rejected`, the funnel counted and checked.
+        table, every rejected line with its reason to `rejected`, the funnel counted and checked (on
+        local[2], ingest's direct path: etl/ingest_direct.py).
   loop  one Python process: gzip.open, json.loads, the same checks and id rule, the newest copy of an
         id kept (the later file, then the later line), SHA-1 of each text; documents and rejected
         rows written to two Parquet files with pyarrow.
