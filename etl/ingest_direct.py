@@ -6,7 +6,7 @@ Why: on bench/ingest_bench.py's 100,000 records (50 gzipped JSONL files, 2 cores
 took 4.8-5.4 s for the step against a plain Python loop's 2.4 s. Its rows crossed from the Python tasks
 into the JVM, were sorted there for the duplicate-id rule, counted in a second job and written again by
 Delta's writer; staging them as Parquet and letting Spark write the tables was no faster (5.0-5.8 s).
-Written by the tasks and committed by delta-rs, the step took 2.0-2.2 s in a prototype.
+Written by the tasks and committed by delta-rs, the whole run takes 2.0-2.1 s (1.07x the loop).
 
 What the tasks return instead of rows: each file they wrote, the funnel's counts per (reason, source),
 and every kept id with where it came from. The duplicate-id rule (etl.ingest's docstring) runs on those
@@ -15,8 +15,8 @@ ids on the driver; a file holding a losing copy is rewritten without it, and the
 
 When: a local master (every task on this machine), a local output, no catalog mode, not Spark Connect,
 only ``jsonl`` and ``text`` inputs, Delta's table defaults as Kiln sets them (etl.spark), and any
-existing table at protocol (1, 2) or below, as Spark's Delta creates them. Otherwise, etl.ingest's
-Spark path. Both give the same tables, row for row.
+existing table at protocol (1, 2) or below, as Spark's Delta creates them, and not append-only.
+Otherwise, etl.ingest's Spark path. Both give the same tables, row for row.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from pyspark.sql import SparkSession
 
 from .config import PipelineConfig, is_local_master
 from .delta import catalog_name, table_exists
-from .ingest import _ARROW_SCHEMA, _LISTING_SCHEMA, _read_files_task, file_listing
+from .ingest import _LISTING_SCHEMA, _read_files_task, file_listing
 from .paths import local_fs_path
 from .spark import default_parallelism, is_connect
 
@@ -72,21 +72,28 @@ def writes_directly(spark: SparkSession, config: PipelineConfig, kept_path: str,
         return False
     if any(spec.format not in ("jsonl", "text") for spec in config.inputs):
         return False
-    if _delta_defaults(spark) != _KILN_DELTA_DEFAULTS:
+    defaults = {"delta." + key[len(_DELTA_DEFAULTS_PREFIX):]: value for key, value in spark.conf.getAll.items()
+                if key.startswith(_DELTA_DEFAULTS_PREFIX)}
+    if defaults != _KILN_DELTA_DEFAULTS:
         return False
-    for path in (kept_path, rejected_path):
+    for path, schema in ((kept_path, None), (rejected_path, REJECTED_SCHEMA)):
         if local_fs_path(path) is None or catalog_name(path) is not None:
             return False
-        if table_exists(spark, path):
-            protocol = DeltaTable(local_fs_path(path)).protocol()
-            if protocol.min_reader_version > 1 or protocol.min_writer_version > 2:
-                return False
+        if table_exists(spark, path) and not _writable(DeltaTable(local_fs_path(path)), schema):
+            return False
     return True
 
 
-def _delta_defaults(spark: SparkSession) -> dict[str, str]:
-    return {"delta." + key[len(_DELTA_DEFAULTS_PREFIX):]: value for key, value in spark.sparkContext.getConf().getAll()
-            if key.startswith(_DELTA_DEFAULTS_PREFIX)}
+def _writable(table: DeltaTable, schema: pa.Schema | None) -> bool:
+    """Whether delta-rs may commit to `table` as Spark's writer would: a protocol Spark gives by default, not
+    append-only (Spark refuses to overwrite it), and `schema` (to append; None: overwritten, any schema)."""
+    protocol = table.protocol()
+    if protocol.min_reader_version > 1 or protocol.min_writer_version > 2:
+        return False
+    if table.metadata().configuration.get("delta.appendOnly", "false").lower() == "true":
+        return False
+    fields = [(field.name, field.type.type) for field in table.schema().fields]
+    return schema is None or fields == [(field.name, "string") for field in schema]
 
 
 def ingest_directly(spark: SparkSession, config: PipelineConfig, files: list[tuple[str, str, str]] | None,
@@ -104,23 +111,36 @@ def ingest_directly(spark: SparkSession, config: PipelineConfig, files: list[tup
     tasks = min(len(listing), max(default_parallelism(spark) * 4, 1))
     listed = spark.createDataFrame(pa.table(columns, schema=_LISTING_SCHEMA)).repartition(tasks, "url")
     specs = {spec.source: spec for spec in config.inputs}
-    task = _write_task(specs, config.max_doc_bytes, kept_dir, os.path.join(rejected_dir, f"stage={STAGE}"))
-    result = listed.mapInArrow(task, _RESULT_DDL).toArrow()
+    rejected_folder = os.path.join(rejected_dir, f"stage={STAGE}")
+    run = uuid.uuid4().hex[:12]  # in the name of every file this call writes, to remove them if it fails
+    uncommitted = [kept_dir, rejected_folder]
+    try:
+        task = _write_task(specs, config.max_doc_bytes, kept_dir, rejected_folder, run)
+        result = listed.mapInArrow(task, _RESULT_DDL).toArrow()
+        written = {table: {row["path"]: (row["size"], row["rows"]) for row in _rows_of(result, "file").to_pylist()
+                           if row["table"] == table} for table in ("ingest", "rejected")}
+        counts = defaultdict(lambda: [0, 0, 0])
+        for row in _rows_of(result, "count").to_pylist():
+            total = counts[(row["reason"], row["source"])]
+            for i, key in enumerate(("docs", "chars", "bytes")):
+                total[i] += row[key]
+        _reject_duplicate_ids(_rows_of(result, "doc"), written, counts, kept_dir, rejected_folder, run)
 
-    written = {table: {row["path"]: (row["size"], row["rows"]) for row in _rows_of(result, "file").to_pylist()
-                       if row["table"] == table} for table in ("ingest", "rejected")}
-    counts = defaultdict(lambda: [0, 0, 0])
-    for row in _rows_of(result, "count").to_pylist():
-        total = counts[(row["reason"], row["source"])]
-        for i, key in enumerate(("docs", "chars", "bytes")):
-            total[i] += row[key]
-    _reject_duplicate_ids(_rows_of(result, "doc"), written, counts, kept_dir, rejected_dir)
-
-    _commit(kept_dir, KEPT_SCHEMA, written["ingest"], mode="overwrite")
-    DeltaTable(kept_dir).alter.set_table_properties(properties, raise_if_not_exists=False)
-    rejected_exists = table_exists(spark, rejected_path)
-    if written["rejected"] or not rejected_exists:  # (an empty commit creates the table)
-        _commit(rejected_dir, REJECTED_SCHEMA, written["rejected"], mode="append" if rejected_exists else "overwrite")
+        _commit(kept_dir, KEPT_SCHEMA, written["ingest"], "overwrite", table_exists(spark, kept_path))
+        uncommitted.remove(kept_dir)
+        DeltaTable(kept_dir).alter.set_table_properties(properties, raise_if_not_exists=False)
+        rejected_exists = table_exists(spark, rejected_path)
+        if written["rejected"] or not rejected_exists:  # (an empty commit creates the table)
+            _commit(rejected_dir, REJECTED_SCHEMA, written["rejected"], "append", rejected_exists)
+        uncommitted.remove(rejected_folder)
+    except BaseException:
+        # Files no log lists would outlive VACUUM LITE and erasure: this call's own go (Spark's writer, failing,
+        # leaves its task files; here the window is longer, up to the last commit).
+        for folder in uncommitted:
+            for name in os.listdir(folder) if os.path.isdir(folder) else []:
+                if f"-{run}-" in name:
+                    os.remove(os.path.join(folder, name))
+        raise
     if not rejected_properties.items() <= DeltaTable(rejected_dir).metadata().configuration.items():
         DeltaTable(rejected_dir).alter.set_table_properties(rejected_properties, raise_if_not_exists=False)
     return {key: (*total, None) for key, total in counts.items()}
@@ -130,64 +150,75 @@ def _rows_of(result: pa.Table, kind: str) -> pa.Table:
     return result.filter(pc.equal(result["kind"], kind))
 
 
-def _write_task(specs: dict, max_bytes: int, kept_dir: str, rejected_dir: str):
+def _write_task(specs: dict, max_bytes: int, kept_dir: str, rejected_folder: str, run: str):
     """mapInArrow body: etl.ingest's rows of the task's files, written to one Parquet file per table."""
     read = _read_files_task(specs, max_bytes)
 
-    def run(batches):
-        writers = {"ingest": _FileWriter(kept_dir, KEPT_SCHEMA),
-                   "rejected": _FileWriter(rejected_dir, _REJECTED_FILE_SCHEMA)}
-        counts = defaultdict(lambda: [0, 0, 0])
-        docs = defaultdict(list)
-        for batch in read(batches):
-            texts = batch.column("text")
-            hashes = pa.array([None if t is None else hashlib.sha1(t.encode("utf-8")).hexdigest()
-                               for t in texts.to_pylist()], pa.string())
-            rows = pa.Table.from_batches([batch]).append_column("content_hash", hashes)
-            sizes = pa.table({"reason": rows["reason"], "source": rows["source"],
-                              "chars": pc.utf8_length(texts), "bytes": pc.binary_length(texts)})
-            for row in sizes.group_by(["reason", "source"], use_threads=False).aggregate(
-                    [([], "count_all"), ("chars", "sum"), ("bytes", "sum")]).to_pylist():
-                total = counts[(row["reason"], row["source"])]
-                total[0] += row["count_all"]
-                total[1] += row["chars_sum"] or 0
-                total[2] += row["bytes_sum"] or 0
-            is_kept = pc.is_null(rows["reason"])
-            kept = rows.filter(is_kept)
-            start = writers["ingest"].rows
-            writers["ingest"].write(kept.select(KEPT_SCHEMA.names))
-            writers["rejected"].write(rows.filter(pc.invert(is_kept)).select(_REJECTED_FILE_SCHEMA.names))
-            for name in ("id", "_modified", "_file", "_row"):
-                docs[name].extend(kept[name].to_pylist())
-            docs["index"].extend(range(start, start + kept.num_rows))
-        out = {name: [] for name in _RESULT_SCHEMA.names}
+    def write(batches):
+        writers = {"ingest": _FileWriter(kept_dir, KEPT_SCHEMA, run),
+                   "rejected": _FileWriter(rejected_folder, _REJECTED_FILE_SCHEMA, run)}
+        try:
+            yield from _write_rows(read(batches), writers)
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
 
-        def emit(**values):
-            for name in _RESULT_SCHEMA.names:
-                out[name].append(values.get(name))
+    return write
 
-        for table, writer in writers.items():
-            if writer.close():
-                emit(kind="file", table=table, path=writer.name, size=writer.size, rows=writer.rows)
-        for (reason, source), (n, chars, size) in counts.items():
-            emit(kind="count", reason=reason, source=source, docs=n, chars=chars, bytes=size)
-        yield pa.RecordBatch.from_pydict(out, schema=_RESULT_SCHEMA)
-        n = len(docs["id"])
-        kept_ids = {"kind": ["doc"] * n, "path": [writers["ingest"].name] * n, "id": docs["id"],
-                    "modified": docs["_modified"], "file": docs["_file"], "row": docs["_row"], "index": docs["index"]}
-        yield pa.RecordBatch.from_arrays(
-            [pa.array(kept_ids[f.name], f.type) if f.name in kept_ids else pa.nulls(n, f.type) for f in _RESULT_SCHEMA],
-            schema=_RESULT_SCHEMA)
 
-    return run
+def _write_rows(batches, writers: dict):
+    """Each batch's kept and rejected rows to their writers; then what the task returns (_RESULT_SCHEMA)."""
+    counts = defaultdict(lambda: [0, 0, 0])
+    docs = defaultdict(list)
+    for batch in batches:
+        texts = batch.column("text")
+        hashes = pa.array([None if t is None else hashlib.sha1(t.encode("utf-8")).hexdigest()
+                           for t in texts.to_pylist()], pa.string())
+        rows = pa.Table.from_batches([batch]).append_column("content_hash", hashes)
+        sizes = pa.table({"reason": rows["reason"], "source": rows["source"],
+                          "chars": pc.utf8_length(texts), "bytes": pc.binary_length(texts)})
+        for row in sizes.group_by(["reason", "source"], use_threads=False).aggregate(
+                [([], "count_all"), ("chars", "sum"), ("bytes", "sum")]).to_pylist():
+            total = counts[(row["reason"], row["source"])]
+            total[0] += row["count_all"]
+            total[1] += row["chars_sum"] or 0
+            total[2] += row["bytes_sum"] or 0
+        is_kept = pc.is_null(rows["reason"])
+        kept = rows.filter(is_kept)
+        start = writers["ingest"].rows
+        writers["ingest"].write(kept.select(KEPT_SCHEMA.names))
+        writers["rejected"].write(rows.filter(pc.invert(is_kept)).select(_REJECTED_FILE_SCHEMA.names))
+        for name in ("id", "_modified", "_file", "_row"):
+            docs[name].extend(kept[name].to_pylist())
+        docs["index"].extend(range(start, start + kept.num_rows))
+    out = {name: [] for name in _RESULT_SCHEMA.names}
+
+    def emit(**values):
+        for name in _RESULT_SCHEMA.names:
+            out[name].append(values.get(name))
+
+    for table, writer in writers.items():
+        if writer.close():
+            emit(kind="file", table=table, path=writer.name, size=writer.size, rows=writer.rows)
+    for (reason, source), (n, chars, size) in counts.items():
+        emit(kind="count", reason=reason, source=source, docs=n, chars=chars, bytes=size)
+    yield pa.RecordBatch.from_pydict(out, schema=_RESULT_SCHEMA)
+    n = len(docs["id"])
+    kept_ids = {"kind": ["doc"] * n, "path": [writers["ingest"].name] * n, "id": docs["id"],
+                "modified": docs["_modified"], "file": docs["_file"], "row": docs["_row"], "index": docs["index"]}
+    yield pa.RecordBatch.from_arrays(
+        [pa.array(kept_ids[f.name], f.type) if f.name in kept_ids else pa.nulls(n, f.type) for f in _RESULT_SCHEMA],
+        schema=_RESULT_SCHEMA)
 
 
 class _FileWriter:
-    """One Parquet file in `folder`, opened on the first rows (a task with none writes none)."""
+    """One Parquet file in `folder`, opened on the first rows (a task with none writes none); its name holds
+    the `run` that wrote it."""
 
-    def __init__(self, folder: str, schema: pa.Schema):
+    def __init__(self, folder: str, schema: pa.Schema, run: str):
         self.folder, self.schema = folder, schema
-        self.name = f"part-{uuid.uuid4()}.c000.snappy.parquet"
+        self.name = f"part-{run}-{uuid.uuid4()}.c000.snappy.parquet"
         self.writer, self.rows, self.size = None, 0, 0
 
     def write(self, rows: pa.Table) -> None:
@@ -207,8 +238,16 @@ class _FileWriter:
         self.size = os.path.getsize(os.path.join(self.folder, self.name))
         return True
 
+    def abort(self) -> None:
+        """Close and remove the file, if one was started."""
+        if self.writer is not None:
+            self.writer.close()
+            os.remove(os.path.join(self.folder, self.name))
+            self.writer = None
 
-def _reject_duplicate_ids(docs: pa.Table, written: dict, counts: dict, kept_dir: str, rejected_dir: str) -> None:
+
+def _reject_duplicate_ids(docs: pa.Table, written: dict, counts: dict, kept_dir: str, rejected_folder: str,
+                          run: str) -> None:
     """etl.ingest's rule on the kept ids: the newest copy of an id stays (latest file time, then path,
     then row); each file holding another copy is rewritten without it, and the copies go to `rejected`."""
     repeated = docs.group_by("id").aggregate([([], "count_all")])
@@ -226,10 +265,9 @@ def _reject_duplicate_ids(docs: pa.Table, written: dict, counts: dict, kept_dir:
         newest = f"{source}/{same[0][2]}:{same[0][3]}"
         for _, _, file, row, path, index in same[1:]:
             losers[path][index] = f"kept the newest copy, at {newest}; this copy is at {source}/{file}:{row}"
-    folder = os.path.join(rejected_dir, f"stage={STAGE}")
     # Side by side: reading, filtering and writing Parquet release the GIL.
     with ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="kiln-ingest-rewrite") as pool:
-        rewritten = list(pool.map(lambda item: _move_copies(kept_dir, folder, *item), losers.items()))
+        rewritten = list(pool.map(lambda item: _move_copies(kept_dir, rejected_folder, run, *item), losers.items()))
     for (path, _), (kept, rejected, moved) in zip(losers.items(), rewritten):
         del written["ingest"][path]
         if kept.rows:
@@ -243,7 +281,7 @@ def _reject_duplicate_ids(docs: pa.Table, written: dict, counts: dict, kept_dir:
                 total[2] += sign * size
 
 
-def _move_copies(kept_dir: str, rejected_folder: str, path: str, details: dict[int, str]):
+def _move_copies(kept_dir: str, rejected_folder: str, run: str, path: str, details: dict[int, str]):
     """The kept file `path` rewritten without its rows at `details`' indexes, which go to a rejected file as
     `duplicate_id` with their detail: (the kept file's writer, the rejected one's, [(source, docs, chars, bytes)])."""
     rows = pq.read_table(os.path.join(kept_dir, path))
@@ -253,23 +291,24 @@ def _move_copies(kept_dir: str, rejected_folder: str, path: str, details: dict[i
                       "bytes": pc.binary_length(moved["text"])})
     by_source = sizes.group_by("source", use_threads=False).aggregate(
         [([], "count_all"), ("chars", "sum"), ("bytes", "sum")])
-    rejected = _FileWriter(rejected_folder, _REJECTED_FILE_SCHEMA)
+    rejected = _FileWriter(rejected_folder, _REJECTED_FILE_SCHEMA, run)
     rejected.write(pa.table({
         "id": moved["id"], "source": moved["source"], "reason": pa.array(["duplicate_id"] * moved.num_rows),
         "detail": pa.array([details[i] for i in sorted(details)]), "text": moved["text"],
         "content_hash": moved["content_hash"]}))
     rejected.close()
     os.remove(os.path.join(kept_dir, path))
-    kept = _FileWriter(kept_dir, KEPT_SCHEMA)
+    kept = _FileWriter(kept_dir, KEPT_SCHEMA, run)
     kept.write(rows.filter(pc.invert(lost)))
     kept.close()
     return kept, rejected, [(r["source"], r["count_all"], r["chars_sum"] or 0, r["bytes_sum"] or 0)
                             for r in by_source.to_pylist()]
 
 
-def _commit(folder: str, schema: pa.Schema, files: dict[str, tuple[int, int]], mode: str) -> None:
-    """One Delta commit adding `files` (name -> (bytes, rows)): the table created or overwritten, or appended
-    to. Statistics are the row count alone, as Kiln's Spark tables keep (no min/max of any text)."""
+def _commit(folder: str, schema: pa.Schema, files: dict[str, tuple[int, int]], mode: str, exists: bool) -> None:
+    """One Delta commit adding `files` (name -> (bytes, rows)) to the table, overwriting or appending, or
+    creating it. An existing table keeps its properties and id, as under Spark's writer. Statistics are the
+    row count alone, as in Kiln's Spark tables (no min/max of any text)."""
     partitioned = "stage" in schema.names
     now = int(time.time() * 1000)
     actions = [
@@ -279,9 +318,8 @@ def _commit(folder: str, schema: pa.Schema, files: dict[str, tuple[int, int]], m
         for name, (size, rows) in sorted(files.items())
     ]
     partition_by = ["stage"] if partitioned else None
-    if mode == "append":
-        DeltaTable(folder).create_write_transaction(actions, "append", Schema.from_arrow(schema),
-                                                    partition_by=partition_by)
+    if exists:
+        DeltaTable(folder).create_write_transaction(actions, mode, Schema.from_arrow(schema), partition_by=partition_by)
     else:
-        create_table_with_add_actions(folder, Schema.from_arrow(schema), actions, mode="overwrite",
-                                      partition_by=partition_by, configuration=_KILN_DELTA_DEFAULTS)
+        create_table_with_add_actions(folder, Schema.from_arrow(schema), actions, partition_by=partition_by,
+                                      configuration=_KILN_DELTA_DEFAULTS)

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+import etl.ingest_direct
 import etl.pipeline
 from etl.delta import read_table, table_properties
 from etl.ingest_direct import writes_directly
@@ -108,8 +109,10 @@ def test_the_direct_path_reruns_over_tables_spark_wrote(spark, tmp_path, monkeyp
         patched.setattr(etl.pipeline, "writes_directly", lambda *args: False)
         run_pipeline(config, stages, spark, progress=lambda line: None)
     first = _tables(spark, tmp_path / "out")
+    spark.sql(f"ALTER TABLE delta.`{tmp_path / 'out' / 'ingest'}` SET TBLPROPERTIES ('team.owner' = 'data')")
     run_pipeline(config, stages, spark, progress=lambda line: None)
     assert _tables(spark, tmp_path / "out") == first
+    assert table_properties(spark, str(tmp_path / "out" / "ingest"))["team.owner"] == "data"  # as Spark keeps it
     with monkeypatch.context() as patched:
         patched.setattr(etl.pipeline, "writes_directly", lambda *args: False)
         run_pipeline(config, stages, spark, progress=lambda line: None)
@@ -127,3 +130,26 @@ def test_inputs_spark_reads_take_the_spark_path(spark, tmp_path, input_format):
         "inputs": [{"path": str(tmp_path / "in"), "source": "x", "format": input_format}],
     })
     assert not writes_directly(spark, config, str(tmp_path / "out" / "ingest"), str(tmp_path / "out" / "rejected"))
+
+
+def test_a_table_spark_would_refuse_to_overwrite_takes_the_spark_path(spark, tmp_path):
+    _write_inputs(tmp_path)
+    config, _ = _config(tmp_path, tmp_path / "out")
+    spark.sql(f"CREATE TABLE delta.`{tmp_path / 'out' / 'ingest'}` (id string) USING DELTA "
+              "TBLPROPERTIES ('delta.appendOnly' = 'true')")
+    assert not writes_directly(spark, config, str(tmp_path / "out" / "ingest"), str(tmp_path / "out" / "rejected"))
+
+
+def test_a_failed_commit_leaves_no_file_behind(spark, tmp_path, monkeypatch):
+    """Files no Delta log lists would outlive VACUUM and erasure: when a commit fails, the run's files go."""
+    _write_inputs(tmp_path)
+    config, stages = _config(tmp_path, tmp_path / "out")
+
+    def disk_full(*args):
+        raise OSError("disk full while committing")
+
+    monkeypatch.setattr(etl.ingest_direct, "_commit", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        run_pipeline(config, stages, spark, progress=lambda line: None)
+    left = [path for path in (tmp_path / "out").rglob("*.parquet")]
+    assert left == []
