@@ -6,7 +6,7 @@ Why: on bench/ingest_bench.py's 100,000 records (50 gzipped JSONL files, 2 cores
 took 4.8-5.4 s for the step against a plain Python loop's 2.4 s. Its rows crossed from the Python tasks
 into the JVM, were sorted there for the duplicate-id rule, counted in a second job and written again by
 Delta's writer; staging them as Parquet and letting Spark write the tables was no faster (5.0-5.8 s).
-Written by the tasks and committed by delta-rs, the whole run takes 2.0-2.1 s (1.07x the loop).
+Written by the tasks and committed by delta-rs, the whole run takes 1.9-2.1 s (1.07-1.13x the loop).
 
 What the tasks return instead of rows: each file they wrote, the funnel's counts per (reason, source),
 and every kept id with where it came from. The duplicate-id rule (etl.ingest's docstring) runs on those
