@@ -18,8 +18,8 @@ documents), which ``split_skipped`` takes out and counts. A URL crawled more tha
 newest crawl (latest ``WARC-Date``, then the duplicate-id order); the others are ``duplicate_url``.
 
 This module gives the rows as a DataFrame, which etl.pipeline writes with Spark's Delta writer. On a
-local run over JSONL and text files, etl.ingest_direct runs the same readers in tasks that write the
-tables' files themselves (faster; the same rows).
+local run over file inputs only, etl.ingest_direct runs the same readers in tasks that write the tables'
+files themselves (faster; the same rows).
 """
 from __future__ import annotations
 

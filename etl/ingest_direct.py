@@ -1,5 +1,5 @@
-"""Ingest straight into the tables' files: on a local run over JSONL and text files, the Python tasks that
-parse the files (etl.ingest's own readers, its rules unchanged) also write the Parquet files of the
+"""Ingest straight into the tables' files: on a local run over file inputs (JSONL, text, WARC, WET), the
+Python tasks that parse the files (etl.ingest's own readers, its rules unchanged) also write the Parquet files of the
 ``ingest`` table and of ``rejected`` (``stage=ingest``), and delta-rs commits them.
 
 Why: on bench/ingest_bench.py's 100,000 records (50 gzipped JSONL files, 2 cores) etl.ingest's Spark path
@@ -9,14 +9,15 @@ Delta's writer; staging them as Parquet and letting Spark write the tables was n
 Written by the tasks and committed by delta-rs, the whole run takes 1.9-2.1 s (1.07-1.13x the loop).
 
 What the tasks return instead of rows: each file they wrote, the funnel's counts per (reason, source),
-and every kept id with where it came from. The duplicate-id rule (etl.ingest's docstring) runs on those
-ids on the driver; a file holding a losing copy is rewritten without it, and the copy goes to
-``rejected`` as ``duplicate_id``. The driver holds about 100 bytes per document for this.
+the web archives' skipped records by type, and every kept id with where it came from (and a web page's
+URL and crawl time). The duplicate-id and duplicate-URL rules (etl.ingest's docstring) run on those on
+the driver; a file holding a losing copy is rewritten without it, and the copy goes to ``rejected`` as
+``duplicate_id`` or ``duplicate_url``. The driver holds about 100 bytes per document for this.
 
 When: a local master (every task on this machine), a local output, no catalog mode, not Spark Connect,
-only ``jsonl`` and ``text`` inputs, Delta's table defaults as Kiln sets them (etl.spark), and any
-existing table at protocol (1, 2) or below, as Spark's Delta creates them, and not append-only.
-Otherwise, etl.ingest's Spark path. Both give the same tables, row for row.
+only file inputs (no Parquet or Delta input, which Spark's readers read), Delta's table defaults as Kiln
+sets them (etl.spark), and any existing table at protocol (1, 2) or below, as Spark's Delta creates
+them, and not append-only. Otherwise, etl.ingest's Spark path. Both give the same tables, row for row.
 """
 from __future__ import annotations
 
@@ -33,11 +34,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from deltalake import DeltaTable, Schema
 from deltalake.transaction import AddAction, create_table_with_add_actions
+from pyspark import TaskContext
 from pyspark.sql import SparkSession
 
 from .config import PipelineConfig, is_local_master
 from .delta import catalog_name, table_exists
-from .ingest import _LISTING_SCHEMA, _read_files_task, file_listing
+from .ingest import _FILE_FORMATS, _LISTING_SCHEMA, SKIPPED, _read_files_task, file_listing
 from .paths import local_fs_path
 from .spark import default_parallelism, is_connect
 
@@ -53,12 +55,15 @@ REJECTED_SCHEMA = pa.schema([
 ])
 _REJECTED_FILE_SCHEMA = pa.schema([field for field in REJECTED_SCHEMA if field.name != "stage"])
 # What a task returns, a row per fact: kind "file" (a Parquet file it wrote: table, path, size, rows),
-# "count" (reason, source, docs, chars, bytes) or "doc" (a kept id, where it came from, where it is now).
+# "count" (reason, source, docs, chars, bytes), "skipped" (a web archive's records that are not documents:
+# reason = their type, docs) or "doc" (a kept id, where it came from, where it is now, and a web page's
+# url, crawl time and crawl date).
 _RESULT_SCHEMA = pa.schema([
     ("kind", pa.string()), ("table", pa.string()), ("path", pa.string()), ("size", pa.int64()),
     ("rows", pa.int64()), ("reason", pa.string()), ("source", pa.string()), ("docs", pa.int64()),
     ("chars", pa.int64()), ("bytes", pa.int64()), ("id", pa.string()), ("modified", pa.int64()),
-    ("file", pa.string()), ("row", pa.int64()), ("index", pa.int64()),
+    ("file", pa.string()), ("row", pa.int64()), ("index", pa.int64()), ("url", pa.string()),
+    ("crawled", pa.int64()), ("date", pa.string()),
 ])
 _RESULT_DDL = ", ".join(f"`{f.name}` {'string' if f.type == pa.string() else 'long'}" for f in _RESULT_SCHEMA)
 # The table properties Spark's Delta gives a new table from Kiln's session defaults (etl.spark).
@@ -70,7 +75,7 @@ def writes_directly(spark: SparkSession, config: PipelineConfig, kept_path: str,
     """Whether this run's ingest can take the direct path (the module's docstring says when)."""
     if is_connect(spark) or config.catalog is not None or not is_local_master(spark.sparkContext.master):
         return False
-    if any(spec.format not in ("jsonl", "text") for spec in config.inputs):
+    if any(spec.format not in _FILE_FORMATS for spec in config.inputs):
         return False
     defaults = {"delta." + key[len(_DELTA_DEFAULTS_PREFIX):]: value for key, value in spark.conf.getAll.items()
                 if key.startswith(_DELTA_DEFAULTS_PREFIX)}
@@ -98,10 +103,10 @@ def _writable(table: DeltaTable, schema: pa.Schema | None) -> bool:
 
 def ingest_directly(spark: SparkSession, config: PipelineConfig, files: list[tuple[str, str, str]] | None,
                     kept_path: str, rejected_path: str, properties: dict[str, str],
-                    rejected_properties: dict[str, str]) -> dict:
+                    rejected_properties: dict[str, str]) -> tuple[dict, dict[str, int]]:
     """Read the file inputs (all, or only `files`), write and commit both tables (with `properties` and
-    `rejected_properties`); the funnel's counts as etl.pipeline's _counts gives them: (reason, source) ->
-    (docs, chars, bytes, None)."""
+    `rejected_properties`). Returns the funnel's counts as etl.pipeline's _counts gives them ((reason,
+    source) -> (docs, chars, bytes, None)) and the skipped web-archive records, as etl.ingest.split_skipped."""
     listing = file_listing(config, files)
     if not listing:
         raise ValueError("no input files found")
@@ -124,7 +129,13 @@ def ingest_directly(spark: SparkSession, config: PipelineConfig, files: list[tup
             total = counts[(row["reason"], row["source"])]
             for i, key in enumerate(("docs", "chars", "bytes")):
                 total[i] += row[key]
-        _reject_duplicate_ids(_rows_of(result, "doc"), written, counts, kept_dir, rejected_folder, run)
+        skipped = defaultdict(int)
+        for row in _rows_of(result, "skipped").to_pylist():
+            skipped[f"skipped_{row['reason']}_records"] += row["docs"]
+        docs = _rows_of(result, "doc")
+        losers = _duplicate_ids(docs)
+        losers.update(_duplicate_urls(docs, losers))
+        _move_losers(losers, written, counts, kept_dir, rejected_folder)
 
         _commit(kept_dir, KEPT_SCHEMA, written["ingest"], "overwrite", table_exists(spark, kept_path))
         uncommitted.remove(kept_dir)
@@ -143,7 +154,7 @@ def ingest_directly(spark: SparkSession, config: PipelineConfig, files: list[tup
         raise
     if not rejected_properties.items() <= DeltaTable(rejected_dir).metadata().configuration.items():
         DeltaTable(rejected_dir).alter.set_table_properties(rejected_properties, raise_if_not_exists=False)
-    return {key: (*total, None) for key, total in counts.items()}
+    return {key: (*total, None) for key, total in counts.items()}, dict(sorted(skipped.items()))
 
 
 def _rows_of(result: pa.Table, kind: str) -> pa.Table:
@@ -155,8 +166,11 @@ def _write_task(specs: dict, max_bytes: int, kept_dir: str, rejected_folder: str
     read = _read_files_task(specs, max_bytes)
 
     def write(batches):
-        writers = {"ingest": _FileWriter(kept_dir, KEPT_SCHEMA, run),
-                   "rejected": _FileWriter(rejected_folder, _REJECTED_FILE_SCHEMA, run)}
+        # File names start with the task's partition, as Spark's do, so that the table lists its files
+        # in the same order on every rerun.
+        prefix = f"{TaskContext.get().partitionId():05d}-{run}"
+        writers = {"ingest": _FileWriter(kept_dir, KEPT_SCHEMA, prefix),
+                   "rejected": _FileWriter(rejected_folder, _REJECTED_FILE_SCHEMA, prefix)}
         try:
             yield from _write_rows(read(batches), writers)
         except BaseException:
@@ -170,8 +184,13 @@ def _write_task(specs: dict, max_bytes: int, kept_dir: str, rejected_folder: str
 def _write_rows(batches, writers: dict):
     """Each batch's kept and rejected rows to their writers; then what the task returns (_RESULT_SCHEMA)."""
     counts = defaultdict(lambda: [0, 0, 0])
+    skipped = defaultdict(int)
     docs = defaultdict(list)
     for batch in batches:
+        is_skipped = pc.fill_null(pc.equal(batch.column("reason"), SKIPPED), False)
+        for kind in batch.filter(is_skipped).column("detail").to_pylist():
+            skipped[kind] += 1
+        batch = batch.filter(pc.invert(is_skipped))
         texts = batch.column("text")
         hashes = pa.array([None if t is None else hashlib.sha1(t.encode("utf-8")).hexdigest()
                            for t in texts.to_pylist()], pa.string())
@@ -189,8 +208,10 @@ def _write_rows(batches, writers: dict):
         start = writers["ingest"].rows
         writers["ingest"].write(kept.select(KEPT_SCHEMA.names))
         writers["rejected"].write(rows.filter(pc.invert(is_kept)).select(_REJECTED_FILE_SCHEMA.names))
-        for name in ("id", "_modified", "_file", "_row"):
+        for name in ("id", "_modified", "_file", "_row", "_crawled"):
             docs[name].extend(kept[name].to_pylist())
+        for key in ("url", "crawl_date"):
+            docs[key].extend(pc.map_lookup(kept["meta"], key, "first").to_pylist())
         docs["index"].extend(range(start, start + kept.num_rows))
     out = {name: [] for name in _RESULT_SCHEMA.names}
 
@@ -203,22 +224,25 @@ def _write_rows(batches, writers: dict):
             emit(kind="file", table=table, path=writer.name, size=writer.size, rows=writer.rows)
     for (reason, source), (n, chars, size) in counts.items():
         emit(kind="count", reason=reason, source=source, docs=n, chars=chars, bytes=size)
+    for kind, n in skipped.items():
+        emit(kind="skipped", reason=kind, docs=n)
     yield pa.RecordBatch.from_pydict(out, schema=_RESULT_SCHEMA)
     n = len(docs["id"])
     kept_ids = {"kind": ["doc"] * n, "path": [writers["ingest"].name] * n, "id": docs["id"],
-                "modified": docs["_modified"], "file": docs["_file"], "row": docs["_row"], "index": docs["index"]}
+                "modified": docs["_modified"], "file": docs["_file"], "row": docs["_row"], "index": docs["index"],
+                "url": docs["url"], "crawled": docs["_crawled"], "date": docs["crawl_date"]}
     yield pa.RecordBatch.from_arrays(
         [pa.array(kept_ids[f.name], f.type) if f.name in kept_ids else pa.nulls(n, f.type) for f in _RESULT_SCHEMA],
         schema=_RESULT_SCHEMA)
 
 
 class _FileWriter:
-    """One Parquet file in `folder`, opened on the first rows (a task with none writes none); its name holds
-    the `run` that wrote it."""
+    """One Parquet file in `folder`, opened on the first rows (a task with none writes none), named
+    part-<task's partition>-<run>-<uuid>."""
 
-    def __init__(self, folder: str, schema: pa.Schema, run: str):
+    def __init__(self, folder: str, schema: pa.Schema, prefix: str):
         self.folder, self.schema = folder, schema
-        self.name = f"part-{run}-{uuid.uuid4()}.c000.snappy.parquet"
+        self.name = f"part-{prefix}-{uuid.uuid4()}.c000.snappy.parquet"
         self.writer, self.rows, self.size = None, 0, 0
 
     def write(self, rows: pa.Table) -> None:
@@ -246,63 +270,100 @@ class _FileWriter:
             self.writer = None
 
 
-def _reject_duplicate_ids(docs: pa.Table, written: dict, counts: dict, kept_dir: str, rejected_folder: str,
-                          run: str) -> None:
+def _duplicate_ids(docs: pa.Table) -> dict[tuple[str, int], tuple[str, str]]:
     """etl.ingest's rule on the kept ids: the newest copy of an id stays (latest file time, then path,
-    then row); each file holding another copy is rewritten without it, and the copies go to `rejected`."""
-    repeated = docs.group_by("id").aggregate([([], "count_all")])
-    repeated = repeated.filter(pc.greater(repeated["count_all"], 1))["id"]
-    if len(repeated) == 0:
-        return
-    copies = defaultdict(list)
-    same_ids = docs.filter(pc.is_in(docs["id"], value_set=repeated))
-    for doc in zip(*(same_ids[name].to_pylist() for name in ("id", "modified", "file", "row", "path", "index"))):
-        copies[doc[0]].append(doc)
-    losers = defaultdict(dict)  # kept file -> {row index in it: detail}
-    for doc_id, same in copies.items():
-        same.sort(key=lambda doc: doc[1:4], reverse=True)
-        source = doc_id.split("/", 1)[0]
-        newest = f"{source}/{same[0][2]}:{same[0][3]}"
-        for _, _, file, row, path, index in same[1:]:
-            losers[path][index] = f"kept the newest copy, at {newest}; this copy is at {source}/{file}:{row}"
+    then row). Every other copy: (kept file, row in it) -> ("duplicate_id", detail)."""
+    return _losers(docs, "id", lambda doc: doc["id"], lambda doc: (doc["modified"], doc["file"], doc["row"]),
+                   lambda newest, doc: f"kept the newest copy, at {_origin(newest)}; this copy is at {_origin(doc)}",
+                   "duplicate_id")
+
+
+def _duplicate_urls(docs: pa.Table, taken: dict) -> dict[tuple[str, int], tuple[str, str]]:
+    """etl.ingest's rule on the web pages the id rule kept: of the pages with one URL, the newest crawl stays
+    (latest crawl time, then the id rule's order); every other: (kept file, row) -> ("duplicate_url", detail)."""
+    pages = docs.filter(pc.and_(pc.is_valid(docs["url"]), pc.is_valid(docs["crawled"])))
+    if taken:
+        pages = pages.filter(pc.invert(pa.array([(path, index) in taken for path, index in
+                                                 zip(pages["path"].to_pylist(), pages["index"].to_pylist())],
+                                                pa.bool_())))
+
+    def detail(newest: dict, doc: dict) -> str:
+        return (f"kept the newest crawl, {newest['date'] or '?'} at {_origin(newest)}; "
+                f"this crawl is {doc['date'] or '?'} at {_origin(doc)}")
+
+    return _losers(pages, "url", lambda doc: doc["url"],
+                   lambda doc: (doc["crawled"], doc["modified"], doc["file"], doc["row"]), detail, "duplicate_url")
+
+
+def _origin(doc: dict) -> str:
+    """Where a document came from, as etl.ingest's _origin: <source>/<file>:<row> (the source is its id's head)."""
+    return f"{doc['id'].split('/', 1)[0]}/{doc['file']}:{doc['row']}"
+
+
+def _losers(docs: pa.Table, key: str, key_of, newest_first, detail, reason: str) -> dict:
+    """Of the docs that share a `key`, all but the first by `newest_first` (descending)."""
+    counted = docs.group_by(key).aggregate([([], "count_all")])
+    shared = counted.filter(pc.greater(counted["count_all"], 1))[key]
+    if len(shared) == 0:
+        return {}
+    groups = defaultdict(list)
+    for doc in docs.filter(pc.is_in(docs[key], value_set=shared)).select(
+            ["id", "modified", "file", "row", "path", "index", "url", "crawled", "date"]).to_pylist():
+        groups[key_of(doc)].append(doc)
+    losers = {}
+    for same in groups.values():
+        same.sort(key=newest_first, reverse=True)
+        for doc in same[1:]:
+            losers[(doc["path"], doc["index"])] = (reason, detail(same[0], doc))
+    return losers
+
+
+def _move_losers(losers: dict, written: dict, counts: dict, kept_dir: str, rejected_folder: str) -> None:
+    """Each kept file holding a losing copy, rewritten without it; the copies go to rejected files, and the
+    funnel's counts move with them."""
+    by_file = defaultdict(dict)
+    for (path, index), rejection in losers.items():
+        by_file[path][index] = rejection
     # Side by side: reading, filtering and writing Parquet release the GIL.
     with ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="kiln-ingest-rewrite") as pool:
-        rewritten = list(pool.map(lambda item: _move_copies(kept_dir, rejected_folder, run, *item), losers.items()))
-    for (path, _), (kept, rejected, moved) in zip(losers.items(), rewritten):
+        rewritten = list(pool.map(lambda item: _move_copies(kept_dir, rejected_folder, *item), by_file.items()))
+    for path, (kept, rejected, moved) in zip(by_file, rewritten):
         del written["ingest"][path]
         if kept.rows:
             written["ingest"][kept.name] = (kept.size, kept.rows)
         written["rejected"][rejected.name] = (rejected.size, rejected.rows)
-        for source, n, chars, size in moved:
-            for reason, sign in ((None, -1), ("duplicate_id", 1)):
-                total = counts.setdefault((reason, source), [0, 0, 0])
+        for reason, source, n, chars, size in moved:
+            for key, sign in (((None, source), -1), ((reason, source), 1)):
+                total = counts.setdefault(key, [0, 0, 0])
                 total[0] += sign * n
                 total[1] += sign * chars
                 total[2] += sign * size
 
 
-def _move_copies(kept_dir: str, rejected_folder: str, run: str, path: str, details: dict[int, str]):
-    """The kept file `path` rewritten without its rows at `details`' indexes, which go to a rejected file as
-    `duplicate_id` with their detail: (the kept file's writer, the rejected one's, [(source, docs, chars, bytes)])."""
+def _move_copies(kept_dir: str, rejected_folder: str, path: str, rejections: dict[int, tuple[str, str]]):
+    """The kept file `path` rewritten without its rows at `rejections`' indexes, which go to a rejected file
+    with their (reason, detail): (the kept file's writer, the rejected one's, [(reason, source, docs, chars,
+    bytes)])."""
     rows = pq.read_table(os.path.join(kept_dir, path))
-    lost = pa.array([i in details for i in range(rows.num_rows)])
+    lost = pa.array([i in rejections for i in range(rows.num_rows)])
     moved = rows.filter(lost)
-    sizes = pa.table({"source": moved["source"], "chars": pc.utf8_length(moved["text"]),
-                      "bytes": pc.binary_length(moved["text"])})
-    by_source = sizes.group_by("source", use_threads=False).aggregate(
+    reasons, details = zip(*(rejections[i] for i in sorted(rejections)))
+    sizes = pa.table({"reason": pa.array(reasons, pa.string()), "source": moved["source"],
+                      "chars": pc.utf8_length(moved["text"]), "bytes": pc.binary_length(moved["text"])})
+    by_reason = sizes.group_by(["reason", "source"], use_threads=False).aggregate(
         [([], "count_all"), ("chars", "sum"), ("bytes", "sum")])
-    rejected = _FileWriter(rejected_folder, _REJECTED_FILE_SCHEMA, run)
+    prefix = "-".join(path.split("-")[1:3])  # the task's partition and the run, as the file it replaces
+    rejected = _FileWriter(rejected_folder, _REJECTED_FILE_SCHEMA, prefix)
     rejected.write(pa.table({
-        "id": moved["id"], "source": moved["source"], "reason": pa.array(["duplicate_id"] * moved.num_rows),
-        "detail": pa.array([details[i] for i in sorted(details)]), "text": moved["text"],
-        "content_hash": moved["content_hash"]}))
+        "id": moved["id"], "source": moved["source"], "reason": sizes["reason"],
+        "detail": pa.array(details, pa.string()), "text": moved["text"], "content_hash": moved["content_hash"]}))
     rejected.close()
     os.remove(os.path.join(kept_dir, path))
-    kept = _FileWriter(kept_dir, KEPT_SCHEMA, run)
+    kept = _FileWriter(kept_dir, KEPT_SCHEMA, prefix)
     kept.write(rows.filter(pc.invert(lost)))
     kept.close()
-    return kept, rejected, [(r["source"], r["count_all"], r["chars_sum"] or 0, r["bytes_sum"] or 0)
-                            for r in by_source.to_pylist()]
+    return kept, rejected, [(r["reason"], r["source"], r["count_all"], r["chars_sum"] or 0, r["bytes_sum"] or 0)
+                            for r in by_reason.to_pylist()]
 
 
 def _commit(folder: str, schema: pa.Schema, files: dict[str, tuple[int, int]], mode: str, exists: bool) -> None:

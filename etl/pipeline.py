@@ -205,8 +205,8 @@ class Pipeline:
             zone, kept_path = self._zone(-1), self.table_path("ingest")
             if writes_directly(self.spark, self.config, kept_path, self._rejected_table(zone)):
                 properties = {"kiln.zone": zone, "kiln.stage": "ingest", RUN_ID_PROPERTY: run.run_id}
-                counts = ingest_directly(self.spark, self.config, files, kept_path, self._rejected_table(zone),
-                                         properties, {"kiln.zone": zone})
+                counts, skipped = ingest_directly(self.spark, self.config, files, kept_path, self._rejected_table(zone),
+                                                  properties, {"kiln.zone": zone})
                 run.steps.append(_step_counts("ingest", counts, None, 0.0))
                 self._rejected_this_run[zone] = True
             else:
@@ -214,8 +214,8 @@ class Pipeline:
                 docs, skipped = split_skipped(annotated, self.config)  # web-archive records that are not documents
                 run.steps.append(_step_counts("ingest", _counts(docs), None, 0.0))
                 self._write_step(run, "ingest", docs, zone, sum(run.steps[-1].rejected.values()))
-                run.steps[-1].metrics.update(skipped)
                 annotated.unpersist()
+            run.steps[-1].metrics.update(skipped)
             run.steps[-1].seconds = round(time.time() - start, 2)
             run.tables["ingest"] = self.table_path("ingest")
             run.funnel_end = "ingest"

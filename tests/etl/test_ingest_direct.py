@@ -14,6 +14,7 @@ from etl.delta import read_table, table_properties
 from etl.ingest_direct import writes_directly
 from etl.load_config import validate_pipeline_config
 from etl.pipeline import run_pipeline
+from tests.etl.test_ingest_warc import _write_crawl
 
 
 def _write_inputs(root):
@@ -44,14 +45,17 @@ def _write_inputs(root):
     (root / "txt" / "bad.txt").write_bytes(b"\xc3\x28 invalid")
 
 
-def _config(root, output):
-    return validate_pipeline_config({
-        "output": str(output), "max_doc_bytes": 1000, "report": False, "stages": [],
-        "inputs": [
-            {"path": str(root / "in" / "*"), "source": "web", "id_field": "doc_id", "keep_fields": ["url"]},
-            {"path": str(root / "txt"), "source": "books", "format": "text"},
-        ],
-    })
+def _config(root, output, crawl: bool = False):
+    """The inputs above; with `crawl`, also tests/etl/test_ingest_warc.py's crawl (skipped records, a
+    URL crawled twice, rejected records)."""
+    inputs = [
+        {"path": str(root / "in" / "*"), "source": "web", "id_field": "doc_id", "keep_fields": ["url"]},
+        {"path": str(root / "txt"), "source": "books", "format": "text"},
+    ]
+    if crawl:
+        inputs.append({"path": str(root / "crawl" / "*.warc*"), "source": "cc", "format": "warc"})
+    return validate_pipeline_config({"output": str(output), "max_doc_bytes": 1000, "report": False, "stages": [],
+                                     "inputs": inputs})
 
 
 def _tables(spark, output):
@@ -70,17 +74,20 @@ def _funnel(run):
 
 def test_the_direct_path_writes_what_the_spark_path_writes(spark, tmp_path, monkeypatch):
     _write_inputs(tmp_path)
-    config, stages = _config(tmp_path, tmp_path / "direct")
+    _write_crawl(tmp_path / "crawl")
+    config, stages = _config(tmp_path, tmp_path / "direct", crawl=True)
     assert writes_directly(spark, config, str(tmp_path / "direct" / "ingest"), str(tmp_path / "direct" / "rejected"))
     direct_run = run_pipeline(config, stages, spark, progress=lambda line: None)
     direct = _tables(spark, tmp_path / "direct")
 
     with monkeypatch.context() as patched:
         patched.setattr(etl.pipeline, "writes_directly", lambda *args: False)
-        config, stages = _config(tmp_path, tmp_path / "spark")
+        config, stages = _config(tmp_path, tmp_path / "spark", crawl=True)
         spark_run = run_pipeline(config, stages, spark, progress=lambda line: None)
     assert direct == _tables(spark, tmp_path / "spark")
     assert _funnel(direct_run) == _funnel(spark_run)
+    assert direct_run.steps[0].metrics == {"skipped_metadata_records": 1, "skipped_request_records": 2,
+                                           "skipped_warcinfo_records": 2}
 
     kept, rejected = direct[0], direct[1]
     assert {row[0]: row[2] for row in kept}["web/d7"] == "d7 from the newest file"
@@ -91,7 +98,7 @@ def test_the_direct_path_writes_what_the_spark_path_writes(spark, tmp_path, monk
     assert {row[0]: row[2] for row in kept}["web/d9"] == "document 9, é ü 中文"  # not the older file's
     assert reasons["duplicate_id"] == 4, rejected  # d3 and d9 once, d7 twice
     assert {"malformed_json", "missing_text", "empty_text", "too_large", "not_an_object", "missing_id",
-            "invalid_unicode", "invalid_utf8"} <= set(reasons)
+            "invalid_unicode", "invalid_utf8", "duplicate_url", "not_html", "truncated_record"} <= set(reasons)
     for path in ("ingest", "rejected"):
         direct_properties = table_properties(spark, str(tmp_path / "direct" / path))
         spark_properties = table_properties(spark, str(tmp_path / "spark" / path))
@@ -121,13 +128,13 @@ def test_the_direct_path_reruns_over_tables_spark_wrote(spark, tmp_path, monkeyp
     assert len(history) >= 3
 
 
-@pytest.mark.parametrize("input_format", ["warc", "parquet"])
+@pytest.mark.parametrize("input_format", ["parquet", "delta"])
 def test_inputs_spark_reads_take_the_spark_path(spark, tmp_path, input_format):
-    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "_delta_log").mkdir(parents=True)
     (tmp_path / "in" / f"part.{input_format}").write_bytes(b"")
     config, _ = validate_pipeline_config({
         "output": str(tmp_path / "out"), "stages": [], "report": False,
-        "inputs": [{"path": str(tmp_path / "in"), "source": "x", "format": input_format}],
+        "inputs": [{"path": str(tmp_path / "in"), "source": "x", "format": input_format, "id_field": "id"}],
     })
     assert not writes_directly(spark, config, str(tmp_path / "out" / "ingest"), str(tmp_path / "out" / "rejected"))
 
