@@ -12,7 +12,8 @@ What the tasks return instead of rows: each file they wrote, the funnel's counts
 the web archives' skipped records by type, and every kept id with where it came from (and a web page's
 URL and crawl time). The duplicate-id and duplicate-URL rules (etl.ingest's docstring) run on those on
 the driver; a file holding a losing copy is rewritten without it, and the copy goes to ``rejected`` as
-``duplicate_id`` or ``duplicate_url``. The driver holds about 100 bytes per document for this.
+``duplicate_id`` or ``duplicate_url``. The driver holds about 100 bytes per document for this, and a
+web page's URL.
 
 When: a local master (every task on this machine), a local output, no catalog mode, not Spark Connect,
 only file inputs (no Parquet or Delta input, which Spark's readers read), Delta's table defaults as Kiln
@@ -166,8 +167,8 @@ def _write_task(specs: dict, max_bytes: int, kept_dir: str, rejected_folder: str
     read = _read_files_task(specs, max_bytes)
 
     def write(batches):
-        # File names start with the task's partition, as Spark's do, so that the table lists its files
-        # in the same order on every rerun.
+        # File names start with the task's partition, as Spark's do, so that `ingest` lists its files
+        # (one a partition) in the same order on every rerun.
         prefix = f"{TaskContext.get().partitionId():05d}-{run}"
         writers = {"ingest": _FileWriter(kept_dir, KEPT_SCHEMA, prefix),
                    "rejected": _FileWriter(rejected_folder, _REJECTED_FILE_SCHEMA, prefix)}
@@ -210,8 +211,10 @@ def _write_rows(batches, writers: dict):
         writers["rejected"].write(rows.filter(pc.invert(is_kept)).select(_REJECTED_FILE_SCHEMA.names))
         for name in ("id", "_modified", "_file", "_row", "_crawled"):
             docs[name].extend(kept[name].to_pylist())
+        has_pages = kept["_crawled"].null_count < kept.num_rows  # only web pages take part in the URL rule
         for key in ("url", "crawl_date"):
-            docs[key].extend(pc.map_lookup(kept["meta"], key, "first").to_pylist())
+            values = pc.map_lookup(kept["meta"], key, "first").to_pylist() if has_pages else [None] * kept.num_rows
+            docs[key].extend(values)
         docs["index"].extend(range(start, start + kept.num_rows))
     out = {name: [] for name in _RESULT_SCHEMA.names}
 

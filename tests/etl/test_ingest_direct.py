@@ -13,6 +13,7 @@ import etl.pipeline
 from etl.delta import read_table, table_properties
 from etl.ingest_direct import writes_directly
 from etl.load_config import validate_pipeline_config
+from etl.devtools.web_pages import http_response, warc_record, write_warc
 from etl.pipeline import run_pipeline
 from tests.etl.test_ingest_warc import _write_crawl
 
@@ -74,7 +75,12 @@ def _funnel(run):
 
 def test_the_direct_path_writes_what_the_spark_path_writes(spark, tmp_path, monkeypatch):
     _write_inputs(tmp_path)
-    _write_crawl(tmp_path / "crawl")
+    pages = _write_crawl(tmp_path / "crawl")
+    # June's page again, crawled at the same time, in a file of the same time: the later path wins.
+    write_warc(str(tmp_path / "crawl" / "june2.warc"), [
+        warc_record("response", http_response(pages[1].html.encode()), pages[1].url, "2024-06-01T08:00:00Z")])
+    for name in ("june.warc", "june2.warc"):
+        os.utime(tmp_path / "crawl" / name, (1_750_000_000, 1_750_000_000))
     config, stages = _config(tmp_path, tmp_path / "direct", crawl=True)
     assert writes_directly(spark, config, str(tmp_path / "direct" / "ingest"), str(tmp_path / "direct" / "rejected"))
     direct_run = run_pipeline(config, stages, spark, progress=lambda line: None)
@@ -96,6 +102,10 @@ def test_the_direct_path_writes_what_the_spark_path_writes(spark, tmp_path, monk
     for row in rejected:
         reasons[row[3]] = reasons.get(row[3], 0) + 1
     assert {row[0]: row[2] for row in kept}["web/d9"] == "document 9, é ü 中文"  # not the older file's
+    assert "cc/june2.warc:0" in {row[0] for row in kept}
+    assert {row[0]: row[4] for row in rejected}["cc/june.warc:0"] == (
+        "kept the newest crawl, 2024-06-01T08:00:00Z at cc/june2.warc:0; this crawl is 2024-06-01T08:00:00Z at "
+        "cc/june.warc:0")
     assert reasons["duplicate_id"] == 4, rejected  # d3 and d9 once, d7 twice
     assert {"malformed_json", "missing_text", "empty_text", "too_large", "not_an_object", "missing_id",
             "invalid_unicode", "invalid_utf8", "duplicate_url", "not_html", "truncated_record"} <= set(reasons)
