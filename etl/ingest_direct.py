@@ -1,12 +1,12 @@
 """Ingest straight into the tables' files: on a local run over file inputs (JSONL, text, WARC, WET), the
-Python tasks that parse the files (etl.ingest's own readers, its rules unchanged) also write the Parquet files of the
-``ingest`` table and of ``rejected`` (``stage=ingest``), and delta-rs commits them.
+Python tasks that parse the files (etl.ingest's own readers, its rules unchanged) also write the Parquet
+files of the ``ingest`` table and of ``rejected`` (``stage=ingest``), and delta-rs commits them.
 
 Why: on bench/ingest_bench.py's 100,000 records (50 gzipped JSONL files, 2 cores) etl.ingest's Spark path
 took 4.8-5.4 s for the step against a plain Python loop's 2.4 s. Its rows crossed from the Python tasks
 into the JVM, were sorted there for the duplicate-id rule, counted in a second job and written again by
 Delta's writer; staging them as Parquet and letting Spark write the tables was no faster (5.0-5.8 s).
-Written by the tasks and committed by delta-rs, the whole run takes 1.9-2.1 s (1.07-1.13x the loop).
+Written by the tasks and committed by delta-rs, the whole run takes 1.9-2.2 s (1.07-1.14x the loop).
 
 What the tasks return instead of rows: each file they wrote, the funnel's counts per (reason, source),
 the web archives' skipped records by type, and every kept id with where it came from (and a web page's
