@@ -425,13 +425,14 @@ def _reject_duplicate_ids(docs: DataFrame) -> DataFrame:
 
 def _reject_duplicate_urls(docs: DataFrame) -> DataFrame:
     """Web pages only: of the documents with one URL, the newest crawl stays; the others become
-    `duplicate_url`, their detail naming both crawls. Ties fall back to the duplicate-id order."""
+    `duplicate_url`, their detail naming both crawls. Ties fall back to the duplicate-id order, then to
+    the source's name (a file two inputs list)."""
     web = F.col("_crawled").isNotNull() & F.col("meta")["url"].isNotNull()
     url = F.when(web, F.col("meta")["url"])
     # Other rows each get a key of their own, so no partition gathers them all.
     newest_first = Window.partitionBy(F.coalesce(url, F.concat(F.lit("\0"), F.col("_origin")))).orderBy(
         F.col("reason").isNotNull(), F.col("_crawled").desc(), F.col("_modified").desc(), F.col("_file").desc(),
-        F.col("_row").desc())
+        F.col("_row").desc(), F.col("_origin").desc())  # last: one file listed by two inputs
     date = F.coalesce(F.col("meta")["crawl_date"], F.lit("?"))
     duplicate = F.col("reason").isNull() & web & (F.row_number().over(newest_first) > 1)
     detail = F.concat(F.lit("kept the newest crawl, "), F.first(date).over(newest_first), F.lit(" at "),

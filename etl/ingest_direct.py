@@ -283,7 +283,8 @@ def _duplicate_ids(docs: pa.Table) -> dict[tuple[str, int], tuple[str, str]]:
 
 def _duplicate_urls(docs: pa.Table, taken: dict) -> dict[tuple[str, int], tuple[str, str]]:
     """etl.ingest's rule on the web pages the id rule kept: of the pages with one URL, the newest crawl stays
-    (latest crawl time, then the id rule's order); every other: (kept file, row) -> ("duplicate_url", detail)."""
+    (latest crawl time, then the id rule's order, then the origin); every other: (kept file, row) ->
+    ("duplicate_url", detail)."""
     pages = docs.filter(pc.and_(pc.is_valid(docs["url"]), pc.is_valid(docs["crawled"])))
     if taken:
         pages = pages.filter(pc.invert(pa.array([(path, index) in taken for path, index in
@@ -295,7 +296,8 @@ def _duplicate_urls(docs: pa.Table, taken: dict) -> dict[tuple[str, int], tuple[
                 f"this crawl is {doc['date'] or '?'} at {_origin(doc)}")
 
     return _losers(pages, "url", lambda doc: doc["url"],
-                   lambda doc: (doc["crawled"], doc["modified"], doc["file"], doc["row"]), detail, "duplicate_url")
+                   lambda doc: (doc["crawled"], doc["modified"], doc["file"], doc["row"], _origin(doc)), detail,
+                   "duplicate_url")
 
 
 def _origin(doc: dict) -> str:
