@@ -153,8 +153,9 @@ def ingest_directly(spark: SparkSession, config: PipelineConfig, files: list[tup
                 if f"-{run}-" in name:
                     os.remove(os.path.join(folder, name))
         raise
-    if not rejected_properties.items() <= DeltaTable(rejected_dir).metadata().configuration.items():
-        DeltaTable(rejected_dir).alter.set_table_properties(rejected_properties, raise_if_not_exists=False)
+    rejected_table = DeltaTable(rejected_dir)
+    if not rejected_properties.items() <= rejected_table.metadata().configuration.items():
+        rejected_table.alter.set_table_properties(rejected_properties, raise_if_not_exists=False)
     return {key: (*total, None) for key, total in counts.items()}, dict(sorted(skipped.items()))
 
 
@@ -196,14 +197,11 @@ def _write_rows(batches, writers: dict):
         hashes = pa.array([None if t is None else hashlib.sha1(t.encode("utf-8")).hexdigest()
                            for t in texts.to_pylist()], pa.string())
         rows = pa.Table.from_batches([batch]).append_column("content_hash", hashes)
-        sizes = pa.table({"reason": rows["reason"], "source": rows["source"],
-                          "chars": pc.utf8_length(texts), "bytes": pc.binary_length(texts)})
-        for row in sizes.group_by(["reason", "source"], use_threads=False).aggregate(
-                [([], "count_all"), ("chars", "sum"), ("bytes", "sum")]).to_pylist():
-            total = counts[(row["reason"], row["source"])]
-            total[0] += row["count_all"]
-            total[1] += row["chars_sum"] or 0
-            total[2] += row["bytes_sum"] or 0
+        for reason, source, n, chars, size in _sizes(rows["reason"], rows["source"], texts):
+            total = counts[(reason, source)]
+            total[0] += n
+            total[1] += chars
+            total[2] += size
         is_kept = pc.is_null(rows["reason"])
         kept = rows.filter(is_kept)
         start = writers["ingest"].rows
@@ -276,7 +274,7 @@ class _FileWriter:
 def _duplicate_ids(docs: pa.Table) -> dict[tuple[str, int], tuple[str, str]]:
     """etl.ingest's rule on the kept ids: the newest copy of an id stays (latest file time, then path,
     then row). Every other copy: (kept file, row in it) -> ("duplicate_id", detail)."""
-    return _losers(docs, "id", lambda doc: doc["id"], lambda doc: (doc["modified"], doc["file"], doc["row"]),
+    return _losers(docs, "id", lambda doc: (doc["modified"], doc["file"], doc["row"]),
                    lambda newest, doc: f"kept the newest copy, at {_origin(newest)}; this copy is at {_origin(doc)}",
                    "duplicate_id")
 
@@ -295,7 +293,7 @@ def _duplicate_urls(docs: pa.Table, taken: dict) -> dict[tuple[str, int], tuple[
         return (f"kept the newest crawl, {newest['date'] or '?'} at {_origin(newest)}; "
                 f"this crawl is {doc['date'] or '?'} at {_origin(doc)}")
 
-    return _losers(pages, "url", lambda doc: doc["url"],
+    return _losers(pages, "url",
                    lambda doc: (doc["crawled"], doc["modified"], doc["file"], doc["row"], _origin(doc)), detail,
                    "duplicate_url")
 
@@ -305,7 +303,7 @@ def _origin(doc: dict) -> str:
     return f"{doc['id'].split('/', 1)[0]}/{doc['file']}:{doc['row']}"
 
 
-def _losers(docs: pa.Table, key: str, key_of, newest_first, detail, reason: str) -> dict:
+def _losers(docs: pa.Table, key: str, newest_first, detail, reason: str) -> dict:
     """Of the docs that share a `key`, all but the first by `newest_first` (descending)."""
     counted = docs.group_by(key).aggregate([([], "count_all")])
     shared = counted.filter(pc.greater(counted["count_all"], 1))[key]
@@ -314,7 +312,7 @@ def _losers(docs: pa.Table, key: str, key_of, newest_first, detail, reason: str)
     groups = defaultdict(list)
     for doc in docs.filter(pc.is_in(docs[key], value_set=shared)).select(
             ["id", "modified", "file", "row", "path", "index", "url", "crawled", "date"]).to_pylist():
-        groups[key_of(doc)].append(doc)
+        groups[doc[key]].append(doc)
     losers = {}
     for same in groups.values():
         same.sort(key=newest_first, reverse=True)
@@ -352,23 +350,29 @@ def _move_copies(kept_dir: str, rejected_folder: str, path: str, rejections: dic
     rows = pq.read_table(os.path.join(kept_dir, path))
     lost = pa.array([i in rejections for i in range(rows.num_rows)])
     moved = rows.filter(lost)
-    reasons, details = zip(*(rejections[i] for i in sorted(rejections)))
-    sizes = pa.table({"reason": pa.array(reasons, pa.string()), "source": moved["source"],
-                      "chars": pc.utf8_length(moved["text"]), "bytes": pc.binary_length(moved["text"])})
-    by_reason = sizes.group_by(["reason", "source"], use_threads=False).aggregate(
-        [([], "count_all"), ("chars", "sum"), ("bytes", "sum")])
+    reasons, details = (pa.array(column, pa.string()) for column in zip(*(rejections[i] for i in sorted(rejections))))
     prefix = "-".join(path.split("-")[1:3])  # the task's partition and the run, as the file it replaces
     rejected = _FileWriter(rejected_folder, _REJECTED_FILE_SCHEMA, prefix)
     rejected.write(pa.table({
-        "id": moved["id"], "source": moved["source"], "reason": sizes["reason"],
-        "detail": pa.array(details, pa.string()), "text": moved["text"], "content_hash": moved["content_hash"]}))
+        "id": moved["id"], "source": moved["source"], "reason": reasons,
+        "detail": details, "text": moved["text"], "content_hash": moved["content_hash"]}))
     rejected.close()
     os.remove(os.path.join(kept_dir, path))
     kept = _FileWriter(kept_dir, KEPT_SCHEMA, prefix)
     kept.write(rows.filter(pc.invert(lost)))
     kept.close()
-    return kept, rejected, [(r["reason"], r["source"], r["count_all"], r["chars_sum"] or 0, r["bytes_sum"] or 0)
-                            for r in by_reason.to_pylist()]
+    return kept, rejected, _sizes(reasons, moved["source"], moved["text"])
+
+
+def _sizes(reasons, sources, texts) -> list[tuple[str | None, str, int, int, int]]:
+    """(reason, source, documents, characters, UTF-8 bytes) per (reason, source) of the rows, as etl.pipeline's
+    _counts measures them (Spark's length and octet_length; no text counts 0)."""
+    sizes = pa.table({"reason": reasons, "source": sources, "chars": pc.utf8_length(texts),
+                      "bytes": pc.binary_length(texts)})
+    groups = sizes.group_by(["reason", "source"], use_threads=False).aggregate(
+        [([], "count_all"), ("chars", "sum"), ("bytes", "sum")])
+    return [(r["reason"], r["source"], r["count_all"], r["chars_sum"] or 0, r["bytes_sum"] or 0)
+            for r in groups.to_pylist()]
 
 
 def _commit(folder: str, schema: pa.Schema, files: dict[str, tuple[int, int]], mode: str, exists: bool) -> None:
