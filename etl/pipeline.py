@@ -203,10 +203,11 @@ class Pipeline:
         with step_progress(self.spark, "ingest", 1, len(self.stages) + 1):
             start = time.time()
             zone, kept_path = self._zone(-1), self.table_path("ingest")
-            if writes_directly(self.spark, self.config, kept_path, self._rejected_table(zone)):
+            rejected_path = self._rejected_table(zone)
+            if writes_directly(self.spark, self.config, kept_path, rejected_path):
                 properties = {"kiln.zone": zone, "kiln.stage": "ingest", RUN_ID_PROPERTY: run.run_id}
-                counts, skipped = ingest_directly(self.spark, self.config, files, kept_path, self._rejected_table(zone),
-                                                  properties, {"kiln.zone": zone})
+                counts, skipped = ingest_directly(self.spark, self.config, files, kept_path, rejected_path, properties,
+                                                  {"kiln.zone": zone})
                 run.steps.append(_step_counts("ingest", counts, None, 0.0))
                 self._rejected_this_run[zone] = True
             else:
@@ -217,7 +218,7 @@ class Pipeline:
                 annotated.unpersist()
             run.steps[-1].metrics.update(skipped)
             run.steps[-1].seconds = round(time.time() - start, 2)
-            run.tables["ingest"] = self.table_path("ingest")
+            run.tables["ingest"] = kept_path
             run.funnel_end = "ingest"
         progress(_progress_line(run.steps[-1]))
 
