@@ -14,21 +14,24 @@ becomes ``__`` in its name (``exact_dedup__kept_ids``).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import time
 import uuid
 from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import AnalysisException, PySparkException
 from pyspark.sql import DataFrame, SparkSession
 
 from shards import storage
 from shards.config import ConfigError
-from shards.provenance import open_delta_table
+from shards.provenance import arrow_dataset, open_delta_table
 
 from .config import PipelineConfig
 from .paths import is_url, join_path, local_fs_path, to_fsspec_url, to_spark_path
@@ -246,6 +249,93 @@ def count_rows(spark: SparkSession, path: str) -> int:
             if counts.null_count == 0:
                 return pc.sum(counts).as_py() or 0
     return read_table(spark, path).count()
+
+
+def local_dataset(spark: SparkSession, path: str):
+    """A local folder table as a pyarrow dataset, read on the driver without a Spark job (a few small Spark
+    jobs cost 1-3 s on a warm local session); None where Spark must read it: not a local folder table
+    (local_table_folder), or one whose files may carry deletion vectors or mapped column names (reader
+    version 2 and up)."""
+    folder = local_table_folder(spark, path)
+    if folder is None:
+        return None
+    table = open_delta_table(folder)
+    return arrow_dataset(table) if table.protocol().min_reader_version == 1 else None
+
+
+# The table properties Spark's Delta gives a new table from Kiln's session defaults (etl.spark).
+_DELTA_DEFAULTS_PREFIX = "spark.databricks.delta.properties.defaults."
+_KILN_DELTA_DEFAULTS = {"delta.dataSkippingNumIndexedCols": "0"}
+
+
+def delta_rs_folder(spark: SparkSession, path: str, append_schema: pa.Schema | None = None) -> str | None:
+    """The folder of a table delta-rs may commit to as Spark's Delta would; None where Spark must write it.
+
+    That is: a local folder (not catalog mode, nor Spark Connect, whose server may see other files); the
+    session's Delta table defaults Kiln's own (read from spark.conf, so runtime settings count), so a new
+    table gets the properties Spark would give it; and an existing table at a protocol Spark gives by default
+    ((1, 2) or below), not append-only (Spark refuses to overwrite one), and, to append, of `append_schema`."""
+    folder = local_fs_path(path)
+    if folder is None or is_connect(spark) or catalog_name(path) is not None:
+        return None
+    defaults = {"delta." + key[len(_DELTA_DEFAULTS_PREFIX):]: value for key, value in spark.conf.getAll.items()
+                if key.startswith(_DELTA_DEFAULTS_PREFIX)}
+    if defaults != _KILN_DELTA_DEFAULTS:
+        return None
+    if table_exists(spark, path):
+        table = open_delta_table(os.path.abspath(folder))
+        protocol = table.protocol()
+        if protocol.min_reader_version > 1 or protocol.min_writer_version > 2:
+            return None
+        if table.metadata().configuration.get("delta.appendOnly", "false").lower() == "true":
+            return None
+        fields = [(field.name, field.type.type) for field in table.schema().fields]
+        if append_schema is not None and fields != [(field.name, "string") for field in append_schema]:
+            return None
+    return os.path.abspath(folder)
+
+
+def commit_files(folder: str, schema: pa.Schema, files: dict[str, tuple[int, int]], mode: str,
+                 partition: dict[str, str] | None = None) -> None:
+    """One Delta commit adding `files` (name under the partition's folder -> (bytes, rows)), written by this
+    process into a folder delta_rs_folder gave, overwriting or appending (`mode`), or creating the table.
+    An existing table keeps its properties and id, as under Spark's writer. Statistics are the row count
+    alone, as in Kiln's Spark tables (no min/max of any text). `partition`: column -> the value every file
+    holds (a column of `schema` that the files lack)."""
+    from deltalake import DeltaTable, Schema
+    from deltalake.transaction import AddAction, create_table_with_add_actions
+
+    prefix = "".join(f"{column}={value}/" for column, value in (partition or {}).items())
+    now = int(time.time() * 1000)
+    actions = [AddAction(path=prefix + name, size=size, partition_values=dict(partition or {}), modification_time=now,
+                         data_change=True, stats=json.dumps({"numRecords": rows}))
+               for name, (size, rows) in sorted(files.items())]
+    partition_by = list(partition) if partition else None
+    log = os.path.join(folder, "_delta_log")
+    if any(_LOG_ENTRY.match(name) for name in (os.listdir(log) if os.path.isdir(log) else [])):
+        DeltaTable(folder).create_write_transaction(actions, mode, Schema.from_arrow(schema), partition_by=partition_by)
+    else:
+        create_table_with_add_actions(folder, Schema.from_arrow(schema), actions, partition_by=partition_by,
+                                      configuration=_KILN_DELTA_DEFAULTS)
+
+
+def overwrite_small_table(spark: SparkSession, path: str, rows: pa.Table) -> bool:
+    """Overwrite the table with `rows` as one Parquet file committed by delta-rs, where delta_rs_folder allows
+    (a Spark write of a few rows is a job and two commits, 1-2 s on a local session); False where it does not,
+    and the caller writes through Spark."""
+    folder = delta_rs_folder(spark, path)
+    if folder is None:
+        return False
+    os.makedirs(folder, exist_ok=True)
+    name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
+    pq.write_table(rows, os.path.join(folder, name), compression="snappy")
+    try:
+        commit_files(folder, rows.schema, {name: (os.path.getsize(os.path.join(folder, name)), rows.num_rows)},
+                     "overwrite")
+    except BaseException:
+        os.remove(os.path.join(folder, name))  # no log lists it: it would outlive VACUUM LITE
+        raise
+    return True
 
 
 def table_version(spark: SparkSession, path: str) -> int:

@@ -23,9 +23,7 @@ them, and not append-only. Otherwise, etl.ingest's Spark path. Both give the sam
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import time
 import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -33,13 +31,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from deltalake import DeltaTable, Schema
-from deltalake.transaction import AddAction, create_table_with_add_actions
+from deltalake import DeltaTable
 from pyspark import TaskContext
 from pyspark.sql import SparkSession
 
 from .config import PipelineConfig, is_local_master
-from .delta import catalog_name, table_exists
+from .delta import commit_files, delta_rs_folder, table_exists
 from .ingest import _FILE_FORMATS, _LISTING_SCHEMA, SKIPPED, _read_files_task, file_listing
 from .paths import local_fs_path
 from .spark import default_parallelism, is_connect
@@ -67,9 +64,6 @@ _RESULT_SCHEMA = pa.schema([
     ("crawled", pa.int64()), ("date", pa.string()),
 ])
 _RESULT_DDL = ", ".join(f"`{f.name}` {'string' if f.type == pa.string() else 'long'}" for f in _RESULT_SCHEMA)
-# The table properties Spark's Delta gives a new table from Kiln's session defaults (etl.spark).
-_DELTA_DEFAULTS_PREFIX = "spark.databricks.delta.properties.defaults."
-_KILN_DELTA_DEFAULTS = {"delta.dataSkippingNumIndexedCols": "0"}
 
 
 def writes_directly(spark: SparkSession, config: PipelineConfig, kept_path: str, rejected_path: str) -> bool:
@@ -78,28 +72,8 @@ def writes_directly(spark: SparkSession, config: PipelineConfig, kept_path: str,
         return False
     if any(spec.format not in _FILE_FORMATS for spec in config.inputs):
         return False
-    defaults = {"delta." + key[len(_DELTA_DEFAULTS_PREFIX):]: value for key, value in spark.conf.getAll.items()
-                if key.startswith(_DELTA_DEFAULTS_PREFIX)}
-    if defaults != _KILN_DELTA_DEFAULTS:
-        return False
-    for path, schema in ((kept_path, None), (rejected_path, REJECTED_SCHEMA)):
-        if local_fs_path(path) is None or catalog_name(path) is not None:
-            return False
-        if table_exists(spark, path) and not _writable(DeltaTable(local_fs_path(path)), schema):
-            return False
-    return True
-
-
-def _writable(table: DeltaTable, schema: pa.Schema | None) -> bool:
-    """Whether delta-rs may commit to `table` as Spark's writer would: a protocol Spark gives by default, not
-    append-only (Spark refuses to overwrite it), and `schema` (to append; None: overwritten, any schema)."""
-    protocol = table.protocol()
-    if protocol.min_reader_version > 1 or protocol.min_writer_version > 2:
-        return False
-    if table.metadata().configuration.get("delta.appendOnly", "false").lower() == "true":
-        return False
-    fields = [(field.name, field.type.type) for field in table.schema().fields]
-    return schema is None or fields == [(field.name, "string") for field in schema]
+    return (delta_rs_folder(spark, kept_path) is not None
+            and delta_rs_folder(spark, rejected_path, REJECTED_SCHEMA) is not None)
 
 
 def ingest_directly(spark: SparkSession, config: PipelineConfig, files: list[tuple[str, str, str]] | None,
@@ -138,12 +112,12 @@ def ingest_directly(spark: SparkSession, config: PipelineConfig, files: list[tup
         losers.update(_duplicate_urls(docs, losers))
         _move_losers(losers, written, counts, kept_dir, rejected_folder)
 
-        _commit(kept_dir, KEPT_SCHEMA, written["ingest"], "overwrite", table_exists(spark, kept_path))
+        commit_files(kept_dir, KEPT_SCHEMA, written["ingest"], "overwrite")
         uncommitted.remove(kept_dir)
         DeltaTable(kept_dir).alter.set_table_properties(properties, raise_if_not_exists=False)
         rejected_exists = table_exists(spark, rejected_path)
         if written["rejected"] or not rejected_exists:  # (an empty commit creates the table)
-            _commit(rejected_dir, REJECTED_SCHEMA, written["rejected"], "append", rejected_exists)
+            commit_files(rejected_dir, REJECTED_SCHEMA, written["rejected"], "append", {"stage": STAGE})
         uncommitted.remove(rejected_folder)
     except BaseException:
         # Files no log lists would outlive VACUUM LITE and erasure: this call's own go (Spark's writer, failing,
@@ -374,22 +348,3 @@ def _sizes(reasons, sources, texts) -> list[tuple[str | None, str, int, int, int
     return [(r["reason"], r["source"], r["count_all"], r["chars_sum"] or 0, r["bytes_sum"] or 0)
             for r in groups.to_pylist()]
 
-
-def _commit(folder: str, schema: pa.Schema, files: dict[str, tuple[int, int]], mode: str, exists: bool) -> None:
-    """One Delta commit adding `files` (name -> (bytes, rows)) to the table, overwriting or appending, or
-    creating it. An existing table keeps its properties and id, as under Spark's writer. Statistics are the
-    row count alone, as in Kiln's Spark tables (no min/max of any text)."""
-    partitioned = "stage" in schema.names
-    now = int(time.time() * 1000)
-    actions = [
-        AddAction(path=f"stage={STAGE}/{name}" if partitioned else name, size=size,
-                  partition_values={"stage": STAGE} if partitioned else {}, modification_time=now,
-                  data_change=True, stats=json.dumps({"numRecords": rows}))
-        for name, (size, rows) in sorted(files.items())
-    ]
-    partition_by = ["stage"] if partitioned else None
-    if exists:
-        DeltaTable(folder).create_write_transaction(actions, mode, Schema.from_arrow(schema), partition_by=partition_by)
-    else:
-        create_table_with_add_actions(folder, Schema.from_arrow(schema), actions, partition_by=partition_by,
-                                      configuration=_KILN_DELTA_DEFAULTS)

@@ -20,22 +20,24 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
+import pyarrow as pa
 from pyspark.sql import SparkSession
 
 from shards import storage
 from shards.config import to_dict
 from shards.manifest import list_versions, read_manifest, version_path
 
-from ..delta import write_table
+from ..delta import overwrite_small_table, write_table
 from ..funnel import PipelineRun, funnel_json
 from ..paths import join_path, to_fsspec_url
 from . import checks, collect, page, plots, scores
 from .tracking import log_to_mlflow
 
-_FUNNEL_SCHEMA = (
-    "step int, stage string, docs_in long, docs_out long, chars_in long, chars_out long, "
-    "bytes_in long, bytes_out long, rejected map<string,long>"
-)
+_FUNNEL_SCHEMA = pa.schema([
+    ("step", pa.int32()), ("stage", pa.string()), *((name, pa.int64()) for name in (
+        "docs_in", "docs_out", "chars_in", "chars_out", "bytes_in", "bytes_out")),
+    ("rejected", pa.map_(pa.string(), pa.int64())),
+])
 FUNNEL_PLOT = "plot_0_stage.png"  # notebooks/04_shards_and_funnel.py shows this one
 
 
@@ -85,18 +87,18 @@ def build(spark: SparkSession, run: PipelineRun, stage_params: dict[str, Any], p
     timings["score samples (taken in the stages)"] = round(run.score_sample_seconds, 2)
     with _timed(timings, "score histograms"):
         histograms = scores.score_histograms(run.score_samples, stage_params)
-    # The two sections run side by side: each is a few small Spark jobs whose time is mostly the
-    # driver planning them and reading Delta logs, which overlap (at 10,000 documents, 0.9 s and 1.6 s
-    # one after the other).
+    # The two sections run side by side: where Spark reads the tables (etl.report.collect says when), each
+    # is a few small Spark jobs whose time is mostly the driver planning them and reading Delta logs,
+    # which overlap (at 10,000 documents, 0.9 s and 1.6 s one after the other).
     def examples_section():
         with _timed(timings, "examples"):
-            return collect.rejected_examples(rejected, [s["stage"] for s in steps], settings.examples_per_reason,
+            return collect.rejected_examples(spark, rejected, [s["stage"] for s in steps], settings.examples_per_reason,
                                              settings.example_chars, redact)
 
     def dedup_section():
         with _timed(timings, "dedup"):
-            return collect.dedup_clusters(spark, run, rejected, settings.dedup_clusters, settings.dedup_pairs,
-                                          settings.example_chars, redact)
+            return collect.dedup_clusters(spark, run.config.output, run.tables.get(collect.MINHASH), rejected,
+                                          settings.dedup_clusters, settings.dedup_pairs, settings.example_chars, redact)
 
     with ThreadPoolExecutor(2, thread_name_prefix="kiln-report") as pool:
         examples, dedup = [future.result() for future in [pool.submit(examples_section), pool.submit(dedup_section)]]
@@ -121,13 +123,17 @@ def write_report(spark: SparkSession, run: PipelineRun, stage_params: dict[str, 
     start = time.time()
     root = join_path(run.config.output, "report")
     previous = _read_json(to_fsspec_url(join_path(root, "report.json"))) or _read_json(to_fsspec_url(join_path(root, "funnel.json")))
-    funnel_rows = [(i, s.stage, s.docs_in, s.docs_out, s.chars_in, s.chars_out, s.bytes_in, s.bytes_out, s.rejected)
-                   for i, s in enumerate(run.steps)]
+    funnel = pa.Table.from_pylist([
+        {"step": i, "stage": s.stage, "docs_in": s.docs_in, "docs_out": s.docs_out, "chars_in": s.chars_in,
+         "chars_out": s.chars_out, "bytes_in": s.bytes_in, "bytes_out": s.bytes_out, "rejected": s.rejected}
+        for i, s in enumerate(run.steps)], schema=_FUNNEL_SCHEMA)
     funnel_timing: dict[str, float] = {}
 
     def write_funnel_table():
         with _timed(funnel_timing, "funnel table (Delta)"):
-            write_table(spark.createDataFrame(funnel_rows, _FUNNEL_SCHEMA), join_path(root, "funnel"))
+            path = join_path(root, "funnel")
+            if not overwrite_small_table(spark, path, funnel):
+                write_table(spark.createDataFrame(funnel), path)
 
     with ThreadPoolExecutor(1, thread_name_prefix="kiln-report-funnel") as pool:  # a Delta commit, beside the sections
         funnel_written = pool.submit(write_funnel_table)

@@ -4,13 +4,16 @@ the JSON twin and MLflow are all drawn from them."""
 from __future__ import annotations
 
 import threading
+from collections import defaultdict
 from dataclasses import replace
 from functools import reduce
 
+import pyarrow.compute as pc
+import xxhash
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from ..delta import read_table, table_exists
+from ..delta import local_dataset, read_table, table_exists
 from ..funnel import PipelineRun
 from ..paths import join_path
 from ..spark import CACHE_LEVEL
@@ -20,10 +23,10 @@ REJECTED_TABLES = {"rejected": "raw", "rejected_curated": "curated"}  # under th
 MINHASH = "minhash_dedup"
 
 
-def rejected_tables(spark: SparkSession, output: str) -> dict[str, DataFrame]:
-    """The run's rejected tables that exist, by zone."""
-    return {zone: read_table(spark, join_path(output, name))
-            for name, zone in REJECTED_TABLES.items() if table_exists(spark, join_path(output, name))}
+def rejected_tables(spark: SparkSession, output: str) -> dict[str, str]:
+    """The paths of the run's rejected tables that exist, by zone."""
+    return {zone: join_path(output, name) for name, zone in REJECTED_TABLES.items()
+            if table_exists(spark, join_path(output, name))}
 
 
 def source_funnel(run: PipelineRun) -> list[dict]:
@@ -116,17 +119,23 @@ def _clip(text: str | None, chars: int) -> str:
     return text if len(text) <= chars else text[:chars].rstrip() + " …"
 
 
-def rejected_examples(rejected: dict[str, DataFrame], stages: list[str], per_reason: int, chars: int, redact: Redactor) -> list[dict]:
+# Each section reads a few rows of tables that on a local output are small: with pyarrow on the driver
+# (etl.delta.local_dataset) in milliseconds, where a few small Spark jobs took 1.7-2.9 s at 10,000
+# documents; with Spark elsewhere (a cluster, an object store, catalog mode). Both pick the same rows.
+
+
+def rejected_examples(spark: SparkSession, rejected: dict[str, str], stages: list[str], per_reason: int, chars: int,
+                      redact: Redactor) -> list[dict]:
     """``per_reason`` documents for every (stage, reason), chosen by a hash of the id (stable across
     runs, spread across sources), in the order of ``stages``; raw-zone texts redacted, then every
     text truncated to ``chars``."""
     if per_reason == 0 or not rejected:
         return []
-    pick = Window.partitionBy("stage", "reason").orderBy(F.xxhash64("id"), "id")
-    parts = [table.withColumn("_n", F.row_number().over(pick)).where(F.col("_n") <= per_reason)
-             .select("stage", "reason", "id", "source", "detail", "text", F.lit(zone).alias("zone"))
-             for zone, table in rejected.items()]
-    rows = reduce(DataFrame.unionByName, parts).collect()
+    datasets = {zone: local_dataset(spark, path) for zone, path in rejected.items()}
+    if all(dataset is not None for dataset in datasets.values()):
+        rows = [row for zone, dataset in datasets.items() for row in _picked_locally(dataset, zone, per_reason)]
+    else:
+        rows = _picked_by_spark(spark, rejected, per_reason)
     texts = [r["text"] or "" for r in rows]
     raw = [i for i, r in enumerate(rows) if r["zone"] == "raw"]
     for i, text in zip(raw, redact([texts[i] for i in raw])):  # the whole text, before it is cut
@@ -134,17 +143,74 @@ def rejected_examples(rejected: dict[str, DataFrame], stages: list[str], per_rea
     order = {name: i for i, name in enumerate(stages)}
     examples = [{"stage": r["stage"], "reason": r["reason"], "id": r["id"], "source": r["source"], "detail": r["detail"],
                  "zone": r["zone"], "chars": len(r["text"] or ""), "text": _clip(text, chars)} for r, text in zip(rows, texts)]
-    return sorted(examples, key=lambda e: (order.get(e["stage"], len(order)), e["reason"], e["id"]))
+    return sorted(examples, key=lambda e: (order.get(e["stage"], len(order)), e["reason"], e["id"] or ""))
 
 
-def dedup_clusters(spark: SparkSession, run: PipelineRun, rejected: dict[str, DataFrame], clusters: int, pairs: int,
-                   chars: int, redact: Redactor) -> dict | None:
+_EXAMPLE_COLUMNS = ["stage", "reason", "id", "source", "detail", "text"]
+
+
+def _picked_by_spark(spark: SparkSession, rejected: dict[str, str], per_reason: int) -> list[dict]:
+    pick = Window.partitionBy("stage", "reason").orderBy(F.xxhash64("id"), "id")
+    parts = [read_table(spark, path).withColumn("_n", F.row_number().over(pick)).where(F.col("_n") <= per_reason)
+             .select(*_EXAMPLE_COLUMNS, F.lit(zone).alias("zone")) for zone, path in rejected.items()]
+    return [row.asDict() for row in reduce(DataFrame.unionByName, parts).collect()]
+
+
+def _picked_locally(dataset, zone: str, per_reason: int) -> list[dict]:
+    """_picked_by_spark's rows of one table, on the driver: the same hash of the id, in the same order (a null
+    id first among its hash's), and only the picked rows' texts read."""
+    keys = dataset.to_table(columns=["stage", "reason", "id"]).to_pydict()
+    ids = keys["id"]
+    hashes = [spark_xxhash64(i) for i in ids]
+    order = sorted(range(len(ids)),
+                   key=lambda i: (keys["stage"][i], keys["reason"][i], hashes[i], ids[i] is not None, ids[i] or ""))
+    taken, picked = defaultdict(int), []
+    for i in order:
+        group = (keys["stage"][i], keys["reason"][i])
+        if taken[group] < per_reason:
+            taken[group] += 1
+            picked.append(i)
+    return [{**row, "zone": zone} for row in dataset.take(sorted(picked), columns=_EXAMPLE_COLUMNS).to_pylist()]
+
+
+def spark_xxhash64(value: str | None) -> int:
+    """Spark's ``xxhash64`` of one string column: XXH64 of its UTF-8 bytes with seed 42, as a signed long;
+    a null leaves the seed."""
+    if value is None:
+        return 42
+    digest = xxhash.xxh64_intdigest(value.encode("utf-8"), seed=42)
+    return digest - (1 << 64) if digest >= 1 << 63 else digest
+
+
+def dedup_clusters(spark: SparkSession, output: str, kept_table: str | None, rejected: dict[str, str], clusters: int,
+                   pairs: int, chars: int, redact: Redactor) -> dict | None:
     """The largest near-duplicate clusters and the least similar removed documents beside the kept
-    one they matched (the borderline cases for the threshold), redacted; None when minhash_dedup did not run."""
-    path = join_path(run.config.output, MINHASH, "clusters")
-    if MINHASH not in run.tables or not table_exists(spark, path):
+    one they matched (the borderline cases for the threshold), redacted; None when minhash_dedup did not run
+    (`kept_table`: its output table, or None)."""
+    path = join_path(output, MINHASH, "clusters")
+    if kept_table is None or not table_exists(spark, path):
         return None
-    members = read_table(spark, path)
+    datasets = {"clusters": local_dataset(spark, path), "kept": local_dataset(spark, kept_table),
+                **{zone: local_dataset(spark, table) for zone, table in rejected.items()}}
+    if all(dataset is not None for dataset in datasets.values()):
+        sizes, largest, rows = _clusters_locally(datasets.pop("clusters"), clusters, pairs)
+        found = _pair_texts_locally(datasets.pop("kept"), list(datasets.values()), rows)
+    else:
+        sizes, largest, rows = _clusters_by_spark(read_table(spark, path), clusters, pairs)
+        found = _pair_texts_by_spark(spark, rejected, kept_table, rows)
+    missing = "(text not in this output: it came in an earlier incremental batch)"
+    texts = redact([found.get(key) or missing for r in rows for key in ((True, r["id"]), (False, r["kept_id"]))])
+    return {
+        "cluster_sizes": sizes, "largest": largest,
+        "pairs": [{"removed_id": r["id"], "kept_id": r["kept_id"], "similarity": r["similarity"],
+                   "removed_text": _clip(texts[2 * i], chars), "kept_text": _clip(texts[2 * i + 1], chars)}
+                  for i, r in enumerate(rows)],
+    }
+
+
+def _clusters_by_spark(members: DataFrame, clusters: int, pairs: int) -> tuple[dict, list[dict], list[dict]]:
+    """(documents per cluster -> clusters of that size, the `clusters` largest clusters, the `pairs` least similar
+    removed documents with the kept one they matched)."""
     per_cluster = members.groupBy("cluster_id", "kept_id").agg(F.count("*").alias("documents"),
                                                                F.min("similarity").alias("min_similarity"))
     per_cluster = per_cluster.persist(CACHE_LEVEL)  # read twice: the largest clusters and the size histogram
@@ -155,21 +221,45 @@ def dedup_clusters(spark: SparkSession, run: PipelineRun, rejected: dict[str, Da
         per_cluster.unpersist()
     rows = members.where(F.col("id") != F.col("kept_id")).orderBy("similarity", "id").limit(pairs) \
         .select("id", "kept_id", "similarity").collect()
-    # Both texts of every pair in one job, picked by id (a filter while the tables are read, not a join
-    # that sorts or shuffles them): removed ones from the rejected tables, kept ones from the stage's own.
+    return ({int(r["documents"]): int(r["count"]) for r in sizes}, [r.asDict() for r in largest],
+            [r.asDict() for r in rows])
+
+
+def _clusters_locally(members, clusters: int, pairs: int) -> tuple[dict, list[dict], list[dict]]:
+    """_clusters_by_spark on the driver, in the same order."""
+    table = members.to_table(columns=["cluster_id", "kept_id", "id", "similarity"])
+    per_cluster = table.group_by(["cluster_id", "kept_id"], use_threads=False).aggregate(
+        [([], "count_all"), ("similarity", "min")])
+    per_cluster = per_cluster.rename_columns({"count_all": "documents", "similarity_min": "min_similarity"})
+    largest = per_cluster.sort_by([("documents", "descending"), ("cluster_id", "ascending")]).slice(0, clusters)
+    sizes = per_cluster.group_by("documents", use_threads=False).aggregate([([], "count_all")])
+    removed = table.filter(pc.not_equal(table["id"], table["kept_id"]))
+    rows = removed.sort_by([("similarity", "ascending"), ("id", "ascending")]).slice(0, pairs)
+    return ({r["documents"]: r["count_all"] for r in sorted(sizes.to_pylist(), key=lambda r: r["documents"])},
+            largest.select(["cluster_id", "kept_id", "documents", "min_similarity"]).to_pylist(),
+            rows.select(["id", "kept_id", "similarity"]).to_pylist())
+
+
+def _pair_texts_by_spark(spark: SparkSession, rejected: dict[str, str], kept_table: str, rows: list[dict]) -> dict:
+    """(removed, id) -> text for both documents of every pair, in one job, picked by id (a filter while the
+    tables are read, not a join that sorts or shuffles them): removed ones from the rejected tables, kept ones
+    from the stage's own."""
+    if not rows:
+        return {}
     removed_ids, kept_ids = [r["id"] for r in rows], [r["kept_id"] for r in rows]
-    parts = [t.where((F.col("stage") == MINHASH) & F.col("id").isin(removed_ids)).select("id", "text", F.lit(True).alias("removed"))
-             for t in rejected.values()]
-    parts.append(read_table(spark, run.tables[MINHASH]).where(F.col("id").isin(kept_ids))
+    parts = [read_table(spark, path).where((F.col("stage") == MINHASH) & F.col("id").isin(removed_ids))
+             .select("id", "text", F.lit(True).alias("removed")) for path in rejected.values()]
+    parts.append(read_table(spark, kept_table).where(F.col("id").isin(kept_ids))
                  .select("id", "text", F.lit(False).alias("removed")))
-    found = {(r["removed"], r["id"]): r["text"] for r in reduce(DataFrame.unionByName, parts).collect()} if rows else {}
-    missing = "(text not in this output: it came in an earlier incremental batch)"
-    texts = redact([found.get(key) or missing for r in rows for key in ((True, r["id"]), (False, r["kept_id"]))])
-    return {
-        "cluster_sizes": {int(r["documents"]): int(r["count"]) for r in sizes},
-        "largest": [{"cluster_id": r["cluster_id"], "kept_id": r["kept_id"], "documents": r["documents"],
-                     "min_similarity": r["min_similarity"]} for r in largest],
-        "pairs": [{"removed_id": r["id"], "kept_id": r["kept_id"], "similarity": r["similarity"],
-                   "removed_text": _clip(texts[2 * i], chars), "kept_text": _clip(texts[2 * i + 1], chars)}
-                  for i, r in enumerate(rows)],
-    }
+    return {(r["removed"], r["id"]): r["text"] for r in reduce(DataFrame.unionByName, parts).collect()}
+
+
+def _pair_texts_locally(kept, rejected: list, rows: list[dict]) -> dict:
+    """_pair_texts_by_spark from pyarrow datasets (`kept`, and the rejected tables')."""
+    def texts(dataset, chosen) -> list[dict]:
+        return dataset.to_table(columns=["id", "text"], filter=chosen).to_pylist()
+
+    removed = (pc.field("stage") == MINHASH) & pc.field("id").isin([r["id"] for r in rows])
+    found = {(True, r["id"]): r["text"] for dataset in rejected for r in texts(dataset, removed)}
+    found.update({(False, r["id"]): r["text"] for r in texts(kept, pc.field("id").isin([r["kept_id"] for r in rows]))})
+    return found

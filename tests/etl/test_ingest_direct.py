@@ -168,7 +168,7 @@ def test_a_failed_commit_leaves_no_file_behind(spark, tmp_path, monkeypatch):
     def disk_full(*args):
         raise OSError("disk full while committing")
 
-    monkeypatch.setattr(etl.ingest_direct, "_commit", disk_full)
+    monkeypatch.setattr(etl.ingest_direct, "commit_files", disk_full)
     with pytest.raises(OSError, match="disk full"):
         run_pipeline(config, stages, spark, progress=lambda line: None)
     left = [path for path in (tmp_path / "out").rglob("*.parquet")]

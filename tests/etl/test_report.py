@@ -117,6 +117,45 @@ def test_demo_report_has_every_section_and_no_stage_warning(demo):
     assert report["dataset"]["tokens"] == sum(next(s for s in report["steps"] if s["stage"] == "shuffle_and_write")["metrics"]["num_tokens"].values())
 
 
+def test_local_reads_pick_the_rows_spark_picks(demo, spark, monkeypatch, tmp_path):
+    """On a local output the sections read the tables with pyarrow; elsewhere Spark reads them. Both pick the
+    same rows: the demo's examples (one, three and twenty a reason) and its dedup section, and a table whose ids are
+    null, not ASCII, or hash to a negative long. The funnel table (written by delta-rs here) holds the
+    funnel's steps."""
+    from etl.delta import local_dataset, write_table
+    from etl.report import collect
+
+    report, _, etl = demo
+    rejected = collect.rejected_tables(spark, str(etl))
+    assert set(rejected) == {"raw", "curated"}
+    assert all(local_dataset(spark, path) is not None for path in rejected.values())
+    odd = tmp_path / "rejected"
+    ids = [None, "é", "日本語", "a", "b", "web/d0000001", "x" * 40, "ß", "Z", "0"]
+    assert {collect.spark_xxhash64(i) < 0 for i in ids} == {True, False}
+    rows = [(i, "s", "one", "r1" if n % 2 else "r2", "why", f"text of {i}") for n, i in enumerate(ids)]
+    rows += [(i, "s", "two", "r3", "why", f"text of {i}") for i in ids if i is not None]  # a null id ties with none
+    columns = "id string, source string, stage string, reason string, detail string, text string"
+    write_table(spark.createDataFrame(rows, columns), str(odd), partition_by=["stage"])
+    stages = [s["stage"] for s in report["steps"]] + ["one", "two"]
+
+    def same(texts):
+        return texts
+
+    def sections():
+        examples = [collect.rejected_examples(spark, tables, stages, n, 60, same)
+                    for tables in (rejected, {"raw": str(odd)}) for n in (1, 3, 20)]
+        dedup = collect.dedup_clusters(spark, str(etl), report["tables"]["minhash_dedup"], rejected, 3, 4, 60, same)
+        return examples, dedup
+
+    local = sections()
+    assert local[1]["pairs"] and len(local[0][-1]) == len(ids) * 2 - 1  # every row of the odd table, 20 a reason
+    monkeypatch.setattr(collect, "local_dataset", lambda spark, path: None)
+    assert sections() == local
+    funnel = [r.asDict() for r in read_table(spark, str(etl / "report" / "funnel")).orderBy("step").collect()]
+    assert [(r["stage"], r["docs_in"], r["docs_out"], r["rejected"]) for r in funnel] == \
+        [(s["stage"], s["docs_in"], s["docs_out"], s["rejected"]) for s in report["steps"]]
+
+
 GOOD = ("The river ran past the old mill, and the miller watched it from his door every morning. He had "
         "lived there for many years with his wife and their two dogs. In the spring the water rose to the "
         "edge of the garden. In the summer it was slow and warm, and the children of the village came to "
