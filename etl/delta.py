@@ -1,5 +1,7 @@
 """Writing and reading the pipeline's Delta tables through Spark, the same way everywhere. Small tables
-read on the driver without a Spark job go through delta-rs (shards.provenance.open_delta_table).
+read on the driver without a Spark job go through delta-rs (shards.provenance.open_delta_table); so do,
+on a local folder table, the report's reads (local_dataset) and the commits of Parquet files this process
+wrote (delta_rs_folder says where they may: commit_files, overwrite_small_table).
 
 Every statement is Spark SQL or the DataFrame reader and writer, never Delta's Python API
 (``delta.tables.DeltaTable``): on Spark Connect (Databricks shared and serverless compute) that API
