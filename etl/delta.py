@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from deltalake.exceptions import DeltaError
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import AnalysisException, PySparkException
 from pyspark.sql import DataFrame, SparkSession
@@ -35,7 +36,7 @@ from shards import storage
 from shards.config import ConfigError
 from shards.provenance import arrow_dataset, open_delta_table
 
-from .config import PipelineConfig
+from .config import PipelineConfig, is_local_master
 from .paths import is_url, join_path, local_fs_path, to_fsspec_url, to_spark_path
 from .spark import is_connect
 
@@ -254,14 +255,17 @@ def count_rows(spark: SparkSession, path: str) -> int:
 
 
 def local_dataset(spark: SparkSession, path: str):
-    """A local folder table as a pyarrow dataset, read on the driver without a Spark job (a few small Spark
-    jobs cost 1-3 s on a warm local session); None where Spark must read it: not a local folder table
-    (local_table_folder), or one whose files may carry deletion vectors or mapped column names (reader
-    version 2 and up)."""
+    """A local run's folder table as a pyarrow dataset, read on the driver without a Spark job (a few small
+    Spark jobs cost 1-3 s on a warm local session); None where Spark reads it: a cluster (its driver is one
+    machine of many), not a local folder table (local_table_folder), one whose files may carry deletion
+    vectors or mapped column names (reader version 2 and up), or one delta-rs cannot open."""
     folder = local_table_folder(spark, path)
-    if folder is None:
+    if folder is None or not is_local_master(spark.sparkContext.master):
         return None
-    table = open_delta_table(folder)
+    try:
+        table = open_delta_table(folder)
+    except (DeltaError, OSError):  # a table feature or log delta-rs cannot read: Spark reads it
+        return None
     return arrow_dataset(table) if table.protocol().min_reader_version == 1 else None
 
 
@@ -270,13 +274,16 @@ _DELTA_DEFAULTS_PREFIX = "spark.databricks.delta.properties.defaults."
 _KILN_DELTA_DEFAULTS = {"delta.dataSkippingNumIndexedCols": "0"}
 
 
-def delta_rs_folder(spark: SparkSession, path: str, append_schema: pa.Schema | None = None) -> str | None:
+def delta_rs_folder(spark: SparkSession, path: str, append_schema: pa.Schema | None = None,
+                    partition_by: tuple[str, ...] = ()) -> str | None:
     """The folder of a table delta-rs may commit to as Spark's Delta would; None where Spark must write it.
 
     That is: a local folder (not catalog mode, nor Spark Connect, whose server may see other files); the
     session's Delta table defaults Kiln's own (read from spark.conf, so runtime settings count), so a new
-    table gets the properties Spark would give it; and an existing table at a protocol Spark gives by default
-    ((1, 2) or below), not append-only (Spark refuses to overwrite one), and, to append, of `append_schema`."""
+    table gets the properties Spark would give it; and an existing table delta-rs opens, at a protocol Spark
+    gives by default ((1, 2) or below), not append-only (Spark refuses to overwrite one), partitioned by
+    `partition_by` (delta-rs would keep another partitioning and read the column back as null), and, to
+    append, of `append_schema`."""
     folder = local_fs_path(path)
     if folder is None or is_connect(spark) or catalog_name(path) is not None:
         return None
@@ -285,7 +292,12 @@ def delta_rs_folder(spark: SparkSession, path: str, append_schema: pa.Schema | N
     if defaults != _KILN_DELTA_DEFAULTS:
         return None
     if table_exists(spark, path):
-        table = open_delta_table(os.path.abspath(folder))
+        try:
+            table = open_delta_table(os.path.abspath(folder))
+        except (DeltaError, OSError):  # a table feature or log delta-rs cannot read: Spark writes it
+            return None
+        if table.metadata().partition_columns != list(partition_by):
+            return None
         protocol = table.protocol()
         if protocol.min_reader_version > 1 or protocol.min_writer_version > 2:
             return None
@@ -313,12 +325,35 @@ def commit_files(folder: str, schema: pa.Schema, files: dict[str, tuple[int, int
                          data_change=True, stats=json.dumps({"numRecords": rows}))
                for name, (size, rows) in sorted(files.items())]
     partition_by = list(partition) if partition else None
-    log = os.path.join(folder, "_delta_log")
-    if any(_LOG_ENTRY.match(name) for name in (os.listdir(log) if os.path.isdir(log) else [])):
+    if _has_log(folder):
         DeltaTable(folder).create_write_transaction(actions, mode, Schema.from_arrow(schema), partition_by=partition_by)
     else:
         create_table_with_add_actions(folder, Schema.from_arrow(schema), actions, partition_by=partition_by,
                                       configuration=_KILN_DELTA_DEFAULTS)
+
+
+def _has_log(folder: str) -> bool:
+    log = os.path.join(folder, "_delta_log")
+    return any(_LOG_ENTRY.match(name) for name in (os.listdir(log) if os.path.isdir(log) else []))
+
+
+def remove_unlisted(folder: str, names: list[str], partition: dict[str, str] | None = None) -> None:
+    """After a failed commit_files: remove the files this process wrote for it (`names`, under the partition's
+    folder) that the table's log does not list; no log would list them, so they would outlive VACUUM LITE and
+    erasure. The log is read again first: a commit can fail after its entry is written (delta-rs then runs
+    its post-commit hooks, such as a checkpoint), and its files are the table's. A log delta-rs cannot read
+    leaves them all."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError
+
+    prefix = "".join(f"{column}={value}/" for column, value in (partition or {}).items())
+    try:
+        listed = {os.path.normpath(uri) for uri in DeltaTable(folder).file_uris()} if _has_log(folder) else set()
+    except (DeltaError, OSError):  # keep the files rather than risk removing one the table holds
+        return
+    for path in (os.path.join(folder, prefix + name) for name in names):
+        if os.path.normpath(path) not in listed and os.path.exists(path):
+            os.remove(path)
 
 
 def overwrite_small_table(spark: SparkSession, path: str, rows: pa.Table) -> bool:
@@ -335,7 +370,7 @@ def overwrite_small_table(spark: SparkSession, path: str, rows: pa.Table) -> boo
         commit_files(folder, rows.schema, {name: (os.path.getsize(os.path.join(folder, name)), rows.num_rows)},
                      "overwrite")
     except BaseException:
-        os.remove(os.path.join(folder, name))  # no log lists it: it would outlive VACUUM LITE
+        remove_unlisted(folder, [name])
         raise
     return True
 

@@ -36,7 +36,7 @@ from pyspark import TaskContext
 from pyspark.sql import SparkSession
 
 from .config import PipelineConfig, is_local_master
-from .delta import commit_files, delta_rs_folder, table_exists
+from .delta import commit_files, delta_rs_folder, remove_unlisted, table_exists
 from .ingest import _FILE_FORMATS, _LISTING_SCHEMA, SKIPPED, _read_files_task, file_listing
 from .paths import local_fs_path
 from .spark import default_parallelism, is_connect
@@ -73,7 +73,7 @@ def writes_directly(spark: SparkSession, config: PipelineConfig, kept_path: str,
     if any(spec.format not in _FILE_FORMATS for spec in config.inputs):
         return False
     return (delta_rs_folder(spark, kept_path) is not None
-            and delta_rs_folder(spark, rejected_path, REJECTED_SCHEMA) is not None)
+            and delta_rs_folder(spark, rejected_path, REJECTED_SCHEMA, ("stage",)) is not None)
 
 
 def ingest_directly(spark: SparkSession, config: PipelineConfig, files: list[tuple[str, str, str]] | None,
@@ -93,7 +93,7 @@ def ingest_directly(spark: SparkSession, config: PipelineConfig, files: list[tup
     specs = {spec.source: spec for spec in config.inputs}
     rejected_folder = os.path.join(rejected_dir, f"stage={STAGE}")
     run = uuid.uuid4().hex[:12]  # in the name of every file this call writes, to remove them if it fails
-    uncommitted = [kept_dir, rejected_folder]
+    uncommitted = {kept_dir: None, rejected_dir: {"stage": STAGE}}  # table -> the partition its files go to
     try:
         task = _write_task(specs, config.max_doc_bytes, kept_dir, rejected_folder, run)
         result = listed.mapInArrow(task, _RESULT_DDL).toArrow()
@@ -113,19 +113,19 @@ def ingest_directly(spark: SparkSession, config: PipelineConfig, files: list[tup
         _move_losers(losers, written, counts, kept_dir, rejected_folder)
 
         commit_files(kept_dir, KEPT_SCHEMA, written["ingest"], "overwrite")
-        uncommitted.remove(kept_dir)
+        del uncommitted[kept_dir]
         DeltaTable(kept_dir).alter.set_table_properties(properties, raise_if_not_exists=False)
         rejected_exists = table_exists(spark, rejected_path)
         if written["rejected"] or not rejected_exists:  # (an empty commit creates the table)
             commit_files(rejected_dir, REJECTED_SCHEMA, written["rejected"], "append", {"stage": STAGE})
-        uncommitted.remove(rejected_folder)
+        del uncommitted[rejected_dir]
     except BaseException:
-        # Files no log lists would outlive VACUUM LITE and erasure: this call's own go (Spark's writer, failing,
-        # leaves its task files; here the window is longer, up to the last commit).
-        for folder in uncommitted:
-            for name in os.listdir(folder) if os.path.isdir(folder) else []:
-                if f"-{run}-" in name:
-                    os.remove(os.path.join(folder, name))
+        # This call's own files that no log lists go (Spark's writer, failing, leaves its task files; here the
+        # window is longer, up to the last commit).
+        for table_dir, partition in uncommitted.items():
+            folder = os.path.join(table_dir, *(f"{column}={value}" for column, value in (partition or {}).items()))
+            mine = [name for name in (os.listdir(folder) if os.path.isdir(folder) else []) if f"-{run}-" in name]
+            remove_unlisted(table_dir, mine, partition)
         raise
     rejected_table = DeltaTable(rejected_dir)
     if not rejected_properties.items() <= rejected_table.metadata().configuration.items():

@@ -4,10 +4,11 @@ the JSON twin and MLflow are all drawn from them."""
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from dataclasses import replace
 from functools import reduce
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -119,9 +120,20 @@ def _clip(text: str | None, chars: int) -> str:
     return text if len(text) <= chars else text[:chars].rstrip() + " …"
 
 
-# Each section reads a few rows of tables that on a local output are small: with pyarrow on the driver
-# (etl.delta.local_dataset) in milliseconds, where a few small Spark jobs took 1.7-2.9 s at 10,000
-# documents; with Spark elsewhere (a cluster, an object store, catalog mode). Both pick the same rows.
+# Each section picks a few rows of its tables: on a local run's output of up to LOCAL_ROWS rows, with pyarrow
+# on the driver (etl.delta.local_dataset), in 0.02-0.1 s where a few small Spark jobs took 0.4-1.1 s warm
+# (3-5 s cold) at 10,000 documents; with Spark elsewhere (a cluster, an object store, catalog mode, Spark
+# Connect) and above it, where the driver would hold every id (at a million rejected rows the pick took
+# 1.1-2.7 s here, Spark's window 2.6-4.6 s on 2 cores). Both pick the same rows.
+LOCAL_ROWS = 2_000_000
+
+
+def _local_datasets(spark: SparkSession, paths: dict[str, str]) -> dict | None:
+    """The tables as pyarrow datasets when every one is local and they hold LOCAL_ROWS rows at most, else None."""
+    datasets = {key: local_dataset(spark, path) for key, path in paths.items()}
+    if any(dataset is None for dataset in datasets.values()):
+        return None
+    return datasets if sum(dataset.count_rows() for dataset in datasets.values()) <= LOCAL_ROWS else None
 
 
 def rejected_examples(spark: SparkSession, rejected: dict[str, str], stages: list[str], per_reason: int, chars: int,
@@ -131,8 +143,8 @@ def rejected_examples(spark: SparkSession, rejected: dict[str, str], stages: lis
     text truncated to ``chars``."""
     if per_reason == 0 or not rejected:
         return []
-    datasets = {zone: local_dataset(spark, path) for zone, path in rejected.items()}
-    if all(dataset is not None for dataset in datasets.values()):
+    datasets = _local_datasets(spark, rejected)
+    if datasets is not None:
         rows = [row for zone, dataset in datasets.items() for row in _picked_locally(dataset, zone, per_reason)]
     else:
         rows = _picked_by_spark(spark, rejected, per_reason)
@@ -158,19 +170,19 @@ def _picked_by_spark(spark: SparkSession, rejected: dict[str, str], per_reason: 
 
 def _picked_locally(dataset, zone: str, per_reason: int) -> list[dict]:
     """_picked_by_spark's rows of one table, on the driver: the same hash of the id, in the same order (a null
-    id first among its hash's), and only the picked rows' texts read."""
-    keys = dataset.to_table(columns=["stage", "reason", "id"]).to_pydict()
-    ids = keys["id"]
-    hashes = [spark_xxhash64(i) for i in ids]
-    order = sorted(range(len(ids)),
-                   key=lambda i: (keys["stage"][i], keys["reason"][i], hashes[i], ids[i] is not None, ids[i] or ""))
-    taken, picked = defaultdict(int), []
-    for i in order:
-        group = (keys["stage"][i], keys["reason"][i])
-        if taken[group] < per_reason:
-            taken[group] += 1
-            picked.append(i)
-    return [{**row, "zone": zone} for row in dataset.take(sorted(picked), columns=_EXAMPLE_COLUMNS).to_pylist()]
+    id first among its hash's)."""
+    keys = dataset.to_table(columns=["stage", "reason", "id"])
+    stage, reason = (pc.dictionary_encode(keys[column].combine_chunks()) for column in ("stage", "reason"))
+    group = stage.indices.to_numpy().astype(np.int64) * len(reason.dictionary) + reason.indices.to_numpy()
+    ids = keys["id"].combine_chunks()
+    order = pa.table({"group": group, "hash": [spark_xxhash64(i) for i in ids.to_pylist()], "id": ids,
+                      "row": np.arange(len(ids))}).sort_by(
+        [("group", "ascending"), ("hash", "ascending"), ("id", "ascending")], null_placement="at_start")
+    group = order["group"].to_numpy()
+    starts = np.flatnonzero(np.diff(group, prepend=-1))  # where each (stage, reason) begins
+    rank = np.arange(len(group)) - np.repeat(starts, np.diff(np.append(starts, len(group))))
+    picked = np.sort(order["row"].to_numpy()[rank < per_reason])
+    return [{**row, "zone": zone} for row in dataset.take(pa.array(picked), columns=_EXAMPLE_COLUMNS).to_pylist()]
 
 
 def spark_xxhash64(value: str | None) -> int:
@@ -190,9 +202,8 @@ def dedup_clusters(spark: SparkSession, output: str, kept_table: str | None, rej
     path = join_path(output, MINHASH, "clusters")
     if kept_table is None or not table_exists(spark, path):
         return None
-    datasets = {"clusters": local_dataset(spark, path), "kept": local_dataset(spark, kept_table),
-                **{zone: local_dataset(spark, table) for zone, table in rejected.items()}}
-    if all(dataset is not None for dataset in datasets.values()):
+    datasets = _local_datasets(spark, {"clusters": path, "kept": kept_table, **rejected})
+    if datasets is not None:
         sizes, largest, rows = _clusters_locally(datasets.pop("clusters"), clusters, pairs)
         found = _pair_texts_locally(datasets.pop("kept"), list(datasets.values()), rows)
     else:
@@ -215,7 +226,7 @@ def _clusters_by_spark(members: DataFrame, clusters: int, pairs: int) -> tuple[d
                                                                F.min("similarity").alias("min_similarity"))
     per_cluster = per_cluster.persist(CACHE_LEVEL)  # read twice: the largest clusters and the size histogram
     try:
-        largest = per_cluster.orderBy(F.desc("documents"), "cluster_id").limit(clusters).collect()
+        largest = per_cluster.orderBy(F.desc("documents"), "cluster_id", "kept_id").limit(clusters).collect()
         sizes = per_cluster.groupBy("documents").count().orderBy("documents").collect()
     finally:
         per_cluster.unpersist()
@@ -231,10 +242,11 @@ def _clusters_locally(members, clusters: int, pairs: int) -> tuple[dict, list[di
     per_cluster = table.group_by(["cluster_id", "kept_id"], use_threads=False).aggregate(
         [([], "count_all"), ("similarity", "min")])
     per_cluster = per_cluster.rename_columns({"count_all": "documents", "similarity_min": "min_similarity"})
-    largest = per_cluster.sort_by([("documents", "descending"), ("cluster_id", "ascending")]).slice(0, clusters)
+    largest = per_cluster.sort_by([("documents", "descending"), ("cluster_id", "ascending"), ("kept_id", "ascending")],
+                                  null_placement="at_start").slice(0, clusters)
     sizes = per_cluster.group_by("documents", use_threads=False).aggregate([([], "count_all")])
     removed = table.filter(pc.not_equal(table["id"], table["kept_id"]))
-    rows = removed.sort_by([("similarity", "ascending"), ("id", "ascending")]).slice(0, pairs)
+    rows = removed.sort_by([("similarity", "ascending"), ("id", "ascending")], null_placement="at_start").slice(0, pairs)
     return ({r["documents"]: r["count_all"] for r in sorted(sizes.to_pylist(), key=lambda r: r["documents"])},
             largest.select(["cluster_id", "kept_id", "documents", "min_similarity"]).to_pylist(),
             rows.select(["id", "kept_id", "similarity"]).to_pylist())

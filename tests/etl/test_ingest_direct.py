@@ -173,3 +173,21 @@ def test_a_failed_commit_leaves_no_file_behind(spark, tmp_path, monkeypatch):
         run_pipeline(config, stages, spark, progress=lambda line: None)
     left = [path for path in (tmp_path / "out").rglob("*.parquet")]
     assert left == []
+
+
+def test_a_commit_that_fails_after_its_log_entry_keeps_the_files_it_listed(spark, tmp_path, monkeypatch):
+    """delta-rs runs its post-commit hooks (a checkpoint) after the log entry: an error there must not take the
+    committed files with it, or the table could no longer be read; the files no log lists still go."""
+    _write_inputs(tmp_path)
+    config, stages = _config(tmp_path, tmp_path / "out")
+    commit = etl.ingest_direct.commit_files
+
+    def hook_fails(*args):
+        commit(*args)
+        raise OSError("checkpoint failed")
+
+    monkeypatch.setattr(etl.ingest_direct, "commit_files", hook_fails)
+    with pytest.raises(OSError, match="checkpoint failed"):
+        run_pipeline(config, stages, spark, progress=lambda line: None)
+    assert read_table(spark, str(tmp_path / "out" / "ingest")).select("text").collect()  # its files are all there
+    assert list((tmp_path / "out" / "rejected").rglob("*.parquet")) == []  # its commit never came

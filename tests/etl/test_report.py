@@ -156,6 +156,36 @@ def test_local_reads_pick_the_rows_spark_picks(demo, spark, monkeypatch, tmp_pat
         [(s["stage"], s["docs_in"], s["docs_out"], s["rejected"]) for s in report["steps"]]
 
 
+def test_the_funnel_table_overwrites_a_table_spark_wrote(spark, tmp_path):
+    """delta-rs overwrites the funnel table Spark's writer made (a rerun after a run on the Spark path) and keeps
+    its properties and id; a partitioned table, which it would not repartition, is left to Spark; Spark's
+    DataFrame of the same Arrow rows (the Spark path) holds them too."""
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    from etl.delta import overwrite_small_table, table_properties, write_table
+    from etl.report import _FUNNEL_SCHEMA
+
+    def funnel(docs_in: int) -> pa.Table:
+        return pa.Table.from_pylist([{"step": 0, "stage": "ingest", "docs_in": docs_in, "docs_out": 2, "chars_in": 30,
+                                      "chars_out": 20, "bytes_in": 30, "bytes_out": 20, "rejected": {"bad_json": 1}}],
+                                    schema=_FUNNEL_SCHEMA)
+
+    def rows(path) -> list[dict]:
+        return [{**r.asDict(), "rejected": dict(r["rejected"])} for r in read_table(spark, path).collect()]
+
+    path = str(tmp_path / "funnel")
+    write_table(spark.createDataFrame(funnel(3)), path, properties={"kiln.note": "mine"})
+    assert rows(path) == [{**funnel(3).to_pylist()[0], "rejected": {"bad_json": 1}}]
+    table_id = DeltaTable(path).metadata().id
+    assert overwrite_small_table(spark, path, funnel(5))
+    assert rows(path) == [{**funnel(5).to_pylist()[0], "rejected": {"bad_json": 1}}]
+    assert table_properties(spark, path)["kiln.note"] == "mine" and DeltaTable(path).metadata().id == table_id
+    partitioned = str(tmp_path / "partitioned")
+    write_table(spark.createDataFrame(funnel(3)), partitioned, partition_by=["stage"])
+    assert not overwrite_small_table(spark, partitioned, funnel(5))
+
+
 GOOD = ("The river ran past the old mill, and the miller watched it from his door every morning. He had "
         "lived there for many years with his wife and their two dogs. In the spring the water rose to the "
         "edge of the garden. In the summer it was slow and warm, and the children of the village came to "
