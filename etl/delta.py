@@ -27,7 +27,9 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from deltalake import DeltaTable, Schema
 from deltalake.exceptions import DeltaError
+from deltalake.transaction import AddAction, create_table_with_add_actions
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import AnalysisException, PySparkException
 from pyspark.sql import DataFrame, SparkSession
@@ -316,9 +318,6 @@ def commit_files(folder: str, schema: pa.Schema, files: dict[str, tuple[int, int
     An existing table keeps its properties and id, as under Spark's writer. Statistics are the row count
     alone, as in Kiln's Spark tables (no min/max of any text). `partition`: column -> the value every file
     holds (a column of `schema` that the files lack)."""
-    from deltalake import DeltaTable, Schema
-    from deltalake.transaction import AddAction, create_table_with_add_actions
-
     prefix = "".join(f"{column}={value}/" for column, value in (partition or {}).items())
     now = int(time.time() * 1000)
     actions = [AddAction(path=prefix + name, size=size, partition_values=dict(partition or {}), modification_time=now,
@@ -343,9 +342,6 @@ def remove_unlisted(folder: str, names: list[str], partition: dict[str, str] | N
     erasure. The log is read again first: a commit can fail after its entry is written (delta-rs then runs
     its post-commit hooks, such as a checkpoint), and its files are the table's. A log delta-rs cannot read
     leaves them all."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import DeltaError
-
     prefix = "".join(f"{column}={value}/" for column, value in (partition or {}).items())
     try:
         listed = {os.path.normpath(uri) for uri in DeltaTable(folder).file_uris()} if _has_log(folder) else set()

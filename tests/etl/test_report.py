@@ -119,9 +119,9 @@ def test_demo_report_has_every_section_and_no_stage_warning(demo):
 
 def test_local_reads_pick_the_rows_spark_picks(demo, spark, monkeypatch, tmp_path):
     """On a local output the sections read the tables with pyarrow; elsewhere Spark reads them. Both pick the
-    same rows: the demo's examples (one, three and twenty a reason) and its dedup section, and a table whose ids are
-    null, not ASCII, or hash to a negative long. The funnel table (written by delta-rs here) holds the
-    funnel's steps."""
+    same rows: the demo's examples (one, three and twenty a reason) and its dedup section, and a table whose
+    ids are null, not ASCII, or hash to a negative long. The funnel table (written by delta-rs here) holds
+    the funnel's steps."""
     from etl.delta import local_dataset, write_table
     from etl.report import collect
 
