@@ -293,9 +293,10 @@ def delta_rs_folder(spark: SparkSession, path: str, append_schema: pa.Schema | N
                 if key.startswith(_DELTA_DEFAULTS_PREFIX)}
     if defaults != _KILN_DELTA_DEFAULTS:
         return None
+    folder = os.path.abspath(folder)
     if table_exists(spark, path):
         try:
-            table = open_delta_table(os.path.abspath(folder))
+            table = open_delta_table(folder)
         except (DeltaError, OSError):  # a table feature or log delta-rs cannot read: Spark writes it
             return None
         if table.metadata().partition_columns != list(partition_by):
@@ -308,7 +309,7 @@ def delta_rs_folder(spark: SparkSession, path: str, append_schema: pa.Schema | N
         fields = [(field.name, field.type.type) for field in table.schema().fields]
         if append_schema is not None and fields != [(field.name, "string") for field in append_schema]:
             return None
-    return os.path.abspath(folder)
+    return folder
 
 
 def commit_files(folder: str, schema: pa.Schema, files: dict[str, tuple[int, int]], mode: str,
@@ -318,7 +319,7 @@ def commit_files(folder: str, schema: pa.Schema, files: dict[str, tuple[int, int
     An existing table keeps its properties and id, as under Spark's writer. Statistics are the row count
     alone, as in Kiln's Spark tables (no min/max of any text). `partition`: column -> the value every file
     holds (a column of `schema` that the files lack)."""
-    prefix = "".join(f"{column}={value}/" for column, value in (partition or {}).items())
+    prefix = _partition_prefix(partition)
     now = int(time.time() * 1000)
     actions = [AddAction(path=prefix + name, size=size, partition_values=dict(partition or {}), modification_time=now,
                          data_change=True, stats=json.dumps({"numRecords": rows}))
@@ -331,24 +332,30 @@ def commit_files(folder: str, schema: pa.Schema, files: dict[str, tuple[int, int
                                       configuration=_KILN_DELTA_DEFAULTS)
 
 
+def _partition_prefix(partition: dict[str, str] | None) -> str:
+    """The folder below the table's that holds a partition's files: ``stage=ingest/``; empty for none."""
+    return "".join(f"{column}={value}/" for column, value in (partition or {}).items())
+
+
 def _has_log(folder: str) -> bool:
     log = os.path.join(folder, "_delta_log")
     return any(_LOG_ENTRY.match(name) for name in (os.listdir(log) if os.path.isdir(log) else []))
 
 
-def remove_unlisted(folder: str, names: list[str], partition: dict[str, str] | None = None) -> None:
-    """After a failed commit_files: remove the files this process wrote for it (`names`, under the partition's
-    folder) that the table's log does not list; no log would list them, so they would outlive VACUUM LITE and
-    erasure. The log is read again first: a commit can fail after its entry is written (delta-rs then runs
-    its post-commit hooks, such as a checkpoint), and its files are the table's. A log delta-rs cannot read
-    leaves them all."""
-    prefix = "".join(f"{column}={value}/" for column, value in (partition or {}).items())
+def remove_unlisted(folder: str, marker: str, partition: dict[str, str] | None = None) -> None:
+    """After a failed commit_files: remove the files this process wrote for it (those under the partition's
+    folder whose name holds `marker`) that the table's log does not list; no log would list them, so they
+    would outlive VACUUM LITE and erasure. The log is read again first: a commit can fail after its entry is
+    written (delta-rs then runs its post-commit hooks, such as a checkpoint), and its files are the table's.
+    A log delta-rs cannot read leaves them all."""
+    files = os.path.join(folder, _partition_prefix(partition))
     try:
         listed = {os.path.normpath(uri) for uri in DeltaTable(folder).file_uris()} if _has_log(folder) else set()
     except (DeltaError, OSError):  # keep the files rather than risk removing one the table holds
         return
-    for path in (os.path.join(folder, prefix + name) for name in names):
-        if os.path.normpath(path) not in listed and os.path.exists(path):
+    for name in os.listdir(files) if os.path.isdir(files) else []:
+        path = os.path.join(files, name)
+        if marker in name and os.path.normpath(path) not in listed:
             os.remove(path)
 
 
@@ -366,7 +373,7 @@ def overwrite_small_table(spark: SparkSession, path: str, rows: pa.Table) -> boo
         commit_files(folder, rows.schema, {name: (os.path.getsize(os.path.join(folder, name)), rows.num_rows)},
                      "overwrite")
     except BaseException:
-        remove_unlisted(folder, [name])
+        remove_unlisted(folder, name)
         raise
     return True
 

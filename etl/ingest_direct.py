@@ -123,9 +123,7 @@ def ingest_directly(spark: SparkSession, config: PipelineConfig, files: list[tup
         # This call's own files that no log lists go (Spark's writer, failing, leaves its task files; here the
         # window is longer, up to the last commit).
         for table_dir, partition in uncommitted.items():
-            folder = os.path.join(table_dir, *(f"{column}={value}" for column, value in (partition or {}).items()))
-            mine = [name for name in (os.listdir(folder) if os.path.isdir(folder) else []) if f"-{run}-" in name]
-            remove_unlisted(table_dir, mine, partition)
+            remove_unlisted(table_dir, f"-{run}-", partition)
         raise
     rejected_table = DeltaTable(rejected_dir)
     if not rejected_properties.items() <= rejected_table.metadata().configuration.items():
